@@ -1,0 +1,190 @@
+"""The Autoencoder contract every compressor in kmscale satisfies.
+
+An autoencoder maps physical fields to normalized latents and back::
+
+    x  (B, C, *spatial)   physical units, C == len(variables), NaN where masked
+     │  standardize each variable (transform + mean/std in ``config.input_stats``)
+     ▼
+    _encode_normalized  ──►  z_raw (B, latent_channels, *latent_spatial)
+     │  (z_raw - latent_mean) / latent_std   (``config.latent_mean/std``)
+     ▼
+    z  roughly zero-mean, unit-variance: what the diffusion model sees
+
+and ``decode`` inverts each step. ``spatial`` is ``(H, W)`` for grid models and
+``(npix,)`` (nested ordering) for HEALPix models; ``latent_spatial`` comes from
+:meth:`latent_shape`. Implementations override only ``_encode_normalized`` and
+``_decode_normalized`` (and ``latent_shape`` if not a plain stride), and may add
+``compress``/``decompress`` for real bitstreams (entropy-coded codecs). Several input
+variables may map to one latent field (pseudo-precipitation encoders).
+
+Masked points (NaN in ``x``) are filled with the standardized value 0 before
+encoding; restoring the mask after decoding is the caller's job (the latent store
+keeps the mask), because a latent pixel mixes masked and unmasked inputs.
+
+Models are diffusers ``ModelMixin`` + ``ConfigMixin``: the constructor arguments are
+the config, saved with the weights by ``save_pretrained`` (config.json +
+safetensors) and restored by :func:`kmscale.autoencoders.registry.load_autoencoder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+
+import torch
+from diffusers import ConfigMixin, ModelMixin
+
+from kmscale.data import transforms
+from kmscale.errors import SchemaError
+
+
+class Autoencoder(ModelMixin, ConfigMixin):
+    """Abstract base class. Subclasses decorate ``__init__`` with ``@register_to_config``
+    and must accept (and pass on to the config) ``variables``, ``input_stats``,
+    ``latent_mean`` and ``latent_std``.
+
+    Class attributes a subclass sets:
+        registry_name: the name it is registered under (set by ``@register``).
+        spatial_dims: 2 for (H, W) grids, 1 for HEALPix pixel vectors.
+    """
+
+    config_name = "config.json"
+    registry_name: str = ""
+    spatial_dims: int = 2
+
+    # ---- what a subclass provides -------------------------------------------------
+    @property
+    def downsample_factor(self) -> int:
+        """Linear reduction per spatial dimension (HEALPix: per side, i.e. 2**N)."""
+        raise NotImplementedError
+
+    @property
+    def latent_channels(self) -> int:
+        raise NotImplementedError
+
+    def _encode_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardized (B, C, *spatial) -> raw latent (B, latent_channels, *latent_spatial)."""
+        raise NotImplementedError
+
+    def _decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latent -> standardized (B, C, *spatial)."""
+        raise NotImplementedError
+
+    # ---- derived, shared by all ---------------------------------------------------
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return tuple(self.config.variables)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.config.variables)
+
+    @property
+    def compression_factor(self) -> float:
+        """Input values per latent value (float32 to float32), e.g. 3*64/4 = 48 for 3 vars, 8x, 4 ch."""
+        return self.in_channels * self.downsample_factor ** self.spatial_dims / self.latent_channels
+
+    def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+        """Spatial shape of the latent for an input of ``spatial_shape``."""
+        f = self.downsample_factor
+        bad = [s for s in spatial_shape if s % f]
+        if bad:
+            raise SchemaError(
+                f"{type(self).__name__}: expected spatial sizes divisible by {f}, "
+                f"found {tuple(spatial_shape)}"
+            )
+        return tuple(s // f for s in spatial_shape)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise SchemaError unless ``x`` is (B, len(variables), *spatial)."""
+        want = 2 + self.spatial_dims
+        if x.ndim != want or x.shape[1] != self.in_channels:
+            raise SchemaError(
+                f"{type(self).__name__} for variables {list(self.variables)}: expected a tensor "
+                f"(batch, {self.in_channels}, {'H, W' if self.spatial_dims == 2 else 'npix'}), "
+                f"found shape {tuple(x.shape)}"
+            )
+
+    def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical -> standardized, per variable; NaN (masked) points become 0."""
+        stats = self.config.input_stats or {}
+        out = torch.empty_like(x, dtype=torch.float32)
+        for c, name in enumerate(self.variables):
+            xc = x[:, c].float()
+            out[:, c] = transforms.standardize(xc, stats[name]) if name in stats else xc
+        return torch.nan_to_num(out, nan=0.0)
+
+    def denormalize_output(self, y: torch.Tensor) -> torch.Tensor:
+        stats = self.config.input_stats or {}
+        out = torch.empty_like(y)
+        for c, name in enumerate(self.variables):
+            out[:, c] = transforms.destandardize(y[:, c], stats[name]) if name in stats else y[:, c]
+        return out
+
+    def _latent_stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        mean, std = self.config.latent_mean, self.config.latent_std
+        if mean is None or std is None:
+            return None
+        shape = (1, -1) + (1,) * (z.ndim - 2)
+        m = torch.as_tensor(mean, dtype=z.dtype, device=z.device).reshape(shape)
+        s = torch.as_tensor(std, dtype=z.dtype, device=z.device).reshape(shape)
+        return m, s
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical fields (B, C, *spatial) -> normalized latents (B, latent_channels, ...)."""
+        self.check_input(x)
+        z = self._encode_normalized(self.normalize_input(x))
+        stats = self._latent_stats(z)
+        return z if stats is None else (z - stats[0]) / stats[1]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalized latents -> physical fields (B, C, *spatial)."""
+        if z.ndim != 2 + self.spatial_dims or z.shape[1] != self.latent_channels:
+            raise SchemaError(
+                f"{type(self).__name__}: expected latents (batch, {self.latent_channels}, ...) with "
+                f"{self.spatial_dims} spatial dims, found shape {tuple(z.shape)}"
+            )
+        stats = self._latent_stats(z)
+        if stats is not None:
+            z = z * stats[1] + stats[0]
+        return self.denormalize_output(self._decode_normalized(z))
+
+    def set_latent_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Record per-channel latent normalization (fitted on training latents)."""
+        if len(mean) != self.latent_channels or len(std) != self.latent_channels:
+            raise SchemaError(
+                f"latent stats: expected {self.latent_channels} values each, "
+                f"found {len(mean)} means and {len(std)} stds"
+            )
+        self.register_to_config(latent_mean=[float(m) for m in mean], latent_std=[float(s) for s in std])
+
+    def set_input_stats(self, stats: Mapping[str, Mapping]) -> None:
+        """Record per-variable input statistics (schema of kmscale.data.stats)."""
+        missing = [v for v in self.variables if v not in stats]
+        if missing:
+            raise SchemaError(f"input stats: expected entries for {list(self.variables)}, missing {missing}")
+        self.register_to_config(input_stats={v: dict(stats[v]) for v in self.variables})
+
+    # ---- optional bitstream API (entropy-coded codecs) ----------------------------
+    @property
+    def supports_bitstream(self) -> bool:
+        return False
+
+    def compress(self, x: torch.Tensor) -> dict:
+        """Physical fields -> {"strings": [...bytes...], "shape": ...}. Codecs only."""
+        raise NotImplementedError(f"{type(self).__name__} produces latents, not bitstreams")
+
+    def decompress(self, payload: dict) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} produces latents, not bitstreams")
+
+    # ---- identity of a trained model ----------------------------------------------
+    def fingerprint(self) -> str:
+        """SHA-256 over the config and the weights: what a latent store records."""
+        h = hashlib.sha256()
+        cfg = {k: v for k, v in dict(self.config).items() if not k.startswith("_")}
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]

@@ -1,0 +1,6 @@
+"""Imports every built-in autoencoder module so that their @register decorators run.
+
+Add a line here for each new built-in implementation.
+"""
+
+from kmscale.autoencoders import identity  # noqa: F401

@@ -1,0 +1,1 @@
+"""kmscale.conditioning"""

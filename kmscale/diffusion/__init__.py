@@ -1,0 +1,1 @@
+"""kmscale.diffusion"""
