@@ -1,0 +1,74 @@
+"""The residual: THE one definition of what the diffusion model generates.
+
+The regression U-Net predicts the latent mean ``z_mean`` (written ẑ in the architecture
+doc); the diffusion model learns the distribution of what is left over::
+
+    r = (z - ẑ) / scale          (make: training targets)
+    z = ẑ + scale · r            (compose: sampling output)
+
+``scale`` rescales the residual towards unit variance (CorrDiff and LDM_res both
+train on a residual whose spread is far below that of z; EDM assumes
+``sigma_data``-sized data). It is a scalar or anything broadcastable against
+``z`` (e.g. a per-channel tensor shaped ``(C, 1, 1)``). Training and sampling both
+call these two functions, so the definition cannot drift between them.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from kmscale.errors import GridError, describe
+
+Array = TypeVar("Array", torch.Tensor, np.ndarray)
+
+
+def _check_shapes(a, b, names: tuple[str, str]) -> None:
+    if tuple(a.shape) != tuple(b.shape):
+        raise GridError(
+            describe(f"{names[1]} shaped like {names[0]} {tuple(a.shape)}", tuple(b.shape), where="residual")
+        )
+
+
+def _check_scale(scale) -> None:
+    s = scale.detach().cpu().numpy() if isinstance(scale, torch.Tensor) else np.asarray(scale)
+    if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError(describe("a finite residual scale > 0", scale, where="residual"))
+
+
+def make(z: Array, z_mean: Array, scale: float | Array = 1.0) -> Array:
+    """Residual ``r = (z - z_mean) / scale``.
+
+    Args:
+        z: target latents (B, C, H, W) (any shape; numpy or torch), normalized latent units.
+        z_mean: regression prediction of ``z``, same shape.
+        scale: positive scalar or array broadcastable to ``z`` (e.g. per channel (C, 1, 1)).
+
+    Returns:
+        r: same shape and type as ``z``, dimensionless.
+    """
+    _check_shapes(z, z_mean, ("z", "z_mean"))
+    _check_scale(scale)
+    return (z - z_mean) / scale
+
+
+def compose(z_mean: Array, r: Array, scale: float | Array = 1.0) -> Array:
+    """Inverse of :func:`make`: ``z = z_mean + scale * r``.
+
+    Args:
+        z_mean: regression prediction (B, C, H, W) (or (..., C, H, W) broadcast against
+            an ensemble: ``r`` may carry extra leading dims, e.g. (M, B, C, H, W)).
+        r: residual samples.
+        scale: the same scale that was given to :func:`make`.
+
+    Returns:
+        z: shape of ``r``.
+    """
+    if tuple(r.shape[-z_mean.ndim:]) != tuple(z_mean.shape):
+        raise GridError(
+            describe(f"residual ending in z_mean's shape {tuple(z_mean.shape)}", tuple(r.shape), where="residual")
+        )
+    _check_scale(scale)
+    return z_mean + scale * r
