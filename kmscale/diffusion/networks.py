@@ -1,0 +1,179 @@
+"""The U-Net backbone shared by the regression model and the diffusion denoiser.
+
+:class:`ConditionalUNet` is a thin wrapper over diffusers ``UNet2DModel`` giving it the
+backbone signature the EDM wrapper expects::
+
+    F(x_in (B, C_in, H, W), c_noise (B,), emb (B, E) | None) -> (B, C_out, H, W)
+
+What it adds to ``UNet2DModel``:
+
+* any grid size: H and W are padded (edge replication) up to a multiple of
+  2**(levels - 1), the total down-sampling of the U-Net, and the output is cropped back,
+  so 8 x 12 or 33 x 49 grids work;
+* an optional embedding vector ``emb`` (lead time, time of day, ...): a two-layer MLP
+  maps it to the time-embedding width and ``UNet2DModel``'s ``class_embed_type="identity"``
+  adds it to the noise embedding, which conditions every residual block;
+* configuration by levels: ``block_out_channels`` (one entry per level),
+  ``attention_levels`` (which levels carry self-attention), ``norm_num_groups``.
+
+The noise level enters through ``UNet2DModel``'s sinusoidal ("positional") timestep
+embedding of ``c_noise`` (EDM's ln(σ)/4, as NVlabs/edm feeds its positional embedding);
+the regression U-Net passes a constant ``c_noise`` (see :meth:`ConditionalUNet.regress`).
+
+The constructor arguments are the config (diffusers ``ConfigMixin``), saved next to the
+weights by ``save_pretrained`` and restored by ``ConditionalUNet.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F_nn
+from diffusers import ConfigMixin, ModelMixin, UNet2DModel
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from kmscale.errors import ConfigError, GridError, describe
+
+
+class ConditionalUNet(ModelMixin, ConfigMixin):
+    """U-Net backbone ``F(x_in, c_noise, emb)`` on diffusers ``UNet2DModel``.
+
+    Args:
+        in_channels: C_in, all input channels (for the denoiser: the noisy residual
+            channels plus every conditioning channel).
+        out_channels: C_out (for the denoiser: the residual channels).
+        block_out_channels: width of each level, finest first; the U-Net down-samples
+            by 2 between consecutive levels.
+        layers_per_block: residual blocks per level.
+        attention_levels: one bool per level, True where the level has self-attention.
+            Defaults to attention at the coarsest level only.
+        mid_attention: self-attention in the bottleneck.
+        norm_num_groups: GroupNorm groups; must divide every entry of block_out_channels.
+        attention_head_dim: channels per attention head.
+        embedding_dim: E, length of the optional embedding vector; None for no embedding.
+        dropout: dropout in the residual blocks.
+        pad_mode: how H, W are padded to a multiple of 2**(levels-1) ("replicate",
+            "reflect", "constant").
+    """
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        block_out_channels: Sequence[int] = (64, 128, 256),
+        layers_per_block: int = 2,
+        attention_levels: Sequence[bool] | None = None,
+        mid_attention: bool = True,
+        norm_num_groups: int = 32,
+        attention_head_dim: int = 8,
+        embedding_dim: int | None = None,
+        dropout: float = 0.0,
+        pad_mode: str = "replicate",
+    ) -> None:
+        super().__init__()
+        block_out_channels = tuple(int(c) for c in block_out_channels)
+        levels = len(block_out_channels)
+        if levels < 1 or in_channels < 1 or out_channels < 1:
+            raise ConfigError(
+                describe("at least one level and positive channel counts",
+                         (in_channels, out_channels, block_out_channels), where="ConditionalUNet")
+            )
+        if attention_levels is None:
+            attention_levels = tuple(i == levels - 1 for i in range(levels))
+        attention_levels = tuple(bool(a) for a in attention_levels)
+        if len(attention_levels) != levels:
+            raise ConfigError(
+                describe(f"{levels} attention_levels (one per block_out_channels entry)",
+                         len(attention_levels), where="ConditionalUNet")
+            )
+        bad = [c for c in block_out_channels if c % norm_num_groups]
+        if bad:
+            raise ConfigError(
+                describe(f"block_out_channels divisible by norm_num_groups={norm_num_groups}",
+                         block_out_channels, where="ConditionalUNet")
+            )
+        if pad_mode not in ("replicate", "reflect", "constant"):
+            raise ConfigError(describe("pad_mode in ('replicate', 'reflect', 'constant')", repr(pad_mode),
+                                       where="ConditionalUNet"))
+        down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels)
+        up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels))
+        self.unet = UNet2DModel(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            down_block_types=down,
+            up_block_types=up,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            attention_head_dim=attention_head_dim,
+            add_attention=mid_attention,
+            dropout=dropout,
+            time_embedding_type="positional",
+            flip_sin_to_cos=True,
+            freq_shift=0,
+            # The embedding vector, mapped by emb_proj below, is added to the noise embedding.
+            class_embed_type="identity" if embedding_dim else None,
+        )
+        time_embed_dim = block_out_channels[0] * 4  # UNet2DModel's time-embedding width
+        self.emb_proj = (
+            nn.Sequential(nn.Linear(embedding_dim, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
+            if embedding_dim
+            else None
+        )
+
+    @property
+    def pad_multiple(self) -> int:
+        """H and W are padded to a multiple of this (the U-Net's total down-sampling)."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def forward(
+        self,
+        x_in: torch.Tensor,
+        c_noise: torch.Tensor | float,
+        emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Args:
+            x_in: (B, C_in, H, W), any H, W >= 1.
+            c_noise: noise conditioning (B,) or a scalar (EDM: ln(σ)/4).
+            emb: (B, E) embedding vectors, required iff the model was built with embedding_dim.
+
+        Returns:
+            (B, C_out, H, W).
+        """
+        if x_in.ndim != 4 or x_in.shape[1] != self.config.in_channels:
+            raise GridError(describe(f"input (B, {self.config.in_channels}, H, W)", tuple(x_in.shape),
+                                     where="ConditionalUNet"))
+        B, _, H, W = x_in.shape
+        c_noise = torch.as_tensor(c_noise, dtype=torch.float32, device=x_in.device).reshape(-1).expand(B)
+        class_labels = None
+        if self.emb_proj is not None:
+            E = self.config.embedding_dim
+            if emb is None or tuple(emb.shape) != (B, E):
+                raise GridError(describe(f"emb shaped ({B}, {E})", None if emb is None else tuple(emb.shape),
+                                         where="ConditionalUNet"))
+            class_labels = self.emb_proj(emb.to(self.emb_proj[0].weight.dtype))
+        elif emb is not None:
+            raise GridError(describe("emb=None (model built without embedding_dim)", tuple(emb.shape),
+                                     where="ConditionalUNet"))
+        m = self.pad_multiple
+        ph, pw = (-H) % m, (-W) % m
+        if ph or pw:
+            pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)  # left, right, top, bottom
+            mode = self.config.pad_mode
+            if mode == "reflect" and (ph >= H or pw >= W):
+                mode = "replicate"  # reflection cannot pad by more than the field size
+            x_in = F_nn.pad(x_in, pad, mode=mode)
+        out = self.unet(x_in.to(self.dtype), c_noise, class_labels=class_labels).sample
+        if ph or pw:
+            out = out[..., ph // 2 : ph // 2 + H, pw // 2 : pw // 2 + W]
+        return out
+
+    def regress(self, x_in: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Deterministic use (regression U-Net): ``F(x_in, c_noise=0, emb)``."""
+        return self(x_in, 0.0, emb)
