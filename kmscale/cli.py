@@ -20,7 +20,8 @@ from kmscale.errors import KmscaleError
 
 # Modules that contribute subcommands, in the order the help lists them.
 COMMAND_MODULES = (
-    "kmscale.data.cli",  # prepare, demo-data
+    "kmscale.data.cli",  # prepare, inspect
+    "kmscale.data.demo_cli",  # demo-data
     "kmscale.autoencoders.cli",  # encode, decode, compress
     "kmscale.diffusion.cli",  # sample, demo
     "kmscale.evaluation.cli",  # score, report
