@@ -3,4 +3,7 @@
 Add a line here for each new built-in implementation.
 """
 
-from kmscale.autoencoders import identity  # noqa: F401
+from kmscale.autoencoders import (
+    identity,  # noqa: F401
+    vae,  # noqa: F401
+)

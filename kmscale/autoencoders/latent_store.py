@@ -1,0 +1,270 @@
+"""The latent store: targets encoded to zarr (training data and compressed archive).
+
+Layout of a latent store (kind ``"latents"``)::
+
+    latent      (time, latent_channel, latent_y, latent_x)  float16, or int8/int16
+                q = round(z / Delta_c) with per-channel steps ``quantization_step``
+    valid_mask  (variable, <Y>, <X>)  bool, True where the targets had values
+    time, <Y>, <X> (+ 2-D lat/lon, lead_time ...)  the targets' coordinates
+    attrs: autoencoder_fingerprint, autoencoder_class, variables, latent_mean/std,
+           downsample_factor, field_shape, quantization_step, target_attrs (CF), ...
+
+``<Y>, <X>`` are the targets' spatial dims (``lat, lon`` or ``y, x``). The store is
+chunked by time and written with :class:`kmscale.data.store.StoreWriter`, so it is
+atomic and resumable chunk by chunk. :func:`decode_store` refuses a store written by
+another autoencoder (fingerprint) and rebuilds a ``"targets"`` store with the CF
+attributes and the NaN mask of the original.
+
+The NaN mask must be the same at every time (a radar composite's footprint); a time
+whose NaNs differ is an error, because a latent pixel mixes masked and unmasked
+inputs and the decoder cannot tell which were missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from kmscale.autoencoders.base import Autoencoder
+from kmscale.autoencoders.quantize import DEFAULT_ZSTD_LEVEL, dequantize, quantize, zarr_compressors
+from kmscale.autoencoders.tiling import padded_shape, tiled_decode, tiled_encode
+from kmscale.data.store import StoreWriter, open_store
+from kmscale.errors import MissingValueError, SchemaError, StoreError
+
+log = logging.getLogger(__name__)
+
+LATENT_KIND = "latents"
+TARGET_KIND = "targets"
+LATENT_VAR = "latent"
+MASK_VAR = "valid_mask"
+
+
+def open_targets(path: str | Path) -> xr.Dataset:
+    """Open a targets dataset: a kmscale store, any zarr, or a NetCDF file (lazily)."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: expected a targets store or NetCDF file, found nothing")
+    if path.is_dir():
+        ds = xr.open_zarr(path, consolidated=False)
+        if "kmscale_kind" in ds.attrs:
+            return open_store(path, kind=TARGET_KIND)
+        return ds
+    return xr.open_dataset(path, engine="h5netcdf", chunks={})
+
+
+def _spatial_dims(ds: xr.Dataset, variables: Sequence[str], where: str) -> tuple[str, str]:
+    missing = [v for v in variables if v not in ds.data_vars]
+    if missing:
+        raise SchemaError(f"{where}: expected variables {list(variables)}, missing {missing} "
+                          f"(found {sorted(ds.data_vars)})")
+    dims = ds[variables[0]].dims
+    if len(dims) != 3 or dims[0] != "time":
+        raise SchemaError(f"{where}: expected {variables[0]!r} with dims (time, Y, X), found {dims}")
+    for v in variables:
+        if ds[v].dims != dims:
+            raise SchemaError(f"{where}: expected {v!r} with dims {dims}, found {ds[v].dims}")
+    return dims[1], dims[2]
+
+
+def _read_fields(ds: xr.Dataset, variables: Sequence[str], sl: slice) -> np.ndarray:
+    """(T, C, H, W) float32 for the times in ``sl``."""
+    return np.stack([np.asarray(ds[v].isel(time=sl).values, dtype=np.float32) for v in variables], axis=1)
+
+
+def encode_to_store(
+    autoencoder: Autoencoder,
+    targets: xr.Dataset,
+    out: str | Path,
+    *,
+    chunk: int = 8,
+    quantization_step: float | Sequence[float] | None = None,
+    tile: int | Sequence[int] | None = None,
+    overlap: int | Sequence[int] = 0,
+    batch_size: int = 4,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Encode ``targets`` (time, Y, X per variable, physical units) into a latent store.
+
+    Args:
+        autoencoder: the model; its variables must be data variables of ``targets``.
+        out: store path (``.zarr``); an interrupted run with the same model resumes.
+        chunk: time steps per zarr chunk (and per resumable unit).
+        quantization_step: None stores float16 latents; a value (or one per channel)
+            stores integers round(z / step) in normalized latent units (e.g. 0.05).
+        tile, overlap: pixel tiling for large fields (see :mod:`tiling`); None = whole field.
+        zstd_level: lossless codec level for the latents.
+    Returns:
+        the final store path.
+    Raises:
+        SchemaError: variables/dims do not match the model. MissingValueError: the NaN
+        mask changes over time. StoreError: a store from another model is in the way.
+    """
+    variables = list(autoencoder.variables)
+    ydim, xdim = _spatial_dims(targets, variables, "encode_to_store input")
+    shape = (targets.sizes[ydim], targets.sizes[xdim])
+    f = autoencoder.downsample_factor
+    lat_shape = tuple(s // f for s in padded_shape(shape, f))
+    n_time = targets.sizes["time"]
+    first = _read_fields(targets, variables, slice(0, 1))[0]
+    valid = np.isfinite(first)  # (C, H, W)
+    steps = None
+    if quantization_step is not None:
+        steps = np.broadcast_to(np.asarray(quantization_step, dtype=np.float64),
+                                (autoencoder.latent_channels,)).tolist()
+    dtype = np.float16 if steps is None else np.int16
+    coords = {k: v for k, v in targets.coords.items() if set(v.dims) <= {"time", ydim, xdim}}
+    template = xr.Dataset(
+        {
+            LATENT_VAR: (
+                ("time", "latent_channel", "latent_y", "latent_x"),
+                da.zeros((n_time, autoencoder.latent_channels) + lat_shape, dtype=dtype,
+                         chunks=(chunk, -1, -1, -1)),
+                {"long_name": "normalized autoencoder latent"
+                 + ("" if steps is None else " (quantized: value * quantization_step)")},
+            ),
+            MASK_VAR: (("variable", ydim, xdim), valid,
+                       {"long_name": "true where the targets had values"}),
+        },
+        coords={**coords, "latent_channel": np.arange(autoencoder.latent_channels)},
+    )
+    attrs = {
+        "autoencoder_fingerprint": autoencoder.fingerprint(),
+        "autoencoder_class": type(autoencoder).registry_name,
+        "variables": json.dumps(variables),
+        "latent_mean": json.dumps(autoencoder.config.latent_mean),
+        "latent_std": json.dumps(autoencoder.config.latent_std),
+        "downsample_factor": f,
+        "field_shape": json.dumps(list(shape)),
+        "spatial_dims": json.dumps([ydim, xdim]),
+        "quantization_step": json.dumps(steps),
+        "target_attrs": json.dumps({v: dict(targets[v].attrs) for v in variables}, default=str),
+        "source_attrs": json.dumps(dict(targets.attrs), default=str),
+        "Conventions": "CF-1.10",
+    }
+    encoding = {LATENT_VAR: {"compressors": zarr_compressors(zstd_level)}}
+    fingerprint = f"{attrs['autoencoder_fingerprint']}:{'f16' if steps is None else steps}"
+    writer = StoreWriter(out, template, kind=LATENT_KIND, fingerprint=fingerprint, dim="time",
+                         chunk=chunk, attrs=attrs, encoding=encoding, overwrite=overwrite)
+    autoencoder.eval()
+    for i in tqdm(writer.pending(), desc=f"encode {Path(out).name}", unit="chunk", disable=not progress):
+        sl = writer.chunk_slice(i)
+        x = _read_fields(targets, variables, sl)
+        bad = np.flatnonzero((np.isfinite(x) != valid[None]).reshape(len(x), -1).any(axis=1))
+        if bad.size:
+            t = sl.start + int(bad[0])
+            raise MissingValueError(
+                f"{variables} at time index {t}: expected the NaN mask of the first time "
+                f"({int((~valid).sum())} masked points) at every time, found a different mask"
+            )
+        z = tiled_encode(autoencoder, x, tile=tile, overlap=overlap, batch_size=batch_size).numpy()
+        data = z.astype(np.float16) if steps is None else quantize(z, steps, channel_axis=1, dtype=np.int16)
+        part = xr.Dataset(
+            {LATENT_VAR: (("time", "latent_channel", "latent_y", "latent_x"), data)},
+            coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},
+        )
+        writer.write(i, part)
+    return writer.finalize()
+
+
+def _attr_json(ds: xr.Dataset, key: str, path: Path):
+    if key not in ds.attrs:
+        raise StoreError(f"{path}: expected attribute {key!r} of a latent store, found none")
+    try:
+        return json.loads(ds.attrs[key]) if isinstance(ds.attrs[key], str) else ds.attrs[key]
+    except json.JSONDecodeError as err:
+        raise StoreError(f"{path}: attribute {key!r} is corrupt ({err})") from err
+
+
+def open_latents(path: str | Path, autoencoder: Autoencoder | None = None) -> xr.Dataset:
+    """Open a complete latent store; with ``autoencoder``, refuse one written by another model."""
+    path = Path(path)
+    ds = open_store(path, kind=LATENT_KIND)
+    if autoencoder is not None:
+        want, found = autoencoder.fingerprint(), ds.attrs.get("autoencoder_fingerprint")
+        if want != found:
+            raise StoreError(
+                f"{path}: expected latents written by autoencoder {want}, found latents of "
+                f"autoencoder {found} ({ds.attrs.get('autoencoder_class')!r})"
+            )
+    return ds
+
+
+def read_latents(ds: xr.Dataset, sl: slice, path: str | Path = "latent store") -> np.ndarray:
+    """Normalized float32 latents (T, Cz, h, w) for times ``sl`` (dequantized if needed)."""
+    try:
+        raw = np.asarray(ds[LATENT_VAR].isel(time=sl).values)
+    except (ValueError, RuntimeError, OSError, KeyError) as err:
+        raise StoreError(f"{path}: expected readable latent chunks at times {sl}, found a corrupt store ({err})") from err
+    steps = _attr_json(ds, "quantization_step", Path(path))
+    if steps is None:
+        return raw.astype(np.float32)
+    return dequantize(raw, steps, channel_axis=1)
+
+
+def decode_store(
+    latents: str | Path,
+    autoencoder: Autoencoder,
+    out: str | Path,
+    *,
+    chunk: int | None = None,
+    tile: int | Sequence[int] | None = None,
+    overlap: int | Sequence[int] = 0,
+    batch_size: int = 4,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Decode a latent store back to a CF ``"targets"`` store (time, Y, X per variable).
+
+    Masked points of the original come back as NaN. Raises StoreError for a store of
+    another autoencoder or a corrupt store; nothing is written to ``latents``.
+    """
+    latents = Path(latents)
+    ds = open_latents(latents, autoencoder)
+    variables = _attr_json(ds, "variables", latents)
+    ydim, xdim = _attr_json(ds, "spatial_dims", latents)
+    shape = tuple(_attr_json(ds, "field_shape", latents))
+    target_attrs = _attr_json(ds, "target_attrs", latents)
+    valid = np.asarray(ds[MASK_VAR].values, dtype=bool)
+    chunk = chunk or int(ds[LATENT_VAR].encoding.get("chunks", (8,))[0])
+    n_time = ds.sizes["time"]
+    coords = {k: v for k, v in ds.coords.items()
+              if set(v.dims) <= {"time", ydim, xdim} and k not in ("variable",)}
+    data_vars = {
+        v: (("time", ydim, xdim), da.zeros((n_time,) + shape, dtype=np.float32, chunks=(chunk, -1, -1)),
+            target_attrs.get(v, {}))
+        for v in variables
+    }
+    template = xr.Dataset(data_vars, coords=coords)
+    attrs = dict(_attr_json(ds, "source_attrs", latents))
+    attrs.update({
+        "history": f"decoded by kmscale from latent store {latents.name} "
+                   f"(autoencoder {ds.attrs['autoencoder_fingerprint']})",
+        "Conventions": "CF-1.10",
+    })
+    writer = StoreWriter(out, template, kind=TARGET_KIND,
+                         fingerprint=f"decoded:{ds.attrs['autoencoder_fingerprint']}",
+                         dim="time", chunk=chunk, attrs=attrs, overwrite=overwrite)
+    autoencoder.eval()
+    for i in tqdm(writer.pending(), desc=f"decode {Path(out).name}", unit="chunk", disable=not progress):
+        sl = writer.chunk_slice(i)
+        z = read_latents(ds, sl, latents)
+        fields = np.stack([
+            tiled_decode(autoencoder, zt, shape=shape, tile=tile, overlap=overlap,
+                         mask=valid, batch_size=batch_size).numpy()
+            for zt in z
+        ])
+        part = xr.Dataset(
+            {v: (("time", ydim, xdim), fields[:, c]) for c, v in enumerate(variables)},
+            coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},
+        )
+        writer.write(i, part)
+    return writer.finalize()

@@ -1,0 +1,186 @@
+"""Tiled encode/decode: fields far larger than memory allows in one network pass.
+
+A field (C, H, W) is cut into overlapping pixel tiles (:class:`kmscale.data.patches.
+TileLayout`); each tile goes through the autoencoder alone, and the per-tile results are
+blended with the layout's tapering window (:class:`TileAccumulator`), so no seam is
+visible. The latent layout is the pixel layout divided by the downsample factor f,
+so latent tiles line up exactly with pixel tiles::
+
+    x (C, H, W) ──pad to multiples of f──► pixel tiles (C, th, tw) ──encode──►
+        latent tiles (Cz, th/f, tw/f) ──blend──► z (Cz, H'/f, W'/f)
+    z ──latent tiles──decode──► pixel tiles ──blend──► x_hat ──crop to (H, W), mask──►
+
+Memory is one input field, one output field plus the activations of ``batch_size``
+tiles: the network never sees the whole field. Convolutions are local, so with an
+overlap wider than the receptive field's effective radius the tiled result matches
+the untiled one; GroupNorm statistics are per tile, which is the residual difference
+(small when tiles are large, tested in tests/test_autoencoders.py).
+
+NaN (masked) input points are filled by the autoencoder's standardization (0 in
+standardized units); :func:`tiled_decode` puts NaN back wherever ``mask`` is False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from kmscale.autoencoders.base import Autoencoder
+from kmscale.data.patches import TileAccumulator, TileLayout, _pair
+from kmscale.errors import GridError, SchemaError
+
+
+def padded_shape(shape: Sequence[int], factor: int) -> tuple[int, int]:
+    """(H, W) rounded up to multiples of ``factor``."""
+    return tuple(-(-int(s) // factor) * factor for s in shape)  # type: ignore[return-value]
+
+
+def _layout(shape: tuple[int, int], tile: int | Sequence[int] | None,
+            overlap: int | Sequence[int], factor: int) -> TileLayout:
+    """Pixel layout on the padded field; ``tile=None`` means one tile covering everything."""
+    if tile is None:
+        return TileLayout(shape=shape, tile=shape, overlap=(0, 0))
+    th, tw = _pair(tile, "tile")
+    oh, ow = _pair(overlap, "overlap")
+    for name, value in (("tile", (th, tw)), ("overlap", (oh, ow))):
+        if value[0] % factor or value[1] % factor:
+            raise GridError(
+                f"tiling: expected {name} divisible by the downsample factor {factor}, found {value}"
+            )
+    return TileLayout(shape=shape, tile=(th, tw), overlap=(oh, ow))
+
+
+def _as_numpy_field(x: Any) -> np.ndarray:
+    """One (C, H, W) field from numpy / dask / xarray / torch, as float32 numpy."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().float().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def _pad(field: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    ph, pw = target[0] - field.shape[-2], target[1] - field.shape[-1]
+    if ph == 0 and pw == 0:
+        return field
+    # Reflection keeps the padded strip statistically like the field (no artificial edge).
+    mode = "reflect" if ph < field.shape[-2] and pw < field.shape[-1] else "edge"
+    pad = [(0, 0)] * (field.ndim - 2) + [(0, ph), (0, pw)]
+    return np.pad(field, pad, mode=mode)
+
+
+@torch.inference_mode()
+def tiled_encode(
+    autoencoder: Autoencoder,
+    field: Any,
+    tile: int | Sequence[int] | None = None,
+    overlap: int | Sequence[int] = 0,
+    batch_size: int = 4,
+) -> torch.Tensor:
+    """Encode physical fields ([B,] C, H, W) to normalized latents ([B,] Cz, ceil(H/f), ceil(W/f)).
+
+    Args:
+        autoencoder: any grid autoencoder (``spatial_dims == 2``).
+        field: ([B,] C, H, W) array-like in physical units (numpy, dask, torch); NaN = masked.
+        tile: pixel tile (th, tw), multiples of f; None encodes the whole field at once.
+        overlap: pixel overlap between tiles, a multiple of f.
+        batch_size: tiles per network call.
+    Raises:
+        SchemaError: wrong number of channels. GridError: field smaller than a tile,
+            or tile/overlap not divisible by f.
+    """
+    x = _as_numpy_field(field)
+    single = x.ndim == 3
+    if single:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != autoencoder.in_channels:
+        raise SchemaError(
+            f"tiled_encode for variables {list(autoencoder.variables)}: expected a field "
+            f"([B,] {autoencoder.in_channels}, H, W), found shape {tuple(_as_numpy_field(field).shape)}"
+        )
+    f = autoencoder.downsample_factor
+    full = padded_shape(x.shape[-2:], f)
+    if tile is not None:
+        th, tw = _pair(tile, "tile")
+        if x.shape[-2] < th or x.shape[-1] < tw:
+            raise GridError(
+                f"tiled_encode: expected a field at least one tile {(th, tw)} large, "
+                f"found a field of shape {tuple(x.shape[-2:])}"
+            )
+    layout = _layout(full, tile, overlap, f)
+    latent_layout = layout.scaled(f)
+    x = _pad(x, full)
+    param = next(autoencoder.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    accs = [
+        TileAccumulator(latent_layout, (autoencoder.latent_channels,), like=torch.empty(0))
+        for _ in range(x.shape[0])
+    ]
+    slices = layout.slices
+    # (field, tile) pairs batched together: whole small fields, or tiles of one huge field.
+    jobs = [(b, i) for b in range(x.shape[0]) for i in range(len(slices))]
+    for start in range(0, len(jobs), batch_size):
+        part = jobs[start : start + batch_size]
+        batch = torch.from_numpy(np.stack([x[b, :, slices[i][0], slices[i][1]] for b, i in part]))
+        z = autoencoder.encode(batch.to(device)).float().cpu()
+        for (b, i), zi in zip(part, z, strict=True):
+            accs[b].add(i, zi)
+    out = torch.stack([acc.result() for acc in accs])
+    return out[0] if single else out
+
+
+@torch.inference_mode()
+def tiled_decode(
+    autoencoder: Autoencoder,
+    latents: Any,
+    shape: Sequence[int] | None = None,
+    tile: int | Sequence[int] | None = None,
+    overlap: int | Sequence[int] = 0,
+    mask: np.ndarray | None = None,
+    batch_size: int = 4,
+) -> torch.Tensor:
+    """Decode normalized latents (Cz, h, w) to a physical field (C, H, W).
+
+    Args:
+        latents: (Cz, h, w) array-like.
+        shape: output (H, W) before padding (crops the reflection padding of
+            :func:`tiled_encode`); default (h f, w f).
+        tile, overlap: pixel tiling as in :func:`tiled_encode` (need not be the same).
+        mask: optional bool (H, W) or (C, H, W), True where valid; False -> NaN.
+    """
+    z = _as_numpy_field(latents)
+    if z.ndim != 3 or z.shape[0] != autoencoder.latent_channels:
+        raise SchemaError(
+            f"tiled_decode: expected latents ({autoencoder.latent_channels}, h, w), found shape {z.shape}"
+        )
+    f = autoencoder.downsample_factor
+    full = (z.shape[-2] * f, z.shape[-1] * f)
+    shape = full if shape is None else (int(shape[0]), int(shape[1]))
+    if shape[0] > full[0] or shape[1] > full[1] or full != padded_shape(shape, f):
+        raise GridError(
+            f"tiled_decode: expected an output shape that pads to {full}, found {shape}"
+        )
+    if tile is not None:
+        th, tw = _pair(tile, "tile")
+        if full[0] < th or full[1] < tw:
+            raise GridError(
+                f"tiled_decode: expected a field at least one tile {(th, tw)} large, "
+                f"found a field of shape {full}"
+            )
+    layout = _layout(full, tile, overlap, f)
+    latent_slices = layout.scaled(f).slices
+    param = next(autoencoder.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    acc = TileAccumulator(layout, (autoencoder.in_channels,), like=torch.empty(0))
+    for start in range(0, len(latent_slices), batch_size):
+        idx = list(range(start, min(start + batch_size, len(latent_slices))))
+        batch = torch.from_numpy(np.stack([z[:, latent_slices[i][0], latent_slices[i][1]] for i in idx]))
+        acc.add_batch(idx, autoencoder.decode(batch.to(device)).float().cpu())
+    out = acc.result()[:, : shape[0], : shape[1]]
+    if mask is not None:
+        valid = torch.as_tensor(np.asarray(mask, dtype=bool))
+        if tuple(valid.shape[-2:]) != tuple(shape):
+            raise GridError(f"tiled_decode: expected a mask of shape {tuple(shape)}, found {tuple(valid.shape)}")
+        out = torch.where(valid.expand_as(out), out, torch.tensor(float("nan")))
+    return out

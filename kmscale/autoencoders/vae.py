@@ -1,0 +1,123 @@
+"""Convolutional VAE on diffusers' ``AutoencoderKL``: one model per variable group.
+
+Architecture (Rombach et al. 2022, "High-resolution image synthesis with latent
+diffusion models", the first-stage KL autoencoder)::
+
+    x (B, C, H, W) standardized
+      │ conv_in ─ [ResNet blocks (GroupNorm, SiLU) + stride-2 conv] x n_down ─ mid ─
+      │ GroupNorm ─ SiLU ─ conv_out ─ quant_conv
+      ▼
+    posterior q(z|x) = N(mu, sigma^2)   (B, 2 * latent_channels, H / 2^n, W / 2^n)
+      │ archive: z = mu (the mode);   training: z = mu + sigma * eps
+      ▼
+    decoder (mirror image, nearest upsampling + conv) ─► x_hat (B, C, H, W)
+
+``len(block_out_channels)`` blocks give ``n_down = len - 1`` stride-2 downsamplings,
+so ``downsample_factor = 2 ** n_down``; the default (4 blocks, 4 latent channels) is
+the usual 8x, 4-channel latent. The mid-block self-attention of the image VAE is off
+by default: it makes every latent depend on the whole field, which defeats tiled
+encoding of fields far larger than memory (see :mod:`kmscale.autoencoders.tiling`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from kmscale.autoencoders.base import Autoencoder
+from kmscale.autoencoders.registry import register
+from kmscale.errors import ConfigError
+
+
+@register("vae")
+class VAEAutoencoder(Autoencoder):
+    """KL-regularized convolutional autoencoder for a group of gridded variables.
+
+    Example::
+
+        vae = VAEAutoencoder(variables=["u10", "v10"], block_out_channels=(32, 64, 64),
+                             latent_channels=4)          # 4x down, 4 channels
+        z = vae.encode(x)        # x (B, 2, H, W) in m s-1 -> (B, 4, H/4, W/4)
+        x_hat = vae.decode(z)    # -> (B, 2, H, W) in m s-1
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        variables: Sequence[str] = ("t2m",),  # physical variables of the group, in channel order
+        input_stats: dict | None = None,  # per-variable transform/mean/std (kmscale.data.stats)
+        latent_mean: list[float] | None = None,  # per-channel latent normalization
+        latent_std: list[float] | None = None,
+        block_out_channels: Sequence[int] = (32, 64, 128, 128),  # width per level; len-1 downsamplings
+        layers_per_block: int = 1,  # ResNet blocks per level (the decoder uses one more)
+        latent_channels: int = 4,  # channels of z
+        norm_num_groups: int = 16,  # GroupNorm groups; must divide every block width
+        mid_block_attention: bool = False,  # global self-attention in the bottleneck (breaks tiling)
+    ):
+        super().__init__()
+        widths = [int(w) for w in block_out_channels]
+        if not widths:
+            raise ConfigError("vae: expected at least one entry in block_out_channels, found none")
+        bad = [w for w in widths if w % norm_num_groups]
+        if bad:
+            raise ConfigError(
+                f"vae: expected block_out_channels divisible by norm_num_groups={norm_num_groups}, "
+                f"found {widths}"
+            )
+        channels = len(variables)
+        if channels < 1:
+            raise ConfigError("vae: expected at least one variable, found none")
+        self.vae = AutoencoderKL(
+            in_channels=channels,
+            out_channels=channels,
+            down_block_types=("DownEncoderBlock2D",) * len(widths),
+            up_block_types=("UpDecoderBlock2D",) * len(widths),
+            block_out_channels=tuple(widths),
+            layers_per_block=int(layers_per_block),
+            act_fn="silu",
+            latent_channels=int(latent_channels),
+            norm_num_groups=int(norm_num_groups),
+            mid_block_add_attention=bool(mid_block_attention),
+        )
+
+    # ---- contract ------------------------------------------------------------------
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.config.latent_channels)
+
+    def posterior(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
+        """Standardized x (B, C, H, W) -> q(z|x), mean/logvar (B, latent_channels, h, w)."""
+        return self.vae.encode(x).latent_dist
+
+    def _encode_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        # Archive the posterior mode: deterministic, and the best point estimate.
+        return self.posterior(x).mode()
+
+    def _decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).sample
+
+    # ---- training ------------------------------------------------------------------
+    def forward(
+        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
+        """Training pass on standardized x (B, C, H, W): (x_hat standardized, posterior).
+
+        With ``sample_posterior`` the decoder sees z = mu + sigma * eps (the
+        reparameterization trick); otherwise z = mu.
+        """
+        post = self.posterior(x)
+        z = post.sample(generator=generator) if sample_posterior else post.mode()
+        return self._decode_normalized(z), post
+
+    def decoder_nbytes(self) -> int:
+        """Bytes of the decoder weights in float32 (what an archive must ship to read latents)."""
+        parts = [self.vae.decoder, self.vae.post_quant_conv]
+        return sum(p.numel() * 4 for m in parts if m is not None for p in m.parameters())
