@@ -1,0 +1,69 @@
+"""The regression U-Net: the deterministic latent mean ẑ = F(cond, c_noise=0, emb).
+
+A :class:`~kmscale.diffusion.networks.ConditionalUNet` whose input is the
+conditioning stack alone (predictors on the latent grid, static channels) and whose
+output is the normalized latent of the target; it is trained with the mean squared
+error, so it estimates E[z | cond]. The residual diffusion model then generates
+``r = residual.make(z, ẑ)`` (CorrDiff's regression + residual split, in the
+autoencoder's latent space as in LDM_res).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from kmscale.diffusion.networks import ConditionalUNet
+
+
+@dataclass
+class UNetSettings:
+    """Width and depth of a ConditionalUNet (in/out channels come from the data)."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    layers_per_block: int = 1
+    attention_levels: list[bool] | None = None  # None: attention at the coarsest level only
+    mid_attention: bool = True
+    norm_num_groups: int = 8
+    attention_head_dim: int = 8
+    dropout: float = 0.0
+
+
+def build_unet(in_channels: int, out_channels: int, embedding_dim: int | None, settings: UNetSettings) -> ConditionalUNet:
+    """A ConditionalUNet with channel counts from the data and width from ``settings``."""
+    return ConditionalUNet(
+        in_channels=int(in_channels), out_channels=int(out_channels), embedding_dim=embedding_dim,
+        **asdict(settings),
+    )
+
+
+def regression_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean squared error of ẑ against the target latents z (normalized latent units²)."""
+    # Called through forward() (c_noise = 0, as ``regress`` does) so that a
+    # DistributedDataParallel wrapper sees the call and synchronizes gradients.
+    z_hat = model(batch["cond"], 0.0, batch["emb"])
+    return torch.nn.functional.mse_loss(z_hat.float(), batch["z"].float())
+
+
+@torch.no_grad()
+def predict_mean(
+    model: ConditionalUNet, dataset: Dataset, batch_size: int = 32, progress: bool = True
+) -> torch.Tensor:
+    """ẑ for every example of ``dataset`` (dicts with "cond" and "emb").
+
+    Returns:
+        (N, C_z, h, w) float32 on the CPU.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in tqdm(loader, desc="regression", disable=not progress, leave=False):
+        out.append(model.regress(batch["cond"].to(device), batch["emb"].to(device)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out)

@@ -1,0 +1,319 @@
+"""What the two downscaling recipes do: configs, data loading, model assembly, fit.
+
+``recipes/train_regression.py`` and ``recipes/train_ldm.py`` only parse their config
+and call :func:`train_regression` / :func:`train_ldm`; ``kmscale demo`` and the
+benchmarks call them directly. The loop itself is :class:`kmscale.training.Trainer`.
+
+Stage 1 (regression) writes ``<out_dir>/bundle``: autoencoder + regression U-Net +
+conditioning spec, a complete deterministic bundle. Stage 2 (LDM) reads that bundle,
+computes ẑ for every training time, trains the EDM denoiser on the residual
+``r = residual.make(z, ẑ, scale)`` and writes ``<out_dir>/bundle`` with all three
+models.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from kmscale.bundle import EDMSettings, ModelBundle, data_fingerprint, grid_dataset
+from kmscale.conditioning.dataset import (
+    ConditioningSpec,
+    build_dataset,
+    encode_targets,
+)
+from kmscale.conditioning.embeddings import DEFAULT_MAX_LEAD_HOURS, lead_times_of
+from kmscale.conditioning.static import grid_coords
+from kmscale.diffusion import residual
+from kmscale.diffusion.regression import UNetSettings, build_unet, predict_mean, regression_loss
+from kmscale.errors import ConfigError, SchemaError
+from kmscale.training import Trainer, TrainingSettings, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+# ---- configs ------------------------------------------------------------------------
+@dataclass
+class DataSettings:
+    """Where the training data is and which part of it to use."""
+
+    targets: str = ""  # target fields (time, lat, lon): NetCDF/GRIB/zarr path or glob
+    predictors: str = ""  # coarse predictors (time, lat, lon), any variables
+    static: str | None = None  # static fields on the target grid (orography, land_sea_mask)
+    variables: list[str] | None = None  # target variables (default: the autoencoder's / all)
+    predictor_variables: list[str] | None = None  # default: every predictor variable
+    static_variables: list[str] | None = None  # default: every static variable
+    train_period: list[str] | None = None  # [first, last] valid time (inclusive); None: all
+    val_period: list[str] | None = None  # held-out valid times for validation; None: none
+
+
+@dataclass
+class RegressionConfig:
+    """``recipes/train_regression.py``."""
+
+    out_dir: str = "runs/regression"
+    autoencoder: str = "identity"  # "identity" (pixel space) or a pretrained autoencoder directory
+    data: DataSettings = field(default_factory=DataSettings)
+    unet: UNetSettings = field(default_factory=UNetSettings)
+    train: TrainingSettings = field(default_factory=TrainingSettings)
+    max_lead_hours: float = DEFAULT_MAX_LEAD_HOURS
+    interpolation: str = "bilinear"  # predictors -> latent grid
+    eval_batch_size: int = 32
+
+
+@dataclass
+class EDMLossSettings:
+    P_mean: float = -1.2  # mean of ln σ in training (EDM Table 1)
+    P_std: float = 1.2  # std of ln σ in training
+    sigma_data: float = 1.0  # residuals are scaled to unit std per channel
+
+
+@dataclass
+class EnsembleValidation:
+    """The small ensemble scored on held-out times during LDM training."""
+
+    members: int = 4
+    steps: int = 12
+    solver: str = "heun"
+    max_times: int = 8  # held-out times scored (evenly spread over the validation period)
+    seed: int = 0
+
+
+@dataclass
+class LDMConfig:
+    """``recipes/train_ldm.py``."""
+
+    out_dir: str = "runs/ldm"
+    regression_bundle: str = "runs/regression/bundle"  # written by train_regression
+    data: DataSettings = field(default_factory=DataSettings)
+    unet: UNetSettings = field(default_factory=UNetSettings)
+    train: TrainingSettings = field(default_factory=TrainingSettings)
+    edm: EDMLossSettings = field(default_factory=EDMLossSettings)
+    validation: EnsembleValidation = field(default_factory=EnsembleValidation)
+    eval_batch_size: int = 32
+
+
+# ---- data ---------------------------------------------------------------------------
+@dataclass
+class TrainingData:
+    """Targets, predictors and static fields in canonical form (xarray, possibly lazy)."""
+
+    targets: xr.Dataset
+    predictors: xr.Dataset
+    static: xr.Dataset | None = None
+
+    @classmethod
+    def open(cls, s: DataSettings) -> TrainingData:
+        from kmscale.data.readers import open_dataset
+
+        for key in ("targets", "predictors"):
+            if not getattr(s, key):
+                raise ConfigError(f"data.{key}: expected a path to a dataset, found nothing")
+        static = open_dataset(s.static) if s.static else None
+        if static is not None and "time" in static.dims:
+            static = static.isel(time=0, drop=True)
+        return cls(open_dataset(s.targets), open_dataset(s.predictors), static)
+
+    def period(self, bounds: list[str] | None) -> tuple[xr.Dataset, xr.Dataset]:
+        """(targets, predictors) restricted to [first, last] valid times (inclusive)."""
+        if bounds is None:
+            return self.targets, self.predictors
+        if len(bounds) != 2:
+            raise ConfigError(f"period: expected [first, last], found {bounds!r}")
+        sl = slice(np.datetime64(bounds[0]), np.datetime64(bounds[1]))
+        t, p = self.targets.sel(time=sl), self.predictors.sel(time=sl)
+        if t.sizes["time"] == 0 or p.sizes["time"] == 0:
+            raise ConfigError(
+                f"period {bounds}: expected valid times in it, found {t.sizes['time']} targets "
+                f"and {p.sizes['time']} predictor times"
+            )
+        return t, p
+
+
+def _fit_input_stats(targets: xr.Dataset, variables: list[str]) -> dict[str, dict]:
+    """Per-variable transform + mean/std of the training targets (for the autoencoder)."""
+    from kmscale.data import transforms
+    from kmscale.data.variables import lookup
+
+    stats = {}
+    for name in variables:
+        try:
+            tr = lookup(name).transform
+        except SchemaError:
+            tr = "none"
+        values = transforms.forward(np.asarray(targets[name].values, np.float64), tr)
+        stats[name] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)) or 1.0,
+                       "transform": tr, "scale": 1.0}
+    return stats
+
+
+def make_autoencoder(spec: str, targets: xr.Dataset, variables: list[str] | None):
+    """"identity" (pixel space, stats fitted on ``targets``) or a pretrained directory."""
+    from kmscale.autoencoders import get_autoencoder_class, load_autoencoder
+
+    if spec == "identity":
+        names = variables or [n for n, v in targets.data_vars.items() if "time" in v.dims]
+        ae = get_autoencoder_class("identity")(variables=names)
+        ae.set_input_stats(_fit_input_stats(targets, names))
+        return ae
+    ae = load_autoencoder(spec)
+    if variables and list(variables) != list(ae.variables):
+        raise ConfigError(f"data.variables: expected the autoencoder's {list(ae.variables)}, found {variables}")
+    return ae
+
+
+def _batch_to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ---- stage 1: regression --------------------------------------------------------------
+def train_regression(cfg: RegressionConfig, data: TrainingData | None = None) -> tuple[TrainResult, Path]:
+    """Train the regression U-Net; returns the training result and the bundle path."""
+    from kmscale.config import to_dict
+
+    data = data or TrainingData.open(cfg.data)
+    targets_tr, preds_tr = data.period(cfg.data.train_period)
+    ae = make_autoencoder(cfg.autoencoder, targets_tr, cfg.data.variables).eval()
+    lat, lon = grid_coords(data.targets)
+    spec = ConditioningSpec.from_data(
+        preds_tr, data.static, lat, lon, ae.downsample_factor, cfg.data.predictor_variables,
+        cfg.data.static_variables, cfg.max_lead_hours, cfg.interpolation,
+    )
+    z_tr = encode_targets(ae, targets_tr)
+    train_ds = build_dataset(spec, preds_tr, data.static, lat, lon, z_tr, targets_tr["time"].values)
+    val_ds = None
+    if cfg.data.val_period is not None:
+        targets_va, preds_va = data.period(cfg.data.val_period)
+        val_ds = build_dataset(spec, preds_va, data.static, lat, lon, encode_targets(ae, targets_va),
+                               targets_va["time"].values)
+    model = build_unet(spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet)
+
+    def loss_fn(m, batch):
+        return regression_loss(m, _batch_to(batch, _device_of(m)))
+
+    def validate_fn(m):
+        z_hat = predict_mean(m, val_ds, cfg.eval_batch_size, progress=False)
+        mse = torch.mean((z_hat - val_ds.z) ** 2).item()
+        x_hat, x = ae.decode(z_hat), ae.decode(val_ds.z)
+        rmse = torch.sqrt(torch.mean((x_hat - x) ** 2, dim=(0, 2, 3)))
+        return {"mse_latent": mse, **{f"rmse_{v}": float(r) for v, r in zip(ae.variables, rmse, strict=True)}}
+
+    trainer = Trainer(
+        model, loss_fn, train_ds, cfg.out_dir, cfg.train,
+        validate_fn=validate_fn if val_ds is not None else None,
+        best_metric="mse_latent" if val_ds is not None else None,
+        run_config=to_dict(cfg),
+    )
+    result = trainer.fit()
+    bundle_path = Path(cfg.out_dir) / "bundle"
+    if trainer.accelerator.is_main_process:
+        from kmscale.diffusion.networks import ConditionalUNet
+
+        weights = Path(cfg.out_dir) / ("best" if (Path(cfg.out_dir) / "best").is_dir() else "final")
+        leads = lead_times_of(preds_tr)
+        bundle = ModelBundle(
+            autoencoder=ae, regression=ConditionalUNet.from_pretrained(weights).eval(), diffusion=None,
+            spec=spec, grid=grid_dataset(lat, lon, data.static, spec.static_variables),
+            lead_times=sorted({0.0} if leads is None else set(np.unique(leads).tolist())),
+            data_fingerprint=data_fingerprint(targets_tr, preds_tr, data.static),
+            extra={"regression": {"config": to_dict(cfg), "weights": weights.name,
+                                  "samples_seen": result.samples_seen, "best_score": result.best_score}},
+        )
+        bundle.save(bundle_path)
+    trainer.accelerator.wait_for_everyone()
+    return result, bundle_path
+
+
+# ---- stage 2: residual latent diffusion ---------------------------------------------------
+def residual_scale(z: torch.Tensor, z_mean: torch.Tensor) -> list[float]:
+    """Per-channel std of z - ẑ over the training set: the residual's scale."""
+    std = (z - z_mean).transpose(0, 1).reshape(z.shape[1], -1).std(dim=1)
+    return [max(float(s), 1e-6) for s in std]
+
+
+def _scale_tensor(scale: list[float], device=None) -> torch.Tensor:
+    return torch.tensor(scale, dtype=torch.float32, device=device).reshape(-1, 1, 1)
+
+
+def diffusion_inputs(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Conditioning of the denoiser: [ẑ, cond] along channels (B, C_z + C_c, h, w)."""
+    return torch.cat([batch["z_mean"], batch["cond"]], dim=1)
+
+
+def build_denoiser(backbone: torch.nn.Module, edm: EDMSettings):
+    from kmscale.diffusion.edm import EDMPrecond
+
+    return EDMPrecond(backbone, sigma_data=edm.sigma_data)
+
+
+def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainResult, Path]:
+    """Train the EDM residual model on top of a regression bundle; returns (result, bundle path)."""
+    from kmscale.config import to_dict
+    from kmscale.diffusion.edm import EDMLoss
+    from kmscale.diffusion.validation import ensemble_scores
+
+    base = ModelBundle.load(cfg.regression_bundle)
+    data = data or TrainingData.open(cfg.data)
+    targets_tr, preds_tr = data.period(cfg.data.train_period)
+    lat, lon = grid_coords(data.targets)
+    base.validate(preds_tr, (lat, lon))
+    ae, spec = base.autoencoder, base.spec
+    train_ds = build_dataset(spec, preds_tr, data.static, lat, lon, encode_targets(ae, targets_tr),
+                             targets_tr["time"].values)
+    train_ds = train_ds.with_z_mean(predict_mean(base.regression, train_ds, cfg.eval_batch_size))
+    scale = residual_scale(train_ds.z, train_ds.z_mean)
+    edm = EDMSettings(sigma_data=cfg.edm.sigma_data, residual_scale=scale)
+    val_ds = None
+    if cfg.data.val_period is not None:
+        targets_va, preds_va = data.period(cfg.data.val_period)
+        val_ds = build_dataset(spec, preds_va, data.static, lat, lon, encode_targets(ae, targets_va),
+                               targets_va["time"].values)
+        pick = np.unique(np.linspace(0, len(val_ds) - 1, min(cfg.validation.max_times, len(val_ds))).round().astype(int))
+        val_ds = val_ds.subset(pick)
+        val_ds = val_ds.with_z_mean(predict_mean(base.regression, val_ds, cfg.eval_batch_size, progress=False))
+    C_z = ae.latent_channels
+    backbone = build_unet(C_z + C_z + spec.cond_channels, C_z, spec.emb_dim, cfg.unet)
+    denoiser = build_denoiser(backbone, edm)
+    loss = EDMLoss(P_mean=cfg.edm.P_mean, P_std=cfg.edm.P_std, sigma_data=cfg.edm.sigma_data)
+
+    def loss_fn(net, batch):
+        b = _batch_to(batch, _device_of(net))
+        r = residual.make(b["z"], b["z_mean"], _scale_tensor(scale, b["z"].device))
+        return loss(net, r, diffusion_inputs(b), b["emb"]).mean()
+
+    def validate_fn(net):
+        v = cfg.validation
+        return ensemble_scores(net, val_ds, ae, scale, members=v.members, steps=v.steps, solver=v.solver,
+                               seed=v.seed)
+
+    trainer = Trainer(
+        denoiser, loss_fn, train_ds, cfg.out_dir, cfg.train,
+        validate_fn=validate_fn if val_ds is not None else None,
+        best_metric="crps" if val_ds is not None else None,
+        export_fn=lambda m, path: m.backbone.save_pretrained(path),
+        run_config=to_dict(cfg),
+    )
+    result = trainer.fit()
+    bundle_path = Path(cfg.out_dir) / "bundle"
+    if trainer.accelerator.is_main_process:
+        from kmscale.diffusion.networks import ConditionalUNet
+
+        weights = Path(cfg.out_dir) / ("best" if (Path(cfg.out_dir) / "best").is_dir() else "final")
+        base.diffusion = ConditionalUNet.from_pretrained(weights).eval()
+        base.edm = edm
+        base.extra = dict(base.extra) | {"ldm": {"config": to_dict(cfg), "weights": weights.name,
+                                                  "samples_seen": result.samples_seen,
+                                                  "best_score": result.best_score}}
+        base.save(bundle_path)
+    trainer.accelerator.wait_for_everyone()
+    return result, bundle_path
