@@ -1,0 +1,549 @@
+"""Open NetCDF, GRIB and zarr files into kmscale's one canonical xarray form.
+
+Canonical form (see ``docs`` in ``/work/shared`` and the cross-team conventions):
+
+- data variables carry canonical names and units from :mod:`kmscale.data.variables`
+  with CF attributes (``units``, ``standard_name``, ``long_name``, plus ``source_name``,
+  the name in the file); unknown variables are dropped;
+- dims are ``(time, [member], lat, lon)`` on regular lat-lon grids (1-D ascending
+  ``lat``/``lon``) or ``(time, [member], y, x)`` on rotated/projected grids (1-D
+  ascending ``y``/``x`` in degrees for rotated poles, metres for projections, and 2-D
+  ``lat``/``lon`` coordinates when the file has them);
+- ``time`` is the valid time (strictly increasing, no duplicates); forecasts carry a
+  ``lead_time`` coordinate (hours) along ``time``;
+- pressure-level fields are split per level (``t`` on 850 hPa -> ``t850``);
+- a CF grid mapping, when present, is kept as the scalar coordinate ``crs`` and every
+  data variable's ``grid_mapping`` attribute points to it;
+- static fields (orography, land-sea mask) have no ``time`` dim.
+
+:func:`validate` then checks a canonical dataset against what the pipeline needs
+(variables present, units, plausible ranges, NaNs only where a mask allows them).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from kmscale.data import variables as cat
+from kmscale.errors import (
+    CoordinateError,
+    CorruptFileError,
+    KmscaleError,
+    MissingValueError,
+    SchemaError,
+    UnitsError,
+)
+
+SOURCE_ATTR = "kmscale_source"
+GRIB_SUFFIXES = (".grib", ".grib1", ".grib2", ".grb", ".grb2")
+
+_TIME_NAMES = ("time", "valid_time", "Time", "t", "XTIME")
+_LAT_NAMES = ("lat", "latitude", "nav_lat", "XLAT", "XLAT_M", "LAT")
+_LON_NAMES = ("lon", "longitude", "nav_lon", "XLONG", "XLONG_M", "LON")
+_ROTATED_Y = ("rlat", "grid_latitude")
+_ROTATED_X = ("rlon", "grid_longitude")
+_PROJ_Y = ("y", "projection_y_coordinate", "south_north", "yc")
+_PROJ_X = ("x", "projection_x_coordinate", "west_east", "xc")
+_LEVEL_DIMS = ("isobaricInhPa", "pressure_level", "level", "plev", "lev")
+_MEMBER_DIMS = ("number", "member", "realization", "ensemble")
+
+
+# ---- engines ------------------------------------------------------------------------
+def _netcdf4_engine() -> str:
+    # h5netcdf needs h5py; fall back to the netCDF4 library when h5py is absent.
+    return "h5netcdf" if importlib.util.find_spec("h5py") else "netcdf4"
+
+
+def detect_engine(path: str | Path) -> str:
+    """xarray engine for ``path`` from its content (magic bytes), not only its suffix.
+
+    Raises:
+        CorruptFileError: empty file or a format kmscale cannot read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return "zarr"
+    if not path.exists():
+        raise FileNotFoundError(f"expected an input file at {path}, found nothing")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:3] == b"CDF":
+        return "scipy"
+    if head[:4] == b"\x89HDF":
+        return _netcdf4_engine()
+    if head[:4] == b"GRIB" or path.suffix.lower() in GRIB_SUFFIXES:
+        return "cfgrib"
+    raise CorruptFileError(
+        f"{path}: expected a NetCDF (CDF/HDF5), GRIB or zarr file, found "
+        f"{'an empty file' if not head else f'leading bytes {head!r}'}"
+    )
+
+
+def _open_raw(path: Path, engine: str, chunks) -> xr.Dataset:
+    kwargs: dict = {"engine": engine, "chunks": chunks}
+    if engine == "cfgrib":
+        kwargs["backend_kwargs"] = {"indexpath": ""}
+        kwargs["decode_timedelta"] = True
+    elif engine == "zarr":
+        kwargs["consolidated"] = None
+    try:
+        return xr.open_dataset(path, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as err:
+        raise CorruptFileError(f"{path}: expected a readable {engine} file, found an unreadable one ({err})") from err
+
+
+# ---- canonicalisation -----------------------------------------------------------------
+def _first(names: Sequence[str], pool) -> str | None:
+    return next((n for n in names if n in pool), None)
+
+
+def _canonical_time(ds: xr.Dataset, where: str) -> xr.Dataset:
+    """Make ``time`` the valid-time dim, adding ``lead_time`` (hours) for forecasts."""
+    # cfgrib: time = reference time, step = lead, valid_time = time + step.
+    if "step" in ds.dims and "time" in ds.dims:
+        ds = ds.stack(_sample=("time", "step"))
+        valid = ds["valid_time"].values
+        lead = ds["step"].values
+        ds = ds.drop_vars(["_sample", "time", "step", "valid_time"], errors="ignore")
+        ds = ds.rename({"_sample": "time"}).assign_coords(time=valid, lead_time=("time", lead))
+    elif "step" in ds.dims:
+        ds = ds.swap_dims({"step": "valid_time"}).rename({"valid_time": "time"})
+        ds = ds.assign_coords(lead_time=("time", ds["step"].values)).drop_vars(["step"])
+    elif "valid_time" in ds.coords and "time" in ds.dims and ds["valid_time"].dims == ("time",):
+        step = ds.coords.get("step")
+        ds = ds.assign_coords(time=ds["valid_time"].values).drop_vars("valid_time")
+        if step is not None and step.ndim == 0 and np.asarray(step.values).astype("timedelta64[ns]") != np.timedelta64(0, "ns"):
+            ds = ds.assign_coords(lead_time=("time", np.repeat(step.values, ds.sizes["time"])))
+    elif "valid_time" in ds.coords and ds["valid_time"].ndim == 0 and "time" not in ds.dims:
+        # one GRIB message: the valid time (not the reference time) is what pairs with targets
+        step = ds.coords.get("step")
+        ds = ds.drop_vars("time", errors="ignore").rename({"valid_time": "time"})
+        if step is not None and step.ndim == 0 and np.asarray(step.values).astype("timedelta64[ns]") != np.timedelta64(0, "ns"):
+            ds = ds.expand_dims("time").assign_coords(lead_time=("time", [step.values]))
+    # WRF: Time dim with a Times character variable.
+    if "Time" in ds.dims and "Times" in ds.variables:
+        stamps = [t.decode() if isinstance(t, bytes) else str(t) for t in ds["Times"].values]
+        ds = ds.drop_vars("Times").rename({"Time": "time"})
+        ds = ds.assign_coords(time=pd.to_datetime(stamps, format="%Y-%m-%d_%H:%M:%S").values)
+    name = _first(_TIME_NAMES, ds.dims)
+    if name and name != "time":
+        if "time" in ds.variables:
+            ds = ds.drop_vars("time")
+        ds = ds.rename({name: "time"})
+    for extra in ("step", "valid_time", "forecast_period", "forecast_reference_time"):
+        if extra in ds.coords and "time" not in ds[extra].dims:
+            ds = ds.drop_vars(extra)
+    if "lead_time" in ds.coords:
+        lead = ds["lead_time"].values
+        if np.issubdtype(lead.dtype, np.timedelta64):
+            lead = lead / np.timedelta64(1, "h")
+        ds = ds.assign_coords(lead_time=("time", np.asarray(lead, dtype="float64")))
+        ds["lead_time"].attrs = {"units": "hours", "long_name": "forecast lead time"}
+    if "time" in ds.dims:
+        _check_axis(ds["time"].values, "time", where, allow_descending=False)
+    return ds
+
+
+def _check_axis(values: np.ndarray, name: str, where: str, allow_descending: bool = True) -> bool:
+    """Check a 1-D coordinate; return True when it must be flipped (strictly descending)."""
+    if values.size < 2:
+        return False
+    if pd.isnull(values).any():
+        raise CoordinateError(f"{where}: coordinate {name!r}: expected finite values, found NaN/NaT")
+    diffs = np.diff(values)
+    zero = np.zeros((), dtype=diffs.dtype)
+    if (diffs == zero).any():
+        dup = values[1:][diffs == zero][:3]
+        raise CoordinateError(f"{where}: coordinate {name!r}: expected unique values, found duplicates {list(dup)}")
+    if (diffs > zero).all():
+        return False
+    if allow_descending and (diffs < zero).all():
+        return True
+    order = "increasing" if not allow_descending else "monotonic (increasing or decreasing)"
+    bad = int(np.argmax(diffs < zero) if (diffs > zero).any() else 0)
+    raise CoordinateError(
+        f"{where}: coordinate {name!r}: expected strictly {order} values, found a reversal at "
+        f"index {bad + 1} ({values[bad]} then {values[bad + 1]})"
+    )
+
+
+def _canonical_space(ds: xr.Dataset, where: str) -> xr.Dataset:
+    """Rename spatial dims to lat/lon or y/x, flip descending axes, attach 2-D lat/lon."""
+    rename: dict[str, str] = {}
+    lat1 = next((n for n in _LAT_NAMES if n in ds.coords and ds[n].ndim == 1 and n in ds.dims), None)
+    lon1 = next((n for n in _LON_NAMES if n in ds.coords and ds[n].ndim == 1 and n in ds.dims), None)
+    if lat1 and lon1:
+        rename.update({lat1: "lat", lon1: "lon"})
+        axes = ("lat", "lon")
+    else:
+        ydim = _first(_ROTATED_Y, ds.dims) or _first(_PROJ_Y, ds.dims)
+        xdim = _first(_ROTATED_X, ds.dims) or _first(_PROJ_X, ds.dims)
+        if ydim is None or xdim is None:
+            return ds  # no spatial grid (e.g. a time series); validate() decides
+        rename.update({ydim: "y", xdim: "x"})
+        axes = ("y", "x")
+        # 2-D geographic coordinates (WRF XLAT/XLONG, CORDEX lat/lon, RADOLAN lat/lon).
+        for names, target in ((_LAT_NAMES, "lat"), (_LON_NAMES, "lon")):
+            src = next((n for n in names if n in ds.variables and ds[n].ndim >= 2), None)
+            if src is not None:
+                arr = ds[src]
+                if "Time" in arr.dims or "time" in arr.dims:
+                    arr = arr.isel({d: 0 for d in arr.dims if d in ("Time", "time")}, drop=True)
+                ds = ds.drop_vars(src)
+                if src != target and target in ds.variables:
+                    ds = ds.drop_vars(target)
+                ds = ds.assign_coords({f"_{target}2d": arr.variable})
+                rename[f"_{target}2d"] = target
+    ds = ds.rename({k: v for k, v in rename.items() if k != v})
+    for ax in axes:
+        if ax not in ds.coords:
+            continue
+        if ds[ax].attrs.get("units") == "km":
+            ds = ds.assign_coords({ax: ds[ax] * 1000.0})
+            ds[ax].attrs["units"] = "m"
+        if _check_axis(ds[ax].values, ax, where):
+            ds = ds.isel({ax: slice(None, None, -1)})
+    for ax in axes:
+        if ax in ds.coords:
+            ds[ax].attrs.pop("stored_direction", None)
+            ds[ax].attrs.pop("bounds", None)
+    return ds
+
+
+def _canonical_grid_mapping(ds: xr.Dataset) -> xr.Dataset:
+    mapping = None
+    for var in ds.data_vars.values():
+        gm = var.attrs.get("grid_mapping") or var.encoding.get("grid_mapping")
+        if gm and gm in ds.variables:
+            mapping = gm
+            break
+    if mapping is None:
+        return ds
+    attrs = dict(ds[mapping].attrs)
+    ds = ds.drop_vars(mapping).assign_coords(crs=xr.Variable((), np.int32(0), attrs))
+    for var in ds.data_vars.values():
+        var.attrs["grid_mapping"] = "crs"
+        var.encoding.pop("grid_mapping", None)
+    return ds
+
+
+def _split_levels(da: xr.DataArray, short: str, where: str) -> dict[str, xr.DataArray]:
+    dim = _first(_LEVEL_DIMS, da.dims)
+    levels = da[dim].values if dim in da.coords else np.arange(da.sizes[dim])
+    unit = str(da[dim].attrs.get("units", "hPa")) if dim in da.coords else "hPa"
+    scale = 0.01 if unit.lower() in ("pa", "pascal") else 1.0
+    out = {}
+    for i, level in enumerate(levels):
+        hpa = int(round(float(level) * scale))
+        out[f"{short}{hpa}"] = da.isel({dim: i}, drop=True)
+    return out
+
+
+def canonicalize(
+    ds: xr.Dataset,
+    *,
+    source: str = "",
+    variables: Sequence[str] | None = None,
+    rename: Mapping[str, str] | None = None,
+    units: Mapping[str, str] | None = None,
+) -> xr.Dataset:
+    """Turn a raw dataset into kmscale's canonical form (module docstring).
+
+    Args:
+        ds: dataset as opened by xarray.
+        source: file name(s) used in error messages.
+        variables: canonical names to keep (all known ones when None); a missing one is
+            a SchemaError naming the variables found.
+        rename: file name -> canonical name, overriding the alias catalogue.
+        units: canonical name -> units of the file's values, overriding the file's
+            ``units`` attributes (e.g. ``{"t2m": "degC"}``).
+    """
+    where = source or ds.attrs.get(SOURCE_ATTR, "<dataset>")
+    rename = dict(rename or {})
+    units = dict(units or {})
+    ds = _canonical_time(ds, where)
+    ds = _canonical_space(ds, where)
+    ds = _canonical_grid_mapping(ds)
+    member = _first(_MEMBER_DIMS, ds.dims)
+    if member and member != "member":
+        ds = ds.rename({member: "member"})
+
+    out: dict[str, xr.DataArray] = {}
+    for name, da in ds.data_vars.items():
+        if da.ndim == 0 or (set(da.dims) <= {"bnds", "nv", "time"}):
+            continue
+        if da.dtype.kind in "SUO":
+            continue
+        level_dim = _first(_LEVEL_DIMS, da.dims)
+        if level_dim:
+            short = cat.LEVEL_ALIASES.get(rename.get(name, name))
+            if short is None:
+                continue
+            parts = _split_levels(da, short, where)
+        else:
+            canon = rename.get(name) or cat.canonical_name(name, da.attrs)
+            if canon is None:
+                continue
+            parts = {canon: da}
+        for canon, part in parts.items():
+            if canon in out:
+                raise SchemaError(
+                    f"{where}: expected one source for variable {canon!r}, found two "
+                    f"({out[canon].attrs.get('source_name')!r} and {name!r}); pass rename= to choose"
+                )
+            out[canon] = _to_canonical_units(part, canon, name, units.get(canon), where)
+
+    if variables is not None:
+        missing = [v for v in variables if v not in out]
+        if missing:
+            found = sorted(out) or "no known variables"
+            raw = sorted(map(str, ds.data_vars))
+            raise SchemaError(
+                f"{where}: expected variables {list(variables)}, missing {missing}; found {found} "
+                f"(file variables {raw}; pass rename={{'FILE_NAME': '{missing[0]}'}} if it is there under another name)"
+            )
+        out = {v: out[v] for v in variables}
+    result = xr.Dataset(out, attrs={k: v for k, v in ds.attrs.items() if not str(k).startswith("GRIB_")})
+    result.attrs[SOURCE_ATTR] = where
+    keep = {"time", "lead_time", "member", "lat", "lon", "y", "x", "crs", "mask"}
+    result = result.drop_vars([c for c in result.coords if c not in keep])
+    spatial = ("lat", "lon") if "lat" in result.dims else ("y", "x")
+    order = [d for d in ("time", "member", *spatial) if d in result.dims]
+    return result.transpose(*order, ...)
+
+
+def _to_canonical_units(da: xr.DataArray, canon: str, source_name: str, override: str | None, where: str) -> xr.DataArray:
+    var = cat.lookup(canon)
+    declared = override if override is not None else da.attrs.get("units", da.attrs.get("GRIB_units"))
+    scale, offset = cat.conversion(declared, var, where=f"{where} (file variable {source_name!r})")
+    if var.static:
+        # static fields repeated along time in model output (WRF HGT): keep the first
+        for d in ("time", "Time"):
+            if d in da.dims:
+                da = da.isel({d: 0}, drop=True)
+    elif "time" not in da.dims and "time" in da.coords and da["time"].ndim == 0:
+        da = da.expand_dims("time")
+    if "time" in da.coords and "time" not in da.dims:
+        da = da.drop_vars("time")
+    if scale != 1.0 or offset != 0.0:
+        da = da.astype("float32") * np.float32(scale) + np.float32(offset)
+    elif da.dtype != np.float32 and da.dtype.kind in "fiu":
+        da = da.astype("float32")
+    attrs = var.cf_attrs()
+    attrs["source_name"] = source_name
+    if "grid_mapping" in da.attrs:
+        attrs["grid_mapping"] = da.attrs["grid_mapping"]
+    da.attrs = attrs
+    da.encoding = {}
+    return da.rename(canon)
+
+
+# ---- public opening -------------------------------------------------------------------
+def expand_paths(path_or_paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Expand globs and lists into a sorted list of existing paths.
+
+    Raises:
+        FileNotFoundError: a pattern matches nothing.
+    """
+    items = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths)
+    out: list[Path] = []
+    for item in items:
+        text = str(item)
+        if any(ch in text for ch in "*?["):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise FileNotFoundError(f"expected files matching {text!r}, found none")
+            out.extend(Path(m) for m in matches)
+        else:
+            if not Path(text).exists():
+                raise FileNotFoundError(f"expected an input file at {text}, found nothing")
+            out.append(Path(text))
+    return out
+
+
+def open_dataset(
+    path_or_paths: str | Path | Sequence[str | Path],
+    variables: Sequence[str] | None = None,
+    engine: str | None = None,
+    rename: Mapping[str, str] | None = None,
+    *,
+    units: Mapping[str, str] | None = None,
+    chunks: Mapping | str | None = None,
+) -> xr.Dataset:
+    """Open NetCDF / GRIB / zarr file(s) lazily in the canonical form.
+
+    Several files (a list or a glob) are concatenated along ``time`` (files holding
+    different variables on the same times are merged).
+
+    Args:
+        path_or_paths: a path, a glob pattern, or a list of them.
+        variables: canonical names to keep; missing ones raise SchemaError.
+        engine: xarray engine; detected from the content when None.
+        rename: file variable name -> canonical name.
+        units: canonical name -> units of the file values (overrides attributes).
+        chunks: dask chunks (default ``{}``: the file's own chunks, lazily).
+
+    Returns:
+        canonical dataset (see module docstring), lazy (dask-backed).
+
+    Raises:
+        CorruptFileError: unreadable/truncated file (named).
+        SchemaError, UnitsError, CoordinateError: see :func:`canonicalize`.
+    """
+    paths = expand_paths(path_or_paths)
+    chunks = {} if chunks is None else chunks
+    parts = []
+    for path in paths:
+        eng = engine or detect_engine(path)
+        raw = _open_raw(path, eng, chunks)
+        raw.attrs[SOURCE_ATTR] = str(path)
+        ds = canonicalize(raw, source=str(path), variables=variables, rename=rename, units=units)
+        _probe(ds, str(path))
+        parts.append(ds)
+    if len(parts) == 1:
+        return parts[0]
+    return _combine(parts, [str(p) for p in paths])
+
+
+def _probe(ds: xr.Dataset, where: str) -> None:
+    """Read the last time step of each variable: a truncated file fails here, not later."""
+    for name, da in ds.data_vars.items():
+        sel = {d: -1 for d in da.dims if d in ("time", "member")}
+        try:
+            np.asarray(da.isel(sel).values)
+        except (OSError, ValueError, RuntimeError, EOFError, KeyError) as err:
+            if isinstance(err, KmscaleError):
+                raise
+            raise CorruptFileError(
+                f"{where}: variable {name!r}: expected readable data, found a truncated or corrupt file ({err})"
+            ) from err
+
+
+def _combine(parts: list[xr.Dataset], names: list[str]) -> xr.Dataset:
+    from kmscale.errors import AlignmentError, GridError
+
+    groups: dict[tuple, list[xr.Dataset]] = {}
+    for ds in parts:
+        groups.setdefault(tuple(sorted(ds.data_vars)), []).append(ds)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1 or "time" not in group[0].dims:
+            merged.append(group[0])
+            continue
+        group = sorted(group, key=lambda d: d["time"].values[0])
+        try:
+            cat_ds = xr.concat(group, dim="time", join="exact", data_vars="minimal", coords="minimal", compat="override")
+        except ValueError as err:
+            raise GridError(f"{', '.join(names)}: expected files on one grid, found different grids ({err})") from err
+        try:
+            _check_axis(cat_ds["time"].values, "time", ", ".join(names), allow_descending=False)
+        except CoordinateError as err:
+            raise AlignmentError(f"files overlap in time: {err}") from err
+        merged.append(cat_ds)
+    try:
+        out = xr.merge(merged, join="exact", compat="override", combine_attrs="drop_conflicts")
+    except ValueError as err:
+        raise GridError(f"{', '.join(names)}: expected files on one grid and time axis, found ({err})") from err
+    out.attrs[SOURCE_ATTR] = ", ".join(names)
+    return out
+
+
+# ---- schema check ---------------------------------------------------------------------
+def schema_problems(
+    ds: xr.Dataset,
+    variables: Sequence[str] | None = None,
+    *,
+    allow_nan: bool = False,
+    mask: xr.DataArray | np.ndarray | None = None,
+    check_range: bool = True,
+) -> list[KmscaleError]:
+    """Every reason the pipeline cannot use ``ds`` (empty list when it can).
+
+    Args:
+        ds: canonical dataset.
+        variables: canonical names required (all data variables when None).
+        allow_nan: accept NaNs anywhere.
+        mask: boolean (y, x)/(lat, lon) array, True where values must be finite; NaNs
+            outside it are allowed (e.g. outside a radar composite). Defaults to the
+            dataset's ``mask`` coordinate when it has one.
+        check_range: check values against the catalogue's plausible ranges (reads data).
+    """
+    import dask
+
+    where = ds.attrs.get(SOURCE_ATTR, "<dataset>")
+    problems: list[KmscaleError] = []
+    names = list(variables) if variables is not None else list(ds.data_vars)
+    missing = [v for v in names if v not in ds.data_vars]
+    if missing:
+        problems.append(SchemaError(f"{where}: expected variables {names}, missing {missing}; found {sorted(ds.data_vars)}"))
+    spatial = ("lat", "lon") if "lat" in ds.dims else ("y", "x")
+    for ax in (*spatial, "time"):
+        if ax in ds.coords and ds[ax].ndim == 1:
+            try:
+                flip = _check_axis(ds[ax].values, ax, where, allow_descending=False)
+                assert not flip
+            except CoordinateError as err:
+                problems.append(err)
+    if mask is None and "mask" in ds.coords:
+        mask = ds.coords["mask"]
+    for name in names:
+        if name not in ds.data_vars:
+            continue
+        da = ds[name]
+        try:
+            var = cat.lookup(name)
+        except SchemaError as err:
+            problems.append(err)
+            continue
+        extra = [d for d in da.dims if d not in ("time", "member", *spatial)]
+        if extra or not set(spatial) <= set(da.dims):
+            problems.append(SchemaError(
+                f"{where}: variable {name!r}: expected dims (time, [member], {', '.join(spatial)}), found {da.dims}"))
+            continue
+        found_units = da.attrs.get("units")
+        if cat.normalize_units(found_units) != cat.normalize_units(var.units):
+            problems.append(UnitsError(f"{where}: variable {name!r}: expected units {var.units}, found {found_units!r}"))
+            continue
+        if not check_range and allow_nan:
+            continue
+        isnan = da.isnull()
+        if mask is not None:
+            m = mask if isinstance(mask, xr.DataArray) else xr.DataArray(np.asarray(mask, bool), dims=spatial)
+            bad_nan = (isnan & m.astype(bool)).sum()
+        else:
+            bad_nan = isnan.sum()
+        vmin, vmax, nbad = dask.compute(da.min(), da.max(), bad_nan)
+        vmin, vmax, nbad = float(vmin), float(vmax), int(nbad)
+        if nbad and not allow_nan:
+            place = "inside the mask" if mask is not None else "and no mask allows them"
+            problems.append(MissingValueError(
+                f"{where}: variable {name!r}: expected finite values{' inside the mask' if mask is not None else ''}, "
+                f"found {nbad} NaNs {place}"))
+        if check_range and np.isfinite(vmin):
+            try:
+                cat.check_range(name, vmin, vmax, where=where)
+            except UnitsError as err:
+                problems.append(err)
+    return problems
+
+
+def validate(
+    ds: xr.Dataset,
+    variables: Sequence[str] | None = None,
+    *,
+    allow_nan: bool = False,
+    mask: xr.DataArray | np.ndarray | None = None,
+    check_range: bool = True,
+) -> xr.Dataset:
+    """Raise the first schema problem of ``ds`` (see :func:`schema_problems`); return ``ds``."""
+    problems = schema_problems(ds, variables, allow_nan=allow_nan, mask=mask, check_range=check_range)
+    if problems:
+        raise problems[0]
+    return ds
