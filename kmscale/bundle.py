@@ -51,6 +51,8 @@ class EDMSettings:
     residual_scale: list[float] = field(default_factory=lambda: [1.0])  # per latent channel
     sigma_min: float = 0.002
     sigma_max: float = 80.0
+    context_size: list[int] | None = None  # coarse global context of patch training (PatchedDenoiser)
+    train_patch: list[int] | None = None  # latent patch size trained on; None: whole field
 
 
 @dataclass

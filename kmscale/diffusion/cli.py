@@ -1,0 +1,122 @@
+"""``kmscale sample`` and ``kmscale demo``.
+
+Only the standard library is imported at top level (``kmscale --help`` stays fast);
+the handlers import torch and friends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+SAMPLE_HELP = """\
+Downscale coarse predictors with a trained model bundle into an ensemble store.
+
+The store (zarr v3) holds one variable per target field with dims
+(time, member, lat, lon), CF attributes, and provenance: bundle fingerprint, sampler
+settings, per-member seeds. It is written time chunk by time chunk under
+OUT.partial and renamed to OUT only when complete; running the same command again
+after an interruption resumes where it stopped.
+
+example:
+  kmscale sample --bundle runs/ldm/bundle --predictors fuxi_2024.zarr \\
+      --members 16 --out ens.zarr --steps 18 --solver heun
+"""
+
+DEMO_HELP = """\
+Run the whole pipeline on the built-in synthetic demo data: prepare data, train the
+autoencoder, encode, train the regression U-Net, train the residual diffusion model,
+sample an ensemble, score it, and write a report with figures.
+
+--size small (default) finishes in at most 10 minutes on 2 CPU cores.
+--size gpu is the larger documented setting (bigger region, wider networks, longer
+training) for one GPU; see README.
+"""
+
+
+def _pair(text: str) -> list[int]:
+    parts = [int(p) for p in text.replace("x", ",").split(",") if p]
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or H,W with positive integers, found {text!r}")
+    return parts
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sample", help="sample a downscaled ensemble from predictors with a model bundle",
+        description=SAMPLE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--bundle", required=True, help="model bundle directory (bundle.json, autoencoder/, ...)")
+    p.add_argument("--predictors", required=True, nargs="+",
+                   help="predictor file(s): NetCDF/GRIB/zarr, canonical variables (time, lat, lon)")
+    p.add_argument("--out", required=True, help="output ensemble store (.zarr)")
+    p.add_argument("--members", type=int, default=16, help="ensemble size M (default 16)")
+    p.add_argument("--steps", type=int, default=18, help="EDM noise levels N (default 18)")
+    p.add_argument("--solver", choices=("heun", "euler"), default="heun",
+                   help="heun: EDM Algorithm 2 (default); euler: first order, few-step option")
+    p.add_argument("--churn", type=float, default=0.0, help="S_churn stochasticity (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="member m uses seed SEED+m (default 0)")
+    p.add_argument("--member-batch", type=int, default=8, help="members denoised together (memory only)")
+    p.add_argument("--patch", type=_pair, default=None, metavar="H,W",
+                   help="patch-wise sampling with latent tiles of H,W (large domains)")
+    p.add_argument("--overlap", type=_pair, default=None, metavar="H,W",
+                   help="tile overlap in latent pixels (default: a quarter of the tile)")
+    p.add_argument("--time-chunk", type=int, default=1, help="valid times per store chunk (unit of resume)")
+    p.add_argument("--start", default=None, help="first valid time to downscale (ISO)")
+    p.add_argument("--end", default=None, help="last valid time to downscale (ISO)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace a complete store at --out")
+    p.set_defaults(func=run_sample)
+
+    d = subparsers.add_parser(
+        "demo", help="run the whole pipeline on the built-in demo data (<= 10 min on 2 cores)",
+        description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    d.add_argument("--size", choices=("small", "gpu"), default="small",
+                   help="small: 2 CPU cores, <= 10 min (default); gpu: larger setting for one GPU")
+    d.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    d.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
+    d.set_defaults(func=run_demo)
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from kmscale.bundle import ModelBundle
+    from kmscale.data.readers import open_dataset
+    from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
+
+    bundle = ModelBundle.load(args.bundle)
+    predictors = open_dataset(args.predictors, variables=bundle.spec.predictors.variables)
+    if args.start or args.end:
+        sl = slice(None if args.start is None else np.datetime64(args.start),
+                   None if args.end is None else np.datetime64(args.end))
+        predictors = predictors.sel(time=sl)
+    settings = SamplerSettings(
+        members=args.members, steps=args.steps, solver=args.solver, S_churn=args.churn, seed=args.seed,
+        member_batch=args.member_batch, patch=args.patch, overlap=args.overlap, time_chunk=args.time_chunk,
+    )
+    resolved = {k: v for k, v in vars(args).items() if k != "func"}
+    pipe = DownscalingPipeline(bundle, device=_device(args.device))
+    path = pipe.run(predictors, args.out, settings, overwrite=args.overwrite, resolved_config=resolved)
+    print(json.dumps({"store": str(path), "members": args.members, "times": int(predictors.sizes["time"])}),
+          file=sys.stdout)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from kmscale.diffusion.demo import run_demo as demo
+
+    summary = demo(args.out, size=args.size, device=_device(args.device), fresh=args.fresh)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
