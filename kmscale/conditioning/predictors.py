@@ -101,19 +101,15 @@ def interpolate_regular(
 
 
 def fit_predictor_stats(ds: xr.Dataset, variables: Sequence[str]) -> dict[str, dict]:
-    """Mean/std per predictor variable over the (training) dataset given.
+    """Transform + mean/std per predictor variable over the (training) dataset given.
 
-    The schema is that of ``kmscale.data.transforms.standardize``; predictors are
-    standardized without a value transform (precipitation predictors are smooth
-    enough at the coarse scale).
+    Fitted with :class:`kmscale.data.stats.NormStats` (catalogue transforms, e.g.
+    ``log1p`` for precipitation); the schema is that of ``transforms.standardize``.
     """
-    stats = {}
-    for name in variables:
-        values = ds[name]
-        mean = float(values.mean(skipna=True).values)
-        std = float(values.std(skipna=True).values)
-        stats[name] = {"mean": mean, "std": std if std > 1e-12 else 1.0, "transform": "none"}
-    return stats
+    from kmscale.data.stats import NormStats
+
+    stats = NormStats.fit(ds, list(variables))
+    return {name: stats.stat(name) for name in variables}
 
 
 @dataclass

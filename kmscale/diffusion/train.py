@@ -32,7 +32,7 @@ from kmscale.conditioning.embeddings import DEFAULT_MAX_LEAD_HOURS, lead_times_o
 from kmscale.conditioning.static import grid_coords
 from kmscale.diffusion import residual
 from kmscale.diffusion.regression import UNetSettings, build_unet, predict_mean, regression_loss
-from kmscale.errors import ConfigError, SchemaError
+from kmscale.errors import ConfigError
 from kmscale.training import Trainer, TrainingSettings, TrainResult
 
 log = logging.getLogger(__name__)
@@ -138,19 +138,10 @@ class TrainingData:
 
 def _fit_input_stats(targets: xr.Dataset, variables: list[str]) -> dict[str, dict]:
     """Per-variable transform + mean/std of the training targets (for the autoencoder)."""
-    from kmscale.data import transforms
-    from kmscale.data.variables import lookup
+    from kmscale.data.stats import NormStats
 
-    stats = {}
-    for name in variables:
-        try:
-            tr = lookup(name).transform
-        except SchemaError:
-            tr = "none"
-        values = transforms.forward(np.asarray(targets[name].values, np.float64), tr)
-        stats[name] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)) or 1.0,
-                       "transform": tr, "scale": 1.0}
-    return stats
+    stats = NormStats.fit(targets, variables)
+    return {name: stats.stat(name) for name in variables}
 
 
 def make_autoencoder(spec: str, targets: xr.Dataset, variables: list[str] | None):

@@ -9,16 +9,14 @@ dimensionless number (``crps`` is the metric the Trainer minimizes for ``best/``
 - ``crps``: fair CRPS (kmscale.evaluation.probabilistic), mean over points, variables
 - ``rmse_mean``: RMSE of the ensemble mean
 - ``spread_skill``: sqrt((M+1)/M · mean ensemble variance) / RMSE of the mean
-- ``power_ratio``: predicted / true power at the two smallest zonal scales of the
-  windowed (detrended + Hann) zonal spectrum, when kmscale.evaluation.torch_metrics
-  is installed
+- ``power_ratio_1/2``: predicted / true power at the two smallest zonal scales of
+  the windowed (detrended + Hann) zonal spectrum
+
+All from :mod:`kmscale.evaluation.torch_metrics`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
-import numpy as np
 import torch
 
 from kmscale.data import transforms
@@ -35,14 +33,12 @@ def standardized(x: torch.Tensor, autoencoder) -> torch.Tensor:
     return out
 
 
-def smallest_scale_power_ratio(ens: torch.Tensor, truth: torch.Tensor) -> torch.Tensor | None:
+def smallest_scale_power_ratio(ens: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """(2,) ratio of member-mean power to true power at the two highest wavenumbers.
 
     Args:
-        ens: (M, N, ..., W) members; truth: (N, ..., W). None if torch_metrics is absent.
+        ens: (M, N, ..., W) members; truth: (N, ..., W).
     """
-    if importlib.util.find_spec("kmscale.evaluation.torch_metrics") is None:
-        return None
     from kmscale.evaluation.torch_metrics import zonal_power_spectrum
 
     p_ens = zonal_power_spectrum(ens.double(), detrend=True, window="hann")
@@ -84,20 +80,17 @@ def ensemble_scores(
     solver: str = "heun", seed: int = 0,
 ) -> dict[str, float]:
     """Scores of a small ensemble on ``dataset`` (needs "z", "z_mean", "cond", "emb")."""
-    from kmscale.evaluation.probabilistic import crps_ensemble
+    from kmscale.evaluation.torch_metrics import crps_fair, spread_skill_ratio
 
     ens, truth = sample_physical_ensemble(denoiser, dataset, autoencoder, scale, members, steps, solver, seed)
-    e, t = standardized(ens, autoencoder), standardized(truth, autoencoder)
-    crps = crps_ensemble(e.numpy(), t.numpy(), axis=0, fair=True)
-    mean = e.mean(0)
-    rmse = torch.sqrt(torch.mean((mean - t) ** 2)).item()
-    var = e.var(0, unbiased=True).mean().item() if members > 1 else 0.0
-    scores = {
-        "crps": float(np.nanmean(crps)),
-        "rmse_mean": rmse,
-        "spread_skill": float(np.sqrt((members + 1) / members * var) / max(rmse, 1e-12)),
-    }
+    e, t = standardized(ens, autoencoder).double(), standardized(truth, autoencoder).double()
     ratio = smallest_scale_power_ratio(e, t)
-    if ratio is not None:
-        scores.update({"power_ratio_1": float(ratio[0]), "power_ratio_2": float(ratio[1])})
+    scores = {
+        "crps": float(torch.nanmean(crps_fair(e, t))),
+        "rmse_mean": float(torch.sqrt(torch.mean((e.mean(0) - t) ** 2))),
+        "power_ratio_1": float(ratio[0]),
+        "power_ratio_2": float(ratio[1]),
+    }
+    if members > 1:
+        scores["spread_skill"] = float(spread_skill_ratio(e, t))
     return scores
