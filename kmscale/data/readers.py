@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -94,7 +95,10 @@ def _open_raw(path: Path, engine: str, chunks) -> xr.Dataset:
     elif engine == "zarr":
         kwargs["consolidated"] = None
     try:
-        return xr.open_dataset(path, **kwargs)
+        with warnings.catch_warnings():
+            # zarr without consolidated metadata (what StoreWriter writes) is fine
+            warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated", category=RuntimeWarning)
+            return xr.open_dataset(path, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, EOFError) as err:
         raise CorruptFileError(f"{path}: expected a readable {engine} file, found an unreadable one ({err})") from err
 
