@@ -50,6 +50,12 @@ def _edges(c: np.ndarray) -> np.ndarray:
     return np.concatenate([[first], mid, [last]])
 
 
+def _wrap_about(lon: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Longitudes brought within 180 degrees of the centre of ``axis`` (0..360 vs -180..180)."""
+    mid = 0.5 * (float(axis[0]) + float(axis[-1]))
+    return (np.asarray(lon, "float64") - mid + 180.0) % 360.0 + mid - 180.0
+
+
 def _frac_index(coord: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Fractional index of ``values`` on an ascending 1-D coordinate; NaN outside half a cell."""
     idx = np.arange(coord.size, dtype="float64")
@@ -113,8 +119,7 @@ class RegularLatLonGrid(Grid):
         return np.meshgrid(self.lat, self.lon, indexing="ij")
 
     def _wrap(self, lon: np.ndarray) -> np.ndarray:
-        # bring longitudes into [lon0, lon0 + 360) so 0..360 and -180..180 grids interoperate
-        return (lon - self.lon[0] + 360.0 * 1e-9) % 360.0 + self.lon[0] - 360.0 * 1e-9
+        return _wrap_about(lon, self.lon)
 
     def locate(self, lat, lon):
         lon = self._wrap(np.asarray(lon, dtype="float64"))
@@ -168,7 +173,7 @@ class RotatedPoleGrid(Grid):
         v = _unit(np.asarray(lat, "float64"), np.asarray(lon, "float64")) @ self._axes().T
         rlat, rlon = _latlon(v)
         rlon = rlon - self.north_pole_grid_longitude
-        return rlat, (rlon - self.rlon[0]) % 360.0 + self.rlon[0]
+        return rlat, _wrap_about(rlon, self.rlon)
 
     def latlon(self):
         rlat, rlon = np.meshgrid(self.rlat, self.rlon + self.north_pole_grid_longitude, indexing="ij")
@@ -451,7 +456,7 @@ def regrid(ds: xr.Dataset, target: Grid, method: str = "bilinear", *, where: str
                 if nan.any():
                     touched = ndimage.map_coordinates(nan.astype("float64"), coords, order=min(order, 1), mode="nearest")
                     out[k][touched > 1e-6] = np.nan
-            return out
+            return out.reshape(*a.shape[:-2], ty, tx)
 
     tmp = {d: f"_src_{d}" for d in sdims}
     out_vars = {}

@@ -1,0 +1,169 @@
+"""Grids, coarsening and regridding: exactness on synthetic fields, real static fields."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from kmscale.data.grids import (
+    ProjectedGrid,
+    RegularLatLonGrid,
+    RotatedPoleGrid,
+    coarsen,
+    grid_of,
+    regrid,
+)
+from kmscale.data.readers import open_dataset
+from kmscale.errors import GridError
+
+
+def _latlon_ds(lat, lon, values, name="t2m", nt=None):
+    dims = ("lat", "lon") if nt is None else ("time", "lat", "lon")
+    coords = {"lat": lat, "lon": lon}
+    if nt is not None:
+        coords["time"] = pd.date_range("2020", periods=nt, freq="h")
+    return xr.Dataset({name: (dims, values.astype("float32"), {"units": "K"})}, coords=coords)
+
+
+def test_bilinear_exact_for_linear_fields_and_nearest_picks_values():
+    src = RegularLatLonGrid.from_bounds(40, 50, -5, 5, 0.5)
+    lat2, lon2 = src.latlon()
+    field = 250 + 2.0 * lat2 - 0.5 * lon2
+    ds = _latlon_ds(src.lat, src.lon, np.stack([field, field + 1]), nt=2)
+    tgt = RegularLatLonGrid.from_bounds(41.1, 48.9, -3.3, 3.3, 0.3)
+    out = regrid(ds, tgt, "bilinear")
+    tl, tn = tgt.latlon()
+    np.testing.assert_allclose(out.t2m.values[0], 250 + 2.0 * tl - 0.5 * tn, atol=1e-3)
+    np.testing.assert_allclose(out.t2m.values[1] - out.t2m.values[0], 1.0, atol=1e-4)
+    assert out.t2m.dims == ("time", "lat", "lon") and out.t2m.attrs["units"] == "K"
+    cubic = regrid(ds, tgt, "bicubic")
+    np.testing.assert_allclose(cubic.t2m.values[0], 250 + 2.0 * tl - 0.5 * tn, atol=1e-2)
+    near = regrid(ds, tgt, "nearest")
+    assert np.isin(near.t2m.values[0], field.astype("float32")).all()
+
+
+def test_area_regrid_conserves_means_and_matches_brute_force(rng):
+    src = RegularLatLonGrid.from_bounds(50.125, 57.875, -9.875, 1.875, 0.25)
+    values = rng.normal(size=src.shape)
+    ds = _latlon_ds(src.lat, src.lon, values)
+    tgt = RegularLatLonGrid.from_bounds(50.5, 57.5, -9.5, 1.5, 1.0)
+    out = regrid(ds, tgt, "area").t2m.values
+    # brute force: cos(lat)-weighted means over the 4x4 blocks (cells nest exactly)
+    w = np.cos(np.radians(src.latlon()[0]))
+    blocks = (values * w).reshape(8, 4, 12, 4).sum((1, 3)) / w.reshape(8, 4, 12, 4).sum((1, 3))
+    np.testing.assert_allclose(out, blocks, rtol=2e-4, atol=2e-4)
+    # plain block mean via coarsen is nearly the same at these latitudes
+    np.testing.assert_allclose(coarsen(ds, 4).t2m.values, out, atol=0.02)
+
+
+def test_regrid_nan_and_coverage_errors():
+    src = RegularLatLonGrid.from_bounds(0, 10, 0, 10, 1.0)
+    values = np.ones(src.shape)
+    values[5, 5] = np.nan
+    ds = _latlon_ds(src.lat, src.lon, values)
+    out = regrid(ds, RegularLatLonGrid.from_bounds(1, 9, 1, 9, 0.5), "bilinear").t2m.values
+    assert np.isnan(out).sum() > 0 and np.nanmax(np.abs(out - 1)) < 1e-6
+    with pytest.raises(GridError, match=r"expected the source grid .* to cover the target grid .* outside"):
+        regrid(ds, RegularLatLonGrid.from_bounds(5, 15, 0, 5, 1.0), "bilinear")
+    with pytest.raises(GridError, match="method"):
+        regrid(ds, src, "spline")
+
+
+def test_coarsen_shape_and_nan_policy():
+    src = RegularLatLonGrid.from_bounds(0, 7, 0, 7, 1.0)
+    values = np.arange(64.0).reshape(8, 8)
+    values[0, 0] = np.nan
+    ds = _latlon_ds(src.lat, src.lon, values)
+    any_ = coarsen(ds, 4).t2m.values
+    all_ = coarsen(ds, 4, nan_policy="all").t2m.values
+    assert np.isnan(any_[0, 0]) and np.isfinite(all_[0, 0])
+    np.testing.assert_allclose(any_[1, 1], values[4:, 4:].mean())
+    assert coarsen(ds, 4).lat.values.tolist() == [1.5, 5.5]
+    with pytest.raises(GridError, match="divisible by 3, found 8"):
+        coarsen(ds, 3)
+
+
+def test_longitude_conventions_interoperate():
+    src = RegularLatLonGrid(np.arange(-10.0, 11.0), np.arange(0.0, 360.0, 1.0))
+    lat2, lon2 = src.latlon()
+    ds = _latlon_ds(src.lat, src.lon, np.sin(np.radians(lon2)) + 0 * lat2)
+    tgt = RegularLatLonGrid(np.array([0.0, 1.0]), np.array([-30.0, -10.0, 10.0]))
+    out = regrid(ds, tgt, "bilinear").t2m.values
+    np.testing.assert_allclose(out[0], np.sin(np.radians([-30.0, -10.0, 10.0])), atol=1e-4)
+
+
+def test_rotated_pole_matches_cordex_coordinates(real_data):
+    ds = open_dataset(real_data / "static" / "HSURF_regional_model_0.11deg.nc")
+    grid = grid_of(ds)
+    assert isinstance(grid, RotatedPoleGrid)
+    lat, lon = grid.latlon()
+    np.testing.assert_allclose(lat, ds.lat.values, atol=1e-3)
+    np.testing.assert_allclose(((lon - ds.lon.values + 180) % 360) - 180, 0, atol=1e-3)
+    iy, ix = grid.locate(ds.lat.values[::50, ::50], ds.lon.values[::50, ::50])
+    gy, gx = np.meshgrid(np.arange(0, 438, 50), np.arange(0, 450, 50), indexing="ij")
+    np.testing.assert_allclose(iy, gy, atol=0.05)
+    np.testing.assert_allclose(ix, gx, atol=0.05)
+
+
+def test_ukv_orography_regridded_onto_era5_grid(real_data):
+    from kmscale.data.datasets import era5_uk_static, era5_uk_t2m
+
+    target = era5_uk_t2m().isel(time=0)
+    static = era5_uk_static(target)
+    oro, lsm = static.orography.values, static.land_sea_mask.values
+    assert oro.shape == lsm.shape == (32, 48)
+    assert static.orography.attrs["units"] == "m"
+    assert np.isfinite(oro).all() and np.isfinite(lsm).all()
+    assert 350 < oro.max() < 1300  # 0.25-deg means over the Highlands
+    assert abs(oro[lsm < 0.05]).max() < 30  # open sea is flat
+    assert oro[lsm > 0.95].mean() > 80
+    # point (bilinear) values correlate with the area means
+    bil = era5_uk_static(target, method="bilinear").orography.values
+    assert np.corrcoef(bil.ravel(), oro.ravel())[0, 1] > 0.85
+    assert 0.25 < lsm.mean() < 0.6  # the box is part land, part sea
+
+
+def test_eur44_eur11_static_pair(real_data):
+    fine = open_dataset([real_data / "static" / "HSURF_regional_model_0.11deg.nc",
+                         real_data / "static" / "FR-LAND_regional_model_0.11deg.nc"])
+    coarse = open_dataset([real_data / "static" / "HSURF_regional_model_0.44deg.nc",
+                           real_data / "static" / "FR-LAND_regional_model_0.44deg.nc"])
+    assert set(fine.data_vars) == set(coarse.data_vars) == {"orography", "land_sea_mask"}
+    assert isinstance(grid_of(fine), RotatedPoleGrid)
+    # the 0.44 file's pole is (90N, 180E): effectively a regular lat-lon grid reaching 46.6N only,
+    # so the whole of it is not covered by EUR-11 ...
+    cgrid = grid_of(coarse)
+    with pytest.raises(GridError, match="cover"):
+        regrid(fine, cgrid, "area")
+    # ... but where they overlap the fine fields averaged onto the coarse cells match
+    sub = coarse.sel(y=slice(36.0, 46.0), x=slice(-5.0, 25.0)).load()
+    sub_grid = grid_of(sub)
+    on_coarse = regrid(fine.load(), sub_grid, "area")
+    a, b = on_coarse.orography.values.ravel(), sub.orography.values.ravel()
+    assert np.corrcoef(a, b)[0, 1] > 0.9
+    assert abs(a.mean() - b.mean()) < 60
+    c, d = on_coarse.land_sea_mask.values.ravel(), sub.land_sea_mask.values.ravel()
+    assert np.corrcoef(c, d)[0, 1] > 0.9
+
+
+def test_projected_radolan_grid_locates_its_own_points(real_data):
+    ds = open_dataset(real_data / "radolan_rw_20221018" / "radolan_RW_20221018_hourly_1km.nc")
+    grid = grid_of(ds)
+    assert isinstance(grid, ProjectedGrid) and grid.shape == (900, 900)
+    lat, lon = grid.latlon()
+    pts = (slice(10, 890, 97), slice(5, 895, 89))
+    iy, ix = grid.locate(lat[pts], lon[pts])
+    gy, gx = np.meshgrid(np.arange(900)[pts[0]], np.arange(900)[pts[1]], indexing="ij")
+    np.testing.assert_allclose(iy, gy, atol=0.05)
+    np.testing.assert_allclose(ix, gx, atol=0.05)
+    # a 0.1-deg lat-lon window over Germany, nearest and area
+    tgt = RegularLatLonGrid.from_bounds(50.0, 52.0, 8.0, 11.0, 0.1)
+    one = ds.isel(time=slice(0, 1)).load()
+    near = regrid(one, tgt, "nearest").tp
+    area = regrid(one, tgt, "area").tp
+    assert near.shape == area.shape == (1, 21, 31)
+    assert float(area.mean()) == pytest.approx(float(near.mean()), rel=0.3, abs=0.02)
+    with pytest.raises(GridError, match="cover"):
+        regrid(one, RegularLatLonGrid.from_bounds(40.0, 42.0, 8.0, 11.0, 0.5), "bilinear")
