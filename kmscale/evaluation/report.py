@@ -1,0 +1,156 @@
+"""HTML or Markdown report of one or more metrics files, with PNG figures.
+
+``write_report(load_metrics(["metrics.nc"]), "report/")`` writes ``report/index.html``
+(or ``report.md``) and ``report/figures/*.png``: a summary table per region and, per
+variable, maps, CRPS/spread-skill by lead time, box plots of MSE and SSIM by lead time,
+zonal spectra, rank histograms and log-density plots. Methods appear side by side.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from kmscale.data.readers import detect_engine
+from kmscale.errors import SchemaError
+
+# Columns of the summary table: (variable in the metrics file, header, format).
+SUMMARY_COLUMNS = (
+    ("summary_crps_fair", "CRPS fair", "{:.4g}"),
+    ("summary_crps_standard", "CRPS standard", "{:.4g}"),
+    ("summary_ensmean_rmse", "RMSE ens. mean", "{:.4g}"),
+    ("summary_spread", "spread", "{:.4g}"),
+    ("summary_spread_skill_ratio", "spread/skill", "{:.3f}"),
+    ("summary_ensmean_bias", "bias", "{:.3g}"),
+    ("summary_ssim_ensmean", "SSIM", "{:.3f}"),
+    ("log_density_error", "log-density err.", "{:.3f}"),
+)
+
+
+def load_metrics(paths: Sequence[str | Path]) -> xr.Dataset:
+    """Open metrics files and merge them along ``method`` (names must be distinct)."""
+    dsets = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise SchemaError(f"{p}: expected a metrics NetCDF of `kmscale score`, found nothing")
+        ds = xr.open_dataset(p, engine=detect_engine(p)).load()
+        if "summary_crps_fair" not in ds:
+            raise SchemaError(f"{p}: expected a metrics file of `kmscale score` (summary_crps_fair), found variables {list(ds.data_vars)[:8]}")
+        dsets.append(ds)
+    if len(dsets) == 1:
+        return dsets[0]
+    names = [m for d in dsets for m in d["forecast"].values]
+    if len(set(names)) != len(names):
+        raise SchemaError(f"report: expected distinct method names across metrics files, found {names}")
+    per_method = [v for v in dsets[0].data_vars if "forecast" in dsets[0][v].dims]
+    merged = xr.concat([d[per_method] for d in dsets], dim="forecast", join="outer", coords="different", compat="equals")
+    shared = dsets[0].drop_vars(per_method)
+    return xr.merge([shared, merged], compat="override", join="outer")
+
+
+def _cell(ds: xr.Dataset, key: str, method, variable, region: str, fmt: str) -> str:
+    if key not in ds:
+        return ""
+    da = ds[key].sel(forecast=method, variable=variable)
+    if "region" in da.dims:
+        da = da.sel(region=region)
+    if "lead_time_group" in da.dims:
+        da = da.isel(lead_time_group=0)
+    v = float(da)
+    return "NaN" if not np.isfinite(v) else fmt.format(v)
+
+
+def summary_rows(ds: xr.Dataset, region: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (forecast, variable, units, scores...) of the all-times summary table."""
+    header = ["forecast", "variable", "units"] + [h for _, h, _ in SUMMARY_COLUMNS]
+    rows = []
+    for v in ds["variable"].values:
+        for m in ds["forecast"].values:
+            units = str(ds["variable_units"].sel(variable=v).item())
+            rows.append([str(m), str(v), units] + [_cell(ds, k, m, v, region, f) for k, _, f in SUMMARY_COLUMNS])
+    return header, rows
+
+
+def write_report(ds: xr.Dataset, out_dir: str | Path, *, fmt: str = "html", title: str = "kmscale evaluation report") -> Path:
+    """Write the figures and the report page; returns the page's path."""
+    from kmscale.evaluation import plots
+
+    if fmt not in ("html", "md"):
+        raise ValueError(f"report: expected format 'html' or 'md', found {fmt!r}")
+    out = Path(out_dir)
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    sections: list[tuple[str, list[tuple[str, str]]]] = []  # (heading, [(caption, file)])
+
+    def save(fig, name: str) -> str:
+        import matplotlib.pyplot as plt
+
+        path = figdir / f"{name}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        return f"figures/{path.name}"
+
+    for v in map(str, ds["variable"].values):
+        figs = []
+        if "map_truth" in ds:
+            figs.append(("Truth, ensemble mean, two members and ensemble-mean error", save(plots.maps(ds, v), f"{v}_maps")))
+        figs.append(("Fair and standard CRPS, RMSE and spread, spread-skill ratio by lead time", save(plots.by_lead_time(ds, v), f"{v}_lead")))
+        figs.append(("Box plots over times of ensemble-mean MSE and SSIM by lead time", save(plots.boxplots(ds, v), f"{v}_box")))
+        if "spectrum_truth" in ds:
+            figs.append(("Zonal power spectra", save(plots.spectra(ds, v), f"{v}_spectra")))
+        figs.append(("Rank histograms (flat = calibrated; U = under-dispersed)", save(plots.rank_histograms(ds, v), f"{v}_rank")))
+        figs.append(("Log-density of values (extremes)", save(plots.densities(ds, v), f"{v}_density")))
+        sections.append((v, figs))
+
+    tables = [(r, *summary_rows(ds, r)) for r in map(str, ds["region"].values)]
+    meta = {k: ds.attrs.get(k, "") for k in ("history", "forecasts", "truth", "source")}
+    if fmt == "html":
+        page = out / "index.html"
+        page.write_text(_html(title, tables, sections, meta))
+    else:
+        page = out / "report.md"
+        page.write_text(_markdown(title, tables, sections, meta))
+    return page
+
+
+def _html(title, tables, sections, meta) -> str:
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{e(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#eee}img{max-width:100%}figcaption{color:#444;margin-bottom:1.5em}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        "<p>Summary over all times. Fair CRPS is the headline (unbiased for the ensemble size); "
+        "the standard CRPS of the empirical distribution is shown for comparison with tools that report it.</p>",
+    ]
+    parts.append("<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(str(v))}</li>" for k, v in meta.items() if v) + "</ul>")
+    for region, header, rows in tables:
+        parts.append(f"<h3>Region: {e(region)}</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+        parts.append("</table>")
+    for heading, figs in sections:
+        parts.append(f"<h2>{e(heading)}</h2>")
+        parts.extend(f"<figure><img src='{e(f)}' alt='{e(c)}'><figcaption>{e(c)}</figcaption></figure>" for c, f in figs)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _markdown(title, tables, sections, meta) -> str:
+    lines = [f"# {title}", "", "Summary over all times; fair CRPS is the headline.", ""]
+    lines += [f"- **{k}**: {v}" for k, v in meta.items() if v] + [""]
+    for region, header, rows in tables:
+        lines += [f"### Region: {region}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    for heading, figs in sections:
+        lines += [f"## {heading}", ""]
+        for c, f in figs:
+            lines += [f"![{c}]({f})", "", f"*{c}*", ""]
+    return "\n".join(lines)
