@@ -18,7 +18,12 @@ from kmscale.errors import GridError
 
 @pytest.mark.parametrize(
     "shape,tile,overlap",
-    [((64, 96), (32, 32), (8, 8)), ((70, 53), (32, 24), (5, 0)), ((32, 32), 32, 0), ((100, 37), 16, 15)],
+    [
+        ((64, 96), (32, 32), (8, 8)),
+        ((70, 53), (32, 24), (5, 0)),
+        ((32, 32), 32, 0),
+        ((100, 37), 16, 15),
+    ],
 )
 def test_layout_covers_field_last_tile_flush(shape, tile, overlap):
     layout = TileLayout(shape=shape, tile=tile, overlap=overlap)
@@ -49,7 +54,9 @@ def test_window_positive_tapering():
     assert np.array_equal(TileLayout((8, 8), 8, 0).window(), np.ones((8, 8)))
 
 
-@pytest.mark.parametrize("shape,tile,overlap", [((64, 96), 32, 8), ((70, 53), (32, 24), (5, 3)), ((16, 16), 16, 0)])
+@pytest.mark.parametrize(
+    "shape,tile,overlap", [((64, 96), 32, 8), ((70, 53), (32, 24), (5, 3)), ((16, 16), 16, 0)]
+)
 def test_stitch_of_extract_is_identity_numpy(rng, shape, tile, overlap):
     layout = TileLayout(shape=shape, tile=tile, overlap=overlap)
     x = rng.standard_normal((2, 3) + layout.shape).astype(np.float32)

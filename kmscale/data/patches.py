@@ -250,7 +250,9 @@ class TileAccumulator:
         """Add tile ``index`` (position in ``layout.slices``), shaped lead_shape + (th, tw)."""
         expected = self.lead_shape + self.layout.tile
         if tuple(tile.shape) != expected:
-            raise GridError(describe(f"tile shape {expected}", tuple(tile.shape), where=f"tile {index}"))
+            raise GridError(
+                describe(f"tile shape {expected}", tuple(tile.shape), where=f"tile {index}")
+            )
         if not 0 <= index < len(self.layout):
             raise GridError(describe(f"a tile index in [0, {len(self.layout)})", index))
         sy, sx = self.layout.slices[index]
@@ -352,12 +354,20 @@ def random_patch(
         w = np.asarray(weights, dtype=np.float64)
         if w.ndim != 2 or w.shape[0] > H or w.shape[1] > W:
             raise GridError(
-                describe(f"weights (h, w) with h <= {H}, w <= {W}", f"shape {w.shape}", where="random_patch")
+                describe(
+                    f"weights (h, w) with h <= {H}, w <= {W}",
+                    f"shape {w.shape}",
+                    where="random_patch",
+                )
             )
         total = w.sum()
         if not np.isfinite(total) or total <= 0 or (w < 0).any():
             raise GridError(
-                describe("finite non-negative weights with a positive sum", f"sum {total}", where="random_patch")
+                describe(
+                    "finite non-negative weights with a positive sum",
+                    f"sum {total}",
+                    where="random_patch",
+                )
             )
         cell = int(rng.choice(w.size, p=(w / total).ravel()))
         ci, cj = divmod(cell, w.shape[1])
