@@ -207,8 +207,24 @@ def _canonical_time(ds: xr.Dataset, where: str) -> xr.Dataset:
         ds = ds.assign_coords(lead_time=("time", np.asarray(lead, dtype="float64")))
         ds["lead_time"].attrs = {"units": "hours", "long_name": "forecast lead time"}
     if "time" in ds.dims:
-        _check_axis(ds["time"].values, "time", where, allow_descending=False)
+        ds = _check_time(ds, where)
     return ds
+
+
+def _check_time(ds: xr.Dataset, where: str) -> xr.Dataset:
+    """Valid times strictly increasing; forecasts (``lead_time``) may repeat a valid time
+    for different leads, so there the (time, lead_time) pairs must be unique and are sorted."""
+    if "lead_time" not in ds.coords or ds["lead_time"].dims != ("time",):
+        _check_axis(ds["time"].values, "time", where, allow_descending=False)
+        return ds
+    keys = pd.MultiIndex.from_arrays([ds["time"].values, ds["lead_time"].values])
+    if keys.has_duplicates:
+        dup = keys[keys.duplicated()][:3].tolist()
+        raise CoordinateError(f"{where}: coordinate 'time': expected unique (valid time, lead time) pairs, found duplicates {dup}")
+    if pd.isnull(ds["time"].values).any():
+        raise CoordinateError(f"{where}: coordinate 'time': expected valid times, found NaT")
+    order = np.lexsort((ds["lead_time"].values, ds["time"].values))
+    return ds if (order == np.arange(order.size)).all() else ds.isel(time=order)
 
 
 def _check_axis(values: np.ndarray, name: str, where: str, allow_descending: bool = True) -> bool:
@@ -545,6 +561,12 @@ def schema_problems(
         problems.append(SchemaError(f"{where}: expected variables {names}, missing {missing}; found {sorted(ds.data_vars)}"))
     spatial = ("lat", "lon") if "lat" in ds.dims else ("y", "x")
     for ax in (*spatial, "time"):
+        if ax == "time" and "lead_time" in ds.coords:
+            try:
+                _check_time(ds, where)
+            except CoordinateError as err:
+                problems.append(err)
+            continue
         if ax in ds.coords and ds[ax].ndim == 1:
             try:
                 flip = _check_axis(ds[ax].values, ax, where, allow_descending=False)
