@@ -158,3 +158,70 @@ def edm_sampler(
             d_prime = (x_next - denoised) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
     return x_next.to(noise.dtype)
+
+
+@torch.no_grad()
+def diffusers_euler_sampler(
+    net: Denoiser,
+    noise: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    emb: torch.Tensor | None = None,
+    num_steps: int = 18,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    S_churn: float = 0.0,
+    S_min: float = 0.0,
+    S_max: float = math.inf,
+    S_noise: float = 1.0,
+    solver: str = "euler",
+    generators: Sequence[torch.Generator] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """:func:`edm_sampler` (``solver="euler"``) run by diffusers' ``EDMEulerScheduler``.
+
+    Same signature and result as ``edm_sampler(..., solver="euler")`` up to float32
+    rounding (the scheduler keeps its state in float32). Only the deterministic sampler:
+    the scheduler adds churn noise AFTER the network was evaluated on the un-churned
+    sample, which is not EDM Algorithm 2, so ``S_churn > 0`` is refused.
+
+    Preconditioning happens once: the scheduler owns c_in (``scale_model_input``),
+    c_noise (its ``timesteps``) and c_skip/c_out (``step``). With an
+    :class:`~kmscale.diffusion.edm.EDMPrecond` the adapter therefore calls its plain
+    ``backbone`` (never ``net`` itself); any other denoiser D (analytic, patched) is
+    turned into the backbone output the scheduler expects, F = (D - c_skip x) / c_out.
+    Also unlike the scheduler's ``init_noise_sigma`` (sqrt(σ_max² + 1)), the start is
+    σ_max · noise, as in EDM.
+    """
+    from diffusers import EDMEulerScheduler
+
+    from kmscale.diffusion.edm import EDMPrecond
+
+    if solver != "euler":
+        raise ConfigError(describe("solver='euler' (EDMEulerScheduler is first order)", repr(solver),
+                                   where="diffusers_euler_sampler"))
+    if S_churn > 0:
+        raise ConfigError(describe("S_churn=0 (diffusers churns after evaluating the network, not Algorithm 2)",
+                                   S_churn, where="diffusers_euler_sampler"))
+    sigma_min = max(sigma_min, getattr(net, "sigma_min", 0.0))
+    sigma_max = min(sigma_max, getattr(net, "sigma_max", math.inf))
+    precond = net if isinstance(net, EDMPrecond) else None
+    sigma_data = precond.sigma_data if precond is not None else 0.5
+    sched = EDMEulerScheduler(sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data, rho=rho,
+                              sigma_schedule="karras", final_sigmas_type="zero")
+    sched.set_timesteps(num_steps, device=noise.device)
+    B = noise.shape[0]
+    x = noise.to(torch.float32) * sched.sigmas[0]
+    for i, t in enumerate(tqdm(sched.timesteps, desc="denoising", disable=not progress, leave=False)):
+        sigma = sched.sigmas[i].to(noise.device)
+        x_in = sched.scale_model_input(x, t)  # c_in x
+        if precond is not None:
+            if cond is not None:
+                x_in = torch.cat([x_in, cond.to(x_in.dtype)], dim=1)
+            F_x = precond.backbone(x_in, t.expand(B), emb).to(torch.float32)
+        else:
+            sd2 = sigma_data**2
+            c_skip, c_out = sd2 / (sigma**2 + sd2), sigma * sigma_data / (sigma**2 + sd2).sqrt()
+            F_x = (net(x.to(noise.dtype), sigma.expand(B), cond, emb).to(torch.float32) - c_skip * x) / c_out
+        x = sched.step(F_x, t, x, return_dict=False)[0]
+    return x.to(noise.dtype)
