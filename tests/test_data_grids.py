@@ -167,3 +167,63 @@ def test_projected_radolan_grid_locates_its_own_points(real_data):
     assert float(area.mean()) == pytest.approx(float(near.mean()), rel=0.3, abs=0.02)
     with pytest.raises(GridError, match="cover"):
         regrid(one, RegularLatLonGrid.from_bounds(40.0, 42.0, 8.0, 11.0, 0.5), "bilinear")
+
+
+# ---- CF projections without 2-D lat/lon ----------------------------------------------------
+CLARKE1866 = {"semi_major_axis": 6378206.4, "semi_minor_axis": 6378206.4 * np.sqrt(1 - 0.00676866)}
+
+
+def test_projection_inverses_match_snyder_examples():
+    from kmscale.data.projections import _m, _q, inverse
+
+    # Snyder (1987) p. 316: polar stereographic, south, International ellipsoid
+    intl = {"semi_major_axis": 6378388.0, "semi_minor_axis": 6378388.0 * np.sqrt(1 - 0.00672267)}
+    lat, lon = inverse(-1540033.6, -560526.4, {"grid_mapping_name": "polar_stereographic", "latitude_of_projection_origin": -90.0,
+                                               "standard_parallel": -71.0, "straight_vertical_longitude_from_pole": -100.0, **intl})
+    assert (lat, lon) == (pytest.approx(-75.0, abs=1e-5), pytest.approx(150.0, abs=1e-5))
+    # p. 297: Lambert conformal conic, two parallels, Clarke 1866
+    lat, lon = inverse(1894410.9, 1564649.5, {"grid_mapping_name": "lambert_conformal_conic", "standard_parallel": [33.0, 45.0],
+                                              "latitude_of_projection_origin": 23.0, "longitude_of_central_meridian": -96.0, **CLARKE1866})
+    assert (lat, lon) == (pytest.approx(35.0, abs=1e-5), pytest.approx(-75.0, abs=1e-5))
+    # p. 334: LAEA on the ellipsoid; forward (24-...) written out here, x matches Snyder's -965932.1 m
+    a, e = CLARKE1866["semi_major_axis"], np.sqrt(0.00676866)
+    phi1, lam0, phi, lam = np.radians([40.0, -100.0, 30.0, -110.0])
+    qp = _q(np.pi / 2, e)
+    rq, b1, b = a * np.sqrt(qp / 2), np.arcsin(_q(phi1, e) / qp), np.arcsin(_q(phi, e) / qp)
+    d = a * _m(phi1, e) / (rq * np.cos(b1))
+    big_b = rq * np.sqrt(2 / (1 + np.sin(b1) * np.sin(b) + np.cos(b1) * np.cos(b) * np.cos(lam - lam0)))
+    x = big_b * d * np.cos(b) * np.sin(lam - lam0)
+    y = big_b / d * (np.cos(b1) * np.sin(b) - np.sin(b1) * np.cos(b) * np.cos(lam - lam0))
+    assert x == pytest.approx(-965932.1, abs=0.1)
+    lat, lon = inverse(x, y, {"grid_mapping_name": "lambert_azimuthal_equal_area", "latitude_of_projection_origin": 40.0,
+                              "longitude_of_projection_origin": -100.0, **CLARKE1866})
+    assert (lat, lon) == (pytest.approx(30.0, abs=1e-7), pytest.approx(-110.0, abs=1e-7))
+    # Mercator on a sphere: y = R ln tan(pi/4 + phi/2)
+    r = 6371000.0
+    lat, lon = inverse(r * np.radians(20.0), r * np.log(np.tan(np.pi / 4 + np.radians(35.0) / 2)),
+                       {"grid_mapping_name": "mercator", "earth_radius": r, "longitude_of_projection_origin": 170.0})
+    assert (lat, lon) == (pytest.approx(35.0, abs=1e-9), pytest.approx(-170.0, abs=1e-9))
+    with pytest.raises(GridError, match="transverse_mercator"):
+        inverse(0.0, 0.0, {"grid_mapping_name": "transverse_mercator"})
+
+
+def test_radolan_polar_stereographic_and_uk_radar_laea(real_data):
+    import glob
+
+    from kmscale.data.projections import inverse
+
+    raw = xr.open_dataset(real_data / "radolan_rw_20221018" / "radolan_RW_20221018_hourly_1km.nc", engine="netcdf4")
+    xx, yy = np.meshgrid(raw.x.values[::30], raw.y.values[::30])
+    lat, lon = inverse(xx, yy, {"grid_mapping_name": "polar_stereographic", "latitude_of_projection_origin": 90.0,
+                                "standard_parallel": 60.0, "straight_vertical_longitude_from_pole": 10.0, "earth_radius": 6370040.0})
+    np.testing.assert_allclose(lat, raw.lat.values[::30, ::30], atol=1e-4)
+    np.testing.assert_allclose(lon, raw.lon.values[::30, ::30], atol=1e-4)
+    # the Met Office radar fixture has x/y and a LAEA grid mapping but no lat/lon
+    ds = open_dataset(sorted(glob.glob(str(real_data / "fixtures" / "2018110315*_radar_*.nc"))))
+    grid = grid_of(ds)
+    assert isinstance(grid, ProjectedGrid) and grid.mapping["grid_mapping_name"] == "lambert_azimuthal_equal_area"
+    glat, glon = grid.latlon()
+    assert 51.0 < glat.min() < 51.3 and 54.8 < glat.max() < 55.0 and -9.7 < glon.min() < -9.5
+    assert float(ds.tp.max()) < 100  # the undeclared 9.97e36 fill became NaN, m s-1 became mm h-1
+    out = regrid(ds.load(), RegularLatLonGrid.from_bounds(52.0, 54.0, -8.0, -4.0, 0.1), "area")
+    assert out.tp.shape == (2, 21, 41)  # the 16:00 frame is not in the 2018110315* glob

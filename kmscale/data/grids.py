@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
+from kmscale.data import projections
 from kmscale.errors import GridError
 
 METHODS = ("nearest", "bilinear", "bicubic", "area")
@@ -298,9 +299,19 @@ def grid_of(ds: xr.Dataset | xr.DataArray) -> Grid:
             lat = np.asarray(ds["lat"].transpose("y", "x").values, "float64")
             lon = np.asarray(ds["lon"].transpose("y", "x").values, "float64")
             return ProjectedGrid(y, x, lat, lon, mapping)
+        if mapping.get("grid_mapping_name") in projections.SUPPORTED and "x" in ds.coords and "y" in ds.coords:
+            y = np.asarray(ds["y"].values, "float64")
+            x = np.asarray(ds["x"].values, "float64")
+            xx, yy = np.meshgrid(x, y)
+            try:
+                lat, lon = projections.inverse(xx, yy, mapping)
+            except GridError as err:
+                raise GridError(f"{where}: {err}") from err
+            return ProjectedGrid(y, x, lat, lon, mapping)
         raise GridError(
-            f"{where}: expected 2-D lat/lon coordinates or a rotated-pole grid mapping on the (y, x) grid, "
-            f"found coordinates {sorted(map(str, ds.coords))}"
+            f"{where}: expected 2-D lat/lon coordinates, a rotated-pole grid mapping or one of the projections "
+            f"{projections.SUPPORTED} on the (y, x) grid, found coordinates {sorted(map(str, ds.coords))} "
+            f"and grid mapping {mapping.get('grid_mapping_name')!r}"
         )
     raise GridError(f"{where}: expected (lat, lon) or (y, x) dims, found {tuple(ds.dims)}")
 

@@ -43,6 +43,7 @@ from kmscale.errors import (
 )
 
 SOURCE_ATTR = "kmscale_source"
+NETCDF_DEFAULT_FILL_THRESHOLD = 9.9e36  # netCDF default float fill is 9.969209968386869e36
 GRIB_SUFFIXES = (".grib", ".grib1", ".grib2", ".grb", ".grb2")
 
 _TIME_NAMES = ("time", "valid_time", "Time", "t", "XTIME")
@@ -408,6 +409,10 @@ def _to_canonical_units(da: xr.DataArray, canon: str, source_name: str, override
         da = da.expand_dims("time")
     if "time" in da.coords and "time" not in da.dims:
         da = da.drop_vars("time")
+    if da.dtype.kind == "f" and "_FillValue" not in da.encoding:
+        # files that never declared a fill value still carry the NetCDF default
+        # (9.969e36) where data are missing (e.g. Met Office radar composites)
+        da = da.where(abs(da) < NETCDF_DEFAULT_FILL_THRESHOLD)
     if scale != 1.0 or offset != 0.0:
         da = da.astype("float32") * np.float32(scale) + np.float32(offset)
     elif da.dtype != np.float32 and da.dtype.kind in "fiu":
