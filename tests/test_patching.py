@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from kmscale.diffusion.patching import (
     PatchedDenoiser,
     context_channels,
     global_context,
+    training_patches,
     with_context,
 )
 from kmscale.errors import ConfigError, GridError
@@ -135,3 +137,17 @@ def test_patched_denoiser_bad_input():
     with pytest.raises(ConfigError, match="tile_batch_size"):
         PatchedDenoiser(pointwise_denoiser, layout, tile_batch_size=0)
     assert context_channels(7, None) == 0 and context_channels(7, 4) == 8
+
+
+def test_training_patches_match_what_the_patched_denoiser_feeds(rng):
+    y, cond = torch.randn(3, 2, H, W), torch.randn(3, 4, H, W)
+    yp, cp = training_patches(y, cond, (8, 16), (4, 4), np.random.default_rng(5))
+    assert yp.shape == (3, 2, 8, 16) and cp.shape == (3, 4 + context_channels(4, 4), 8, 16)
+    # Recover each patch's position and check the conditioning is with_context's.
+    for b in range(3):
+        hits = [(r, c) for r in range(H - 7) for c in range(W - 15) if torch.equal(y[b, :, r : r + 8, c : c + 16], yp[b])]
+        assert len(hits) == 1
+        r, c = hits[0]
+        torch.testing.assert_close(cp[b], with_context(cond[b : b + 1], (slice(r, r + 8), slice(c, c + 16)), (4, 4))[0])
+    yp, cp = training_patches(y, None, 8, None, rng)
+    assert yp.shape == (3, 2, 8, 8) and cp is None

@@ -27,19 +27,20 @@ systems larger than itself, so every tile also gets
 So the backbone is built with ``C_x + C_cond + context_channels(C_cond)`` input
 channels (see :func:`context_channels`). The context is computed from ``cond`` only
 (never from the noisy ``x``, which would need c_in scaling and a full noisy field at
-training time). Training on random patches calls :func:`with_context` for the same
-channels, so training and sampling see identical inputs.
+training time). Training on random patches uses :func:`training_patches` (which calls
+:func:`with_context`), so training and sampling see identical inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F_nn
 from torch import nn
 
-from kmscale.data.patches import TileLayout, extract_tiles, stitch_tiles
+from kmscale.data.patches import TileLayout, extract_tiles, random_patch, stitch_tiles
 from kmscale.errors import ConfigError, GridError, describe
 
 Slices = tuple[slice, slice]
@@ -97,6 +98,38 @@ def with_context(
     where = footprint(tuple(cond.shape[-2:]), slices, context_size, cond.device).expand(cond.shape[0], -1, -1, -1)
     ctx = F_nn.interpolate(torch.cat([pooled, where], dim=1), size=(th, tw), mode="bilinear", align_corners=False)
     return torch.cat([tile, ctx.to(tile.dtype)], dim=1)
+
+
+def training_patches(
+    y: torch.Tensor,
+    cond: torch.Tensor | None,
+    patch: tuple[int, int] | int,
+    context_size: tuple[int, int] | int | None,
+    rng: np.random.Generator,
+    weights: np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random training patches with the same conditioning a :class:`PatchedDenoiser` gives.
+
+    Args:
+        y: whole-field training targets (B, C, H, W) (residuals).
+        cond: whole-field conditioning (B, C_cond, H, W) or None.
+        patch: patch size (ph, pw).
+        context_size: as given to :class:`PatchedDenoiser` (None: no context channels).
+        rng: numpy Generator drawing the patch positions (one per example).
+        weights: optional sampling weights, see :func:`kmscale.data.patches.random_patch`.
+
+    Returns:
+        y patches (B, C, ph, pw) and cond patches (B, C_cond + context_channels, ph, pw) or None.
+    """
+    ys, conds = [], []
+    for b in range(y.shape[0]):
+        sl = random_patch(tuple(y.shape[-2:]), patch, rng, weights)
+        ys.append(y[b, :, sl[0], sl[1]])
+        if cond is not None:
+            conds.append(with_context(cond[b : b + 1], sl, context_size)[0])
+        elif context_size is not None:
+            raise GridError(describe("cond (the global context is computed from it)", None, where="training_patches"))
+    return torch.stack(ys), (torch.stack(conds) if cond is not None else None)
 
 
 class PatchedDenoiser(nn.Module):
