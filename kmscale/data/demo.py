@@ -284,13 +284,11 @@ def _targets_block(seed: int, r0: int, r1: int, c0: int, c1: int, hours: np.ndar
 
 
 def _chunk_edges(start: int, size: int, chunk: int) -> list[tuple[int, int]]:
-    """Chunk bounds along one axis, aligned to multiples of ``chunk`` in global coordinates."""
-    edges = [start]
-    nxt = (start // chunk + 1) * chunk
-    while nxt < start + size:
-        edges.append(nxt)
-        nxt += chunk
-    edges.append(start + size)
+    """Chunk bounds along one axis: ``chunk``-long pieces from ``start`` (the last shorter).
+
+    Relative to the window, so dask chunks match a regularly chunked zarr store of it.
+    """
+    edges = list(range(start, start + size, chunk)) + [start + size]
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 

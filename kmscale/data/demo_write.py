@@ -1,0 +1,173 @@
+"""Write the demo dataset to disk: targets, predictors and static fields, CF-described.
+
+Zarr output goes through :class:`~kmscale.data.store.StoreWriter` (atomic, resumable
+time chunk by time chunk, refuses to resume another run's store); NetCDF output is
+written to a temporary file and renamed. Both stream: one time step of a full-grid
+field is computed chunk by chunk (dask) and written before the next one starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from tqdm.auto import tqdm
+
+from kmscale import __version__
+from kmscale.data.demo import (
+    DEFAULT_CHUNK,
+    DemoRegion,
+    demo_predictors,
+    demo_static,
+    demo_targets,
+)
+from kmscale.data.store import StoreWriter, open_store
+from kmscale.errors import ConfigError, StoreError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("zarr", "netcdf")
+
+
+def demo_fingerprint(
+    kind: str, region: DemoRegion, times: Sequence, seed: int, lead_time_hours: int
+) -> str:
+    """Identity of one demo output (what a kept or resumed store must match).
+
+    Static fields depend on the region only; targets also on times and seed; predictors
+    also on the lead time.
+    """
+    spec: dict[str, object] = {
+        "kind": kind,
+        "region": [region.row0, region.col0, region.ny, region.nx],
+        "generator": __version__,
+    }
+    if kind != "static":
+        spec["times"] = [str(t) for t in np.asarray(times, dtype="datetime64[s]")]
+        spec["seed"] = int(seed)
+    if kind == "predictors":
+        spec["lead_time_hours"] = int(lead_time_hours)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _encoding(ds: xr.Dataset, chunk: int) -> dict[str, dict]:
+    """zarr chunks: one time step x chunk x chunk pixels (the whole axis when shorter)."""
+    return {
+        name: {"chunks": tuple(1 if d == "time" else min(chunk, n) for d, n in var.sizes.items())}
+        for name, var in ds.data_vars.items()
+    }
+
+
+def _write_zarr(
+    ds: xr.Dataset, path: Path, kind: str, fingerprint: str, chunk: int, overwrite: bool
+) -> Path:
+    # time-dependent fields are written one time step at a time; static ones in bands of rows
+    dim, step = ("time", 1) if "time" in ds.dims else ("lat", chunk)
+    enc = _encoding(ds, chunk)
+    # dask chunks must not straddle zarr chunks: give every variable the store's chunking
+    ds = ds.chunk({d: (1 if d == "time" else min(chunk, n)) for d, n in ds.sizes.items()})
+    writer = StoreWriter(
+        path,
+        ds,
+        kind=kind,
+        fingerprint=fingerprint,
+        dim=dim,
+        chunk=step,
+        encoding=enc,
+        overwrite=overwrite,
+    )
+    todo = writer.pending()
+    if len(todo) < writer.n_chunks:
+        logger.info(
+            "%s: resuming, %d of %d chunks already written",
+            path,
+            writer.n_chunks - len(todo),
+            writer.n_chunks,
+        )
+    for i in tqdm(todo, desc=f"demo {kind}", unit="time step" if dim == "time" else "band"):
+        writer.write(i, ds.isel({dim: writer.chunk_slice(i)}))
+    return writer.finalize()
+
+
+def _write_netcdf(ds: xr.Dataset, path: Path, desc: str, overwrite: bool) -> Path:
+    if path.exists() and not overwrite:
+        raise StoreError(
+            f"{path}: expected no file at the output path, found one (remove it first)"
+        )
+    tmp = path.with_name(path.name + ".partial")
+    enc = {name: {"zlib": True, "complevel": 4} for name in ds.data_vars}
+    delayed = ds.to_netcdf(tmp, engine="netcdf4", encoding=enc, compute=False)
+    if delayed is not None:
+        from tqdm.dask import TqdmCallback
+
+        with TqdmCallback(desc=desc, unit="task"):
+            delayed.compute()
+    os.replace(tmp, path)
+    return path
+
+
+def write_demo(
+    out_dir: str | Path,
+    region: DemoRegion,
+    times: Sequence,
+    *,
+    seed: int = 0,
+    lead_time_hours: int = 24,
+    fmt: str = "zarr",
+    chunk: int = DEFAULT_CHUNK,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write ``targets``, ``predictors`` and ``static`` of the demo dataset under ``out_dir``.
+
+    Args:
+        out_dir: output folder (created).
+        region, times, seed: what to generate (see :mod:`kmscale.data.demo`).
+        lead_time_hours: forecast lead of the predictors (hours).
+        fmt: "zarr" (resumable stores) or "netcdf".
+        chunk: spatial chunk (px) of computation and of the zarr stores.
+        overwrite: replace existing outputs; otherwise complete zarr stores of the same
+            dataset are kept, interrupted ones resumed, and anything else is an error.
+
+    Returns:
+        {"targets": path, "predictors": path, "static": path}.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format: expected one of {FORMATS}, found {fmt!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = {
+        "static": demo_static(region, chunk=chunk),
+        "targets": demo_targets(region, times, seed, chunk=chunk),
+        "predictors": demo_predictors(
+            region, times, lead_time_hours, seed, chunk=(chunk // 25) * 25 or 25
+        ),
+    }
+    paths = {}
+    for kind, ds in parts.items():
+        fp = demo_fingerprint(kind, region, times, seed, lead_time_hours)
+        ds.attrs["kmscale_demo_fingerprint"] = fp
+        if fmt == "netcdf":
+            paths[kind] = _write_netcdf(
+                ds, out_dir / f"{kind}.nc", desc=f"demo {kind}", overwrite=overwrite
+            )
+            continue
+        path = out_dir / f"{kind}.zarr"
+        if path.exists() and not overwrite:
+            # the same dataset already written (complete, same kind and fingerprint) or an error
+            try:
+                open_store(path, kind=kind, fingerprint=fp)
+            except StoreError as err:
+                raise StoreError(
+                    f"{err} (another demo dataset is there: pass --overwrite to replace it)"
+                ) from err
+            logger.info("%s: already complete, kept", path)
+            paths[kind] = path
+            continue
+        paths[kind] = _write_zarr(ds, path, kind, fp, chunk, overwrite)
+    return paths
