@@ -258,3 +258,25 @@ def test_schema_problems_lists_everything(tmp_path, rng):
     problems = schema_problems(ds, ["t2m", "u10", "v10"])
     kinds = sorted(type(p).__name__ for p in problems)
     assert kinds == ["SchemaError", "UnitsError", "UnitsError"]
+
+
+def test_forecast_lead_times(tmp_path, rng):
+    valid = pd.date_range("2020-01-01T06", periods=4, freq="6h")
+    init = valid - pd.to_timedelta([6, 6, 12, 12], unit="h")
+    base = {"t2m": (("time", "lat", "lon"), _field(rng, ny=2, nx=2), {"units": "K"})}
+    coords = {"time": valid, "lat": [0.0, 1.0], "lon": [0.0, 1.0], "lead_time": ("time", np.array([6.0, 6.0, 12.0, 12.0])),
+              "forecast_reference_time": ("time", init)}
+    good = _write(tmp_path, "fc.nc", base, coords)
+    ds = open_dataset(good)
+    assert ds.lead_time.values.tolist() == [6.0, 6.0, 12.0, 12.0] and ds.lead_time.attrs["units"] == "hours"
+    coords["forecast_reference_time"] = ("time", init + pd.Timedelta(hours=1))
+    bad = _write(tmp_path, "fc_bad.nc", base, coords)
+    with pytest.raises(AlignmentError, match=r"fc_bad.nc: expected valid time = forecast_reference_time \+ lead_time, found 4 misaligned"):
+        open_dataset(bad)
+    # several leads valid at one time are fine; the same (valid time, lead) twice is not
+    coords = {"time": valid[[0, 0, 1, 1]], "lat": [0.0, 1.0], "lon": [0.0, 1.0], "lead_time": ("time", np.array([12.0, 6.0, 6.0, 6.0]))}
+    with pytest.raises(CoordinateError, match="unique \\(valid time, lead time\\) pairs"):
+        open_dataset(_write(tmp_path, "fc_dup.nc", base, coords))
+    coords["lead_time"] = ("time", np.array([12.0, 6.0, 6.0, 12.0]))
+    ds = open_dataset(_write(tmp_path, "fc_multi.nc", base, coords))
+    assert ds.lead_time.values.tolist() == [6.0, 12.0, 6.0, 12.0]  # sorted by (valid time, lead)

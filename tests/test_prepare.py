@@ -159,3 +159,22 @@ def test_prepare_real_era5_uk(real_data, tmp_path):
     assert res.stats["targets"].variables["t2m"]["count"] == 480 * 33 * 49
     st = open_store(res.stores["static"], kind="static")
     assert float(st.orography.max()) > 300
+
+
+def test_prepare_nan_targets_need_mask(tmp_path, rng):
+    times = pd.date_range("2020-01-01", periods=6, freq="h")
+    tp = rng.gamma(0.5, 1.0, size=(6, 4, 5)).astype("float32")
+    tp[:, 0, :2] = np.nan  # outside a radar footprint at every hour
+    xr.Dataset({"precipitation": (("time", "y", "x"), tp, {"units": "mm h-1"})},
+               coords={"time": times, "y": np.arange(4) * 1000.0, "x": np.arange(5) * 1000.0,
+                       "lat": (("y", "x"), 50 + rng.random((4, 5)).cumsum(0)), "lon": (("y", "x"), 5 + rng.random((4, 5)).cumsum(1))},
+               ).to_netcdf(tmp_path / "radar.nc")
+    from kmscale.errors import MissingValueError
+
+    with pytest.raises(MissingValueError, match="radar.nc.*'tp'.*12 NaNs"):
+        prepare(str(tmp_path / "radar.nc"), tmp_path / "o", options=_opts(lead_time=None, chunk_time=3), progress=False)
+    res = prepare(str(tmp_path / "radar.nc"), tmp_path / "o", options=_opts(lead_time=None, chunk_time=3, mask_nans=True), progress=False)
+    st = open_store(res.stores["targets"], kind="targets")
+    assert st["mask"].dims == ("y", "x") and int((~st["mask"]).sum()) == 2
+    np.testing.assert_array_equal(np.isnan(st.tp.values), np.isnan(tp))
+    assert res.stats["targets"].variables["tp"]["transform"] == "log1p"

@@ -34,6 +34,7 @@ import xarray as xr
 
 from kmscale.data import variables as cat
 from kmscale.errors import (
+    AlignmentError,
     CoordinateError,
     CorruptFileError,
     KmscaleError,
@@ -198,18 +199,42 @@ def _canonical_time(ds: xr.Dataset, where: str) -> xr.Dataset:
         if "time" in ds.variables:
             ds = ds.drop_vars("time")
         ds = ds.rename({name: "time"})
-    for extra in ("step", "valid_time", "forecast_period", "forecast_reference_time"):
+    for extra in ("step", "valid_time", "forecast_period", *_INIT_NAMES):
         if extra in ds.coords and "time" not in ds[extra].dims:
             ds = ds.drop_vars(extra)
-    if "lead_time" in ds.coords:
+    if "lead_time" in ds.coords and "time" in ds.dims:
         lead = ds["lead_time"].values
         if np.issubdtype(lead.dtype, np.timedelta64):
             lead = lead / np.timedelta64(1, "h")
-        ds = ds.assign_coords(lead_time=("time", np.asarray(lead, dtype="float64")))
+        lead = np.broadcast_to(np.asarray(lead, dtype="float64"), (ds.sizes["time"],))
+        ds = ds.drop_vars("lead_time").assign_coords(lead_time=("time", lead.copy()))
         ds["lead_time"].attrs = {"units": "hours", "long_name": "forecast lead time"}
+    _check_lead_consistency(ds, where)
     if "time" in ds.dims:
         ds = _check_time(ds, where)
     return ds
+
+
+_INIT_NAMES = ("init_time", "forecast_reference_time", "reference_time", "analysis_time")
+
+
+def _check_lead_consistency(ds: xr.Dataset, where: str) -> None:
+    """Where a file gives initialisation, lead and valid times, valid = init + lead must hold."""
+    if "lead_time" not in ds.coords or "time" not in ds.dims:
+        return
+    init = next((ds[n] for n in _INIT_NAMES if n in ds.coords and ds[n].dims == ("time",)), None)
+    if init is None:
+        return
+    lead = pd.to_timedelta(np.asarray(ds["lead_time"].values, "float64"), unit="h")
+    expected = pd.DatetimeIndex(init.values) + lead
+    bad = np.flatnonzero(expected.values != ds["time"].values)
+    if bad.size:
+        i = int(bad[0])
+        raise AlignmentError(
+            f"{where}: expected valid time = {init.name} + lead_time, found {bad.size} misaligned steps "
+            f"(first: {pd.Timestamp(init.values[i])} + {float(ds['lead_time'].values[i]):g} h "
+            f"!= {pd.Timestamp(ds['time'].values[i])})"
+        )
 
 
 def _check_time(ds: xr.Dataset, where: str) -> xr.Dataset:
