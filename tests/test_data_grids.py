@@ -83,6 +83,19 @@ def test_coarsen_shape_and_nan_policy():
     assert coarsen(ds, 4).lat.values.tolist() == [1.5, 5.5]
     with pytest.raises(GridError, match="divisible by 3, found 8"):
         coarsen(ds, 3)
+    assert coarsen(ds, 3, trim=True).t2m.shape == (2, 2)
+
+
+def test_radolan_coarsened_by_8_keeps_mask(real_data):
+    from kmscale.data.datasets import radolan_rw
+
+    ds = radolan_rw().isel(time=slice(0, 2))
+    coarse = coarsen(ds, 8, trim=True)
+    assert coarse.tp.shape == (2, 112, 112) and coarse.lat.shape == (112, 112)
+    fine_nan = np.isnan(ds.tp.values[0, :896, :896]).reshape(112, 8, 112, 8).any((1, 3))
+    np.testing.assert_array_equal(np.isnan(coarse.tp.values[0]), fine_nan)
+    assert coarse["mask"].dtype == bool
+    np.testing.assert_array_equal(coarse["mask"].values, ds["mask"].values[:896, :896].reshape(112, 8, 112, 8).all((1, 3)))
 
 
 def test_longitude_conventions_interoperate():

@@ -317,7 +317,7 @@ def grid_of(ds: xr.Dataset | xr.DataArray) -> Grid:
 
 
 # ---- coarsening --------------------------------------------------------------------------
-def coarsen(ds: xr.Dataset, factor: int, *, nan_policy: str = "any") -> xr.Dataset:
+def coarsen(ds: xr.Dataset, factor: int, *, nan_policy: str = "any", trim: bool = False) -> xr.Dataset:
     """Block mean of ``factor`` x ``factor`` cells (coordinates become block centres).
 
     Args:
@@ -326,19 +326,23 @@ def coarsen(ds: xr.Dataset, factor: int, *, nan_policy: str = "any") -> xr.Datas
         factor: integer block size.
         nan_policy: ``"any"`` makes a block NaN if any cell is NaN (keeps masks
             conservative); ``"all"`` averages the valid cells and is NaN only when all are.
+        trim: drop the trailing rows/columns that do not fill a block (RADOLAN 900 ->
+            896 -> 112 for ``factor=8``) instead of raising.
 
     Raises:
-        GridError: shape not divisible by ``factor``.
+        GridError: shape not divisible by ``factor`` (and ``trim`` is False).
     """
     if nan_policy not in ("any", "all"):
         raise ValueError(f"nan_policy: expected 'any' or 'all', found {nan_policy!r}")
     dims = grid_of(ds).dims
     where = ds.attrs.get("kmscale_source", "<dataset>")
+    if trim:
+        ds = ds.isel({d: slice(0, ds.sizes[d] - ds.sizes[d] % factor) for d in dims})
     for d in dims:
         if ds.sizes[d] % factor:
             raise GridError(
                 f"{where}: coarsening by {factor}: expected {d} size divisible by {factor}, "
-                f"found {ds.sizes[d]} (crop the field first)"
+                f"found {ds.sizes[d]} (crop the field first, or pass trim=True)"
             )
     reducer = np.nanmean if nan_policy == "all" else np.mean
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
@@ -346,6 +350,8 @@ def coarsen(ds: xr.Dataset, factor: int, *, nan_policy: str = "any") -> xr.Datas
         out = ds.coarsen({d: factor for d in dims}, boundary="exact", coord_func="mean").reduce(reducer)
     for name, var in ds.variables.items():
         if name in out.variables:
+            if var.dtype == bool:  # masks: a block is valid only if all its cells are
+                out = out.assign_coords({name: out[name] > 1 - 1e-6}) if name in out.coords else out
             out[name].attrs = dict(var.attrs)
     out.attrs = dict(ds.attrs)
     return out
