@@ -76,6 +76,7 @@ def with_context(
     slices: Slices,
     context_size: tuple[int, int] | int | None,
     pooled: torch.Tensor | None = None,
+    where: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Conditioning of one tile: the tile of ``cond`` plus the global context channels.
 
@@ -85,6 +86,7 @@ def with_context(
         context_size: (ch, cw) of the coarse context, or None for no context.
         pooled: ``global_context(cond, context_size)`` when already computed (saves work
             when many tiles share one field).
+        where: ``footprint(field shape, slices, context_size)`` when already computed.
 
     Returns:
         (B, C_cond + context_channels(C_cond, context_size), th, tw).
@@ -95,7 +97,9 @@ def with_context(
     th, tw = tile.shape[-2:]
     if pooled is None:
         pooled = global_context(cond, context_size)
-    where = footprint(tuple(cond.shape[-2:]), slices, context_size, cond.device).expand(cond.shape[0], -1, -1, -1)
+    if where is None:
+        where = footprint(tuple(cond.shape[-2:]), slices, context_size, cond.device)
+    where = where.to(pooled.device).expand(cond.shape[0], -1, -1, -1)
     ctx = F_nn.interpolate(torch.cat([pooled, where], dim=1), size=(th, tw), mode="bilinear", align_corners=False)
     return torch.cat([tile, ctx.to(tile.dtype)], dim=1)
 
@@ -158,6 +162,7 @@ class PatchedDenoiser(nn.Module):
         self.layout = layout
         self.context_size = None if context_size is None else _size_pair(context_size)
         self.tile_batch_size = int(tile_batch_size)
+        self._footprints: list[torch.Tensor] | None = None  # per tile, computed on first use
         # The sampler clamps its schedule to the wrapped model's supported range.
         self.sigma_min = getattr(net, "sigma_min", 0.0)
         self.sigma_max = getattr(net, "sigma_max", float("inf"))
@@ -190,7 +195,13 @@ class PatchedDenoiser(nn.Module):
                                      where="PatchedDenoiser"))
         if cond is None and self.context_size is not None:
             raise GridError(describe("cond (the global context is computed from it)", None, where="PatchedDenoiser"))
-        pooled = global_context(cond, self.context_size) if self.context_size is not None else None
+        pooled = None
+        if self.context_size is not None:
+            pooled = global_context(cond, self.context_size)
+            if self._footprints is None or self._footprints[0].device != cond.device:
+                # Depends on the layout only: computed once, not at every step.
+                self._footprints = [footprint(self.layout.shape, sl, self.context_size, cond.device)
+                                    for sl in self.layout.slices]
         slices = self.layout.slices
         x_tiles = extract_tiles(x, self.layout)  # (N, B, C, th, tw)
         out_tiles = torch.empty_like(x_tiles)
@@ -203,7 +214,8 @@ class PatchedDenoiser(nn.Module):
             if cond is not None:
                 tile_cond = torch.cat(
                     [with_context(cond[b : b + 1], slices[n], self.context_size,
-                                  None if pooled is None else pooled[b : b + 1]) for n, b in chunk]
+                                  None if pooled is None else pooled[b : b + 1],
+                                  None if pooled is None else self._footprints[n]) for n, b in chunk]
                 )
             tile_emb = None if emb is None else emb[[b for _, b in chunk]]
             out = self.net(tiles, sigma[[b for _, b in chunk]], tile_cond, tile_emb)
