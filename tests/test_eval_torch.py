@@ -11,7 +11,7 @@ from kmscale.evaluation.probabilistic import crps_ensemble
 from kmscale.evaluation.spectra import zonal_power_spectrum
 
 
-@pytest.mark.parametrize("m", [1, 2, 8, 13])
+@pytest.mark.parametrize("m", [1, 2, 8, 13, 70])
 def test_crps_matches_numpy(m, rng):
     ens = rng.standard_normal((m, 6, 10)) + 280
     y = rng.standard_normal((6, 10)) + 280

@@ -66,8 +66,11 @@ def ssim_field(
     points only and the map is averaged over valid points; no valid point gives NaN; a
     constant reference with no data_range uses L = 1.
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    # float32 input stays float32 (centred below, so the moments keep their digits):
+    # a full 4384 x 6880 field needs ~10 work arrays.
+    dtype = np.float32 if np.asarray(x).dtype == np.float32 and np.asarray(y).dtype == np.float32 else np.float64
+    x = np.asarray(x, dtype=dtype)
+    y = np.asarray(y, dtype=dtype)
     ok = np.isfinite(x) & np.isfinite(y)
     if valid is not None:
         ok &= np.asarray(valid, bool)
@@ -76,7 +79,7 @@ def ssim_field(
     if data_range is None:
         data_range = float(y[ok].max() - y[ok].min()) or 1.0
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    v = ok.astype(np.float64)
+    v = ok.astype(dtype)
     # Centre on the valid mean of y so the second moments do not lose digits (280 K fields).
     shift = y[ok].mean()
     x0 = np.where(ok, x - shift, 0.0)
@@ -85,7 +88,7 @@ def ssim_field(
     def g(a):
         return ndimage.gaussian_filter(a, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
 
-    wsum = np.maximum(g(v), 1e-12)
+    wsum = np.maximum(g(v), dtype(1e-6))
     mx, my = g(x0) / wsum, g(y0) / wsum
     sxx = g(x0 * x0) / wsum - mx * mx
     syy = g(y0 * y0) / wsum - my * my
@@ -93,7 +96,7 @@ def ssim_field(
     mx, my = mx + shift, my + shift
     num = (2 * mx * my + c1) * (2 * sxy + c2)
     den = (mx * mx + my * my + c1) * (sxx + syy + c2)
-    return float((num / den)[ok].mean())
+    return float((num / den)[ok].mean(dtype=np.float64))
 
 
 @dataclasses.dataclass

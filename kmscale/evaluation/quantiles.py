@@ -35,18 +35,26 @@ from kmscale.evaluation.probabilistic import crps_parts, spread_from_pair_sum
 DEFAULT_QUANTILES = (0.99, 0.999)
 
 
-def quantile_error(forecast: np.ndarray, truth: np.ndarray, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> np.ndarray:
+def quantile_error(
+    forecast: np.ndarray, truth: np.ndarray, quantiles: Sequence[float] = DEFAULT_QUANTILES, *, overwrite: bool = False
+) -> np.ndarray:
     """Q_q(forecast) - Q_q(truth) over all finite values of each, one per q.
 
     A side with no finite value gives NaN. ``forecast`` may carry members (pooled).
+    ``overwrite`` lets the quantile partition the inputs in place (no copy of a
+    possibly multi-GB pooled ensemble).
     """
     q = np.asarray(quantiles, dtype=float)
-    f = np.asarray(forecast).ravel()
-    t = np.asarray(truth).ravel()
-    f, t = f[np.isfinite(f)], t[np.isfinite(t)]
+
+    def finite(a):
+        a = np.asarray(a).ravel()
+        ok = np.isfinite(a)
+        return (a, overwrite) if ok.all() else (a[ok], True)
+
+    (f, fo), (t, to) = finite(forecast), finite(truth)
     if f.size == 0 or t.size == 0:
         return np.full(q.shape, np.nan)
-    return np.quantile(f, q) - np.quantile(t, q)
+    return np.quantile(f, q, overwrite_input=fo) - np.quantile(t, q, overwrite_input=to)
 
 
 def twcrps(ensemble: np.ndarray, truth: np.ndarray, threshold: float, *, axis: int = 0, fair: bool = True) -> np.ndarray:

@@ -300,9 +300,8 @@ def score(forecasts: Mapping[str, xr.Dataset], truth: xr.Dataset, opts: ScoreOpt
                     m = e.shape[0]
                     skill, pair_sum = crps_parts(e, y)
                     valid = np.isfinite(skill)
-                    ensmean = e.mean(0)
+                    ensmean, var = _mean_var(e)
                     err = ensmean - y
-                    var = e.var(0, ddof=1) if m > 1 else np.full(y.shape, np.nan)
                     rank = rank_of_truth(e, y, seed=opts.seed + it)
                     tw_fields = [twcrps(e, y, t) for t in opts.precip_thresholds] if v in precip else []
                     for ir, rmask in enumerate(regions.values()):
@@ -333,7 +332,8 @@ def score(forecasts: Mapping[str, xr.Dataset], truth: xr.Dataset, opts: ScoreOpt
                             member_mse[im, iv, ir, it, j] = wmean(d * d)
                         ranks[im, iv, ir, : m + 1] += np.bincount(rank[ok].astype(np.int64), minlength=m + 1)
                         if nq:
-                            qerr[im, iv, ir, it] = quantile_error(e[:, ok], y[ok], opts.quantiles)
+                            # e[:, ok] and y[ok] are fresh finite copies: let the quantile partition them in place.
+                            qerr[im, iv, ir, it] = quantile_error(e[:, ok], y[ok], opts.quantiles, overwrite=True)
                         for a, field in enumerate(tw_fields):
                             tw[im, iv, ir, it, a] = wmean(field)
                             for b, win in enumerate(opts.fss_windows):
@@ -357,6 +357,27 @@ def score(forecasts: Mapping[str, xr.Dataset], truth: xr.Dataset, opts: ScoreOpt
         ranks, spec, spec_cnt, spec_truth, spec_truth_cnt, hists, maps, precip, opts, ydim, xdim,
     )  # fmt: skip
     return ds
+
+
+def _mean_var(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Member mean and unbiased variance of (M, H, W), looping over members.
+
+    ``e.var(0)`` would hold an (M, H, W) temporary: 1 GB for 8 members of the full demo grid.
+    """
+    m = e.shape[0]
+    mean = e[0].astype(e.dtype, copy=True)
+    for j in range(1, m):
+        mean += e[j]
+    mean /= m
+    if m < 2:
+        return mean, np.full(mean.shape, np.nan, dtype=mean.dtype)
+    var = np.zeros_like(mean)
+    for j in range(m):
+        d = e[j] - mean
+        d *= d
+        var += d
+    var /= m - 1
+    return mean, var
 
 
 def _line_spectra(fields: np.ndarray) -> tuple[np.ndarray, int]:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from kmscale.evaluation.probabilistic import spread_skill_from_parts
+from kmscale.evaluation.probabilistic import sorting_network, spread_skill_from_parts
+
+# Up to this ensemble size the CRPS sorts with a sorting network, beyond with torch.sort.
+NETWORK_MAX_MEMBERS = 64
 
 
 def _check(ensemble: torch.Tensor, truth: torch.Tensor) -> int:
@@ -32,9 +35,21 @@ def crps_parts(ensemble: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tenso
     m = _check(ensemble, truth)
     d = ensemble - truth.unsqueeze(0)
     skill = d.abs().mean(0)
-    ds, _ = torch.sort(d, dim=0)
-    coef = (2 * torch.arange(1, m + 1, device=d.device, dtype=d.dtype) - m - 1).view(m, *([1] * truth.ndim))
-    pair_sum = 2.0 * (coef * ds).sum(0)
+    if m <= NETWORK_MAX_MEMBERS:
+        # Same sorting network as the numpy kernel: elementwise min/max of whole member
+        # slices beats torch.sort along a short leading dim (about 5x on CPU).
+        rows = list(d.unbind(0))
+        for i, j in sorting_network(m):
+            rows[i], rows[j] = torch.minimum(rows[i], rows[j]), torch.maximum(rows[i], rows[j])
+        pair_sum = torch.zeros_like(skill)
+        for i, r in enumerate(rows):
+            if 2 * i + 1 != m:
+                pair_sum = pair_sum + (2 * (i + 1) - m - 1) * r
+        pair_sum = 2.0 * pair_sum
+    else:
+        ds, _ = torch.sort(d, dim=0)
+        coef = (2 * torch.arange(1, m + 1, device=d.device, dtype=d.dtype) - m - 1).view(m, *([1] * truth.ndim))
+        pair_sum = 2.0 * (coef * ds).sum(0)
     # torch.sort puts NaN last but does not propagate it: make a NaN member poison the point.
     nan = torch.isnan(d).any(0)
     return skill, torch.where(nan, torch.full_like(pair_sum, float("nan")), pair_sum)
