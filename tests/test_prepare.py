@@ -126,7 +126,11 @@ def test_prepare_bad_inputs(tmp_path, rng):
         prepare(str(tmp_path / "nothing_*.nc"), tmp_path / "o3", options=_opts(), progress=False)
 
 
-def test_cli_prepare_and_inspect(tmp_path, rng, capsys):
+def test_cli_prepare_and_inspect(tmp_path, rng, capsys, monkeypatch):
+    import kmscale.cli
+
+    # only this package's subcommands: the others import torch/diffusers (slow, not under test)
+    monkeypatch.setattr(kmscale.cli, "COMMAND_MODULES", ("kmscale.data.cli",))
     targets, preds, static, _ = _inputs(tmp_path, rng)
     out = tmp_path / "cli_out"
     code = main(["prepare", "--targets", targets, "--predictors", preds, "--static", static,
