@@ -223,3 +223,57 @@ def test_predictors_block_means_and_lead_error():
     assert lead_error_factor(0) == pytest.approx(0.15)
     with pytest.raises(ConfigError, match="lead_time_hours"):
         demo_predictors(region, times, [0, 1], seed=2)
+
+
+def test_demo_data_cli_writes_cf_stores_and_resumes(tmp_path, capsys):
+    import xarray as xr
+
+    from kmscale.cli import main
+    from kmscale.data.store import open_store
+
+    args = [
+        "demo-data",
+        "--out",
+        str(tmp_path),
+        "--region",
+        "30,100,40,60",
+        "--times",
+        "2023-07-01T00/2023-07-01T02",
+        "--chunk",
+        "32",
+    ]
+    assert main(args) == 0
+    region = DemoRegion.parse("30,100,40,60")
+    targets = open_store(tmp_path / "targets.zarr", kind="targets")
+    ref = demo_targets(region, pd.date_range(T0, periods=3, freq="h"))
+    for name in TARGET_VARIABLES:
+        np.testing.assert_array_equal(targets[name].values, ref[name].values)
+        assert targets[name].attrs["units"] == ref[name].attrs["units"]
+    assert targets.t2m.encoding["chunks"] == (1, 32, 32)
+    pred = open_store(tmp_path / "predictors.zarr", kind="predictors")
+    assert (pred.lead_time.values == 24).all() and pred.q850.attrs["units"] == "kg kg-1"
+    static = open_store(tmp_path / "static.zarr", kind="static")
+    np.testing.assert_array_equal(static.orography.values, demo_static(region).orography.values)
+    assert main(args) == 0  # complete stores of the same dataset are kept
+    changed = args[:-4] + ["--times", "2023-07-01T00/2023-07-01T03"]
+    assert main(changed) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    nc = tmp_path / "nc"
+    assert (
+        main(
+            [
+                "demo-data",
+                "--out",
+                str(nc),
+                "--region",
+                "30,100,32,32",
+                "--times",
+                "2023-07-01T00/2023-07-01T00",
+                "--format",
+                "netcdf",
+            ]
+        )
+        == 0
+    )
+    with xr.open_dataset(nc / "targets.nc", engine="netcdf4") as ds:
+        assert ds.t2m.attrs["units"] == "K" and ds.sizes["time"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -193,3 +194,103 @@ def test_random_patch_errors(rng):
         random_patch((10, 10), 4, rng, weights=-np.ones((2, 2)))
     with pytest.raises(GridError, match="weights"):
         random_patch((10, 10), 4, rng, weights=np.ones((11, 10)))
+
+
+# ----------------------------------------------------------------------------- PatchDataset
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    from kmscale.data.demo import DemoRegion, demo_targets
+    from kmscale.data.demo_write import write_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    region = DemoRegion.at(23.0, 119.5, 96, 128)
+    times = pd.date_range("2023-07-01T10", periods=3, freq="h")
+    paths = write_demo(out, region, times, seed=1, chunk=64)
+    return paths["targets"], demo_targets(region, times, seed=1)
+
+
+def test_patch_dataset_reads_the_right_patch(demo_store):
+    from kmscale.data.loader import PatchDataset
+
+    path, truth = demo_store
+    variables = ["t2m", "tp", "u10"]
+    for source in (path, truth):
+        ds = PatchDataset(source, variables, patch=(32, 48), samples_per_epoch=6, seed=5)
+        assert len(ds) == 6
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item["x"].dtype == torch.float32 and item["x"].shape == (3, 32, 48)
+            t, (r0, r1), (c0, c1) = int(item["time"]), item["rows"].tolist(), item["cols"].tolist()
+            expected = np.stack([truth[v].values[t, r0:r1, c0:c1] for v in variables])
+            np.testing.assert_array_equal(item["x"].numpy(), expected)
+            coords = ds.patch_coords(item["rows"], item["cols"])
+            np.testing.assert_array_equal(coords["lat"], truth.lat.values[r0:r1])
+
+
+def test_patch_dataset_deterministic_across_workers_and_epochs(demo_store):
+    from torch.utils.data import DataLoader
+
+    from kmscale.data.loader import PatchDataset
+
+    path, _ = demo_store
+    ds = PatchDataset(path, ["t2m", "v10"], patch=16, samples_per_epoch=8, seed=0)
+    serial = torch.cat([b["x"] for b in DataLoader(ds, batch_size=4, num_workers=0)])
+    parallel = torch.cat([b["x"] for b in DataLoader(ds, batch_size=4, num_workers=2)])
+    torch.testing.assert_close(serial, parallel, rtol=0, atol=0)
+    ds.set_epoch(1)
+    assert not torch.equal(serial, torch.cat([b["x"] for b in DataLoader(ds, batch_size=4)]))
+
+
+def test_patch_dataset_weighting_prefers_rain():
+    import xarray as xr
+
+    from kmscale.data.loader import PatchDataset
+
+    tp = np.zeros((2, 128, 128), dtype=np.float32)
+    tp[1, 90:100, 20:30] = 5.0  # one storm: 0.3 % of the pixels
+    ds = xr.Dataset({"tp": (("time", "lat", "lon"), tp)})
+    uniform = PatchDataset(ds, ["tp"], patch=16, samples_per_epoch=200, seed=0)
+    weighted = PatchDataset(
+        ds,
+        ["tp"],
+        patch=16,
+        samples_per_epoch=200,
+        seed=0,
+        weight_var="tp",
+        weight_threshold=1.0,
+        weight_floor=0.001,
+        weight_cell=16,
+    )
+    hit_u = np.mean([uniform[i]["x"].max().item() > 1 for i in range(200)])
+    hit_w = np.mean([weighted[i]["x"].max().item() > 1 for i in range(200)])
+    assert hit_u < 0.1 and hit_w > 0.6
+    assert 0 < np.mean([int(weighted[i]["time"]) == 0 for i in range(200)])  # dry time still drawn
+
+
+def test_patch_dataset_errors(demo_store, tmp_path):
+    import xarray as xr
+
+    from kmscale.data.loader import PatchDataset
+    from kmscale.errors import MissingValueError, SchemaError, StoreError
+
+    path, truth = demo_store
+    with pytest.raises(SchemaError, match="missing \\['q850'\\]"):
+        PatchDataset(path, ["t2m", "q850"])
+    with pytest.raises(GridError, match="patch"):
+        PatchDataset(path, ["t2m"], patch=(256, 256))
+    with pytest.raises(StoreError, match="expected a kmscale zarr store"):
+        PatchDataset(tmp_path / "nothing.zarr", ["t2m"])
+    holes = truth[["t2m"]].copy(deep=True)
+    holes["t2m"][:] = np.nan
+    with pytest.raises(MissingValueError, match="NaN in \\['t2m'\\]"):
+        PatchDataset(holes, ["t2m"], patch=8, samples_per_epoch=1)[0]
+    assert torch.isnan(
+        PatchDataset(holes, ["t2m"], patch=8, samples_per_epoch=1, allow_nan=True)[0]["x"]
+    ).all()
+    bad = xr.Dataset(
+        {"a": (("time", "y", "x"), np.zeros((1, 8, 8))), "b": (("y", "x"), np.zeros((8, 8)))}
+    )
+    with pytest.raises(SchemaError, match="dims"):
+        PatchDataset(bad, ["a", "b"], patch=4)

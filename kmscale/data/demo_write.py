@@ -145,7 +145,7 @@ def write_demo(
         "static": demo_static(region, chunk=chunk),
         "targets": demo_targets(region, times, seed, chunk=chunk),
         "predictors": demo_predictors(
-            region, times, lead_time_hours, seed, chunk=(chunk // 25) * 25 or 25
+            region, times, lead_time_hours, seed, chunk=max(500, (chunk // 25) * 25)
         ),
     }
     paths = {}
