@@ -280,3 +280,21 @@ def test_forecast_lead_times(tmp_path, rng):
     coords["lead_time"] = ("time", np.array([12.0, 6.0, 6.0, 12.0]))
     ds = open_dataset(_write(tmp_path, "fc_multi.nc", base, coords))
     assert ds.lead_time.values.tolist() == [6.0, 12.0, 6.0, 12.0]  # sorted by (valid time, lead)
+
+
+def test_grib_style_step_dims_become_valid_time():
+    from kmscale.data.readers import canonicalize
+
+    init = pd.date_range("2020-01-01", periods=3, freq="12h")
+    step = pd.to_timedelta([6, 12, 18, 24], unit="h")
+    ds = xr.Dataset(
+        {"t2m": (("time", "step", "latitude", "longitude"), np.full((3, 4, 2, 3), 280.0, "float32"), {"units": "K"})},
+        coords={"time": init, "step": step, "valid_time": (("time", "step"), init.values[:, None] + step.values[None, :]),
+                "latitude": [1.0, 0.0], "longitude": [0.0, 1.0, 2.0]},
+    )
+    many = canonicalize(ds)
+    assert many.sizes["time"] == 12 and set(many.lead_time.values) == {6.0, 12.0, 18.0, 24.0}
+    assert pd.DatetimeIndex(many.time.values).is_monotonic_increasing
+    one = canonicalize(ds.isel(time=0))
+    assert one.lead_time.values.tolist() == [6.0, 12.0, 18.0, 24.0]
+    assert pd.Timestamp(one.time.values[0]) == pd.Timestamp("2020-01-01T06")

@@ -176,6 +176,8 @@ def _canonical_time(ds: xr.Dataset, where: str) -> xr.Dataset:
         ds = ds.drop_vars(["_sample", "time", "step", "valid_time"], errors="ignore")
         ds = ds.rename({"_sample": "time"}).assign_coords(time=valid, lead_time=("time", lead))
     elif "step" in ds.dims:
+        # one forecast: scalar reference time, a step dim, valid_time along step
+        ds = ds.drop_vars([n for n in ("time",) if n in ds.variables and ds[n].ndim == 0])
         ds = ds.swap_dims({"step": "valid_time"}).rename({"valid_time": "time"})
         ds = ds.assign_coords(lead_time=("time", ds["step"].values)).drop_vars(["step"])
     elif "valid_time" in ds.coords and "time" in ds.dims and ds["valid_time"].dims == ("time",):
