@@ -66,6 +66,9 @@ class PrepareOptions:
         rename: file variable name -> canonical name.
         units: canonical name -> units of the file values.
         overwrite: replace complete stores written with other inputs/options.
+        in_memory_gb: inputs smaller than this are read once into memory (GRIB files
+            in particular are decoded whole by every lazy read); larger ones stay lazy
+            and are streamed chunk by chunk.
     """
 
     variables: list[str] | None = None
@@ -79,6 +82,7 @@ class PrepareOptions:
     rename: dict[str, str] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
     overwrite: bool = False
+    in_memory_gb: float = 2.0
 
 
 def _file_identity(paths: Sequence[Path]) -> list[list]:
@@ -89,6 +93,7 @@ def fingerprint(inputs: Mapping[str, Sequence[Path]], options: PrepareOptions) -
     """Hash of the input files (path, size, mtime) and options: what makes a store resumable."""
     opts = asdict(options)
     opts.pop("overwrite")
+    opts.pop("in_memory_gb")  # how, not what: does not change the stores
     blob = json.dumps({k: _file_identity(v) for k, v in inputs.items()} | {"options": opts}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -195,7 +200,7 @@ def load_inputs(
     options: PrepareOptions,
 ) -> tuple[xr.Dataset, xr.Dataset | None, xr.Dataset | None]:
     """Open, canonicalise, validate and align the inputs (lazy)."""
-    tgt = open_dataset(targets, variables=options.variables, rename=options.rename, units=options.units)
+    tgt = _maybe_load(open_dataset(targets, variables=options.variables, rename=options.rename, units=options.units), options)
     if not tgt.data_vars:
         raise ConfigError(f"{tgt.attrs.get('kmscale_source')}: expected target variables, found none kmscale knows")
     if options.mask_nans:
@@ -206,6 +211,7 @@ def load_inputs(
     pred = None
     if predictors:
         pred = open_dataset(predictors, variables=options.predictor_variables, rename=options.rename, units=options.units)
+        pred = _maybe_load(pred, options)
         validate(pred, check_range=True)
     stat = None
     if static:
@@ -223,6 +229,10 @@ def load_inputs(
         validate(stat, allow_nan="mask" in tgt.coords)
     paired = pair(tgt, pred, stat, lead_time=options.lead_time)
     return paired.targets, paired.predictors, paired.static
+
+
+def _maybe_load(ds: xr.Dataset, options: PrepareOptions) -> xr.Dataset:
+    return ds.load() if ds.nbytes <= options.in_memory_gb * 2**30 else ds
 
 
 def prepare(
