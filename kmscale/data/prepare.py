@@ -269,8 +269,10 @@ def prepare(
     if static:
         inputs["static"] = expand_paths(static)
     fp = fingerprint(inputs, options)
+    log.info("reading and checking %d input file(s)", sum(len(v) for v in inputs.values()))
     tgt, pred, stat = load_inputs(inputs["targets"], inputs.get("predictors"), inputs.get("static"), options)
 
+    log.info("fitting normalization statistics on %s..%s", *options.train_period)
     stats = {"targets": NormStats.fit(tgt, train_period=options.train_period)}
     if pred is not None:
         stats["predictors"] = NormStats.fit(pred, train_period=options.train_period)
@@ -302,6 +304,7 @@ def prepare(
         _write_static_store(path, stat, fp, options, provenance)
         stores["static"] = path
     save_stats(stats_path, stats)
+    log.info("prepared %s in %s", ", ".join(stores), out_dir)
     return PrepareResult(out_dir, stores, stats, fp)
 
 
