@@ -277,6 +277,10 @@ class Trainer:
         return DataLoader(
             self.train_dataset, batch_sampler=sampler, num_workers=self.s.num_workers,
             collate_fn=self.collate_fn, persistent_workers=False,
+            # Its own generator: creating the iterator draws a seed, which must not come
+            # from the global RNG, or a resumed run's stochastic losses (EDM's sigma and
+            # noise) would diverge from an uninterrupted run.
+            generator=torch.Generator().manual_seed(self.s.seed),
         )
 
     # ---- checkpoints ----------------------------------------------------------------

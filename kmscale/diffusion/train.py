@@ -187,6 +187,7 @@ def train_regression(cfg: RegressionConfig, data: TrainingData | None = None) ->
         targets_va, preds_va = data.period(cfg.data.val_period)
         val_ds = build_dataset(spec, preds_va, data.static, lat, lon, encode_targets(ae, targets_va),
                                targets_va["time"].values)
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     model = build_unet(spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet)
 
     def loss_fn(m, batch):
@@ -273,6 +274,7 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
         val_ds = val_ds.subset(pick)
         val_ds = val_ds.with_z_mean(predict_mean(base.regression, val_ds, cfg.eval_batch_size, progress=False))
     C_z = ae.latent_channels
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     backbone = build_unet(C_z + C_z + spec.cond_channels, C_z, spec.emb_dim, cfg.unet)
     denoiser = build_denoiser(backbone, edm)
     loss = EDMLoss(P_mean=cfg.edm.P_mean, P_std=cfg.edm.P_std, sigma_data=cfg.edm.sigma_data)

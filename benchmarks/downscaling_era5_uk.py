@@ -1,0 +1,289 @@
+"""ERA5 UK 2 m temperature x4 downscaling benchmark (issue 4).
+
+Setup: target ERA5 t2m at 0.25 deg (32 x 48), predictors its 4 x 4 block means
+(1 deg, 8 x 12), static UKV orography + land fraction averaged onto the target grid,
+train 2019-03-01..20, validate 2019-03-21..24 (96 hourly fields; the numbers below are
+on these validation days; the best checkpoint is also chosen on them, there is no
+test split).
+
+Methods: bilinear and bicubic interpolation of the predictors; the regression U-Net
+in pixel space (IdentityAutoencoder) and in the latent space of a VAE (4x, 8
+channels) trained here; residual diffusion (EDM) in pixel and latent space sampled
+with 16 members. Scores: RMSE and MAE of the (ensemble) mean, fair CRPS, spread-skill
+ratio, rank histogram, and predicted/true power at the two smallest resolved scales
+of the windowed zonal spectrum (linear detrend + Hann window along each latitude line,
+``kmscale.evaluation.spectra``). Also the per-member sampling speed of latent vs pixel
+diffusion with the same number of steps and the same network width, side by side.
+
+Fixed CPU training budgets (samples seen, the Trainer's unit; wall time is recorded):
+see BUDGETS. On the 2 shared development cores each training takes a few minutes.
+
+    python benchmarks/downscaling_era5_uk.py --out runs/bench_era5_uk \\
+        [--demo-summary runs/demo/summary.json] [--quick]
+
+Writes benchmarks/results/downscaling_era5_uk.json and
+benchmarks/results/downscaling_era5_uk_spectra.png (``--quick`` writes under --out
+only: a smoke run with tiny budgets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BUDGETS = {  # samples seen per training (global batch 16); all on CPU
+    "vae": 6_000,
+    "regression": 8_000,
+    "ldm": 12_000,
+}
+QUICK_BUDGETS = {"vae": 64, "regression": 64, "ldm": 64}
+MEMBERS = 16
+STEPS = 18  # EDM Heun noise levels (35 network evaluations per member)
+TRAIN = ["2019-03-01T00", "2019-03-20T23"]
+VAL = ["2019-03-21T00", "2019-03-24T23"]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def train_vae(targets_train, out: Path, samples: int, seed: int = 0) -> Path:
+    """A 4x, 8-channel VAE on the training targets, with the shared Trainer."""
+    from kmscale.autoencoders import get_autoencoder_class
+    from kmscale.autoencoders.losses import VAELoss
+    from kmscale.conditioning.dataset import encode_targets
+    from kmscale.data.stats import NormStats
+    from kmscale.training import Trainer, TrainingSettings
+
+    if (out / "autoencoder" / "config.json").is_file():
+        return out / "autoencoder"
+    vae = get_autoencoder_class("vae")(variables=["t2m"], block_out_channels=(32, 64, 64), latent_channels=8,
+                                       norm_num_groups=16)
+    vae.set_input_stats({"t2m": NormStats.fit(targets_train, ["t2m"]).stat("t2m")})
+    x = torch.from_numpy(np.asarray(targets_train["t2m"].values, np.float32))[:, None]
+    xs = vae.normalize_input(x)
+    loss = VAELoss(kl_weight=1e-6, kl_warmup_samples=samples // 4, spectral_weight=0.1)
+
+    class _Fields(torch.utils.data.Dataset):
+        def __len__(self):
+            return xs.shape[0]
+
+        def __getitem__(self, i):
+            return xs[i]
+
+    trainer_box = {}
+
+    def loss_fn(model, batch):
+        x_hat, post = model(batch.to(next(model.parameters()).device))
+        seen = trainer_box["t"].counters.samples_seen
+        return loss(x_hat, batch.to(x_hat.device), post, samples_seen=seen)["total"].mean()
+
+    settings = TrainingSettings(total_samples=samples, global_batch_size=16, lr=1e-3, warmup_samples=min(500, samples),
+                                lr_decay="cosine", ema_decay=0.99, checkpoint_every_samples=max(16, samples // 2),
+                                log_every_samples=max(16, samples // 10), seed=seed)
+    trainer = Trainer(vae, loss_fn, _Fields(), out / "vae_run", settings)
+    trainer_box["t"] = trainer
+    trainer.fit()
+    vae = get_autoencoder_class("vae").from_pretrained(out / "vae_run" / "final").eval()
+    z = encode_targets(vae, targets_train)
+    zc = z.transpose(0, 1).reshape(z.shape[1], -1)
+    vae.set_latent_stats(zc.mean(1).tolist(), zc.std(1).tolist())
+    vae.save_pretrained(out / "autoencoder")
+    return out / "autoencoder"
+
+
+def interpolation_baseline(pred, target, method: str) -> np.ndarray:
+    """Predictors interpolated onto the target grid: (T, H, W)."""
+    from kmscale.conditioning.predictors import interpolate_regular
+
+    return interpolate_regular(
+        np.asarray(pred["t2m"].values, np.float32), pred["lat"].values, pred["lon"].values,
+        target["lat"].values, target["lon"].values, mode=method,
+    ).numpy()
+
+
+def scores(ens: np.ndarray, truth: np.ndarray) -> dict:
+    """ens (M, T, H, W) in K (M = 1 for deterministic), truth (T, H, W)."""
+    from kmscale.evaluation.probabilistic import crps_ensemble, rank_of_truth
+    from kmscale.evaluation.spectra import zonal_power_spectrum
+
+    m = ens.shape[0]
+    mean = ens.mean(0)
+    err = mean - truth
+    p_true = zonal_power_spectrum(truth.astype(np.float64)).reshape(-1, truth.shape[-1] // 2).mean(0)
+    p_pred = zonal_power_spectrum(ens.astype(np.float64)).reshape(-1, truth.shape[-1] // 2).mean(0)
+    out = {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "power_ratio_smallest": [float(p_pred[-2] / p_true[-2]), float(p_pred[-1] / p_true[-1])],
+        "_spectrum": p_pred.tolist(),
+        "_spectrum_truth": p_true.tolist(),
+    }
+    if m > 1:
+        var = ens.var(0, ddof=1).mean()
+        out["crps_fair"] = float(crps_ensemble(ens, truth, axis=0, fair=True).mean())
+        out["spread_skill"] = float(np.sqrt((m + 1) / m * var) / np.sqrt(np.mean(err**2)))
+        ranks = rank_of_truth(ens, truth, axis=0)
+        hist = np.bincount(ranks.astype(int).ravel(), minlength=m + 1)
+        out["rank_histogram"] = (hist / hist.sum()).round(4).tolist()  # frequency of rank 0..M
+    return out
+
+
+def sample_val(bundle_path: Path, pred_val, members: int, out: Path, steps: int) -> tuple[np.ndarray, float]:
+    """Sample the validation period with a bundle into a store; (M, T, H, W) and seconds."""
+    from kmscale.bundle import ModelBundle
+    from kmscale.data.store import open_store
+    from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
+
+    store = out / f"{bundle_path.parent.name}_val.zarr"
+    t0 = time.perf_counter()
+    if not store.exists():
+        pipe = DownscalingPipeline(ModelBundle.load(bundle_path))
+        pipe.run(pred_val, store, SamplerSettings(members=members, steps=steps, member_batch=16, time_chunk=8),
+                 progress=False)
+    seconds = time.perf_counter() - t0
+    ds = open_store(store, kind="ensemble").load()
+    return np.asarray(ds["t2m"].transpose("member", "time", "lat", "lon").values), seconds
+
+
+def sampling_speed(pixel_bundle: Path, latent_bundle: Path, pred_val, steps: int, members: int = 8,
+                   repeats: int = 3) -> dict:
+    """Seconds per member, pixel vs latent diffusion, same steps and width, side by side."""
+    from kmscale.bundle import ModelBundle
+    from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
+    from kmscale.diffusion.regression import predict_mean
+
+    settings = SamplerSettings(members=members, steps=steps, member_batch=members)
+    times = {"pixel": [], "latent": []}
+    pipes = {k: DownscalingPipeline(ModelBundle.load(p)) for k, p in (("pixel", pixel_bundle), ("latent", latent_bundle))}
+    data = {k: p.conditioning(pred_val.isel(time=slice(0, 1))) for k, p in pipes.items()}
+    z_mean = {k: predict_mean(p.regression, data[k], progress=False) for k, p in pipes.items()}
+    seeds = list(range(members))
+    for _ in range(repeats):
+        for k, p in pipes.items():  # alternate, so that machine load hits both alike
+            t0 = time.perf_counter()
+            p.sample_time(data[k][0], z_mean[k][0], seeds, settings)
+            times[k].append((time.perf_counter() - t0) / members)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"seconds_per_member": med, "speedup": med["pixel"] / med["latent"], "steps": steps,
+            "members": members, "repeats": repeats}
+
+
+def plot_spectra(results: dict, path: Path, nlon: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = np.arange(1, nlon // 2 + 1)
+    wavelength = nlon * 0.25 / k  # degrees of longitude
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    truth = next(iter(results.values()))["_spectrum_truth"]
+    ax.loglog(wavelength, truth, "k-", lw=2.5, label="ERA5 truth")
+    for name, r in results.items():
+        ax.loglog(wavelength, r["_spectrum"], label=name)
+    ax.invert_xaxis()
+    ax.set_xlabel("zonal wavelength (deg longitude)")
+    ax.set_ylabel("power (K$^2$), detrended + Hann")
+    ax.set_title("ERA5 UK t2m x4, validation 21-24 March 2019")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_era5_uk"))
+    parser.add_argument("--quick", action="store_true", help="tiny budgets (smoke test); results under --out")
+    parser.add_argument("--demo-summary", type=Path, default=None, help="summary.json of a `kmscale demo` run")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    from kmscale.config import load_config
+    from kmscale.data.datasets import era5_uk_predictors, era5_uk_static, era5_uk_t2m
+    from kmscale.diffusion.train import (
+        LDMConfig,
+        RegressionConfig,
+        TrainingData,
+        train_ldm,
+        train_regression,
+    )
+
+    budgets = QUICK_BUDGETS if args.quick else BUDGETS
+    steps = 4 if args.quick else STEPS
+    members = 4 if args.quick else MEMBERS
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    target = era5_uk_t2m().load()
+    pred = era5_uk_predictors(target).load()
+    static = era5_uk_static(target).load()
+    data = TrainingData(target, pred, static)
+    t_val, p_val = data.period(VAL)
+    t_tr, _ = data.period(TRAIN)
+    truth = np.asarray(t_val["t2m"].values, np.float64)
+    wall = {}
+    results = {}
+    for method in ("bilinear", "bicubic"):
+        results[method] = scores(interpolation_baseline(p_val, t_val, method)[None], truth)
+
+    t0 = time.perf_counter()
+    vae_path = train_vae(t_tr, out / "vae", budgets["vae"])
+    wall["vae"] = time.perf_counter() - t0
+    common = [f"data.train_period=[{TRAIN[0]},{TRAIN[1]}]", f"data.val_period=[{VAL[0]},{VAL[1]}]",
+              "unet.block_out_channels=[32,64,128]", "unet.norm_num_groups=16", "train.global_batch_size=16",
+              "train.lr=1e-3", "train.warmup_samples=500", "train.lr_decay=cosine", "train.ema_decay=0.99",
+              "train.log_every_samples=800"]
+    bundles = {}
+    for space, ae in (("pixel", "identity"), ("latent", str(vae_path))):
+        n = budgets["regression"]
+        cfg = load_config(RegressionConfig, None, common + [
+            f"out_dir={out / f'regression_{space}'}", f"autoencoder={ae}", f"train.total_samples={n}",
+            f"train.checkpoint_every_samples={n // 2}", f"train.validate_every_samples={n // 4}"])
+        t0 = time.perf_counter()
+        _, bundles[f"regression_{space}"] = train_regression(cfg, data)
+        wall[f"regression_{space}"] = time.perf_counter() - t0
+        n = budgets["ldm"]
+        cfg = load_config(LDMConfig, None, common + [
+            f"out_dir={out / f'diffusion_{space}'}", f"regression_bundle={bundles[f'regression_{space}']}",
+            f"train.total_samples={n}", f"train.checkpoint_every_samples={n // 2}",
+            f"train.validate_every_samples={n // 3}", "validation.members=4", "validation.steps=8",
+            "validation.max_times=6"])
+        t0 = time.perf_counter()
+        _, bundles[f"diffusion_{space}"] = train_ldm(cfg, data)
+        wall[f"diffusion_{space}"] = time.perf_counter() - t0
+
+    sample_seconds = {}
+    for name, path in bundles.items():
+        m = members if name.startswith("diffusion") else 1
+        ens, sample_seconds[name] = sample_val(path, p_val, m, out, steps)
+        results[name] = scores(ens, truth)
+    speed = sampling_speed(bundles["diffusion_pixel"], bundles["diffusion_latent"], p_val, steps)
+
+    demo_seconds = None
+    if args.demo_summary is not None and args.demo_summary.is_file():
+        demo_seconds = json.loads(args.demo_summary.read_text()).get("seconds")
+    dest = out if args.quick else RESULTS
+    dest.mkdir(parents=True, exist_ok=True)
+    plot_spectra(results, dest / "downscaling_era5_uk_spectra.png", truth.shape[-1])
+    public = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()}
+    payload = {
+        **public,
+        "sampling_speedup_latent_vs_pixel": speed["speedup"],
+        "demo_seconds": demo_seconds,
+        "details": {
+            "budgets_samples": budgets, "training_seconds": wall, "sampling_seconds_val": sample_seconds,
+            "members": members, "steps": steps, "solver": "heun", "sampling_speed": speed,
+            "train_period": TRAIN, "val_period": VAL, "machine": "2 shared CPU cores (other jobs running)",
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+    (dest / "downscaling_era5_uk.json").write_text(json.dumps(payload, indent=2))
+    print(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
