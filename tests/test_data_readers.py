@@ -298,3 +298,11 @@ def test_grib_style_step_dims_become_valid_time():
     one = canonicalize(ds.isel(time=0))
     assert one.lead_time.values.tolist() == [6.0, 12.0, 18.0, 24.0]
     assert pd.Timestamp(one.time.values[0]) == pd.Timestamp("2020-01-01T06")
+
+
+def test_model_calendar_rejected(tmp_path, rng):
+    times = xr.date_range("2000-02-28", periods=4, freq="D", calendar="360_day", use_cftime=True)
+    path = _write(tmp_path, "cal.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})},
+                  {**_coords(), "time": times})
+    with pytest.raises(CoordinateError, match="cal.nc.*standard.*calendar, found '360_day'"):
+        open_dataset(path)

@@ -106,6 +106,14 @@ def _canonical_time(ds: xr.Dataset, where: str) -> xr.Dataset:
         lead = np.broadcast_to(np.asarray(lead, dtype="float64"), (ds.sizes["time"],))
         ds = ds.drop_vars("lead_time").assign_coords(lead_time=("time", lead.copy()))
         ds["lead_time"].attrs = {"units": "hours", "long_name": "forecast lead time"}
+    if "time" in ds.coords and ds["time"].dtype == object:
+        # cftime values: a model calendar (360_day, noleap) that pandas/numpy cannot pair
+        # with observations; converting it would invent or drop days, so the user decides
+        cal = getattr(ds["time"].values.ravel()[0], "calendar", "non-standard") if ds["time"].size else "?"
+        raise CoordinateError(
+            f"{where}: coordinate 'time': expected a standard (proleptic Gregorian) calendar, found {cal!r} "
+            f"(convert it first, e.g. ds.convert_calendar('standard', align_on='date'))"
+        )
     _check_lead_consistency(ds, where)
     if "time" in ds.dims:
         ds = _check_time(ds, where)
