@@ -113,3 +113,11 @@ def test_radial_needs_km_grid(rng):
     with pytest.raises(UnitsError, match="units"):
         radial_spectrum(da)
     assert radial_spectrum(da, dx_km=2.0).sizes["wavenumber"] == 8
+
+
+def test_float32_lines_match_float64(rng):
+    x = rng.standard_normal((5, 96)) + np.linspace(270, 290, 96)
+    s64 = zonal_power_spectrum(x)
+    s32 = zonal_power_spectrum(x.astype(np.float32))
+    assert s32.dtype == np.float32
+    np.testing.assert_allclose(s32, s64, rtol=2e-3, atol=1e-6 * s64.max())

@@ -63,8 +63,9 @@ def detrend_linear(x: np.ndarray) -> np.ndarray:
     n = x.shape[-1]
     t = np.arange(n) - (n - 1) / 2.0
     denom = (t * t).sum()
+    t = t.astype(x.dtype)
     mean = x.mean(-1, keepdims=True)
-    slope = (x * t).sum(-1, keepdims=True) / denom if denom > 0 else 0.0
+    slope = (x @ t)[..., None] / x.dtype.type(denom) if denom > 0 else 0.0
     return x - mean - slope * t
 
 
@@ -75,7 +76,11 @@ def zonal_power_spectrum(x: np.ndarray, *, detrend: bool = True, window: str | N
     NaN for that line's spectrum.
     """
     _check_window(window)
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
+    # float32 stays float32 (half the memory and FFT time on km-scale grids; detrending
+    # first keeps the anomalies' digits); everything else is computed in float64.
+    if x.dtype != np.float32:
+        x = x.astype(np.float64)
     n = x.shape[-1]
     if n < 2:
         raise ValueError(f"spectrum: expected lines of at least 2 points, found {n}")
@@ -83,7 +88,7 @@ def zonal_power_spectrum(x: np.ndarray, *, detrend: bool = True, window: str | N
         x = detrend_linear(x)
     if window == "hann":
         w = hann(n)
-        x = x * w / np.sqrt((w * w).mean())
+        x = x * (w / np.sqrt((w * w).mean())).astype(x.dtype)
     f = np.fft.rfft(x, axis=-1) / n
     s = 2.0 * np.abs(f[..., 1 : n // 2 + 1]) ** 2
     if n % 2 == 0:
