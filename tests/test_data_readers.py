@@ -91,6 +91,7 @@ def test_radolan_nan_mask_preserved(real_data):
     validate(sub, ["tp"])  # NaNs allowed outside the mask coordinate
     with pytest.raises(MissingValueError, match="tp.*NaN"):
         validate(sub.drop_vars("mask"), ["tp"])
+    assert radolan_rw("train").sizes["time"] == 16 and radolan_rw("val").sizes["time"] == 8
 
 
 def test_grib_ensemble_levels_split(real_data):

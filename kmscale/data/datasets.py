@@ -38,6 +38,11 @@ ERA5_UK_SHAPE = (32, 48)  # lat x lon after cropping the 33 x 49 file
 ERA5_UK_FACTOR = 4  # 0.25 deg -> 1 deg predictors
 
 RADOLAN_FILE = ("radolan_rw_20221018", "radolan_RW_20221018_hourly_1km.nc")
+# One day only, hours strongly correlated: a split in time (16 h / 8 h) is the honest one.
+RADOLAN_SPLITS: dict[str, tuple[str, str]] = {
+    "train": ("2022-10-18T00", "2022-10-18T15"),
+    "val": ("2022-10-18T16", "2022-10-18T23"),
+}
 UKV_OROGRAPHY = ("static", "ukv_orography.nc")
 
 
@@ -111,8 +116,12 @@ def era5_uk_static(target_grid: Grid | xr.Dataset | None = None, *, method: str 
     return out
 
 
-def radolan_rw() -> xr.Dataset:
+def radolan_rw(split: str | None = None) -> xr.Dataset:
     """RADOLAN RW hourly precipitation, 2022-10-18, 900 x 900 at 1 km.
+
+    Args:
+        split: ``"train"`` (hours ending 00:50..15:50, 16 steps), ``"val"`` (16:50..23:50,
+            8 steps) or None (all 24).
 
     Returns:
         Dataset with ``tp`` (time, y, x) in mm h-1 (NaN outside the composite), 2-D
@@ -122,4 +131,4 @@ def radolan_rw() -> xr.Dataset:
     ds = open_dataset(data_file(*RADOLAN_FILE), variables=["tp"])
     mask = ds["tp"].notnull().all("time").compute()
     mask.attrs = {"long_name": "inside the radar composite (values valid)", "flag_values": "0 1"}
-    return ds.assign_coords(mask=mask)
+    return _select_split(ds.assign_coords(mask=mask), split, RADOLAN_SPLITS)
