@@ -56,7 +56,9 @@ def open_targets(path: str | Path) -> xr.Dataset:
         if "kmscale_kind" in ds.attrs:
             return open_store(path, kind=TARGET_KIND)
         return ds
-    return xr.open_dataset(path, engine="h5netcdf", chunks={})
+    from kmscale.data.readers import detect_engine
+
+    return xr.open_dataset(path, engine=detect_engine(path), chunks={})
 
 
 def _spatial_dims(ds: xr.Dataset, variables: Sequence[str], where: str) -> tuple[str, str]:
@@ -257,11 +259,8 @@ def decode_store(
     for i in tqdm(writer.pending(), desc=f"decode {Path(out).name}", unit="chunk", disable=not progress):
         sl = writer.chunk_slice(i)
         z = read_latents(ds, sl, latents)
-        fields = np.stack([
-            tiled_decode(autoencoder, zt, shape=shape, tile=tile, overlap=overlap,
-                         mask=valid, batch_size=batch_size).numpy()
-            for zt in z
-        ])
+        fields = tiled_decode(autoencoder, z, shape=shape, tile=tile, overlap=overlap,
+                              mask=valid, batch_size=batch_size).numpy()
         part = xr.Dataset(
             {v: (("time", ydim, xdim), fields[:, c]) for c, v in enumerate(variables)},
             coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},

@@ -140,19 +140,23 @@ def tiled_decode(
     mask: np.ndarray | None = None,
     batch_size: int = 4,
 ) -> torch.Tensor:
-    """Decode normalized latents (Cz, h, w) to a physical field (C, H, W).
+    """Decode normalized latents ([B,] Cz, h, w) to physical fields ([B,] C, H, W).
 
     Args:
-        latents: (Cz, h, w) array-like.
+        latents: ([B,] Cz, h, w) array-like.
         shape: output (H, W) before padding (crops the reflection padding of
             :func:`tiled_encode`); default (h f, w f).
         tile, overlap: pixel tiling as in :func:`tiled_encode` (need not be the same).
         mask: optional bool (H, W) or (C, H, W), True where valid; False -> NaN.
     """
     z = _as_numpy_field(latents)
-    if z.ndim != 3 or z.shape[0] != autoencoder.latent_channels:
+    single = z.ndim == 3
+    if single:
+        z = z[None]
+    if z.ndim != 4 or z.shape[1] != autoencoder.latent_channels:
         raise SchemaError(
-            f"tiled_decode: expected latents ({autoencoder.latent_channels}, h, w), found shape {z.shape}"
+            f"tiled_decode: expected latents ([B,] {autoencoder.latent_channels}, h, w), "
+            f"found shape {tuple(_as_numpy_field(latents).shape)}"
         )
     f = autoencoder.downsample_factor
     full = (z.shape[-2] * f, z.shape[-1] * f)
@@ -172,15 +176,30 @@ def tiled_decode(
     latent_slices = layout.scaled(f).slices
     param = next(autoencoder.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    acc = TileAccumulator(layout, (autoencoder.in_channels,), like=torch.empty(0))
-    for start in range(0, len(latent_slices), batch_size):
-        idx = list(range(start, min(start + batch_size, len(latent_slices))))
-        batch = torch.from_numpy(np.stack([z[:, latent_slices[i][0], latent_slices[i][1]] for i in idx]))
-        acc.add_batch(idx, autoencoder.decode(batch.to(device)).float().cpu())
-    out = acc.result()[:, : shape[0], : shape[1]]
+    accs = [TileAccumulator(layout, (autoencoder.in_channels,), like=torch.empty(0)) for _ in range(z.shape[0])]
+    jobs = [(b, i) for b in range(z.shape[0]) for i in range(len(latent_slices))]
+    for start in range(0, len(jobs), batch_size):
+        part = jobs[start : start + batch_size]
+        batch = torch.from_numpy(np.stack([z[b, :, latent_slices[i][0], latent_slices[i][1]] for b, i in part]))
+        x = autoencoder.decode(batch.to(device)).float().cpu()
+        for (b, i), xi in zip(part, x, strict=True):
+            accs[b].add(i, xi)
+    out = torch.stack([acc.result() for acc in accs])[..., : shape[0], : shape[1]]
     if mask is not None:
         valid = torch.as_tensor(np.asarray(mask, dtype=bool))
         if tuple(valid.shape[-2:]) != tuple(shape):
             raise GridError(f"tiled_decode: expected a mask of shape {tuple(shape)}, found {tuple(valid.shape)}")
         out = torch.where(valid.expand_as(out), out, torch.tensor(float("nan")))
-    return out
+    return out[0] if single else out
+
+
+def auto_tiling(shape: Sequence[int], factor: int, tile: int = 512, overlap: int = 64
+                ) -> tuple[tuple[int, int] | None, tuple[int, int]]:
+    """Tiling for a field of ``shape``: None (whole field) when it fits in one ``tile``,
+    else tiles of at most ``tile`` px (multiples of ``factor``) with ``overlap``."""
+    full = padded_shape(shape, factor)
+    if full[0] <= tile and full[1] <= tile:
+        return None, (0, 0)
+    t = tuple(min(tile, s) // factor * factor for s in full)
+    o = tuple(min(overlap, ti // 2) // factor * factor for ti in t)
+    return t, o  # type: ignore[return-value]
