@@ -20,8 +20,12 @@ The noise level enters through ``UNet2DModel``'s sinusoidal ("positional") times
 embedding of ``c_noise`` (EDM's ln(σ)/4, as NVlabs/edm feeds its positional embedding);
 the regression U-Net passes a constant ``c_noise`` (see :meth:`ConditionalUNet.regress`).
 
+:class:`CrossAttentionUNet` (diffusers ``UNet2DConditionModel``) is the optional
+cross-attention variant with the same signature: it also reads the conditioning channels
+as tokens through cross-attention, so it drops into ``EDMPrecond`` unchanged.
+
 The constructor arguments are the config (diffusers ``ConfigMixin``), saved next to the
-weights by ``save_pretrained`` and restored by ``ConditionalUNet.from_pretrained``.
+weights by ``save_pretrained`` and restored by ``<Class>.from_pretrained``.
 """
 
 from __future__ import annotations
@@ -30,11 +34,29 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F_nn
-from diffusers import ConfigMixin, ModelMixin, UNet2DModel
+from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from kmscale.errors import ConfigError, GridError, describe
+
+
+def _pad(x: torch.Tensor, multiple: int, mode: str) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Pad (B, C, H, W) on all sides up to a multiple of ``multiple``; returns the padding
+    (left, right, top, bottom) for :func:`_crop`."""
+    H, W = x.shape[-2:]
+    ph, pw = (-H) % multiple, (-W) % multiple
+    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    if ph or pw:
+        if mode == "reflect" and (ph >= H or pw >= W):
+            mode = "replicate"  # reflection cannot pad by more than the field size
+        x = F_nn.pad(x, pad, mode=mode)
+    return x, pad
+
+
+def _crop(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    left, right, top, bottom = pad
+    return x[..., top : x.shape[-2] - bottom, left : x.shape[-1] - right]
 
 
 class ConditionalUNet(ModelMixin, ConfigMixin):
@@ -149,7 +171,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         if x_in.ndim != 4 or x_in.shape[1] != self.config.in_channels:
             raise GridError(describe(f"input (B, {self.config.in_channels}, H, W)", tuple(x_in.shape),
                                      where="ConditionalUNet"))
-        B, _, H, W = x_in.shape
+        B = x_in.shape[0]
         c_noise = torch.as_tensor(c_noise, dtype=torch.float32, device=x_in.device).reshape(-1).expand(B)
         class_labels = None
         if self.emb_proj is not None:
@@ -161,19 +183,142 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         elif emb is not None:
             raise GridError(describe("emb=None (model built without embedding_dim)", tuple(emb.shape),
                                      where="ConditionalUNet"))
-        m = self.pad_multiple
-        ph, pw = (-H) % m, (-W) % m
-        if ph or pw:
-            pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)  # left, right, top, bottom
-            mode = self.config.pad_mode
-            if mode == "reflect" and (ph >= H or pw >= W):
-                mode = "replicate"  # reflection cannot pad by more than the field size
-            x_in = F_nn.pad(x_in, pad, mode=mode)
+        x_in, pad = _pad(x_in, self.pad_multiple, self.config.pad_mode)
         out = self.unet(x_in.to(self.dtype), c_noise, class_labels=class_labels).sample
-        if ph or pw:
-            out = out[..., ph // 2 : ph // 2 + H, pw // 2 : pw // 2 + W]
-        return out
+        return _crop(out, pad)
 
     def regress(self, x_in: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         """Deterministic use (regression U-Net): ``F(x_in, c_noise=0, emb)``."""
         return self(x_in, 0.0, emb)
+
+
+def _sincos_2d(h: int, w: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Fixed 2-D sine/cosine position code of an h x w token grid, (h * w, dim).
+
+    Coordinates are normalized to [0, 1] so the code means "where in the domain"
+    whatever the grid size (a model trained on patches sees consistent positions).
+    """
+    quarter = dim // 4
+    freqs = torch.pi * 2.0 ** torch.arange(quarter, device=device, dtype=torch.float32)  # pi, 2pi, 4pi, ...
+    ys = torch.linspace(0, 1, h, device=device) if h > 1 else torch.zeros(1, device=device)
+    xs = torch.linspace(0, 1, w, device=device) if w > 1 else torch.zeros(1, device=device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    ay, ax = gy.reshape(-1, 1) * freqs, gx.reshape(-1, 1) * freqs
+    code = torch.cat([ay.sin(), ay.cos(), ax.sin(), ax.cos()], dim=1)
+    return F_nn.pad(code, (0, dim - code.shape[1]))
+
+
+class CrossAttentionUNet(ModelMixin, ConfigMixin):
+    """Backbone with the same signature as :class:`ConditionalUNet` that ALSO reads the
+    conditioning through cross-attention (diffusers ``UNet2DConditionModel``).
+
+    The last ``cond_channels`` input channels (the conditioning that
+    :class:`~kmscale.diffusion.edm.EDMPrecond` concatenates after c_in scaling) are cut
+    into ``token_patch`` x ``token_patch`` patches, embedded by a strided convolution plus
+    a fixed 2-D position code, and attended to from the U-Net's cross-attention levels.
+    With ``concat_cond`` they are also kept as input channels (concatenation stays the
+    default conditioning path; cross-attention adds non-local access to it).
+
+    Args:
+        in_channels: all input channels, sample channels first, then cond_channels.
+        out_channels: output channels.
+        cond_channels: how many trailing input channels are conditioning (> 0).
+        concat_cond: also feed the conditioning channels to the U-Net input.
+        token_patch: side of the conditioning patches that become tokens.
+        cross_attention_dim: token width.
+        block_out_channels, layers_per_block, norm_num_groups, embedding_dim, dropout,
+            pad_mode: as in :class:`ConditionalUNet`.
+        cross_attention_levels: one bool per level, True where the level cross-attends
+            (default: all but the finest). The bottleneck always does.
+        attention_heads: heads of every attention layer.
+    """
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        cond_channels: int,
+        concat_cond: bool = True,
+        token_patch: int = 4,
+        cross_attention_dim: int = 64,
+        block_out_channels: Sequence[int] = (64, 128, 256),
+        layers_per_block: int = 2,
+        cross_attention_levels: Sequence[bool] | None = None,
+        norm_num_groups: int = 32,
+        attention_heads: int = 4,
+        embedding_dim: int | None = None,
+        dropout: float = 0.0,
+        pad_mode: str = "replicate",
+    ) -> None:
+        super().__init__()
+        block_out_channels = tuple(int(c) for c in block_out_channels)
+        levels = len(block_out_channels)
+        if not 0 < cond_channels < in_channels:
+            raise ConfigError(describe(f"0 < cond_channels < in_channels={in_channels}", cond_channels,
+                                       where="CrossAttentionUNet"))
+        if cross_attention_levels is None:
+            cross_attention_levels = tuple(i > 0 or levels == 1 for i in range(levels))
+        cross_attention_levels = tuple(bool(a) for a in cross_attention_levels)
+        if len(cross_attention_levels) != levels:
+            raise ConfigError(describe(f"{levels} cross_attention_levels", len(cross_attention_levels),
+                                       where="CrossAttentionUNet"))
+        if any(c % norm_num_groups or c % attention_heads for c in block_out_channels):
+            raise ConfigError(describe(f"block_out_channels divisible by norm_num_groups={norm_num_groups} and "
+                                       f"attention_heads={attention_heads}", block_out_channels,
+                                       where="CrossAttentionUNet"))
+        if pad_mode not in ("replicate", "reflect", "constant"):
+            raise ConfigError(describe("pad_mode in ('replicate', 'reflect', 'constant')", repr(pad_mode),
+                                       where="CrossAttentionUNet"))
+        unet_in = in_channels if concat_cond else in_channels - cond_channels
+        self.unet = UNet2DConditionModel(
+            in_channels=unet_in,
+            out_channels=out_channels,
+            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention_levels),
+            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention_levels)),
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=attention_heads,  # diffusers' legacy name: this is the number of heads
+            dropout=dropout,
+            # The embedding vector goes through diffusers' own MLP and is added to the noise embedding.
+            class_embed_type="projection" if embedding_dim else None,
+            projection_class_embeddings_input_dim=embedding_dim or None,
+        )
+        self.tokenizer = nn.Conv2d(cond_channels, cross_attention_dim, token_patch, stride=token_patch)
+        self.token_norm = nn.LayerNorm(cross_attention_dim)
+
+    @property
+    def pad_multiple(self) -> int:
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def tokens(self, cond: torch.Tensor) -> torch.Tensor:
+        """Conditioning (B, C_cond, H, W) -> tokens (B, N, cross_attention_dim)."""
+        cond, _ = _pad(cond, self.config.token_patch, "replicate")
+        t = self.tokenizer(cond.to(self.tokenizer.weight.dtype))  # (B, D, h, w)
+        B, D, h, w = t.shape
+        t = t.flatten(2).transpose(1, 2) + _sincos_2d(h, w, D, t.device).to(t.dtype)
+        return self.token_norm(t)
+
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor | float, emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Same contract as :meth:`ConditionalUNet.forward`."""
+        cfg = self.config
+        if x_in.ndim != 4 or x_in.shape[1] != cfg.in_channels:
+            raise GridError(describe(f"input (B, {cfg.in_channels}, H, W)", tuple(x_in.shape), where="CrossAttentionUNet"))
+        B = x_in.shape[0]
+        c_noise = torch.as_tensor(c_noise, dtype=torch.float32, device=x_in.device).reshape(-1).expand(B)
+        if bool(cfg.embedding_dim) != (emb is not None) or (emb is not None and tuple(emb.shape) != (B, cfg.embedding_dim)):
+            raise GridError(describe(f"emb shaped ({B}, {cfg.embedding_dim})" if cfg.embedding_dim else "emb=None",
+                                     None if emb is None else tuple(emb.shape), where="CrossAttentionUNet"))
+        cond = x_in[:, cfg.in_channels - cfg.cond_channels :]
+        tokens = self.tokens(cond)
+        sample = x_in if cfg.concat_cond else x_in[:, : cfg.in_channels - cfg.cond_channels]
+        sample, pad = _pad(sample, self.pad_multiple, cfg.pad_mode)
+        out = self.unet(sample.to(self.dtype), c_noise, encoder_hidden_states=tokens,
+                        class_labels=None if emb is None else emb.to(self.dtype)).sample
+        return _crop(out, pad)
