@@ -230,7 +230,7 @@ def _dx_km(truth: xr.Dataset, ydim: str, xdim: str) -> float:
 def _coarsen(field: np.ndarray, size: int) -> np.ndarray:
     f = max(1, int(np.ceil(max(field.shape) / size)))
     h, w = (field.shape[0] // f) * f, (field.shape[1] // f) * f
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), _quiet():  # all-NaN blocks (outside a composite) stay NaN
         return np.nanmean(field[:h, :w].reshape(h // f, f, w // f, f), axis=(1, 3)) if f > 1 else field.astype(float)
 
 
