@@ -41,7 +41,9 @@ class DensityHistogram:
     def add(self, values: np.ndarray) -> None:
         """Count the finite ``values`` (any shape)."""
         v = np.asarray(values).ravel()
-        v = v[np.isfinite(v)]
+        finite = np.isfinite(v)
+        if not finite.all():  # copy only when there is something to drop (GBs on km grids)
+            v = v[finite]
         self.below += int((v < self.edges[0]).sum())
         self.above += int((v > self.edges[-1]).sum())
         self.counts += np.histogram(v, bins=self.edges)[0]
