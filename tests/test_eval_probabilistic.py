@@ -53,7 +53,7 @@ def test_sorting_network_sorts(m, rng):
     np.testing.assert_array_equal(np.stack(rows), np.sort(x, axis=0))
 
 
-@pytest.mark.parametrize("m", [1, 2, 5, 16, 21])
+@pytest.mark.parametrize("m", [1, 2, 5, 16, 21, 70])
 def test_standard_crps_equals_properscoring(m, rng):
     ens = rng.standard_normal((m, 30, 20)) * 2 + 280
     y = rng.standard_normal((30, 20)) * 2 + 280
@@ -62,7 +62,7 @@ def test_standard_crps_equals_properscoring(m, rng):
     np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("m", [2, 4, 16, 17])
+@pytest.mark.parametrize("m", [2, 4, 16, 17, 80])
 def test_fair_crps_equals_brute_force_pairs(m, rng):
     ens = rng.gamma(0.5, 2.0, (m, 25, 9))
     y = rng.gamma(0.5, 2.0, (25, 9))
@@ -91,8 +91,9 @@ def test_one_member_gives_mae(rng):
     np.testing.assert_allclose(CRPS().pointwise(fc, tr), np.abs(fc.isel(member=0) - tr))
 
 
-def test_nan_policy_pointwise(rng):
-    ens, y = rng.standard_normal((5, 10)), rng.standard_normal(10)
+@pytest.mark.parametrize("m", [5, 70])
+def test_nan_policy_pointwise(m, rng):
+    ens, y = rng.standard_normal((m, 10)), rng.standard_normal(10)
     ens[2, 3] = np.nan
     y[7] = np.nan
     out = crps_ensemble(ens, y)

@@ -16,10 +16,11 @@ CRPS of an ensemble x_1..x_M against the truth y (Gneiting & Raftery 2007, eq. 2
 
 with x_(1) <= ... <= x_(M) the sorted members, so D costs a sort, O(M log M), instead of
 the O(M^2) pairs. The sort runs on anomalies d_i = x_i - y (D is shift invariant), which
-keeps float32 accurate for fields such as 280 K temperatures. It is done with a sorting
-network (Batcher's odd-even merge sort) applied elementwise to cache-sized blocks of
-points: numpy has no fast batched sort of short rows, and a network of min/max over
-blocks runs at memory speed without a compiler (see ``benchmarks/evaluation_speed.py``).
+keeps float32 accurate for fields such as 280 K temperatures. Up to 64 members the sort
+is a sorting network (Batcher's odd-even merge sort, O(M log^2 M) comparators: 63 for
+M = 16) applied elementwise to cache-sized blocks of points: numpy has no fast batched
+sort of short rows, and min/max over blocks runs at memory speed without a compiler
+(see ``benchmarks/evaluation_speed.py``); larger ensembles use np.sort, O(M log M).
 
 NaN policy: a NaN in the truth or in any member gives NaN at that point (the ensemble
 is not silently shrunk); spatial means leave such points out (``base.spatial_mean``).
@@ -47,6 +48,9 @@ from kmscale.evaluation.base import (
 # Points per block of the sorting network: 16 members x 16384 float64 = 2 MiB, which
 # stays in L2/L3 cache while the ~60 min/max passes run over it.
 BLOCK_POINTS = 16384
+# Up to this ensemble size the sorting network is used (fewer passes than np.sort's
+# per-row calls); larger ensembles sort each block with np.sort.
+NETWORK_MAX_MEMBERS = 64
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,6 +114,11 @@ def crps_parts(
     pair_sum = np.empty(n, dtype)
     net = sorting_network(m)
     coef = [2 * (i + 1) - m - 1 for i in range(m)]
+    if m > NETWORK_MAX_MEMBERS:
+        _crps_parts_sorted(e, y, skill, pair_sum, coef, block)
+        skill /= m
+        pair_sum *= 2
+        return skill.reshape(truth.shape), pair_sum.reshape(truth.shape)
     bufs = [np.empty(min(block, max(n, 1)), dtype) for _ in range(m + 2)]
     for s in range(0, n, block):
         b = min(block, n - s)
@@ -138,6 +147,21 @@ def crps_parts(
     skill /= m
     pair_sum *= 2
     return skill.reshape(truth.shape), pair_sum.reshape(truth.shape)
+
+
+def _crps_parts_sorted(e, y, skill, pair_sum, coef, block) -> None:
+    """Large ensembles: np.sort per block, O(M log M) per point (the network is O(M log^2 M))."""
+    m, n = e.shape
+    c = np.asarray(coef, dtype=skill.dtype)
+    step = max(1, block * 16 // m)
+    for s in range(0, n, step):
+        d = e[:, s : s + step] - y[s : s + step]
+        skill[s : s + step] = np.abs(d).sum(0)
+        d.sort(axis=0)
+        pair_sum[s : s + step] = c @ d
+        # np.sort puts NaN last instead of propagating it: a NaN member poisons the point.
+        bad = np.isnan(d[-1])
+        pair_sum[s : s + step][bad] = np.nan
 
 
 def spread_from_pair_sum(pair_sum: np.ndarray, m: int, *, fair: bool = True) -> np.ndarray:

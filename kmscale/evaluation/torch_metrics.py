@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from kmscale.evaluation.probabilistic import sorting_network, spread_skill_from_parts
-
-# Up to this ensemble size the CRPS sorts with a sorting network, beyond with torch.sort.
-NETWORK_MAX_MEMBERS = 64
+from kmscale.evaluation.probabilistic import (
+    NETWORK_MAX_MEMBERS,
+    sorting_network,
+    spread_skill_from_parts,
+)
 
 
 def _check(ensemble: torch.Tensor, truth: torch.Tensor) -> int:
