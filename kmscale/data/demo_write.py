@@ -64,10 +64,14 @@ def _encoding(ds: xr.Dataset, chunk: int) -> dict[str, dict]:
     }
 
 
-def _write_zarr(
+def write_zarr_store(
     ds: xr.Dataset, path: Path, kind: str, fingerprint: str, chunk: int, overwrite: bool
 ) -> Path:
-    # time-dependent fields are written one time step at a time; static ones in bands of rows
+    """Write ``ds`` to a resumable zarr store of ``kind``, chunked 1 x chunk x chunk.
+
+    Time-dependent fields are written one time step at a time (each step computed chunk
+    by chunk with dask), static ones in bands of ``chunk`` rows; a tqdm bar shows progress.
+    """
     dim, step = ("time", 1) if "time" in ds.dims else ("lat", chunk)
     enc = _encoding(ds, chunk)
     # dask chunks must not straddle zarr chunks: give every variable the store's chunking
@@ -169,5 +173,5 @@ def write_demo(
             logger.info("%s: already complete, kept", path)
             paths[kind] = path
             continue
-        paths[kind] = _write_zarr(ds, path, kind, fp, chunk, overwrite)
+        paths[kind] = write_zarr_store(ds, path, kind, fp, chunk, overwrite)
     return paths
