@@ -80,6 +80,8 @@ def register(subparsers) -> None:
                    help="small: 2 CPU cores, <= 10 min (default); gpu: larger setting for one GPU")
     d.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     d.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
+    d.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; use 1 on a busy shared machine)")
     d.set_defaults(func=run_demo)
 
 
@@ -115,8 +117,12 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
     from kmscale.diffusion.demo import run_demo as demo
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     summary = demo(args.out, size=args.size, device=_device(args.device), fresh=args.fresh)
     print(json.dumps(summary, indent=2, default=str))
     return 0
