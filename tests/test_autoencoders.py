@@ -1,0 +1,211 @@
+"""Autoencoders: contract for every registered model, VAE, losses, tiling, quantization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kmscale.autoencoders import available, get_autoencoder_class, load_autoencoder
+from kmscale.autoencoders.losses import VAELoss, charbonnier
+from kmscale.autoencoders.quantize import (
+    dequantize,
+    entropy_bits,
+    int_dtype_for,
+    measure_rate,
+    quantize,
+)
+from kmscale.autoencoders.tiling import auto_tiling, tiled_decode, tiled_encode
+from kmscale.autoencoders.vae import VAEAutoencoder
+from kmscale.errors import CheckpointError, ConfigError, GridError, SchemaError
+
+STATS = {"t2m": {"mean": 280.0, "std": 5.0}, "u10": {"mean": 0.0, "std": 4.0},
+         "tp": {"mean": 0.2, "std": 0.5, "transform": "log1p", "scale": 1.0}}
+SMALL = {"vae": {"block_out_channels": (8, 16), "norm_num_groups": 8, "latent_channels": 2}}
+
+
+def make(name: str, variables=("t2m",)):
+    torch.manual_seed(0)
+    cls = get_autoencoder_class(name)
+    return cls(variables=list(variables), input_stats={v: STATS[v] for v in variables},
+               **SMALL.get(name, {})).eval()
+
+
+def field(shape=(2, 1, 32, 48), seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return 280 + 5 * torch.randn(shape, generator=g)
+
+
+def test_builtins_registered():
+    assert {"identity", "vae"} <= set(available())
+
+
+@pytest.mark.parametrize("name", ["identity", "vae"])
+def test_shapes_and_round_trip(name):
+    model = make(name, ("t2m", "u10"))
+    x = torch.cat([field((2, 1, 32, 48)), torch.randn(2, 1, 32, 48)], dim=1)
+    with torch.no_grad():
+        z = model.encode(x)
+        f = model.downsample_factor
+        assert z.shape == (2, model.latent_channels, 32 // f, 48 // f)
+        y = model.decode(z)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    if name == "identity":
+        torch.testing.assert_close(y, x)
+
+
+@pytest.mark.parametrize("name", ["identity", "vae"])
+def test_save_load_equality(name, tmp_path):
+    model = make(name)
+    model.set_latent_stats([0.1] * model.latent_channels, [2.0] * model.latent_channels)
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_autoencoder(tmp_path / "m", expect=name)
+    assert type(loaded) is type(model) and loaded.fingerprint() == model.fingerprint()
+    x = field()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x), model.encode(x))
+
+
+def test_vae_config_sizes():
+    model = VAEAutoencoder(variables=["t2m"], block_out_channels=(8, 8, 8, 8), norm_num_groups=8)
+    assert model.downsample_factor == 8 and model.latent_channels == 4
+    assert model.compression_factor == 64 / 4
+    with pytest.raises(ConfigError, match="divisible by norm_num_groups"):
+        VAEAutoencoder(block_out_channels=(12, 16), norm_num_groups=8)
+
+
+def test_bad_input_errors(tmp_path):
+    model = make("vae", ("t2m", "u10"))
+    with pytest.raises(SchemaError, match="expected a tensor"):
+        model.encode(field())  # one channel for a two-variable model
+    with pytest.raises(SchemaError, match="expected latents"):
+        model.decode(torch.zeros(1, 3, 4, 4))
+    model.save_pretrained(tmp_path / "vae")
+    with pytest.raises(CheckpointError, match="expected a 'identity' autoencoder"):
+        load_autoencoder(tmp_path / "vae", expect="identity")
+    weights = next((tmp_path / "vae").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError):
+        load_autoencoder(tmp_path / "vae")
+
+
+def test_vae_nan_inputs_are_filled():
+    model = make("vae")
+    x = field()
+    x[:, :, :4, :4] = float("nan")
+    with torch.no_grad():
+        assert torch.isfinite(model.encode(x)).all()
+
+
+# ---------------------------------------------------------------------------- losses
+def test_losses_limits():
+    model = make("vae")
+    x = model.normalize_input(field())
+    x_hat, post = model(x)
+    loss = VAELoss(kl_weight=1e-3, kl_warmup_samples=100, spectral_weight=0.1)
+    parts = loss(x, x, post, samples_seen=0)
+    assert parts["recon"].shape == (2,) and torch.all(parts["recon"] == 0)
+    assert torch.all(parts["spectral"].abs() < 1e-6) and torch.all(parts["total"] == 0)
+    assert loss.beta(0) == 0 and loss.beta(50) == pytest.approx(5e-4) and loss.beta(10**6) == 1e-3
+    parts = loss(x_hat, x, post, samples_seen=100)
+    assert torch.all(parts["kl"] > 0) and torch.all(parts["total"] > parts["recon"])
+    # Masked points do not count: corrupt them and the loss is unchanged.
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[..., :8, :] = False
+    bad = x_hat.clone()
+    bad[..., :8, :] = 100.0
+    a = loss(x_hat, x, post, mask=mask)["recon"]
+    b = loss(bad, x, post, mask=mask)["recon"]
+    torch.testing.assert_close(a, b)
+    e = torch.tensor([0.0, 1e-4, 10.0])
+    torch.testing.assert_close(charbonnier(e, 1e-3), torch.sqrt(e**2 + 1e-6) - 1e-3)
+
+
+def test_vae_trains_a_few_steps():
+    torch.manual_seed(0)
+    model = make("vae").train()
+    loss = VAELoss()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x = model.normalize_input(field((4, 1, 16, 16)))
+    first = None
+    for _ in range(15):
+        x_hat, post = model(x, sample_posterior=False)
+        total = loss(x_hat, x, post)["total"].mean()
+        first = first if first is not None else float(total.detach())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    assert float(total) < first
+
+
+# ---------------------------------------------------------------------------- tiling
+def test_tiled_identity_is_exact():
+    model = make("identity")
+    x = field((1, 1, 50, 70))[0]
+    z = tiled_encode(model, x, tile=(16, 24), overlap=(6, 8))
+    torch.testing.assert_close(z, model.encode(x[None])[0])
+    y = tiled_decode(model, z, tile=(16, 16), overlap=(4, 4))
+    torch.testing.assert_close(y, x, atol=1e-4, rtol=0)
+
+
+def test_tiled_matches_untiled_vae():
+    """Tiles covering most of the field with wide blended overlaps agree closely with one pass.
+
+    The residual is GroupNorm's per-tile statistics (see kmscale.autoencoders.tiling).
+    """
+    model = make("vae")
+    yy, xx = np.mgrid[0:64, 0:96] / 10.0
+    x = torch.from_numpy((280 + 5 * np.sin(xx) * np.cos(yy))[None].astype(np.float32))
+    z_full = tiled_encode(model, x)
+    z_tiled = tiled_encode(model, x, tile=(64, 80), overlap=(0, 64))
+    rel = (z_tiled - z_full).pow(2).mean().sqrt() / z_full.pow(2).mean().sqrt()
+    assert rel < 0.1
+    y_full = tiled_decode(model, z_full)
+    y_tiled = tiled_decode(model, z_full, tile=(64, 80), overlap=(0, 64))
+    assert ((y_tiled - y_full).pow(2).mean().sqrt() / y_full.std()) < 0.1
+    # Batches of fields give the same as one field at a time.
+    torch.testing.assert_close(tiled_encode(model, torch.stack([x, x]))[1], z_full)
+
+
+def test_tiling_errors_and_padding():
+    model = make("vae")
+    with pytest.raises(GridError, match="at least one tile"):
+        tiled_encode(model, field((1, 1, 30, 30))[0], tile=64)
+    with pytest.raises(GridError, match="divisible by the downsample factor"):
+        tiled_encode(model, field((1, 1, 64, 64))[0], tile=33)
+    with pytest.raises(SchemaError):
+        tiled_encode(model, torch.zeros(2, 16, 16))
+    # Sizes not divisible by f are padded on encode and cropped on decode.
+    x = field((1, 1, 31, 45))[0]
+    z = tiled_encode(model, x)
+    assert z.shape[-2:] == (16, 23)
+    assert tiled_decode(model, z, shape=(31, 45)).shape == (1, 31, 45)
+    assert auto_tiling((100, 100), 8) == (None, (0, 0))
+    assert auto_tiling((4384, 6880), 8) == ((512, 512), (64, 64))
+
+
+def test_tiled_decode_restores_nan_mask():
+    model = make("vae")
+    x = field((1, 1, 32, 48))[0]
+    x[:, 5:9, 10:20] = float("nan")
+    valid = np.isfinite(x.numpy())
+    y = tiled_decode(model, tiled_encode(model, x, tile=16, overlap=4), shape=(32, 48),
+                     tile=16, overlap=4, mask=valid)
+    assert torch.isnan(y[:, 5:9, 10:20]).all() and torch.isfinite(y[torch.from_numpy(valid)]).all()
+
+
+# ---------------------------------------------------------------------------- quantization
+def test_quantize_round_trip_and_rate(rng):
+    z = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
+    steps = [0.05, 0.1, 0.2, 0.4]
+    q = quantize(z, steps)
+    assert q.dtype == np.int8 and int_dtype_for(np.array([300])) == np.int16
+    err = np.abs(dequantize(q, steps) - z)
+    assert np.all(err <= np.array(steps)[None, :, None, None] / 2 + 1e-6)
+    rate = measure_rate(q)
+    assert 0 < rate.zstd_bytes < z.nbytes and rate.entropy_bytes <= q.nbytes
+    assert entropy_bits(np.zeros((1, 2, 4, 4), np.int8)) == 0
+    with pytest.raises(SchemaError, match="finite"):
+        quantize(np.array([[np.nan]]), 0.1)
+    with pytest.raises(SchemaError, match="within int8"):
+        quantize(np.array([[10.0]]), 0.01, dtype=np.int8)
