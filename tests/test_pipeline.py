@@ -89,3 +89,18 @@ def test_kmscale_sample_command(tmp_path):
     assert open_store(tmp_path / "ens.zarr", kind="ensemble")["t2m"].shape == (2, 2, 16, 24)
     assert main(args) == 1  # a complete store is never overwritten without --overwrite
     assert main(args + ["--overwrite"]) == 0
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage(tmp_path):
+    """`kmscale demo --size tiny`: prepare ... report, on the built-in demo data (~1 min)."""
+    import json
+
+    from kmscale.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--size", "tiny", "--threads", "1"]) == 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert list(summary["stages"]) == ["prepare", "train_autoencoder", "encode", "train_regression",
+                                       "train_diffusion", "sample", "score", "report"]
+    assert (tmp_path / "demo" / "report" / "report.md").is_file()
+    assert open_store(tmp_path / "demo" / "ensemble.zarr", kind="ensemble")["t2m"].sizes["member"] == 2

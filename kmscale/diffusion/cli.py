@@ -76,8 +76,9 @@ def register(subparsers) -> None:
         description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    d.add_argument("--size", choices=("small", "gpu"), default="small",
-                   help="small: 2 CPU cores, <= 10 min (default); gpu: larger setting for one GPU")
+    d.add_argument("--size", choices=("small", "gpu", "tiny"), default="small",
+                   help="small: 2 CPU cores, <= 10 min (default); gpu: larger setting for one GPU; "
+                        "tiny: smoke test")
     d.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     d.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
     d.add_argument("--threads", type=int, default=None,

@@ -61,6 +61,10 @@ SIZES = {
                     vae_widths=[32, 64, 128, 128], vae_latent_channels=8, vae_samples=20_000,
                     unet_widths=[64, 128, 256], regression_samples=20_000, ldm_samples=40_000, batch=32,
                     members=16, steps=18),
+    # smoke-test size (tests, CI): every stage, tiny budgets, seconds per stage
+    "tiny": DemoSize(ny=32, nx=32, train_times="2023-07-01T00/2023-07-01T15", val_times="2023-07-01T16/2023-07-01T19",
+                     vae_widths=[16, 16], vae_samples=32, unet_widths=[16, 16], regression_samples=32,
+                     ldm_samples=32, batch=8, members=2, steps=2),
 }
 
 
