@@ -47,7 +47,8 @@ MASK_VAR = "valid_mask"
 
 
 def open_targets(path: str | Path) -> xr.Dataset:
-    """Open a targets dataset: a kmscale store, any zarr, or a NetCDF file (lazily)."""
+    """Open a targets dataset lazily: a kmscale store, any zarr, or a NetCDF/GRIB file
+    (files go through :func:`kmscale.data.readers.open_dataset`: canonical names, units, dims)."""
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: expected a targets store or NetCDF file, found nothing")
@@ -56,9 +57,9 @@ def open_targets(path: str | Path) -> xr.Dataset:
         if "kmscale_kind" in ds.attrs:
             return open_store(path, kind=TARGET_KIND)
         return ds
-    from kmscale.data.readers import detect_engine
+    from kmscale.data.readers import open_dataset
 
-    return xr.open_dataset(path, engine=detect_engine(path), chunks={})
+    return open_dataset(path)
 
 
 def _spatial_dims(ds: xr.Dataset, variables: Sequence[str], where: str) -> tuple[str, str]:

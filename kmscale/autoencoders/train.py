@@ -1,0 +1,227 @@
+"""Two-stage VAE training on the shared Accelerate Trainer (``recipes/train_autoencoder.py``).
+
+    stage 1: small random patches (fast, many samples)  ──► out_dir/stage1/final
+    stage 2: large patches, initialized from stage 1     ──► out_dir/stage2/{best,final}
+    latent statistics fitted on training latents         ──► out_dir/autoencoder  (load_autoencoder)
+
+Each stage is one :class:`kmscale.training.Trainer` run (EMA, mixed precision where the
+device supports it, checkpoints every N samples, strict resume); a finished stage is
+not trained again, so rerunning the same command after an interruption continues where
+it stopped. Input statistics are fitted on the training period only
+(:class:`kmscale.data.stats.NormStats`), or read from the ``stats.json`` of
+``kmscale prepare``. Validation encodes and decodes whole held-out fields and reports
+the RMSE per variable in physical units; the best (lowest mean standardized RMSE) EMA
+weights of stage 2 become the autoencoder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from kmscale.autoencoders.losses import VAELoss
+from kmscale.autoencoders.tiling import auto_tiling, tiled_decode, tiled_encode
+from kmscale.config import to_dict
+from kmscale.errors import ConfigError, SchemaError
+from kmscale.training import Trainer, TrainingSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    targets: str = ""  # targets store of `kmscale prepare`, any canonical zarr, or NetCDF
+    variables: list[str] = field(default_factory=list)  # the variable group; empty = all (time, Y, X) vars
+    train_period: list[str] = field(default_factory=list)  # [start, end] inclusive; empty = all times
+    val_period: list[str] = field(default_factory=list)  # held-out [start, end]; empty = no validation
+    stats: str = ""  # stats.json of `kmscale prepare`; empty = fit on train_period
+    val_max_fields: int = 32  # validation fields (evenly spaced over val_period)
+
+
+@dataclass
+class ModelConfig:
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # 8x down
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 16
+
+
+@dataclass
+class LossConfig:
+    charbonnier_eps: float = 1e-3
+    kl_weight: float = 1e-6
+    kl_warmup_samples: int = 10_000
+    spectral_weight: float = 0.0
+
+
+@dataclass
+class StageConfig:
+    patch: list[int] = field(default_factory=lambda: [64, 64])  # (rows, cols) px, multiples of 2**n_down
+    total_samples: int = 20_000
+    lr: float = 1e-3
+
+
+@dataclass
+class AutoencoderConfig:
+    out_dir: str = "runs/autoencoder"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(
+        default_factory=lambda: StageConfig(patch=[256, 256], total_samples=5_000, lr=2e-4))
+    train: TrainingSettings = field(default_factory=TrainingSettings)  # shared loop settings
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """Random patches of standardized fields; item i is patch ``i`` of a seeded stream.
+
+    Args:
+        x: standardized fields (T, C, H, W), NaN already replaced by 0.
+        valid: bool (T, C, H, W), True where the input had values.
+        patch: (ph, pw) patch size in pixels (clipped to the field).
+        length: number of items (an epoch); patches repeat with period ``length``.
+    """
+
+    def __init__(self, x: torch.Tensor, valid: torch.Tensor, patch: tuple[int, int], seed: int,
+                 length: int = 100_000):
+        self.x, self.valid, self.seed, self.length = x, valid, seed, length
+        self.patch = (min(patch[0], x.shape[-2]), min(patch[1], x.shape[-1]))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        from kmscale.data.patches import random_patch
+
+        rng = np.random.default_rng([self.seed, i])
+        t = int(rng.integers(self.x.shape[0]))
+        sy, sx = random_patch(self.x.shape[-2:], self.patch, rng)
+        return self.x[t, :, sy, sx], self.valid[t, :, sy, sx]
+
+
+def _open(cfg: DataConfig) -> tuple[xr.Dataset, list[str]]:
+    from kmscale.autoencoders.latent_store import _spatial_dims, open_targets
+
+    if not cfg.targets:
+        raise ConfigError("data.targets: expected a targets store or NetCDF path, found none")
+    ds = open_targets(cfg.targets)
+    names = list(cfg.variables) or [v for v, da in ds.data_vars.items() if da.ndim == 3 and da.dims[0] == "time"]
+    if not names:
+        raise SchemaError(f"{cfg.targets}: expected (time, Y, X) target variables, found {list(ds.data_vars)}")
+    _spatial_dims(ds, names, cfg.targets)
+    return ds, names
+
+
+def _period(ds: xr.Dataset, period: list[str], key: str) -> xr.Dataset:
+    if not period:
+        return ds
+    if len(period) != 2:
+        raise ConfigError(f"{key}: expected [start, end], found {period}")
+    sub = ds.sel(time=slice(period[0], period[1]))
+    if sub.sizes["time"] == 0:
+        raise ConfigError(f"{key}: expected times within {period}, found none in the targets")
+    return sub
+
+
+def _fields(ds: xr.Dataset, names: list[str]) -> np.ndarray:
+    return np.stack([np.asarray(ds[v].values, np.float32) for v in names], axis=1)
+
+
+def _input_stats(cfg: DataConfig, train: xr.Dataset, names: list[str]) -> dict:
+    from kmscale.data.stats import NormStats
+
+    stats = NormStats.load(cfg.stats) if cfg.stats else NormStats.fit(train, names)
+    return {v: stats.stat(v) for v in names}
+
+
+def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, valid, val_fn) -> Path:
+    """Train one stage; returns the directory of its exported EMA weights."""
+    f = model.downsample_factor
+    if stage.patch[0] % f or stage.patch[1] % f:
+        raise ConfigError(f"{name}.patch: expected multiples of the downsample factor {f}, found {stage.patch}")
+    out = Path(cfg.out_dir) / name
+    final = out / "final"
+    if (final / "config.json").is_file():
+        log.info("%s already trained (%s): skipped", name, final)
+        return final
+    settings = TrainingSettings(**{**to_dict(cfg.train), "total_samples": stage.total_samples, "lr": stage.lr})
+    loss = VAELoss(**to_dict(cfg.loss))
+    box: dict = {}
+
+    def loss_fn(m, batch) -> torch.Tensor:
+        xb, vb = (b.to(next(m.parameters()).device) for b in batch)
+        x_hat, post = m(xb)
+        return loss(x_hat, xb, post, mask=vb, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
+
+    data = PatchDataset(x, valid, tuple(stage.patch), seed=cfg.train.seed)
+    trainer = Trainer(model, loss_fn, data, out, settings, validate_fn=val_fn,
+                      best_metric="rmse_norm" if val_fn else None, run_config=to_dict(cfg))
+    box["trainer"] = trainer
+    result = trainer.fit()
+    log.info("%s: %d samples, last loss %.4g, best %s", name, result.samples_seen, result.last_loss,
+             result.best_score)
+    return final
+
+
+def train_autoencoder(cfg: AutoencoderConfig):
+    """Run both stages and write ``<out_dir>/autoencoder``; returns the trained model."""
+    from kmscale.autoencoders import get_autoencoder_class
+
+    ds, names = _open(cfg.data)
+    train = _period(ds, cfg.data.train_period, "data.train_period")
+    stats = _input_stats(cfg.data, train, names)
+    torch.manual_seed(cfg.train.seed)
+    cls = get_autoencoder_class("vae")
+    model = cls(variables=names, input_stats=stats, block_out_channels=tuple(cfg.model.block_out_channels),
+                layers_per_block=cfg.model.layers_per_block, latent_channels=cfg.model.latent_channels,
+                norm_num_groups=cfg.model.norm_num_groups)
+    raw = torch.from_numpy(_fields(train, names))
+    valid = torch.isfinite(raw)
+    x = model.normalize_input(raw)
+    val_fn = None
+    if cfg.data.val_period:
+        val = _period(ds, cfg.data.val_period, "data.val_period")
+        idx = np.unique(np.linspace(0, val.sizes["time"] - 1, min(cfg.data.val_max_fields, val.sizes["time"])).astype(int))
+        val_fields = _fields(val.isel(time=idx), names)
+        val_fn = _validator(val_fields, names, stats)
+    s1 = _stage(cfg, "stage1", cfg.stage1, model, x, valid, None)
+    model = cls.from_pretrained(s1)
+    _stage(cfg, "stage2", cfg.stage2, model, x, valid, val_fn)
+    out = Path(cfg.out_dir)
+    best = out / "stage2" / ("best" if (out / "stage2" / "best" / "config.json").is_file() else "final")
+    model = cls.from_pretrained(best).eval()
+    # Latent normalization: per-channel mean/std of the training latents (posterior means).
+    sub = raw[:: max(1, raw.shape[0] // 64)].numpy()
+    tile, overlap = auto_tiling(sub.shape[-2:], model.downsample_factor)
+    z = tiled_encode(model, sub, tile=tile, overlap=overlap).numpy()
+    model.set_latent_stats(z.mean(axis=(0, 2, 3)).tolist(), (z.std(axis=(0, 2, 3)) + 1e-6).tolist())
+    model.save_pretrained(out / "autoencoder")
+    log.info("autoencoder written to %s (from %s)", out / "autoencoder", best)
+    return model
+
+
+def _validator(fields: np.ndarray, names: list[str], stats: dict):
+    """validate_fn: RMSE of encode -> decode on held-out fields, per variable and standardized."""
+    valid = np.isfinite(fields)
+
+    def validate(model) -> dict[str, float]:
+        tile, overlap = auto_tiling(fields.shape[-2:], model.downsample_factor)
+        rec = tiled_decode(model, tiled_encode(model, fields, tile=tile, overlap=overlap),
+                           shape=fields.shape[-2:], tile=tile, overlap=overlap).numpy()
+        out, norm = {}, []
+        for c, v in enumerate(names):
+            err = (rec[:, c] - fields[:, c])[valid[:, c]]
+            rmse = float(np.sqrt(np.mean(err.astype(np.float64) ** 2)))
+            out[f"rmse_{v}"] = rmse
+            std = float(np.std(fields[:, c][valid[:, c]])) or 1.0
+            norm.append(rmse / std)
+        out["rmse_norm"] = float(np.mean(norm))
+        return out
+
+    return validate

@@ -1,0 +1,40 @@
+"""Train a convolutional VAE (AutoencoderKL) for one variable group, in two stages.
+
+    accelerate launch recipes/train_autoencoder.py --config recipes/configs/autoencoder_t2m.yaml
+    accelerate launch --num_processes 2 recipes/train_autoencoder.py --config ... stage1.total_samples=40000
+    python recipes/train_autoencoder.py --config recipes/configs/autoencoder_t2m.yaml --dry-run
+
+Stage 1 trains on small random patches, stage 2 fine-tunes on large patches; both use
+the shared Trainer (EMA, mixed precision where supported, checkpoint every N samples,
+resume by running the same command again, validation RMSE on held-out times). The
+result is ``<out_dir>/autoencoder`` (``kmscale encode --autoencoder <out_dir>/autoencoder``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from kmscale.config import add_config_arguments, dump_yaml, load_config, save_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from kmscale.autoencoders.train import AutoencoderConfig, train_autoencoder
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = load_config(AutoencoderConfig, args.config, args.overrides)
+    if args.dry_run:
+        print(dump_yaml(cfg))
+        return 0
+    save_config(cfg, f"{cfg.out_dir}/config.yaml")
+    model = train_autoencoder(cfg)
+    print(f"autoencoder ({model.downsample_factor}x down, {model.latent_channels} latent channels, "
+          f"fingerprint {model.fingerprint()}) written to {cfg.out_dir}/autoencoder")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
