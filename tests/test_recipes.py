@@ -155,3 +155,21 @@ def test_two_process_cpu_launch_follows_the_same_schedule(files, tmp_path):
     a, b = _weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")
     for name in a:  # same global batches; only the floating-point order of the reduction differs
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4)
+
+
+def test_ldm_on_patches_with_global_context_samples_patchwise(files, tmp_path, regression_bundle):
+    from kmscale.bundle import ModelBundle
+    from kmscale.data.readers import open_dataset
+    from kmscale.data.store import open_store
+    from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
+
+    cfg = _config(tmp_path, files, out_dir=str(tmp_path / "p"), regression_bundle=str(regression_bundle),
+                  train={"total_samples": 8}, validation={"members": 2, "steps": 2, "max_times": 1},
+                  patch=[8, 8], context_size=[2, 3])
+    assert _recipe("train_ldm").main(["--config", str(cfg)]) == 0
+    bundle = ModelBundle.load(tmp_path / "p" / "bundle")
+    assert bundle.edm.train_patch == [8, 8] and bundle.edm.context_size == [2, 3]
+    pred = open_dataset(files["predictors"]).isel(time=slice(30, 31))
+    out = DownscalingPipeline(bundle).run(pred, tmp_path / "e.zarr", SamplerSettings(members=2, steps=2),
+                                          progress=False)
+    assert open_store(out)["t2m"].shape == (1, 2, 16, 24)

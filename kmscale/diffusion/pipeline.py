@@ -75,6 +75,22 @@ def time_seeds(member_seeds: list[int], valid_time: np.datetime64) -> list[int]:
     return [(int(s) * 1_000_003 + hours) % (2**63 - 1) for s in member_seeds]
 
 
+def patched_denoiser(denoiser, shape: tuple[int, int], patch: list[int], overlap: list[int] | None = None,
+                     context_size: list[int] | None = None):
+    """``denoiser`` applied tile by tile on a latent field of ``shape`` (blended every step).
+
+    A model trained on patches with global context (``context_size``) gets the same
+    context channels here; the default overlap is a quarter of the tile.
+    """
+    from kmscale.data.patches import TileLayout
+    from kmscale.diffusion.patching import PatchedDenoiser
+
+    tile = tuple(min(int(v), n) for v, n in zip(patch, shape, strict=True))
+    overlap = tuple(int(v) for v in (overlap or [t // 4 if t < n else 0 for t, n in zip(tile, shape, strict=True)]))
+    layout = TileLayout(shape=tuple(shape), tile=tile, overlap=overlap)
+    return PatchedDenoiser(denoiser, layout, context_size=tuple(context_size) if context_size else None)
+
+
 class DownscalingPipeline:
     """Apply a :class:`~kmscale.bundle.ModelBundle` to predictors.
 
@@ -105,18 +121,12 @@ class DownscalingPipeline:
         return build_dataset(b.spec, predictors, static, b.lat, b.lon)
 
     def _denoiser_for(self, settings: SamplerSettings):
-        if settings.patch is None:
-            return self.denoiser
-        from kmscale.data.patches import TileLayout
-        from kmscale.diffusion.patching import PatchedDenoiser
-
         b = self.bundle
+        patch = settings.patch or (b.edm.train_patch if b.edm.context_size else None)
+        if patch is None:
+            return self.denoiser
         shape = (b.lat.size // b.spec.factor, b.lon.size // b.spec.factor)
-        tile = tuple(int(v) for v in settings.patch)
-        overlap = tuple(int(v) for v in (settings.overlap or [max(1, t // 4) for t in tile]))
-        layout = TileLayout(shape=shape, tile=tile, overlap=overlap)
-        context = tuple(b.edm.context_size) if b.edm.context_size else None
-        return PatchedDenoiser(self.denoiser, layout, context_size=context)
+        return patched_denoiser(self.denoiser, shape, patch, settings.overlap, b.edm.context_size)
 
     @torch.no_grad()
     def sample_time(

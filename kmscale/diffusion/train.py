@@ -97,6 +97,8 @@ class LDMConfig:
     edm: EDMLossSettings = field(default_factory=EDMLossSettings)
     validation: EnsembleValidation = field(default_factory=EnsembleValidation)
     eval_batch_size: int = 32
+    patch: list[int] | None = None  # train on random latent patches (th, tw); None: whole field
+    context_size: list[int] | None = None  # coarse global context (ch, cw) given to each patch
 
 
 # ---- data ---------------------------------------------------------------------------
@@ -273,19 +275,38 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
         pick = np.unique(np.linspace(0, len(val_ds) - 1, min(cfg.validation.max_times, len(val_ds))).round().astype(int))
         val_ds = val_ds.subset(pick)
         val_ds = val_ds.with_z_mean(predict_mean(base.regression, val_ds, cfg.eval_batch_size, progress=False))
+    from kmscale.diffusion.patching import context_channels, with_context
+
     C_z = ae.latent_channels
+    C_c = C_z + spec.cond_channels  # [ẑ, cond]
+    if cfg.context_size is not None and cfg.patch is None:
+        raise ConfigError("context_size: expected patch training (set patch: [th, tw]), found patch: null")
+    edm.train_patch, edm.context_size = cfg.patch, cfg.context_size
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
-    backbone = build_unet(C_z + C_z + spec.cond_channels, C_z, spec.emb_dim, cfg.unet)
+    backbone = build_unet(C_z + C_c + context_channels(C_c, cfg.context_size), C_z, spec.emb_dim, cfg.unet)
     denoiser = build_denoiser(backbone, edm)
     loss = EDMLoss(P_mean=cfg.edm.P_mean, P_std=cfg.edm.P_std, sigma_data=cfg.edm.sigma_data)
+    field_shape = tuple(train_ds.z.shape[-2:])
 
     def loss_fn(net, batch):
         b = _batch_to(batch, _device_of(net))
         r = residual.make(b["z"], b["z_mean"], _scale_tensor(scale, b["z"].device))
-        return loss(net, r, diffusion_inputs(b), b["emb"]).mean()
+        cond = diffusion_inputs(b)
+        if cfg.patch is not None:
+            from kmscale.data.patches import random_patch
+
+            # Drawn from torch's RNG so that the patch sequence resumes with the Accelerate state.
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
+            sl = random_patch(field_shape, [min(p, n) for p, n in zip(cfg.patch, field_shape, strict=True)], rng)
+            r, cond = r[..., sl[0], sl[1]], with_context(cond, sl, cfg.context_size)
+        return loss(net, r, cond, b["emb"]).mean()
 
     def validate_fn(net):
+        from kmscale.diffusion.pipeline import patched_denoiser
+
         v = cfg.validation
+        if cfg.patch is not None:
+            net = patched_denoiser(net, field_shape, cfg.patch, None, cfg.context_size)
         return ensemble_scores(net, val_ds, ae, scale, members=v.members, steps=v.steps, solver=v.solver,
                                seed=v.seed)
 
