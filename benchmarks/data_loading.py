@@ -258,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": BATCH,
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
-        "command": "python benchmarks/data_loading.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(
+            ["python benchmarks/data_loading.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        "load_average_1min_at_end": os.getloadavg()[0],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
