@@ -104,3 +104,19 @@ def test_demo_runs_every_stage(tmp_path):
                                        "train_diffusion", "sample", "score", "report"]
     assert (tmp_path / "demo" / "report" / "report.md").is_file()
     assert open_store(tmp_path / "demo" / "ensemble.zarr", kind="ensemble")["t2m"].sizes["member"] == 2
+
+
+def test_kmscale_sample_refuses_another_target_grid(tmp_path, capsys):
+    from kmscale.cli import main
+
+    bundle, coarse = make_bundle()
+    bundle.save(tmp_path / "bundle")
+    coarse.isel(time=slice(0, 1)).to_netcdf(tmp_path / "pred.nc", engine="netcdf4")
+    other = bundle.grid.isel(lat=slice(0, 8))
+    other.to_netcdf(tmp_path / "grid.nc", engine="netcdf4")
+    args = ["sample", "--bundle", str(tmp_path / "bundle"), "--predictors", str(tmp_path / "pred.nc"),
+            "--members", "2", "--steps", "2", "--out", str(tmp_path / "ens.zarr"), "--target-grid",
+            str(tmp_path / "grid.nc")]
+    assert main(args) == 1
+    assert "target grid mismatch" in capsys.readouterr().err
+    assert not (tmp_path / "ens.zarr").exists()

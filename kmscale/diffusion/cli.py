@@ -67,6 +67,9 @@ def register(subparsers) -> None:
     p.add_argument("--time-chunk", type=int, default=1, help="valid times per store chunk (unit of resume)")
     p.add_argument("--start", default=None, help="first valid time to downscale (ISO)")
     p.add_argument("--end", default=None, help="last valid time to downscale (ISO)")
+    p.add_argument("--target-grid", default=None, metavar="FILE",
+                   help="a dataset on the grid you expect the output on (e.g. your truth or static file): "
+                        "checked against the bundle's target grid before sampling")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace a complete store at --out")
     p.set_defaults(func=run_sample)
@@ -105,6 +108,7 @@ def run_sample(args: argparse.Namespace) -> int:
         sl = slice(None if args.start is None else np.datetime64(args.start),
                    None if args.end is None else np.datetime64(args.end))
         predictors = predictors.sel(time=sl)
+    bundle.validate(predictors, open_dataset(args.target_grid) if args.target_grid else None)
     settings = SamplerSettings(
         members=args.members, steps=args.steps, solver=args.solver, S_churn=args.churn, seed=args.seed,
         member_batch=args.member_batch, patch=args.patch, overlap=args.overlap, time_chunk=args.time_chunk,
