@@ -43,6 +43,17 @@ import xarray as xr
 
 from kmscale import __version__
 from kmscale.data.demo_noise import _key, fbm
+from kmscale.data.demo_physics import (
+    ADVECT,
+    OCTAVES,
+    S_ERROR,
+    S_PSI,
+    diurnal_amplitude,
+    local_hour,
+    season_phase,
+    sigmoid,
+    targets_block,
+)
 from kmscale.data.demo_terrain import (
     FULL_SHAPE,
     LAT0,
@@ -60,10 +71,6 @@ TARGET_VARIABLES = ("t2m", "u10", "v10", "tp")
 PREDICTOR_VARIABLES = ("t2m", "u10", "v10", "tp", "msl", "t850", "u850", "v850", "z500", "q850")
 DEFAULT_CHUNK = 512  # px, spatial chunk of lazy fields
 
-# Noise streams: one per independent random field of a seed.
-_S_T2M, _S_PSI, _S_RAIN, _S_REGIME, _S_ERROR = 10, 11, 12, 13, 100
-_ADVECT = (0.0, 18.0)  # lattice drift, px per hour (about 5 m s-1 eastward)
-_OCTAVES = tuple(2**k for k in range(1, 12))  # 2 .. 2048 px
 _G = 9.80665
 
 
@@ -169,117 +176,6 @@ def _hours(times: Sequence) -> tuple[pd.DatetimeIndex, np.ndarray]:
     return index, hours.astype(np.float64)
 
 
-# ----------------------------------------------------------------------------- the physics
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def _season(hours: np.ndarray) -> np.ndarray:
-    """cos of the annual phase, +1 in mid-July, -1 in mid-January (nt,)."""
-    return np.cos(2 * np.pi * (hours / 24.0 - 196.5) / 365.2425)
-
-
-def _local_hour(hours: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """Local solar time in hours, (nt, 1, nx)."""
-    return (hours[:, None, None] % 24.0 + lon[None, None, :] / 15.0) % 24.0
-
-
-def _mean_flow(lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Zonal-mean 10 m wind (m s-1): mid-latitude westerlies, a southwesterly monsoon flow."""
-    u = 6.0 * np.exp(-(((lat - 43.0) / 9.0) ** 2)) + 3.0 * np.exp(-(((lat - 20.0) / 5.0) ** 2))
-    v = 2.0 * np.exp(-(((lat - 22.0) / 6.0) ** 2))
-    return u, v
-
-
-def _diurnal_amplitude(lf, cloud, h):
-    """Half-range of the 2 m temperature diurnal cycle (K): land 6 K, sea 0.6 K, less under cloud."""
-    return (0.6 + 5.5 * lf) * (1.0 - 0.5 * cloud) * (1.0 + 0.15 * h / 1000.0)
-
-
-def _t_climate(lat, lf, season):
-    """Sea-level 2 m temperature climatology (K) by latitude, season and land fraction."""
-    annual = 301.0 - 0.6 * (lat - 15.0)
-    amp_land = 3.0 + 0.35 * (lat - 15.0)
-    return annual + (lf * amp_land + (1.0 - lf) * 0.4 * amp_land) * season
-
-
-def _targets_block(seed: int, r0: int, r1: int, c0: int, c1: int, hours: np.ndarray) -> np.ndarray:
-    """The four target fields on global rows [r0, r1) x cols [c0, c1): float32 (4, nt, ny, nx)."""
-    rows, cols = np.arange(r0, r1), np.arange(c0, c1)
-    lat = (LAT0 + RES * (rows + 0.5))[None, :, None]
-    lon = LON0 + RES * (cols + 0.5)
-    st = static_fields(r0, r1, c0, c1)
-    lf, h = st["land_fraction"][None], st["orography"][None]
-    season = _season(hours)[:, None, None]
-    lst = _local_hour(hours, lon)
-    noise = dict(advect=_ADVECT)
-
-    # winds: u = -d psi/dy, v = d psi/dx, then terrain deflection and surface drag
-    psi = fbm(
-        seed,
-        _S_PSI,
-        rows,
-        cols,
-        hours,
-        scales=_OCTAVES,
-        hurst=0.4,
-        tau=3.0,
-        outputs=("d_row", "d_col"),
-        streamfunction=True,
-        **noise,
-    )
-    u_mean, v_mean = _mean_flow(lat)
-    u = u_mean + 3.5 * -psi["d_row"]
-    v = v_mean + 3.5 * psi["d_col"]
-    gy, gx = st["dh_drow"][None], st["dh_dcol"][None]
-    slope = np.sqrt(gx * gx + gy * gy)
-    upslope = u * gx + v * gy  # m s-1 of forced ascent (wind . grad h)
-    # u' = u - b (u.n) n with n = grad h / s, b = s / (s + 0.03): on steep slopes the
-    # upslope component is removed and the flow turns along the contours (channelling)
-    coef = np.where(slope > 0, 1.0 / ((slope + 0.03) * np.maximum(slope, 1e-12)), 0.0)
-    u = u - coef * upslope * gx
-    v = v - coef * upslope * gy
-    speed_factor = (
-        (1.0 - 0.35 * lf)
-        * (1.0 + 0.08 * h / 1000.0)
-        * (1.0 + 0.15 * lf * np.cos(2 * np.pi * (lst - 14.0) / 24.0))
-    )
-    u, v = u * speed_factor, v * speed_factor
-
-    # precipitation: thresholded latent field z, exceedance -> rate
-    cells = fbm(
-        seed, _S_RAIN, rows, cols, hours, scales=_OCTAVES[:9], hurst=0.35, tau=1.0, **noise
-    )["value"]
-    regime = fbm(
-        seed, _S_REGIME, rows, cols, hours, scales=_OCTAVES[5:], hurst=0.8, tau=6.0, **noise
-    )["value"]
-    arid = _sigmoid((lat - 37.0) / 2.0) * _sigmoid((108.0 - lon[None, None, :]) / 3.0)
-    wet_climate = 0.35 * np.exp(-(((lat - 25.0) / 10.0) ** 2)) * (0.5 + 0.5 * season) - 0.7 * arid
-    orographic = 0.6 * np.tanh(np.maximum(upslope, 0.0) / 0.3) - 0.3 * np.tanh(
-        np.maximum(-upslope, 0.0) / 0.3
-    )
-    convective = 0.3 * lf * np.cos(2 * np.pi * (lst - 16.0) / 24.0) * (0.5 + 0.5 * season)
-    z = 0.8 * cells + 0.8 * regime + wet_climate + orographic + convective
-    excess = np.maximum(z - 0.95, 0.0)
-    tp = 0.4 * np.expm1(1.9 * excess)  # mm h-1; exponential in the exceedance: heavy tail
-
-    # 2 m temperature
-    cloud = _sigmoid(2.5 * (0.8 * regime + wet_climate))
-    lapse = -6.5e-3 * h  # K, -6.5 K/km
-    diurnal = _diurnal_amplitude(lf, cloud, h) * np.cos(2 * np.pi * (lst - 15.0) / 24.0)
-    anomaly = (
-        3.0
-        * fbm(seed, _S_T2M, rows, cols, hours, scales=_OCTAVES, hurst=0.9, tau=4.0, **noise)[
-            "value"
-        ]
-    )
-    t2m = _t_climate(lat, lf, season) + lapse + diurnal + anomaly - 2.5 * np.tanh(tp / 4.0)
-
-    return np.stack([t2m, u, v, tp]).astype(np.float32)
-
-
 # ----------------------------------------------------------------------------- lazy assembly
 
 
@@ -321,7 +217,7 @@ class _TargetsFn:
         return (len(TARGET_VARIABLES), len(self.hours), ny, nx)
 
     def __call__(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        return _targets_block(self.seed, r0, r1, c0, c1, self.hours)
+        return targets_block(self.seed, r0, r1, c0, c1, self.hours)
 
 
 class _StaticFn:
@@ -458,7 +354,7 @@ def _error_field(
     seed: int, name: str, init_hour: float, rows: np.ndarray, cols: np.ndarray, hour: float
 ) -> np.ndarray:
     """Smooth unit-variance error pattern (ny, nx) of one forecast (keyed by its init time)."""
-    stream = _S_ERROR + PREDICTOR_VARIABLES.index(name)
+    stream = S_ERROR + PREDICTOR_VARIABLES.index(name)
     forecast_seed = int(_key(seed, int(round(init_hour))))
     return fbm(
         forecast_seed,
@@ -469,7 +365,7 @@ def _error_field(
         scales=(50, 100, 200, 400, 800, 1600),
         hurst=0.7,
         tau=6.0,
-        advect=_ADVECT,
+        advect=ADVECT,
     )["value"][0]
 
 
@@ -570,21 +466,21 @@ def demo_predictors(
     # msl: geostrophic pressure of the large-scale streamfunction, psi [m2 s-1] = 3.5 m s-1 * dx * psi_px
     psi = fbm(
         seed,
-        _S_PSI,
+        S_PSI,
         crow,
         ccol,
         hours,
-        scales=_OCTAVES,
+        scales=OCTAVES,
         hurst=0.4,
         tau=3.0,
-        advect=_ADVECT,
+        advect=ADVECT,
         outputs=("value",),
         streamfunction=True,
     )["value"]
     f_cor = 2 * 7.292e-5 * np.sin(np.deg2rad(lat))[None, :, None]
     msl_true = (
         101000.0
-        - 600.0 * _season(hours)[:, None, None] * _sigmoid((lat[None, :, None] - 35.0) / 5.0)
+        - 600.0 * season_phase(hours)[:, None, None] * sigmoid((lat[None, :, None] - 35.0) / 5.0)
         + 1.2 * f_cor * 3.5 * RES * M_PER_DEG * psi
     )
     out = xr.Dataset(coords={"time": index.rename("time"), "lat": lat, "lon": lon})
@@ -599,13 +495,13 @@ def demo_predictors(
         "msl"
     )
     lf, h = coarse.land, coarse.orography
-    season = xr.DataArray(_season(hours), dims="time")
-    lst = xr.DataArray(_local_hour(hours, lon)[:, 0, :], dims=("time", "lon"))
-    diurnal = 0.3 * _diurnal_amplitude(lf, 0.5, h) * np.cos(2 * np.pi * (lst - 15.0) / 24.0)
+    season = xr.DataArray(season_phase(hours), dims="time")
+    lst = xr.DataArray(local_hour(hours, lon)[:, 0, :], dims=("time", "lon"))
+    diurnal = 0.3 * diurnal_amplitude(lf, 0.5, h) * np.cos(2 * np.pi * (lst - 15.0) / 24.0)
     out["t850"] = out.t2m + 6.5e-3 * h - 9.75 - diurnal  # 850 hPa ~ 1500 m
     drag = 1.0 - 0.35 * lf
     # thermal-wind shear of the westerlies, stronger in winter
-    shear = 4.0 * _sigmoid((lat2 - 30.0) / 4.0) * (0.5 - 0.3 * season)
+    shear = 4.0 * sigmoid((lat2 - 30.0) / 4.0) * (0.5 - 0.3 * season)
     out["u850"] = 1.4 * out.u10 / drag + shear
     out["v850"] = 1.4 * out.v10 / drag
     z1000 = (out.msl - 100000.0) / (1.2 * _G)  # m
