@@ -35,6 +35,7 @@ def test_region_grid_and_parsing():
     assert np.all(np.diff(full.lat) > 0) and np.all(np.diff(full.lon) > 0)
     assert DemoRegion.parse("30.5,100,64,32") == DemoRegion(1550, 2500, 64, 32)
     assert DemoRegion.parse("small") == DemoRegion.small()
+    assert DemoRegion.small(4000, 3000) == DemoRegion(384, 3880, 4000, 3000)  # shifted to fit
     sub = full.sub(slice(10, 20), slice(5, 9))
     assert sub == DemoRegion(10, 5, 10, 4)
     with pytest.raises(GridError, match="inside the 4384 x 6880"):

@@ -109,8 +109,14 @@ class DemoRegion:
     def small(
         cls, ny: int = 256, nx: int = 256, lat0: float = 22.2, lon0: float = 119.7
     ) -> DemoRegion:
-        """A test-sized window; the default spans Taiwan, its mountains and the strait."""
-        return cls.at(lat0, lon0, ny, nx)
+        """A window with its lower-left corner near (lat0, lon0); by default over Taiwan,
+        its mountains and the strait. The corner moves south-west as needed for a large
+        ``ny`` x ``nx`` to fit in the grid (GridError if it exceeds the full grid).
+        """
+        corner = cls.at(lat0, lon0, 1, 1)
+        row0 = max(0, min(corner.row0, FULL_SHAPE[0] - int(ny)))
+        col0 = max(0, min(corner.col0, FULL_SHAPE[1] - int(nx)))
+        return cls(row0, col0, int(ny), int(nx))
 
     @classmethod
     def parse(cls, text: str) -> DemoRegion:
