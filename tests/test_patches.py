@@ -177,6 +177,14 @@ def test_random_patch_weighted_pixel_and_coarse(rng):
         sy, sx = random_patch(field_shape, 8, rng, weights=coarse)
         centre = (sy.start + 4, sx.start + 4)
         assert 0 <= centre[0] < 20 and 44 <= centre[1] < 64
+    # cells of a given size, the last ones cut at the edge (coarsen(boundary="pad"))
+    cut = np.zeros((3, 3))
+    cut[2, 2] = 1.0  # rows/cols 50..63 of a 64 x 64 field with 25 px cells
+    for _ in range(30):
+        sy, sx = random_patch(field_shape, 4, rng, weights=cut, cell=25)
+        assert sy.start >= 48 and sx.start >= 48
+    with pytest.raises(GridError, match="ceil"):
+        random_patch(field_shape, 4, rng, weights=np.ones((2, 3)), cell=25)
     # mixing in a floor keeps rare values favoured but everything reachable
     mixed = 0.01 + (rng.random(field_shape) > 0.99) * 10.0
     hits = sum(

@@ -54,7 +54,8 @@ class PatchDataset(torch.utils.data.Dataset):
         weight_threshold: value above which a pixel of ``weight_var`` counts as rare
             (in its units, e.g. 1 mm h-1 for ``tp``).
         weight_floor: weight of a cell without any rare pixel.
-        weight_cell: cell size (px) of the weight map.
+        weight_cell: cell size (px) of the weight map (cells from the origin, the last
+            ones cut at the field's edge).
         allow_nan: return patches containing NaN (masked data) instead of raising.
 
     Each item is a dict: ``x`` float32 (C, ph, pw); ``time`` int64 index; ``rows`` and
@@ -120,6 +121,7 @@ class PatchDataset(torch.utils.data.Dataset):
             )
         self._coords = {d: meta[d].values for d in dims[-2:] if d in meta.coords}
         self._weights = None
+        self._cell = int(weight_cell)
         if weight_var is not None:
             self._weights = self._weight_map(
                 meta, weight_var, weight_threshold, weight_floor, weight_cell
@@ -140,14 +142,13 @@ class PatchDataset(torch.utils.data.Dataset):
         if not self.has_time:
             var = var.expand_dims("time")
         ydim, xdim = var.dims[-2:]
-        h, w = max(1, self.shape[0] // cell), max(1, self.shape[1] // cell)
-        # cells of near-equal size: trim to h*cell_y x w*cell_x then coarsen
-        cy, cx = self.shape[0] // h, self.shape[1] // w
-        above = (var.isel({ydim: slice(0, h * cy), xdim: slice(0, w * cx)}) > threshold).astype(
-            np.float32
-        )
-        frac = above.coarsen({ydim: cy, xdim: cx}).mean().values  # one streaming pass (dask)
-        return floor + frac
+        above = (var > threshold).astype(np.float32)
+        # cells of weight_cell px from the origin, the last ones cut at the edge; one
+        # streaming pass over the variable (dask)
+        frac = (
+            above.coarsen({ydim: cell, xdim: cell}, boundary="pad").mean().values
+        )  # NaN pads skipped
+        return floor + np.nan_to_num(frac, nan=0.0)
 
     def _open(self) -> dict[str, Any]:
         """Per-process handles: zarr arrays for a store, DataArrays otherwise."""
@@ -184,7 +185,9 @@ class PatchDataset(torch.utils.data.Dataset):
         else:
             totals = self._weights.sum(axis=(1, 2))
             t = int(rng.choice(self.n_times, p=totals / totals.sum()))
-            sy, sx = random_patch(self.shape, self.patch, rng, weights=self._weights[t])
+            sy, sx = random_patch(
+                self.shape, self.patch, rng, weights=self._weights[t], cell=self._cell
+            )
         return t, sy, sx
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -312,8 +312,11 @@ def stitch_tiles(tiles: Any, layout: TileLayout) -> Any:
 # ----------------------------------------------------------------------------- sampling
 
 
-def _cell_edges(size: int, cells: int) -> np.ndarray:
-    """Pixel edges of ``cells`` near-equal cells splitting ``size`` pixels."""
+def _cell_edges(size: int, cells: int, cell: int | None = None) -> np.ndarray:
+    """Pixel edges of ``cells`` cells along ``size`` pixels: ``cell`` pixels each (the last
+    one cut at the edge) when given, otherwise near-equal cells."""
+    if cell is not None:
+        return np.minimum(np.arange(cells + 1) * cell, size)
     return (np.arange(cells + 1) * size) // cells
 
 
@@ -322,6 +325,7 @@ def random_patch(
     patch: int | Sequence[int],
     rng: np.random.Generator,
     weights: np.ndarray | None = None,
+    cell: int | Sequence[int] | None = None,
 ) -> Slices:
     """Draw a random patch window inside a field.
 
@@ -336,6 +340,9 @@ def random_patch(
             it, and the patch is centred on that pixel, shifted to stay inside the field.
             Mix in a constant (``weights + eps``) to keep every region reachable.
             Without weights the patch origin is uniform over all valid positions.
+        cell: size (cy, cx) in pixels of the weight cells, the last row/column of cells
+            cut at the field's edge (as ``xarray.coarsen(boundary="pad")`` makes them);
+            ``ceil(H / cy)`` must equal h. None: near-equal cells.
 
     Returns:
         (row_slice, col_slice) of the patch.
@@ -369,9 +376,18 @@ def random_patch(
                     where="random_patch",
                 )
             )
-        cell = int(rng.choice(w.size, p=(w / total).ravel()))
-        ci, cj = divmod(cell, w.shape[1])
-        ey, ex = _cell_edges(H, w.shape[0]), _cell_edges(W, w.shape[1])
+        cy, cx = (None, None) if cell is None else _pair(cell, "cell")
+        if cell is not None and (-(-H // cy), -(-W // cx)) != w.shape:
+            raise GridError(
+                describe(
+                    f"weights of shape (ceil(H / cy), ceil(W / cx)) = {(-(-H // cy), -(-W // cx))}",
+                    f"shape {w.shape}",
+                    where="random_patch",
+                )
+            )
+        index = int(rng.choice(w.size, p=(w / total).ravel()))
+        ci, cj = divmod(index, w.shape[1])
+        ey, ex = _cell_edges(H, w.shape[0], cy), _cell_edges(W, w.shape[1], cx)
         y = int(rng.integers(ey[ci], ey[ci + 1]))
         x = int(rng.integers(ex[cj], ex[cj + 1]))
         r0 = min(max(y - ph // 2, 0), H - ph)
