@@ -17,10 +17,12 @@ ascending 1-D coordinates.
   (mm h-1) as a thresholded correlated field (fast small-scale cells plus a slow
   synoptic regime, a monsoon-like climatology, arid interior, afternoon convection over
   land and upslope orographic enhancement), exponential in the exceedance for a heavy
-  tail, about 10-25 % wet. Everything is advected eastward and evolves smoothly hour
-  to hour (see ``demo_noise``);
+  tail, about 10-25 % wet (measured ~23 % in July, ~13 % in January over the whole
+  domain). Everything is advected eastward and evolves smoothly hour to hour (see
+  ``demo_noise``; the formulas are in ``demo_physics``);
 - predictors (:func:`demo_predictors`): a coarse "forecast" on 0.25 deg cells (25 x 25
-  pixel blocks aligned with the demo grid): block means of the truth plus smooth
+  pixel blocks aligned with the demo grid, plus two rings of cells around the region
+  so that cell centres enclose it): block means of the truth plus smooth
   errors that grow with lead time, with ``msl`` from the geostrophic streamfunction
   and derived pressure-level fields ``t850``, ``u850``, ``v850``, ``z500``, ``q850``.
 
@@ -28,7 +30,8 @@ Determinism: every pixel is a pure function of (seed, global row, global column,
 hour) computed with position-keyed hashes, fixed-order sums and exact integer box
 sums, so the same window gives bit-identical values whatever the dask chunking, and a
 sub-window of the full grid equals that window generated alone. Large regions are
-lazy dask arrays computed chunk by chunk (a 512 x 512 chunk needs ~100 MB).
+lazy dask arrays computed chunk by chunk (writing the full grid with 2 dask threads
+peaked at 0.8 GiB resident).
 """
 
 from __future__ import annotations
