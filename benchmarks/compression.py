@@ -261,15 +261,32 @@ def run_vae(model, info, x, valid, extra, steps=QUANT_STEPS, clip=None) -> list[
     return out
 
 
+ERA5_BOUNDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+ERA5_ZFP = (0.1, 0.4, 1.6, 3.2, 6.4, 12.8, 25.6)  # ZFP's accuracy mode is conservative: RMSE << tolerance
+RADOLAN_BOUNDS = (0.01, 0.03, 0.1, 0.3, 1.0, 2.0)
+RADOLAN_ZFP = (0.03, 0.1, 0.3, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def era5_baselines(test) -> dict:
+    return {"resize": run_resize(test, None, 0),
+            "zfp": run_zfp(test, None, 0, ERA5_ZFP),
+            "sz3": run_sz3(test, None, 0, ERA5_BOUNDS, per_field=True),
+            "sz3_3d": run_sz3(test, None, 0, ERA5_BOUNDS, per_field=False),
+            "bitround": run_bitround(test, None, 0)}
+
+
+def radolan_baselines(test, valid, mask_bytes) -> dict:
+    return {"resize": run_resize(test, valid, mask_bytes),
+            "zfp": run_zfp(test, valid, mask_bytes, RADOLAN_ZFP),
+            "sz3": run_sz3(test, valid, mask_bytes, RADOLAN_BOUNDS, per_field=True),
+            "sz3_3d": run_sz3(test, valid, mask_bytes, RADOLAN_BOUNDS, per_field=False),
+            "bitround": run_bitround(test, valid, mask_bytes)}
+
+
 def era5_benchmark(budget_s: float) -> dict:
     train, test = load_era5()
     stat = {"mean": float(train.mean()), "std": float(train.std()), "transform": "none"}
-    res = {"resize": run_resize(test, None, 0),
-           "zfp": run_zfp(test, None, 0, (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)),
-           "sz3": run_sz3(test, None, 0, (0.05, 0.1, 0.2, 0.4, 0.8, 1.6), per_field=True),
-           "sz3_3d": run_sz3(test, None, 0, (0.05, 0.1, 0.2, 0.4, 0.8, 1.6), per_field=False),
-           "bitround": run_bitround(test, None, 0),
-           "vae": []}
+    res = {**era5_baselines(test), "vae": []}
     for name, (widths, ch) in ERA5_VAES.items():
         model, info = train_vae(name, widths, ch, train, stat, "t2m", budget_s,
                                 patches=((16, 16), (32, 48)), batch=16)
@@ -283,12 +300,7 @@ def radolan_benchmark(budget_s: float) -> dict:
     mask_bytes = len(zstd_bytes(np.packbits(valid[0])))
     y = np.log1p(train[np.isfinite(train)])
     stat = {"mean": float(y.mean()), "std": float(y.std()), "transform": "log1p", "scale": 1.0}
-    res = {"resize": run_resize(test, valid, mask_bytes),
-           "zfp": run_zfp(test, valid, mask_bytes, (0.01, 0.03, 0.1, 0.3, 1.0)),
-           "sz3": run_sz3(test, valid, mask_bytes, (0.01, 0.03, 0.1, 0.3, 1.0), per_field=True),
-           "sz3_3d": run_sz3(test, valid, mask_bytes, (0.01, 0.03, 0.1, 0.3, 1.0), per_field=False),
-           "bitround": run_bitround(test, valid, mask_bytes),
-           "vae": []}
+    res = {**radolan_baselines(test, valid, mask_bytes), "vae": []}
     for name, (widths, ch) in RADOLAN_VAES.items():
         model, info = train_vae(name, widths, ch, train, stat, "tp", budget_s,
                                 patches=((64, 64), (96, 96)), batch=4, spectral_weight=0.1)
@@ -339,6 +351,48 @@ def tiled_full_grid(tile: int, overlap: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# ---------------------------------------------------------------------------- summary
+def _interp(points: list[dict], x_key: str, y_key: str, x: float) -> float | None:
+    """log-log interpolation of y at x along a method's curve (None outside its range)."""
+    pts = sorted((p[x_key], p[y_key]) for p in points if p[x_key] > 0 and p[y_key] > 0)
+    xs = np.log([p[0] for p in pts])
+    if not len(xs) or not xs[0] <= np.log(x) <= xs[-1]:
+        return None
+    return float(np.exp(np.interp(np.log(x), xs, np.log([p[1] for p in pts]))))
+
+
+def summarize(results: dict) -> str:
+    """Markdown tables of every point and the issue's target checks."""
+    lines = []
+    for key, unit in (("era5_uk", "K"), ("radolan", "mm/h")):
+        if key not in results:
+            continue
+        lines += [f"\n**{key}** (errors in {unit})\n",
+                  "| method | setting | ratio | RMSE | MAE | max abs | bias | q0.1% err | q99.9% err | small-scale power |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for method, points in results[key].items():
+            for p in sorted(points, key=lambda p: p["ratio"]):
+                setting = {k: p[k] for k in ("config", "quant_step", "factor", "tolerance", "error_bound", "keepbits")
+                           if k in p}
+                lines.append(
+                    f"| {method} | {', '.join(f'{k}={v}' for k, v in setting.items())} | {p['ratio']:.1f} | "
+                    f"{p['rmse']:.3f} | {p['mae']:.3f} | {p['max_abs']:.2f} | {p['bias']:+.3f} | "
+                    f"{p['q001_err']:+.2f} | {p['q999_err']:+.2f} | {p['small_scale_power_ratio']:.2f} |")
+        vae = [p for p in results[key].get("vae", []) if p.get("quant_step") is not None]
+        lines += ["", "| VAE point | ratio | RMSE | resize RMSE at that ratio | SZ3 ratio at that RMSE | "
+                      "SZ3-3D ratio at that RMSE | ZFP q99.9% err at that RMSE |", "|---|---|---|---|---|---|---|"]
+        for p in sorted(vae, key=lambda p: p["ratio"]):
+            r_resize = _interp(results[key]["resize"], "ratio", "rmse", p["ratio"])
+            r_sz3 = _interp(results[key]["sz3"], "rmse", "ratio", p["rmse"])
+            r_sz3d = _interp(results[key]["sz3_3d"], "rmse", "ratio", p["rmse"])
+            zfp = sorted(results[key]["zfp"], key=lambda q: abs(np.log(q["rmse"] / p["rmse"])))
+            fmt = lambda v: "n/a (outside curve)" if v is None else f"{v:.3g}"  # noqa: E731
+            lines.append(f"| {p['config']} step {p['quant_step']} | {p['ratio']:.1f} | {p['rmse']:.3f} | "
+                         f"{fmt(r_resize)} | {fmt(r_sz3)} | {fmt(r_sz3d)} | "
+                         f"{zfp[0]['q999_err']:+.2f} (ZFP RMSE {zfp[0]['rmse']:.3f}) |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- figure
 def plot(results: dict, path: Path) -> None:
     import matplotlib
@@ -380,15 +434,29 @@ def main(argv=None) -> int:
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS / "compression.json")
+    p.add_argument("--summary", action="store_true", help="print markdown tables of --out and exit")
+    p.add_argument("--baselines-only", action="store_true",
+                   help="recompute the classical codecs only, keeping the VAE points already in --out")
     p.add_argument("--tiled-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.tiled_child:
         tiled_full_grid_child(args.tile, args.overlap)
         return 0
+    if args.summary:
+        print(summarize(json.loads(args.out.read_text())))
+        return 0
     torch.set_num_threads(args.threads)
     parts = args.only or ["era5_uk", "radolan", "tiled"]
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.baselines_only:
+        train, test = load_era5()
+        results.setdefault("era5_uk", {}).update(era5_baselines(test))
+        _, test = load_radolan()
+        valid = np.isfinite(test)
+        results.setdefault("radolan", {}).update(
+            radolan_baselines(test, valid, len(zstd_bytes(np.packbits(valid[0])))))
+        parts = [p for p in parts if p == "tiled" and args.only]
     if "era5_uk" in parts:
         print("ERA5 UK t2m", flush=True)
         results["era5_uk"] = era5_benchmark(args.era5_seconds)
