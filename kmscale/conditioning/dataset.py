@@ -160,6 +160,12 @@ class ConditioningSpec:
         )
 
 
+def physical_targets(targets: xr.Dataset, variables: Sequence[str]) -> torch.Tensor:
+    """(T, C, H, W) float32 physical fields of ``variables`` (channel order)."""
+    arr = targets[list(variables)].to_dataarray("variable").transpose("time", "variable", "lat", "lon")
+    return torch.from_numpy(np.asarray(arr.values, np.float32))
+
+
 @torch.no_grad()
 def encode_targets(
     autoencoder, targets: xr.Dataset, batch_size: int = 16, progress: bool = True
@@ -194,6 +200,8 @@ class DownscalingDataset(Dataset):
         z: (N, C_z, h, w) latents of the targets, or None at inference.
         z_mean: (N, C_z, h, w) regression predictions (diffusion stage), or None.
         time: (N,) valid times (datetime64), kept for provenance.
+        x: (N, C, H, W) physical targets (validation sets: scores against the truth
+            itself, not its autoencoder reconstruction), or None.
     """
 
     def __init__(
@@ -204,9 +212,10 @@ class DownscalingDataset(Dataset):
         z: torch.Tensor | None = None,
         z_mean: torch.Tensor | None = None,
         time: np.ndarray | None = None,
+        x: torch.Tensor | None = None,
     ):
         n = predictors.shape[0]
-        for name, t in (("emb", emb), ("z", z), ("z_mean", z_mean)):
+        for name, t in (("emb", emb), ("z", z), ("z_mean", z_mean), ("x", x)):
             if t is not None and t.shape[0] != n:
                 raise AlignmentError(f"dataset: expected {n} {name} rows (one per time), found {t.shape[0]}")
         grid = tuple(predictors.shape[-2:])
@@ -214,7 +223,7 @@ class DownscalingDataset(Dataset):
             if t is not None and tuple(t.shape[-2:]) != grid:
                 raise SchemaError(f"dataset: expected {name} on the latent grid {grid}, found {tuple(t.shape[-2:])}")
         self.predictors, self.static, self.emb = predictors, static, emb
-        self.z, self.z_mean, self.time = z, z_mean, time
+        self.z, self.z_mean, self.time, self.x = z, z_mean, time, x
 
     def __len__(self) -> int:
         return self.predictors.shape[0]
@@ -229,17 +238,19 @@ class DownscalingDataset(Dataset):
             item["z"] = self.z[i]
         if self.z_mean is not None:
             item["z_mean"] = self.z_mean[i]
+        if self.x is not None:
+            item["x"] = self.x[i]
         return item
 
     def with_z_mean(self, z_mean: torch.Tensor) -> DownscalingDataset:
         """The same examples with regression predictions attached (diffusion stage)."""
-        return DownscalingDataset(self.predictors, self.static, self.emb, self.z, z_mean, self.time)
+        return DownscalingDataset(self.predictors, self.static, self.emb, self.z, z_mean, self.time, self.x)
 
     def subset(self, index: np.ndarray | slice) -> DownscalingDataset:
         pick = (lambda t: None if t is None else t[index])  # noqa: E731
         return DownscalingDataset(
             self.predictors[index], self.static, self.emb[index], pick(self.z), pick(self.z_mean),
-            None if self.time is None else self.time[index],
+            None if self.time is None else self.time[index], pick(self.x),
         )
 
 
@@ -251,6 +262,7 @@ def build_dataset(
     lon: np.ndarray,
     latents: torch.Tensor | None = None,
     latent_time: np.ndarray | None = None,
+    physical: torch.Tensor | None = None,
 ) -> DownscalingDataset:
     """Pair latents (if given) with predictors by valid time and build the examples.
 
@@ -261,6 +273,7 @@ def build_dataset(
         lat, lon: 1-D target grid.
         latents: (T, C_z, h, w) normalized latents of the targets, or None (inference).
         latent_time: (T,) valid times of ``latents``.
+        physical: (T, C, H, W) physical targets at ``latent_time`` (validation), or None.
     """
     if latents is not None:
         if latent_time is None or len(latent_time) != latents.shape[0]:
@@ -271,10 +284,12 @@ def build_dataset(
         it, ip = pair_times(np.asarray(latent_time), predictors["time"].values)
         predictors = predictors.isel(time=ip)
         latents = latents[torch.as_tensor(it)]
+        physical = None if physical is None else physical[torch.as_tensor(it)]
     return DownscalingDataset(
         predictors=spec.predictor_tensor(predictors, lat, lon),
         static=spec.static_tensor(static, lat, lon),
         emb=spec.embedding(predictors),
         z=latents,
         time=predictors["time"].values,
+        x=physical,
     )

@@ -69,7 +69,7 @@ SIZES = {
 
 
 def fit_vae(targets, out: Path, widths: list[int], latent_channels: int, samples: int, batch: int = 16,
-            seed: int = 0, device: str = "cpu") -> Path:
+            seed: int = 0, device: str = "cpu", spectral_weight: float = 0.1, lr: float = 1e-3) -> Path:
     """Train a VAE on ``targets`` (time, lat, lon per variable) and save it to ``out/autoencoder``.
 
     Uses the shared Trainer and the autoencoders' VAELoss; input statistics come from
@@ -94,7 +94,7 @@ def fit_vae(targets, out: Path, widths: list[int], latent_channels: int, samples
     x = torch.from_numpy(np.asarray(targets[names].to_dataarray("variable").transpose(
         "time", "variable", "lat", "lon").values, np.float32))
     xs = vae.normalize_input(x)
-    loss = VAELoss(kl_weight=1e-6, kl_warmup_samples=max(1, samples // 4), spectral_weight=0.1)
+    loss = VAELoss(kl_weight=1e-6, kl_warmup_samples=max(1, samples // 4), spectral_weight=spectral_weight)
     box = {}
 
     def loss_fn(model, b):
@@ -102,7 +102,7 @@ def fit_vae(targets, out: Path, widths: list[int], latent_channels: int, samples
         x_hat, post = model(b)
         return loss(x_hat, b, post, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
 
-    settings = TrainingSettings(total_samples=samples, global_batch_size=batch, lr=1e-3,
+    settings = TrainingSettings(total_samples=samples, global_batch_size=batch, lr=lr,
                                 warmup_samples=min(200, samples), lr_decay="cosine", ema_decay=0.99,
                                 checkpoint_every_samples=max(batch, samples // 2),
                                 log_every_samples=max(batch, samples // 10), seed=seed)

@@ -27,6 +27,7 @@ from kmscale.conditioning.dataset import (
     ConditioningSpec,
     build_dataset,
     encode_targets,
+    physical_targets,
 )
 from kmscale.conditioning.embeddings import DEFAULT_MAX_LEAD_HOURS, lead_times_of
 from kmscale.conditioning.static import grid_coords
@@ -188,7 +189,7 @@ def train_regression(cfg: RegressionConfig, data: TrainingData | None = None) ->
     if cfg.data.val_period is not None:
         targets_va, preds_va = data.period(cfg.data.val_period)
         val_ds = build_dataset(spec, preds_va, data.static, lat, lon, encode_targets(ae, targets_va),
-                               targets_va["time"].values)
+                               targets_va["time"].values, physical_targets(targets_va, ae.variables))
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     model = build_unet(spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet)
 
@@ -198,8 +199,8 @@ def train_regression(cfg: RegressionConfig, data: TrainingData | None = None) ->
     def validate_fn(m):
         z_hat = predict_mean(m, val_ds, cfg.eval_batch_size, progress=False)
         mse = torch.mean((z_hat - val_ds.z) ** 2).item()
-        x_hat, x = ae.decode(z_hat), ae.decode(val_ds.z)
-        rmse = torch.sqrt(torch.mean((x_hat - x) ** 2, dim=(0, 2, 3)))
+        x_hat = ae.decode(z_hat)  # scored against the truth, not its reconstruction
+        rmse = torch.sqrt(torch.nanmean((x_hat - val_ds.x) ** 2, dim=(0, 2, 3)))
         return {"mse_latent": mse, **{f"rmse_{v}": float(r) for v, r in zip(ae.variables, rmse, strict=True)}}
 
     trainer = Trainer(
@@ -271,7 +272,7 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
     if cfg.data.val_period is not None:
         targets_va, preds_va = data.period(cfg.data.val_period)
         val_ds = build_dataset(spec, preds_va, data.static, lat, lon, encode_targets(ae, targets_va),
-                               targets_va["time"].values)
+                               targets_va["time"].values, physical_targets(targets_va, ae.variables))
         pick = np.unique(np.linspace(0, len(val_ds) - 1, min(cfg.validation.max_times, len(val_ds))).round().astype(int))
         val_ds = val_ds.subset(pick)
         val_ds = val_ds.with_z_mean(predict_mean(base.regression, val_ds, cfg.eval_batch_size, progress=False))

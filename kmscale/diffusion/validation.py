@@ -69,7 +69,9 @@ def sample_physical_ensemble(
         )
         z = residual.compose(z_mean.expand_as(r), r, s)
         out.append(autoencoder.decode(z.cpu().float()))
-        if "z" in item:
+        if "x" in item:  # the truth itself
+            truth.append(item["x"][None].float())
+        elif "z" in item:  # only its reconstruction is known
             truth.append(autoencoder.decode(item["z"][None].float()))
     ens = torch.stack(out, dim=1)
     return ens, (torch.cat(truth) if truth else None)
