@@ -11,7 +11,7 @@ On 16 members x 1024 x 1024 (float64, the dtype properscoring computes in):
   to the O(M^2) ``_crps_ensemble_vectorized``. ``NUMBA_DISABLE_JIT=1`` would still
   take the gufunc path (interpreted), so numba is hidden from a child process with a
   meta-path finder that refuses to import it, and the child checks which kernel it got;
-- a plain torch sort-based fair CRPS (``kmscale.evaluation.torch_metrics.crps_fair``)
+- the torch fair CRPS (``kmscale.evaluation.torch_metrics.crps_fair``, same network)
   for orientation.
 
 Timing: every implementation runs once to warm up (numba compiles), then ``--repeats``
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         "kmscale_fair_float32": lambda: crps_ensemble(ens32, truth32, fair=True),
         "kmscale_standard_float64": lambda: crps_ensemble(ens, truth, fair=False),
         "properscoring_numba": lambda: properscoring.crps_ensemble(truth, ens, axis=0),
-        "torch_sort_fair_float64": lambda: torch_metrics.crps_fair(tens, ttruth),
+        "torch_metrics_fair_float64": lambda: torch_metrics.crps_fair(tens, ttruth),
     }
     outputs = {k: np.asarray(f()) for k, f in impls.items()}  # warm-up (numba compiles here)
     check = float(np.abs(outputs["kmscale_standard_float64"] - outputs["properscoring_numba"]).max())
