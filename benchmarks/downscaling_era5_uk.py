@@ -223,6 +223,12 @@ def main(argv=None) -> int:
         results[method] = scores(interpolation_baseline(p_val, t_val, method)[None], truth)
 
     vae_path, wall["vae"] = _timed(out / "vae", lambda: fit_vae(t_tr, out / "vae", [32, 64, 64], 8, budgets["vae"]))
+    from kmscale.autoencoders import load_autoencoder
+    from kmscale.conditioning.dataset import encode_targets
+
+    vae = load_autoencoder(vae_path)
+    recon = vae.decode(encode_targets(vae, t_val, progress=False))[:, 0].detach().numpy()
+    vae_recon = {"rmse": float(np.sqrt(np.mean((recon - truth) ** 2))), "mae": float(np.mean(np.abs(recon - truth)))}
     common = [f"data.train_period=[{TRAIN[0]},{TRAIN[1]}]", f"data.val_period=[{VAL[0]},{VAL[1]}]",
               f"unet.block_out_channels={UNET}", "unet.norm_num_groups=16", "train.global_batch_size=16",
               "train.lr=1e-3", "train.warmup_samples=500", "train.lr_decay=cosine", "train.ema_decay=0.99",
@@ -265,6 +271,7 @@ def main(argv=None) -> int:
         "sampling_speedup_latent_vs_pixel": published_speedup() or speed["speedup"],
         "demo_seconds": demo_seconds,
         "details": {
+            "vae_reconstruction": vae_recon,  # the floor of every latent-space method
             "budgets_samples": budgets, "training_seconds": wall, "sampling_seconds_val": sample_seconds,
             "members": members, "steps": steps, "solver": "heun", "sampling_speed": speed,
             "train_period": TRAIN, "val_period": VAL, "scored_times": int(t_val.sizes["time"]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 SAMPLE_HELP = """\
@@ -128,6 +129,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Accelerate logs every checkpoint file at INFO; the demo's own progress is enough.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
     summary = demo(args.out, size=args.size, device=_device(args.device), fresh=args.fresh)
     print(json.dumps(summary, indent=2, default=str))
     return 0

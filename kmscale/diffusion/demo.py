@@ -45,8 +45,8 @@ class DemoSize:
     train_times: str = "2023-07-01T00/2023-07-04T23"
     val_times: str = "2023-07-05T00/2023-07-05T11"
     variables: list[str] = field(default_factory=lambda: ["t2m", "u10", "v10", "tp"])
-    vae_widths: list[int] = field(default_factory=lambda: [16, 32, 32])  # 4x downsampling
-    vae_latent_channels: int = 4
+    vae_widths: list[int] = field(default_factory=lambda: [32, 32])  # 2x downsampling
+    vae_latent_channels: int = 8  # 4 variables x 4 pixels -> 8 channels: 2x compression
     vae_samples: int = 3_200
     vae_batch: int = 8  # small batches: the VAE needs many steps more than many samples
     unet_widths: list[int] = field(default_factory=lambda: [32, 64])
