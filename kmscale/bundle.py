@@ -11,8 +11,8 @@
                        fields on it (orography, land-sea mask, ...)
       autoencoder/     Autoencoder.save_pretrained
       regression/      ConditionalUNet.save_pretrained (the regression U-Net)
-      diffusion/       ConditionalUNet.save_pretrained (the EDM backbone); absent in a
-                       regression-only bundle
+      diffusion/       the EDM backbone's save_pretrained (ConditionalUNet, or
+                       CrossAttentionUNet); absent in a regression-only bundle
 
 :meth:`ModelBundle.validate` checks predictors (and optionally a target grid) against
 the bundle and raises :class:`~kmscale.errors.BundleError` naming what differs.
@@ -169,7 +169,7 @@ class ModelBundle:
                 differ from the recorded autoencoder fingerprint.
         """
         from kmscale.autoencoders import load_autoencoder
-        from kmscale.diffusion.networks import ConditionalUNet
+        from kmscale.diffusion.regression import load_backbone
 
         path = Path(path)
         meta_file = path / BUNDLE_FILE
@@ -186,8 +186,8 @@ class ModelBundle:
                 raise BundleError(f"{path}: expected the bundle part {part!r}, found nothing")
         try:
             autoencoder = load_autoencoder(path / "autoencoder", expect=meta["autoencoder"]["name"])
-            regression = ConditionalUNet.from_pretrained(path / "regression")
-            diffusion = ConditionalUNet.from_pretrained(path / "diffusion") if meta["edm"]["enabled"] else None
+            regression = load_backbone(path / "regression")
+            diffusion = load_backbone(path / "diffusion") if meta["edm"]["enabled"] else None
         except (CheckpointError, OSError, RuntimeError, ValueError) as err:
             raise BundleError(f"{path}: could not load the bundle's models: {err}") from err
         if autoencoder.fingerprint() != meta["autoencoder"]["fingerprint"]:

@@ -173,3 +173,14 @@ def test_ldm_on_patches_with_global_context_samples_patchwise(files, tmp_path, r
     out = DownscalingPipeline(bundle).run(pred, tmp_path / "e.zarr", SamplerSettings(members=2, steps=2),
                                           progress=False)
     assert open_store(out)["t2m"].shape == (1, 2, 16, 24)
+
+
+def test_ldm_with_cross_attention_backbone(files, tmp_path, regression_bundle):
+    from kmscale.bundle import ModelBundle
+    from kmscale.diffusion.networks import CrossAttentionUNet
+
+    cfg = _config(tmp_path, files, out_dir=str(tmp_path / "x"), regression_bundle=str(regression_bundle),
+                  train={"total_samples": 4}, validation={"members": 2, "steps": 2, "max_times": 1},
+                  cross_attention=True, unet={"block_out_channels": [8, 16], "norm_num_groups": 4})
+    assert _recipe("train_ldm").main(["--config", str(cfg)]) == 0
+    assert isinstance(ModelBundle.load(tmp_path / "x" / "bundle").diffusion, CrossAttentionUNet)

@@ -33,12 +33,48 @@ class UNetSettings:
     dropout: float = 0.0
 
 
-def build_unet(in_channels: int, out_channels: int, embedding_dim: int | None, settings: UNetSettings) -> ConditionalUNet:
-    """A ConditionalUNet with channel counts from the data and width from ``settings``."""
+def build_unet(
+    in_channels: int, out_channels: int, embedding_dim: int | None, settings: UNetSettings,
+    cross_attention_cond: int | None = None,
+):
+    """A backbone with channel counts from the data and width from ``settings``.
+
+    By default a :class:`ConditionalUNet` (conditioning by concatenation). With
+    ``cross_attention_cond`` (the number of trailing conditioning channels) a
+    :class:`~kmscale.diffusion.networks.CrossAttentionUNet`, which also attends to the
+    conditioning as tokens (diffusers ``UNet2DConditionModel``); it keeps the
+    concatenation path, and ``attention_levels``/``mid_attention``/``attention_head_dim``
+    do not apply to it.
+    """
+    if cross_attention_cond:
+        from kmscale.diffusion.networks import CrossAttentionUNet
+
+        return CrossAttentionUNet(
+            in_channels=int(in_channels), out_channels=int(out_channels), cond_channels=int(cross_attention_cond),
+            block_out_channels=list(settings.block_out_channels), layers_per_block=settings.layers_per_block,
+            norm_num_groups=settings.norm_num_groups, embedding_dim=embedding_dim, dropout=settings.dropout,
+        )
     return ConditionalUNet(
         in_channels=int(in_channels), out_channels=int(out_channels), embedding_dim=embedding_dim,
         **asdict(settings),
     )
+
+
+def load_backbone(path):
+    """``from_pretrained`` of whichever backbone class saved ``path`` (its config names it)."""
+    import json
+    from pathlib import Path
+
+    from kmscale.diffusion import networks
+
+    name = json.loads((Path(path) / "config.json").read_text()).get("_class_name")
+    cls = {"ConditionalUNet": networks.ConditionalUNet,
+           "CrossAttentionUNet": getattr(networks, "CrossAttentionUNet", None)}.get(name)
+    if cls is None:
+        from kmscale.errors import CheckpointError
+
+        raise CheckpointError(f"{path}: expected a ConditionalUNet or CrossAttentionUNet, found {name!r}")
+    return cls.from_pretrained(path)
 
 
 def regression_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -64,6 +100,7 @@ def predict_mean(
     out = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc="regression", disable=not progress, leave=False):
-        out.append(model.regress(batch["cond"].to(device), batch["emb"].to(device)).float().cpu())
+        # c_noise = 0: the regression use of a backbone (as ConditionalUNet.regress).
+        out.append(model(batch["cond"].to(device), 0.0, batch["emb"].to(device)).float().cpu())
     model.train(was_training)
     return torch.cat(out)

@@ -98,6 +98,7 @@ class LDMConfig:
     edm: EDMLossSettings = field(default_factory=EDMLossSettings)
     validation: EnsembleValidation = field(default_factory=EnsembleValidation)
     eval_batch_size: int = 32
+    cross_attention: bool = False  # backbone also attends to the conditioning (CrossAttentionUNet)
     patch: list[int] | None = None  # train on random latent patches (th, tw); None: whole field
     context_size: list[int] | None = None  # coarse global context (ch, cw) given to each patch
 
@@ -284,7 +285,8 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
         raise ConfigError("context_size: expected patch training (set patch: [th, tw]), found patch: null")
     edm.train_patch, edm.context_size = cfg.patch, cfg.context_size
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
-    backbone = build_unet(C_z + C_c + context_channels(C_c, cfg.context_size), C_z, spec.emb_dim, cfg.unet)
+    C_in = C_c + context_channels(C_c, cfg.context_size)  # every conditioning channel of the denoiser
+    backbone = build_unet(C_z + C_in, C_z, spec.emb_dim, cfg.unet, C_in if cfg.cross_attention else None)
     denoiser = build_denoiser(backbone, edm)
     loss = EDMLoss(P_mean=cfg.edm.P_mean, P_std=cfg.edm.P_std, sigma_data=cfg.edm.sigma_data)
     field_shape = tuple(train_ds.z.shape[-2:])
@@ -321,10 +323,10 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
     result = trainer.fit()
     bundle_path = Path(cfg.out_dir) / "bundle"
     if trainer.accelerator.is_main_process:
-        from kmscale.diffusion.networks import ConditionalUNet
+        from kmscale.diffusion.regression import load_backbone
 
         weights = Path(cfg.out_dir) / ("best" if (Path(cfg.out_dir) / "best").is_dir() else "final")
-        base.diffusion = ConditionalUNet.from_pretrained(weights).eval()
+        base.diffusion = load_backbone(weights).eval()
         base.edm = edm
         base.extra = dict(base.extra) | {"ldm": {"config": to_dict(cfg), "weights": weights.name,
                                                   "samples_seen": result.samples_seen,
