@@ -1,6 +1,6 @@
 """Train the EDM residual (latent) diffusion model on top of a regression bundle.
 
-    accelerate launch recipes/train_ldm.py --config recipes/configs/ldm_era5_uk.yaml
+    accelerate launch recipes/train_ldm.py --config recipes/configs/ldm.yaml
     accelerate launch --num_processes 2 --cpu recipes/train_ldm.py ... train.total_samples=20000
     accelerate launch --multi_gpu --num_processes 8 recipes/train_ldm.py ...   # one node, 8 GPUs
     accelerate launch --num_machines 2 --machine_rank R --main_process_ip H --num_processes 16 \\

@@ -1,6 +1,6 @@
 """Train the regression U-Net (stage 1 of residual latent diffusion downscaling).
 
-    accelerate launch recipes/train_regression.py --config recipes/configs/regression_era5_uk.yaml
+    accelerate launch recipes/train_regression.py --config recipes/configs/regression.yaml
     accelerate launch --num_processes 2 --cpu recipes/train_regression.py ... train.total_samples=20000
     python recipes/train_regression.py --dry-run data.targets=t.nc data.predictors=p.nc
 
