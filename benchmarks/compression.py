@@ -69,7 +69,7 @@ RADOLAN_VAES = {
     "vae_8x_c4": ((16, 32, 32, 32), 4),
 }
 TILED_WIDTHS = (16, 32, 64, 64)  # full-grid tiling check: 8x, 4 latent channels
-QUANT_STEPS = (0.02, 0.05, 0.1, 0.2, 0.4)
+QUANT_STEPS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
 # ---------------------------------------------------------------------------- data
@@ -249,6 +249,10 @@ def run_vae(model, info, x, valid, extra, steps=QUANT_STEPS, clip=None) -> list[
     for step in settings:
         if step is None:
             data, zq = z.astype(np.float16), z.astype(np.float16).astype(np.float32)
+            if not np.all(np.isfinite(data)):
+                print(f"  {info['config']}: float16 latents overflow (|z| max {np.abs(z).max():.3g}); "
+                      f"float16 point skipped", flush=True)
+                continue
         else:
             data = quantize(z, step, channel_axis=1)
             zq = dequantize(data, step, channel_axis=1)

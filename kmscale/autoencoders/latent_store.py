@@ -170,6 +170,12 @@ def encode_to_store(
             )
         z = tiled_encode(autoencoder, x, tile=tile, overlap=overlap, batch_size=batch_size).numpy()
         data = z.astype(np.float16) if steps is None else quantize(z, steps, channel_axis=1, dtype=np.int16)
+        if steps is None and not np.all(np.isfinite(data)):
+            raise SchemaError(
+                f"{out}: expected latents within the float16 range (|z| <= 65504), found max "
+                f"|z| = {np.abs(z).max():.3g} at times {sl.start}..{sl.stop - 1}; store quantized "
+                f"latents instead (quantization_step / --quantize)"
+            )
         part = xr.Dataset(
             {LATENT_VAR: (("time", "latent_channel", "latent_y", "latent_x"), data)},
             coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},
