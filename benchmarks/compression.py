@@ -243,7 +243,7 @@ def run_vae(model, info, x, valid, extra, steps=QUANT_STEPS, clip=None) -> list[
     reconstruction to a physical range (precipitation: a barely trained log1p decoder
     can overflow expm1)."""
     z = tiled_encode(model, x[:, None], batch_size=16 if x.shape[-1] < 256 else 1).numpy()
-    mask = None if valid is None else valid[0]
+    mask = None if valid is None else valid[:, None]  # the composite's footprint changes by the hour
     out = []
     settings = [None, *steps]
     for step in settings:
@@ -301,7 +301,7 @@ def era5_benchmark(budget_s: float) -> dict:
 def radolan_benchmark(budget_s: float) -> dict:
     train, test = load_radolan()
     valid = np.isfinite(test)
-    mask_bytes = len(zstd_bytes(np.packbits(valid[0])))
+    mask_bytes = len(zstd_bytes(np.packbits(valid)))  # per-hour NaN masks (the footprint varies)
     y = np.log1p(train[np.isfinite(train)])
     stat = {"mean": float(y.mean()), "std": float(y.std()), "transform": "log1p", "scale": 1.0}
     res = {**radolan_baselines(test, valid, mask_bytes), "vae": []}
@@ -459,7 +459,7 @@ def main(argv=None) -> int:
         _, test = load_radolan()
         valid = np.isfinite(test)
         results.setdefault("radolan", {}).update(
-            radolan_baselines(test, valid, len(zstd_bytes(np.packbits(valid[0])))))
+            radolan_baselines(test, valid, len(zstd_bytes(np.packbits(valid)))))
         parts = [p for p in parts if p == "tiled" and args.only]
     if "era5_uk" in parts:
         print("ERA5 UK t2m", flush=True)

@@ -13,7 +13,7 @@ from kmscale.autoencoders.identity import IdentityAutoencoder
 from kmscale.autoencoders.latent_store import decode_store, encode_to_store, open_latents
 from kmscale.autoencoders.vae import VAEAutoencoder
 from kmscale.data.store import open_store, partial_path
-from kmscale.errors import MissingValueError, SchemaError, StoreError
+from kmscale.errors import SchemaError, StoreError
 
 STATS = {"t2m": {"mean": 280.0, "std": 5.0}, "tp": {"mean": 0.3, "std": 0.6, "transform": "log1p"}}
 
@@ -51,7 +51,7 @@ def test_round_trip_float16_cf_and_mask(tmp_path):
     lat = open_latents(out, model)
     assert lat["latent"].dtype == np.float16 and lat["latent"].shape == (10, 2, 12, 20)
     assert lat.attrs["autoencoder_fingerprint"] == model.fingerprint()
-    assert not lat["valid_mask"].values[:, :3, :4].any()
+    assert not lat["valid_mask"].values[:, :, :3, :4].any()
     dec = open_store(decode_store(out, model, tmp_path / "dec.zarr", progress=False), kind="targets")
     assert dec["t2m"].attrs["units"] == "K" and dec["t2m"].attrs["standard_name"] == "air_temperature"
     assert dec.attrs["title"] == "test targets"
@@ -134,12 +134,23 @@ def test_bad_inputs(tmp_path):
     ds = targets()
     with pytest.raises(SchemaError, match="missing"):
         encode_to_store(IdentityAutoencoder(variables=["u10"]), ds, tmp_path / "x.zarr", progress=False)
-    bad = targets(mask=True)
-    bad["t2m"][5, 8, 8] = np.nan  # a NaN appearing later: the mask is not constant
-    bad["tp"][5, 8, 8] = np.nan
-    with pytest.raises(MissingValueError, match="time index 5"):
-        encode_to_store(identity(), bad, tmp_path / "m.zarr", chunk=4, progress=False)
-    assert not (tmp_path / "m.zarr").exists()
+
+    big = vae()
+    big.set_latent_stats([0.0, 0.0], [1e-9, 1e-9])  # absurd latent scaling: |z| overflows float16
+    with pytest.raises(SchemaError, match="float16 range"):
+        encode_to_store(big, targets(shape=(16, 16)), tmp_path / "o.zarr", progress=False)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_time_varying_mask_round_trips(tmp_path):
+    ds = targets(mask=True)
+    ds["t2m"][5, 8, 8] = np.nan  # a radar footprint that changes from hour to hour
+    ds["tp"][7, 1, 15] = np.nan
+    model = identity()
+    out = encode_to_store(model, ds, tmp_path / "m.zarr", chunk=4, progress=False)
+    dec = open_store(decode_store(out, model, tmp_path / "dm.zarr", progress=False))
+    for v in ("t2m", "tp"):
+        np.testing.assert_array_equal(np.isnan(dec[v].values), np.isnan(ds[v].values))
 
 
 def test_cli_compress_and_decode(tmp_path, capsys):

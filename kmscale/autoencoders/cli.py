@@ -134,7 +134,12 @@ def run_compress(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from kmscale.autoencoders.latent_store import _spatial_dims, open_latents, read_latents
+    from kmscale.autoencoders.latent_store import (
+        _spatial_dims,
+        open_latents,
+        read_latents,
+        read_mask,
+    )
     from kmscale.autoencoders.tiling import tiled_decode
     from kmscale.data.store import store_nbytes
 
@@ -156,7 +161,7 @@ def run_compress(args: argparse.Namespace) -> int:
         lat = open_latents(out, model)
         n = min(args.verify, ds.sizes["time"])
         z = read_latents(lat, slice(0, n), out)
-        valid = np.asarray(lat["valid_mask"].values, bool)
+        valid = read_mask(lat, slice(0, n), out)
         tile, overlap = _tiling(args, (ds.sizes[ydim], ds.sizes[xdim]), model.downsample_factor)
         rec = tiled_decode(model, z, shape=(ds.sizes[ydim], ds.sizes[xdim]), tile=tile,
                            overlap=overlap, mask=valid, batch_size=args.batch_size).numpy()

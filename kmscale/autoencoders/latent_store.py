@@ -4,7 +4,7 @@ Layout of a latent store (kind ``"latents"``)::
 
     latent      (time, latent_channel, latent_y, latent_x)  float16, or int8/int16
                 q = round(z / Delta_c) with per-channel steps ``quantization_step``
-    valid_mask  (variable, <Y>, <X>)  bool, True where the targets had values
+    valid_mask  (time, variable, <Y>, <X>)  bool, True where the targets had values
     time, <Y>, <X> (+ 2-D lat/lon, lead_time ...)  the targets' coordinates
     attrs: autoencoder_fingerprint, autoencoder_class, variables, latent_mean/std,
            downsample_factor, field_shape, quantization_step, target_attrs (CF), ...
@@ -15,9 +15,10 @@ atomic and resumable chunk by chunk. :func:`decode_store` refuses a store writte
 another autoencoder (fingerprint) and rebuilds a ``"targets"`` store with the CF
 attributes and the NaN mask of the original.
 
-The NaN mask must be the same at every time (a radar composite's footprint); a time
-whose NaNs differ is an error, because a latent pixel mixes masked and unmasked
-inputs and the decoder cannot tell which were missing.
+The NaN mask is stored for every time (a radar composite's footprint changes from
+hour to hour; zstd makes a nearly constant mask cost a few kB per field), because a
+latent pixel mixes masked and unmasked inputs and the decoder cannot tell which were
+missing.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from kmscale.autoencoders.base import Autoencoder
 from kmscale.autoencoders.quantize import DEFAULT_ZSTD_LEVEL, dequantize, quantize, zarr_compressors
 from kmscale.autoencoders.tiling import padded_shape, tiled_decode, tiled_encode
 from kmscale.data.store import StoreWriter, open_store
-from kmscale.errors import MissingValueError, SchemaError, StoreError
+from kmscale.errors import SchemaError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,8 @@ def encode_to_store(
     Returns:
         the final store path.
     Raises:
-        SchemaError: variables/dims do not match the model. MissingValueError: the NaN
-        mask changes over time. StoreError: a store from another model is in the way.
+        SchemaError: variables/dims do not match the model, or float16 latents overflow.
+        StoreError: a store from another model is in the way.
     """
     variables = list(autoencoder.variables)
     ydim, xdim = _spatial_dims(targets, variables, "encode_to_store input")
@@ -117,8 +118,6 @@ def encode_to_store(
     f = autoencoder.downsample_factor
     lat_shape = tuple(s // f for s in padded_shape(shape, f))
     n_time = targets.sizes["time"]
-    first = _read_fields(targets, variables, slice(0, 1))[0]
-    valid = np.isfinite(first)  # (C, H, W)
     steps = None
     if quantization_step is not None:
         steps = np.broadcast_to(np.asarray(quantization_step, dtype=np.float64),
@@ -134,7 +133,8 @@ def encode_to_store(
                 {"long_name": "normalized autoencoder latent"
                  + ("" if steps is None else " (quantized: value * quantization_step)")},
             ),
-            MASK_VAR: (("variable", ydim, xdim), valid,
+            MASK_VAR: (("time", "variable", ydim, xdim),
+                       da.zeros((n_time, len(variables)) + shape, dtype=bool, chunks=(chunk, -1, -1, -1)),
                        {"long_name": "true where the targets had values"}),
         },
         coords={**coords, "latent_channel": np.arange(autoencoder.latent_channels)},
@@ -153,7 +153,8 @@ def encode_to_store(
         "source_attrs": json.dumps(dict(targets.attrs), default=str),
         "Conventions": "CF-1.10",
     }
-    encoding = {LATENT_VAR: {"compressors": zarr_compressors(zstd_level)}}
+    encoding = {LATENT_VAR: {"compressors": zarr_compressors(zstd_level)},
+                MASK_VAR: {"compressors": zarr_compressors(zstd_level)}}
     fingerprint = f"{attrs['autoencoder_fingerprint']}:{'f16' if steps is None else steps}"
     writer = StoreWriter(out, template, kind=LATENT_KIND, fingerprint=fingerprint, dim="time",
                          chunk=chunk, attrs=attrs, encoding=encoding, overwrite=overwrite)
@@ -161,23 +162,17 @@ def encode_to_store(
     for i in tqdm(writer.pending(), desc=f"encode {Path(out).name}", unit="chunk", disable=not progress):
         sl = writer.chunk_slice(i)
         x = _read_fields(targets, variables, sl)
-        bad = np.flatnonzero((np.isfinite(x) != valid[None]).reshape(len(x), -1).any(axis=1))
-        if bad.size:
-            t = sl.start + int(bad[0])
-            raise MissingValueError(
-                f"{variables} at time index {t}: expected the NaN mask of the first time "
-                f"({int((~valid).sum())} masked points) at every time, found a different mask"
-            )
         z = tiled_encode(autoencoder, x, tile=tile, overlap=overlap, batch_size=batch_size).numpy()
-        data = z.astype(np.float16) if steps is None else quantize(z, steps, channel_axis=1, dtype=np.int16)
-        if steps is None and not np.all(np.isfinite(data)):
+        if steps is None and not np.abs(z).max() <= np.finfo(np.float16).max:
             raise SchemaError(
                 f"{out}: expected latents within the float16 range (|z| <= 65504), found max "
                 f"|z| = {np.abs(z).max():.3g} at times {sl.start}..{sl.stop - 1}; store quantized "
                 f"latents instead (quantization_step / --quantize)"
             )
+        data = z.astype(np.float16) if steps is None else quantize(z, steps, channel_axis=1, dtype=np.int16)
         part = xr.Dataset(
-            {LATENT_VAR: (("time", "latent_channel", "latent_y", "latent_x"), data)},
+            {LATENT_VAR: (("time", "latent_channel", "latent_y", "latent_x"), data),
+             MASK_VAR: (("time", "variable", ydim, xdim), np.isfinite(x))},
             coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},
         )
         writer.write(i, part)
@@ -219,6 +214,14 @@ def read_latents(ds: xr.Dataset, sl: slice, path: str | Path = "latent store") -
     return dequantize(raw, steps, channel_axis=1)
 
 
+def read_mask(ds: xr.Dataset, sl: slice, path: str | Path = "latent store") -> np.ndarray:
+    """Validity mask (T, C, H, W) bool for times ``sl``."""
+    try:
+        return np.asarray(ds[MASK_VAR].isel(time=sl).values, dtype=bool)
+    except (ValueError, RuntimeError, OSError, KeyError) as err:
+        raise StoreError(f"{path}: expected readable mask chunks at times {sl}, found a corrupt store ({err})") from err
+
+
 def decode_store(
     latents: str | Path,
     autoencoder: Autoencoder,
@@ -242,7 +245,6 @@ def decode_store(
     ydim, xdim = _attr_json(ds, "spatial_dims", latents)
     shape = tuple(_attr_json(ds, "field_shape", latents))
     target_attrs = _attr_json(ds, "target_attrs", latents)
-    valid = np.asarray(ds[MASK_VAR].values, dtype=bool)
     chunk = chunk or int(ds[LATENT_VAR].encoding.get("chunks", (8,))[0])
     n_time = ds.sizes["time"]
     coords = {k: v for k, v in ds.coords.items()
@@ -266,6 +268,7 @@ def decode_store(
     for i in tqdm(writer.pending(), desc=f"decode {Path(out).name}", unit="chunk", disable=not progress):
         sl = writer.chunk_slice(i)
         z = read_latents(ds, sl, latents)
+        valid = read_mask(ds, sl, latents)
         fields = tiled_decode(autoencoder, z, shape=shape, tile=tile, overlap=overlap,
                               mask=valid, batch_size=batch_size).numpy()
         part = xr.Dataset(
