@@ -407,6 +407,36 @@ def summarize(results: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- seams
+def tiling_agreement(budget_s: float, tile: int = 256, overlap: int = 64) -> dict:
+    """Tiled vs untiled encode/decode of a trained VAE on 512 x 768 demo t2m fields.
+
+    Trains an 8x, 4-channel VAE for ``budget_s`` CPU-seconds on 64-128 px patches of the
+    demo t2m, then compares the reconstruction of held-out fields done in one pass with
+    the one done in ``tile`` px tiles (``overlap`` px blended), relative to the
+    reconstruction error itself.
+    """
+    from kmscale.data.demo import DemoRegion, demo_targets
+
+    region = DemoRegion.small(512, 768)
+    train = demo_targets(region, [f"2023-07-01T{h:02d}:00" for h in range(0, 24, 2)])["t2m"].values
+    test = demo_targets(region, ["2023-07-02T06:00", "2023-07-02T18:00"])["t2m"].values
+    stat = {"mean": float(train.mean()), "std": float(train.std()), "transform": "none"}
+    model, info = train_vae("seams_8x_c4", (16, 32, 32, 32), 4, train.astype(np.float32), stat, "t2m",
+                            budget_s, patches=((64, 64), (128, 128)), batch=8)
+    x = test[:, None].astype(np.float32)
+    z_full = tiled_encode(model, x, batch_size=1).numpy()
+    z_tiled = tiled_encode(model, x, tile=tile, overlap=overlap, batch_size=1).numpy()
+    y_full = tiled_decode(model, z_full, batch_size=1).numpy()
+    y_tiled = tiled_decode(model, z_tiled, tile=tile, overlap=overlap, batch_size=1).numpy()
+    rms = lambda a: float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))  # noqa: E731
+    return {"tile": tile, "overlap": overlap, "field": [512, 768], **info,
+            "latent_diff_rel": rms(z_tiled - z_full) / rms(z_full),
+            "tiled_vs_untiled_rmse_K": rms(y_tiled - y_full),
+            "tiled_vs_untiled_max_K": float(np.abs(y_tiled - y_full).max()),
+            "untiled_recon_rmse_K": rms(y_full - x), "tiled_recon_rmse_K": rms(y_tiled - x)}
+
+
 # ---------------------------------------------------------------------------- figure
 def plot(results: dict, path: Path) -> None:
     import matplotlib
@@ -440,7 +470,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["era5_uk", "radolan", "tiled"], action="append",
+    p.add_argument("--only", choices=["era5_uk", "radolan", "tiled", "seams"], action="append",
                    help="run only these parts (repeatable); results merge into the JSON")
     p.add_argument("--era5-seconds", type=float, default=240.0, help="training CPU-seconds per ERA5 VAE")
     p.add_argument("--radolan-seconds", type=float, default=240.0, help="training CPU-seconds per RADOLAN VAE")
@@ -448,6 +478,8 @@ def main(argv=None) -> int:
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="full-grid tiling runs (median time)")
+    p.add_argument("--seams-seconds", type=float, default=120.0,
+                   help="training CPU-seconds of the VAE used for the tiled-vs-untiled check")
     p.add_argument("--out", type=Path, default=RESULTS / "compression.json")
     p.add_argument("--summary", action="store_true", help="print markdown tables of --out and exit")
     p.add_argument("--baselines-only", action="store_true",
@@ -461,7 +493,7 @@ def main(argv=None) -> int:
         print(summarize(json.loads(args.out.read_text())))
         return 0
     torch.set_num_threads(args.threads)
-    parts = args.only or ["era5_uk", "radolan", "tiled"]
+    parts = args.only or ["era5_uk", "radolan", "tiled", "seams"]
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.baselines_only:
@@ -479,9 +511,16 @@ def main(argv=None) -> int:
     if "radolan" in parts:
         print("RADOLAN", flush=True)
         results["radolan"] = radolan_benchmark(args.radolan_seconds)
+    if "seams" in parts:
+        print("tiled vs untiled agreement of a trained VAE", flush=True)
+        results.setdefault("tiled_full_grid", {})["agreement"] = tiling_agreement(args.seams_seconds)
+        print(results["tiled_full_grid"]["agreement"], flush=True)
     if "tiled" in parts:
         print("tiled full grid", flush=True)
+        agreement = results.get("tiled_full_grid", {}).get("agreement")
         results["tiled_full_grid"] = tiled_full_grid(args.tile, args.overlap, args.repeats)
+        if agreement is not None:
+            results["tiled_full_grid"]["agreement"] = agreement
         print(results["tiled_full_grid"], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
