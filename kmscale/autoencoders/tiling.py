@@ -11,10 +11,12 @@ so latent tiles line up exactly with pixel tiles::
     z ──latent tiles──decode──► pixel tiles ──blend──► x_hat ──crop to (H, W), mask──►
 
 Memory is one input field, one output field plus the activations of ``batch_size``
-tiles: the network never sees the whole field. Convolutions are local, so with an
-overlap wider than the receptive field's effective radius the tiled result matches
-the untiled one; GroupNorm statistics are per tile, which is the residual difference
-(small when tiles are large, tested in tests/test_autoencoders.py).
+tiles: the network never sees the whole field. Models without per-sample statistics
+tile exactly (the identity does). A GroupNorm VAE does not: each tile is normalized
+with its own statistics and sees zero padding at its edges, so tiled and untiled
+results differ (by about the reconstruction error itself for a VAE trained on small
+patches; see the Compression section of benchmarks/BENCHMARKS.md). The blending
+removes seams between tiles, not this difference; use large tiles and overlaps.
 
 NaN (masked) input points are filled by the autoencoder's standardization (0 in
 standardized units); :func:`tiled_decode` puts NaN back wherever ``mask`` is False.
