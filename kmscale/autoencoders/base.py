@@ -179,10 +179,15 @@ class Autoencoder(ModelMixin, ConfigMixin):
         raise NotImplementedError(f"{type(self).__name__} produces latents, not bitstreams")
 
     # ---- identity of a trained model ----------------------------------------------
+    def _fingerprint_config(self) -> dict:
+        """The config entries the fingerprint hashes (subclasses may drop keys whose
+        value reproduces what older checkpoints meant without them)."""
+        return {k: v for k, v in dict(self.config).items() if not k.startswith("_")}
+
     def fingerprint(self) -> str:
         """SHA-256 over the config and the weights: what a latent store records."""
         h = hashlib.sha256()
-        cfg = {k: v for k, v in dict(self.config).items() if not k.startswith("_")}
+        cfg = self._fingerprint_config()
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
         for name, tensor in sorted(self.state_dict().items()):
             h.update(name.encode())

@@ -20,9 +20,11 @@ Interrupted? Run the same command again: finished time chunks are kept.
 def _tiling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", default="auto", metavar="N|auto|none",
                    help="pixel tile edge for fields too large for one pass (multiple of the downsample "
-                        "factor); 'auto' tiles only fields larger than 512 px; 'none' never tiles")
-    p.add_argument("--overlap", type=int, default=64, metavar="N",
-                   help="pixel overlap between tiles, blended smoothly (default 64)")
+                        "factor); 'auto' tiles only fields larger than 1024 px; 'none' never tiles")
+    p.add_argument("--overlap", type=int, default=320, metavar="N",
+                   help="pixel overlap between tiles (default 320); 3/8 of it is discarded at tile "
+                        "edges, which must cover the receptive radius (112 px for the default VAE) "
+                        "for tiles to match the untiled result")
     p.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles/fields per network call")
     p.add_argument("--chunk", type=int, default=8, metavar="N", help="time steps per zarr chunk (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")

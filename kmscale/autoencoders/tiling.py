@@ -2,7 +2,7 @@
 
 A field (C, H, W) is cut into overlapping pixel tiles (:class:`kmscale.data.patches.
 TileLayout`); each tile goes through the autoencoder alone, and the per-tile results are
-blended with the layout's tapering window (:class:`TileAccumulator`), so no seam is
+blended with tapering weights (:func:`blend_weights`), so no seam is
 visible. The latent layout is the pixel layout divided by the downsample factor f,
 so latent tiles line up exactly with pixel tiles::
 
@@ -11,12 +11,21 @@ so latent tiles line up exactly with pixel tiles::
     z ──latent tiles──decode──► pixel tiles ──blend──► x_hat ──crop to (H, W), mask──►
 
 Memory is one input field, one output field plus the activations of ``batch_size``
-tiles: the network never sees the whole field. Models without per-sample statistics
-tile exactly (the identity does). A GroupNorm VAE does not: each tile is normalized
-with its own statistics and sees zero padding at its edges, so tiled and untiled
-results differ (by about the reconstruction error itself for a VAE trained on small
-patches; see the Compression section of benchmarks/BENCHMARKS.md). The blending
-removes seams between tiles, not this difference; use large tiles and overlaps.
+tiles: the network never sees the whole field.
+
+Exactness. A network without per-sample statistics (the identity, the VAE with
+``norm_type="pixel"``) is local: an output depends only on inputs within its receptive
+radius R, so a tile's output is exact except within R of a tile edge that is not a field
+edge (where the tile saw zero padding instead of its neighbours). The blending weights
+(:func:`blend_weights`) are therefore zero over the outer 3/8 of each interior overlap,
+taper (sin^2) over the middle quarter, and the tiled result equals the untiled one
+(to float rounding) whenever ``3/8 overlap >= R``. Measured R (gradient support of one
+output, random weights, ``layers_per_block=1``): encoder 81 px, decoder 14 latent px =
+112 px for 8x models (widths (32, 64, 128, 128) or (16, 32, 32, 32)); 39 px and 13 latent
+px = 52 px for the 4x (32, 64, 64). Hence the default overlap of :func:`auto_tiling`,
+320 px (3/8 of it: 120 px). A GroupNorm VAE (``norm_type="group"``) never tiles exactly:
+each tile is normalized with its own statistics (see the Compression section of
+benchmarks/BENCHMARKS.md).
 
 NaN (masked) input points are filled by the autoencoder's standardization (0 in
 standardized units); :func:`tiled_decode` puts NaN back wherever ``mask`` is False.
@@ -31,7 +40,7 @@ import numpy as np
 import torch
 
 from kmscale.autoencoders.base import Autoencoder
-from kmscale.data.patches import TileAccumulator, TileLayout, _pair
+from kmscale.data.patches import TileLayout, _pair
 from kmscale.errors import GridError, SchemaError
 
 
@@ -72,6 +81,54 @@ def _pad(field: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     return np.pad(field, pad, mode=mode)
 
 
+def _ramp_1d(n: int, start: int, stop: int, overlap: int, size: int) -> np.ndarray:
+    """Weights along one axis of a tile covering [start, stop) of a field of ``size``."""
+    w = np.ones(n, dtype=np.float64)
+    margin = (3 * overlap) // 8
+    ramp = max(overlap - 2 * margin, 1)
+    taper = np.sin(0.5 * np.pi * (np.arange(ramp) + 0.5) / ramp) ** 2
+    lo = np.concatenate([np.zeros(margin), taper])[:n]
+    if start > 0:  # interior edge: discard what the padding reached, then taper in
+        w[: len(lo)] = np.minimum(w[: len(lo)], lo)
+    if stop < size:
+        w[n - len(lo):] = np.minimum(w[n - len(lo):], lo[::-1])
+    return w
+
+
+def blend_weights(layout: TileLayout, index: int) -> torch.Tensor:
+    """Blending weights (th, tw) of tile ``index``: zero over the outer 3/8 of each
+    interior overlap (where zero padding reached), sin^2 over the middle quarter, 1
+    elsewhere and up to the field's own edges. Every pixel keeps a positive total weight
+    because the zero margins of two neighbours (3/8 + 3/8) never cover their overlap."""
+    sy, sx = layout.slices[index]
+    wy = _ramp_1d(layout.tile[0], sy.start, sy.stop, layout.overlap[0], layout.shape[0])
+    wx = _ramp_1d(layout.tile[1], sx.start, sx.stop, layout.overlap[1], layout.shape[1])
+    return torch.from_numpy(np.outer(wy, wx).astype(np.float32))
+
+
+class _Blend:
+    """Weighted mean of tiles (C, th, tw) into one field (C, H, W), one tile at a time."""
+
+    def __init__(self, layout: TileLayout, channels: int):
+        self.layout = layout
+        self.num = torch.zeros((channels, *layout.shape))
+        self.den = torch.zeros(layout.shape)
+
+    def add(self, index: int, tile: torch.Tensor) -> None:
+        sy, sx = self.layout.slices[index]
+        w = blend_weights(self.layout, index)
+        self.num[:, sy, sx] += tile * w
+        self.den[sy, sx] += w
+
+    def result(self) -> torch.Tensor:
+        if not bool((self.den > 0).all()):
+            raise GridError(
+                f"tiling: expected every pixel covered by a tile with positive weight, found gaps "
+                f"(layout {self.layout.tile} tiles, overlap {self.layout.overlap})"
+            )
+        return self.num / self.den
+
+
 @torch.inference_mode()
 def tiled_encode(
     autoencoder: Autoencoder,
@@ -86,7 +143,8 @@ def tiled_encode(
         autoencoder: any grid autoencoder (``spatial_dims == 2``).
         field: ([B,] C, H, W) array-like in physical units (numpy, dask, torch); NaN = masked.
         tile: pixel tile (th, tw), multiples of f; None encodes the whole field at once.
-        overlap: pixel overlap between tiles, a multiple of f.
+        overlap: pixel overlap between tiles, a multiple of f; exact for a local
+            model when 3/8 of it covers the receptive radius (module docstring).
         batch_size: tiles per network call.
     Raises:
         SchemaError: wrong number of channels. GridError: field smaller than a tile,
@@ -115,10 +173,7 @@ def tiled_encode(
     x = _pad(x, full)
     param = next(autoencoder.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    accs = [
-        TileAccumulator(latent_layout, (autoencoder.latent_channels,), like=torch.empty(0))
-        for _ in range(x.shape[0])
-    ]
+    accs = [_Blend(latent_layout, autoencoder.latent_channels) for _ in range(x.shape[0])]
     slices = layout.slices
     # (field, tile) pairs batched together: whole small fields, or tiles of one huge field.
     jobs = [(b, i) for b in range(x.shape[0]) for i in range(len(slices))]
@@ -178,7 +233,7 @@ def tiled_decode(
     latent_slices = layout.scaled(f).slices
     param = next(autoencoder.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    accs = [TileAccumulator(layout, (autoencoder.in_channels,), like=torch.empty(0)) for _ in range(z.shape[0])]
+    accs = [_Blend(layout, autoencoder.in_channels) for _ in range(z.shape[0])]
     jobs = [(b, i) for b in range(z.shape[0]) for i in range(len(latent_slices))]
     for start in range(0, len(jobs), batch_size):
         part = jobs[start : start + batch_size]
@@ -195,10 +250,14 @@ def tiled_decode(
     return out[0] if single else out
 
 
-def auto_tiling(shape: Sequence[int], factor: int, tile: int = 512, overlap: int = 64
+def auto_tiling(shape: Sequence[int], factor: int, tile: int = 1024, overlap: int = 320
                 ) -> tuple[tuple[int, int] | None, tuple[int, int]]:
     """Tiling for a field of ``shape``: None (whole field) when it fits in one ``tile``,
-    else tiles of at most ``tile`` px (multiples of ``factor``) with ``overlap``."""
+    else tiles of at most ``tile`` px (multiples of ``factor``) with ``overlap``.
+
+    The default overlap, 320 px, discards 120 px (3/8) at interior tile edges: more than
+    the receptive radius of the default VAEs (encoder 81 px, decoder 112 px, see the
+    module docstring), so a ``norm_type="pixel"`` VAE tiles exactly."""
     full = padded_shape(shape, factor)
     if full[0] <= tile and full[1] <= tile:
         return None, (0, 0)

@@ -49,6 +49,7 @@ class ModelConfig:
     layers_per_block: int = 1
     latent_channels: int = 4
     norm_num_groups: int = 16
+    norm_type: str = "pixel"  # "pixel": per-pixel norm, tiles exactly; "group": GroupNorm (older models)
 
 
 @dataclass
@@ -180,7 +181,7 @@ def train_autoencoder(cfg: AutoencoderConfig):
     cls = get_autoencoder_class("vae")
     model = cls(variables=names, input_stats=stats, block_out_channels=tuple(cfg.model.block_out_channels),
                 layers_per_block=cfg.model.layers_per_block, latent_channels=cfg.model.latent_channels,
-                norm_num_groups=cfg.model.norm_num_groups)
+                norm_num_groups=cfg.model.norm_num_groups, norm_type=cfg.model.norm_type)
     raw = torch.from_numpy(_fields(train, names))
     valid = torch.isfinite(raw)
     x = model.normalize_input(raw)

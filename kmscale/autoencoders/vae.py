@@ -17,6 +17,19 @@ so ``downsample_factor = 2 ** n_down``; the default (4 blocks, 4 latent channels
 the usual 8x, 4-channel latent. The mid-block self-attention of the image VAE is off
 by default: it makes every latent depend on the whole field, which defeats tiled
 encoding of fields far larger than memory (see :mod:`kmscale.autoencoders.tiling`).
+
+Normalization (``norm_type``): diffusers builds the blocks with ``nn.GroupNorm``, whose
+statistics span the whole spatial extent of a sample, so a field encoded in tiles
+disagrees with the field encoded whole. ``norm_type="pixel"`` (the default for new
+models) swaps every GroupNorm, right after ``AutoencoderKL`` is built, for a
+:class:`~kmscale.autoencoders.norms.PixelGroupNorm` over all channels of each pixel
+(one group: with GroupNorm's 16 groups the 16-32-channel blocks would have 1-2
+channels per group, where per-pixel statistics are degenerate: 1 channel normalizes
+to the bias alone, 2 to the sign of their difference). The network is then local and
+tiles exactly, given an overlap covering the receptive field (``auto_tiling``).
+State-dict keys and shapes are those of the GroupNorm model. ``norm_type="group"`` is
+the original model: a saved config without the key (written before the option
+existed) loads as ``"group"`` (see :meth:`VAEAutoencoder.extract_init_dict`).
 """
 
 from __future__ import annotations
@@ -29,8 +42,11 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from kmscale.autoencoders.base import Autoencoder
+from kmscale.autoencoders.norms import swap_group_norms
 from kmscale.autoencoders.registry import register
 from kmscale.errors import ConfigError
+
+NORM_TYPES = ("pixel", "group")
 
 
 @register("vae")
@@ -57,6 +73,7 @@ class VAEAutoencoder(Autoencoder):
         latent_channels: int = 4,  # channels of z
         norm_num_groups: int = 16,  # GroupNorm groups; must divide every block width
         mid_block_attention: bool = False,  # global self-attention in the bottleneck (breaks tiling)
+        norm_type: str = "pixel",  # "pixel": per-pixel channel norm (tiles exactly); "group": GroupNorm
     ):
         super().__init__()
         widths = [int(w) for w in block_out_channels]
@@ -67,6 +84,14 @@ class VAEAutoencoder(Autoencoder):
             raise ConfigError(
                 f"vae: expected block_out_channels divisible by norm_num_groups={norm_num_groups}, "
                 f"found {widths}"
+            )
+        if norm_type not in NORM_TYPES:
+            raise ConfigError(f"vae: expected norm_type in {NORM_TYPES}, found {norm_type!r}")
+        if norm_type == "pixel" and mid_block_attention:
+            raise ConfigError(
+                "vae: expected mid_block_attention=False with norm_type='pixel', found True: "
+                "self-attention is global over the field, so tiles can never match the whole "
+                "field; use norm_type='group' for an attention model (it does not tile exactly)"
             )
         channels = len(variables)
         if channels < 1:
@@ -83,6 +108,31 @@ class VAEAutoencoder(Autoencoder):
             norm_num_groups=int(norm_num_groups),
             mid_block_add_attention=bool(mid_block_attention),
         )
+        if norm_type == "pixel":
+            # In place, keeping attribute names: the state dict is that of the GroupNorm model.
+            swap_group_norms(self.vae, num_groups=1)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict, **kwargs):
+        """ConfigMixin hook: a config saved without ``norm_type`` is a GroupNorm model.
+
+        ``norm_type`` did not exist before per-pixel normalization; diffusers fills a
+        missing key with the ``__init__`` default ("pixel"), which would silently change
+        the network of an old checkpoint. A key that was left at its default when the
+        config was built in memory (``_use_default_values``) stays the default.
+        """
+        if ("norm_type" not in config_dict and "norm_type" not in kwargs
+                and "norm_type" not in config_dict.get("_use_default_values", [])):
+            config_dict = {**config_dict, "norm_type": "group"}
+        return super().extract_init_dict(config_dict, **kwargs)
+
+    def _fingerprint_config(self) -> dict:
+        # A "group" model hashes as before norm_type existed, so latent stores written
+        # with an older checkpoint still match it.
+        cfg = super()._fingerprint_config()
+        if cfg.get("norm_type") == "group":
+            cfg.pop("norm_type")
+        return cfg
 
     # ---- contract ------------------------------------------------------------------
     @property
