@@ -171,3 +171,22 @@ def test_cli_compress_and_decode(tmp_path, capsys):
     code = main(["decode", "--autoencoder", str(tmp_path / "other"), "--input", str(tmp_path / "l.zarr"),
                  "--out", str(tmp_path / "e.zarr")])
     assert code == 1 and "expected latents written by autoencoder" in capsys.readouterr().err
+
+
+def test_training_reads_latents_from_the_store(tmp_path):
+    """The latent store is the downscaling models' training data (data.latents)."""
+    from kmscale.conditioning.dataset import encode_targets
+    from kmscale.diffusion.train import target_latents
+    from kmscale.errors import AlignmentError
+
+    ds = targets(n_time=10)
+    model = vae().eval()
+    out = encode_to_store(model, ds, tmp_path / "lat.zarr", chunk=4, progress=False)
+    part = ds.isel(time=slice(3, 9))
+    z = target_latents(model, part, str(out))
+    np.testing.assert_allclose(z.numpy(), encode_targets(model, part, progress=False).numpy(), atol=2e-3)
+    later = targets(n_time=3).assign_coords(time=pd.date_range("2019-04-01", periods=3, freq="h"))
+    with pytest.raises(AlignmentError, match="expected latents at every target valid time"):
+        target_latents(model, later, str(out))
+    with pytest.raises(StoreError, match="expected latents written by autoencoder"):
+        target_latents(vae(seed=1).eval(), part, str(out))

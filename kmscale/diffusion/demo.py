@@ -193,6 +193,7 @@ def run_demo(out: str | Path, size: str = "small", device: str = "cpu", fresh: b
     stage("encode")
     data = TrainingData(targets, predictors, static)
     common = [f"data.train_period=[{period[0]},{period[1]}]", f"data.val_period=[{val_period[0]},{val_period[1]}]",
+              f"data.latents={out / 'latents.zarr'}",  # the archive is the training data
               f"unet.block_out_channels={s.unet_widths}", "unet.norm_num_groups=16", f"train.global_batch_size={s.batch}",
               "train.lr=1e-3", "train.warmup_samples=200", "train.lr_decay=cosine", "train.ema_decay=0.99"]
     reg_bundle = out / "regression" / "bundle"

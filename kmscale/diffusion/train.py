@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import xarray as xr
 
@@ -33,7 +34,7 @@ from kmscale.conditioning.embeddings import DEFAULT_MAX_LEAD_HOURS, lead_times_o
 from kmscale.conditioning.static import grid_coords
 from kmscale.diffusion import residual
 from kmscale.diffusion.regression import UNetSettings, build_unet, predict_mean, regression_loss
-from kmscale.errors import ConfigError
+from kmscale.errors import AlignmentError, ConfigError
 from kmscale.training import Trainer, TrainingSettings, TrainResult
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ class DataSettings:
     static_variables: list[str] | None = None  # default: every static variable
     train_period: list[str] | None = None  # [first, last] valid time (inclusive); None: all
     val_period: list[str] | None = None  # held-out valid times for validation; None: none
+    # Latent store written by `kmscale encode` with this run's autoencoder: training reads
+    # the latents from it instead of re-encoding the targets (refused if another
+    # autoencoder wrote it). None: encode the targets on the fly.
+    latents: str | None = None
 
 
 @dataclass
@@ -163,6 +168,26 @@ def make_autoencoder(spec: str, targets: xr.Dataset, variables: list[str] | None
     return ae
 
 
+def target_latents(ae, targets: xr.Dataset, store: str | None) -> torch.Tensor:
+    """Normalized latents (T, C_z, h, w) of ``targets``: read from the latent store
+    ``store`` when given (it must hold every target time and come from ``ae``), else
+    encoded now."""
+    if store is None:
+        return encode_targets(ae, targets)
+    from kmscale.autoencoders.latent_store import open_latents, read_latents
+
+    ds = open_latents(store, ae)
+    times = targets["time"].values
+    index = pd.Index(ds["time"].values).get_indexer(times)
+    if (index < 0).any():
+        missing = times[index < 0]
+        raise AlignmentError(
+            f"{store}: expected latents at every target valid time, found {len(missing)} missing "
+            f"(first {np.datetime_as_string(missing[0], unit='h')}); re-run `kmscale encode` over the period"
+        )
+    return torch.from_numpy(read_latents(ds.isel(time=index), slice(None), store))
+
+
 def _batch_to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -184,12 +209,13 @@ def train_regression(cfg: RegressionConfig, data: TrainingData | None = None) ->
         preds_tr, data.static, lat, lon, ae.downsample_factor, cfg.data.predictor_variables,
         cfg.data.static_variables, cfg.max_lead_hours, cfg.interpolation,
     )
-    z_tr = encode_targets(ae, targets_tr)
+    z_tr = target_latents(ae, targets_tr, cfg.data.latents)
     train_ds = build_dataset(spec, preds_tr, data.static, lat, lon, z_tr, targets_tr["time"].values)
     val_ds = None
     if cfg.data.val_period is not None:
         targets_va, preds_va = data.period(cfg.data.val_period)
-        val_ds = build_dataset(spec, preds_va, data.static, lat, lon, encode_targets(ae, targets_va),
+        val_ds = build_dataset(spec, preds_va, data.static, lat, lon,
+                               target_latents(ae, targets_va, cfg.data.latents),
                                targets_va["time"].values, physical_targets(targets_va, ae.variables))
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     model = build_unet(spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet)
@@ -264,15 +290,16 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
     lat, lon = grid_coords(data.targets)
     base.validate(preds_tr, (lat, lon))
     ae, spec = base.autoencoder, base.spec
-    train_ds = build_dataset(spec, preds_tr, data.static, lat, lon, encode_targets(ae, targets_tr),
-                             targets_tr["time"].values)
+    train_ds = build_dataset(spec, preds_tr, data.static, lat, lon,
+                             target_latents(ae, targets_tr, cfg.data.latents), targets_tr["time"].values)
     train_ds = train_ds.with_z_mean(predict_mean(base.regression, train_ds, cfg.eval_batch_size))
     scale = residual_scale(train_ds.z, train_ds.z_mean)
     edm = EDMSettings(sigma_data=cfg.edm.sigma_data, residual_scale=scale)
     val_ds = None
     if cfg.data.val_period is not None:
         targets_va, preds_va = data.period(cfg.data.val_period)
-        val_ds = build_dataset(spec, preds_va, data.static, lat, lon, encode_targets(ae, targets_va),
+        val_ds = build_dataset(spec, preds_va, data.static, lat, lon,
+                               target_latents(ae, targets_va, cfg.data.latents),
                                targets_va["time"].values, physical_targets(targets_va, ae.variables))
         pick = np.unique(np.linspace(0, len(val_ds) - 1, min(cfg.validation.max_times, len(val_ds))).round().astype(int))
         val_ds = val_ds.subset(pick)
