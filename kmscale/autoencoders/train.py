@@ -65,6 +65,10 @@ class StageConfig:
     patch: list[int] = field(default_factory=lambda: [64, 64])  # (rows, cols) px, multiples of 2**n_down
     total_samples: int = 20_000
     lr: float = 1e-3
+    # Quantization-aware training: > 0 makes the decoder see the posterior mean plus uniform
+    # noise of this step in normalized latent units (VAEAutoencoder.forward(quant_step=...)),
+    # so that latents quantized with about this step (kmscale encode) decode well.
+    quant_step: float = 0.0
 
 
 @dataclass
@@ -157,7 +161,7 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
 
     def loss_fn(m, batch) -> torch.Tensor:
         xb, vb = (b.to(next(m.parameters()).device) for b in batch)
-        x_hat, post = m(xb)
+        x_hat, post = m(xb, quant_step=stage.quant_step)
         return loss(x_hat, xb, post, mask=vb, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
 
     data = PatchDataset(x, valid, tuple(stage.patch), seed=cfg.train.seed)
@@ -170,11 +174,22 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
     return final
 
 
-def train_autoencoder(cfg: AutoencoderConfig):
-    """Run both stages and write ``<out_dir>/autoencoder``; returns the trained model."""
+def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None):
+    """Run both stages and write ``<out_dir>/autoencoder``; returns the trained model.
+
+    Args:
+        targets: the fields already in memory (time, Y, X per variable); None reads
+            ``cfg.data.targets``. ``stage2.total_samples = 0`` trains one stage only
+            (then validation, if any, runs in stage 1).
+    """
     from kmscale.autoencoders import get_autoencoder_class
 
-    ds, names = _open(cfg.data)
+    if targets is None:
+        ds, names = _open(cfg.data)
+    else:
+        ds = targets
+        names = list(cfg.data.variables) or [v for v, da in ds.data_vars.items()
+                                             if da.ndim == 3 and da.dims[0] == "time"]
     train = _period(ds, cfg.data.train_period, "data.train_period")
     stats = _input_stats(cfg.data, train, names)
     torch.manual_seed(cfg.train.seed)
@@ -191,11 +206,14 @@ def train_autoencoder(cfg: AutoencoderConfig):
         idx = np.unique(np.linspace(0, val.sizes["time"] - 1, min(cfg.data.val_max_fields, val.sizes["time"])).astype(int))
         val_fields = _fields(val.isel(time=idx), names)
         val_fn = _validator(val_fields, names, stats)
-    s1 = _stage(cfg, "stage1", cfg.stage1, model, x, valid, None)
-    model = cls.from_pretrained(s1)
-    _stage(cfg, "stage2", cfg.stage2, model, x, valid, val_fn)
+    two_stages = cfg.stage2.total_samples > 0
+    s1 = _stage(cfg, "stage1", cfg.stage1, model, x, valid, None if two_stages else val_fn)
+    if two_stages:
+        model = cls.from_pretrained(s1)
+        _stage(cfg, "stage2", cfg.stage2, model, x, valid, val_fn)
     out = Path(cfg.out_dir)
-    best = out / "stage2" / ("best" if (out / "stage2" / "best" / "config.json").is_file() else "final")
+    last = out / ("stage2" if two_stages else "stage1")
+    best = last / ("best" if (last / "best" / "config.json").is_file() else "final")
     model = cls.from_pretrained(best).eval()
     # Latent normalization: per-channel mean/std of the training latents (posterior means).
     sub = raw[:: max(1, raw.shape[0] // 64)].numpy()

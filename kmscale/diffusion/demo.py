@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from kmscale.errors import ConfigError
@@ -79,66 +78,36 @@ SIZES = {
 
 
 def fit_vae(targets, out: Path, widths: list[int], latent_channels: int, samples: int, batch: int = 16,
-            seed: int = 0, device: str = "cpu", spectral_weight: float = 0.1, lr: float = 1e-3) -> Path:
-    """Train a VAE on ``targets`` (time, lat, lon per variable) and save it to ``out/autoencoder``.
-
-    Uses the shared Trainer and the autoencoders' VAELoss; input statistics come from
-    the targets (kmscale.data.stats), latent statistics from encoding them afterwards.
-    """
-    from kmscale.autoencoders import get_autoencoder_class
-    from kmscale.autoencoders.losses import VAELoss
-    from kmscale.conditioning.dataset import encode_targets
-    from kmscale.data.stats import NormStats
-    from kmscale.training import Trainer, TrainingSettings
+            seed: int = 0, spectral_weight: float = 0.1, lr: float = 1e-3) -> Path:
+    """Train a VAE on whole ``targets`` fields (time, lat, lon per variable) with the
+    autoencoder recipe's code (:func:`kmscale.autoencoders.train.train_autoencoder`, one
+    stage: the fields are small) and return ``out/autoencoder``. Input statistics come
+    from the targets, latent statistics from encoding them afterwards."""
+    from kmscale.autoencoders.train import (
+        AutoencoderConfig,
+        LossConfig,
+        ModelConfig,
+        StageConfig,
+        train_autoencoder,
+    )
+    from kmscale.training import TrainingSettings
 
     final = out / "autoencoder"
-    if (final / "config.json").is_file():
-        return final
-    names = [n for n, v in targets.data_vars.items() if "time" in v.dims]
-    torch.manual_seed(seed)
-    groups = min(16, *widths)
-    vae = get_autoencoder_class("vae")(variables=names, block_out_channels=tuple(widths),
-                                       latent_channels=latent_channels, norm_num_groups=groups)
-    stats = NormStats.fit(targets, names)
-    vae.set_input_stats({n: stats.stat(n) for n in names})
-    x = torch.from_numpy(np.asarray(targets[names].to_dataarray("variable").transpose(
-        "time", "variable", "lat", "lon").values, np.float32))
-    xs = vae.normalize_input(x)
-    loss = VAELoss(kl_weight=1e-6, kl_warmup_samples=max(1, samples // 4), spectral_weight=spectral_weight)
-    box = {}
-
-    def loss_fn(model, b):
-        b = b.to(next(model.parameters()).device)
-        x_hat, post = model(b)
-        return loss(x_hat, b, post, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
-
-    settings = TrainingSettings(total_samples=samples, global_batch_size=batch, lr=lr,
-                                warmup_samples=min(200, samples), lr_decay="cosine", ema_decay=0.99,
-                                checkpoint_every_samples=max(batch, samples // 2),
-                                log_every_samples=max(batch, samples // 10), seed=seed)
-    trainer = Trainer(vae, loss_fn, _Rows(xs), out / "vae_run",
-                      settings)
-    box["trainer"] = trainer
-    trainer.fit()
-    vae = get_autoencoder_class("vae").from_pretrained(out / "vae_run" / "final").eval()
-    z = encode_targets(vae, targets)
-    zc = z.transpose(0, 1).reshape(z.shape[1], -1)
-    vae.set_latent_stats(zc.mean(1).tolist(), zc.std(1).tolist())
-    vae.save_pretrained(final)
+    if not (final / "config.json").is_file():
+        field_shape = [int(targets.sizes["lat"]), int(targets.sizes["lon"])]
+        cfg = AutoencoderConfig(
+            out_dir=str(out),
+            model=ModelConfig(block_out_channels=list(widths), latent_channels=latent_channels,
+                              norm_num_groups=min(16, *widths)),
+            loss=LossConfig(kl_weight=1e-6, kl_warmup_samples=max(1, samples // 4), spectral_weight=spectral_weight),
+            stage1=StageConfig(patch=field_shape, total_samples=samples, lr=lr),
+            stage2=StageConfig(patch=field_shape, total_samples=0),
+            train=TrainingSettings(global_batch_size=batch, warmup_samples=min(200, samples), lr_decay="cosine",
+                                   ema_decay=0.99, checkpoint_every_samples=max(batch, samples // 2),
+                                   log_every_samples=max(batch, samples // 10), seed=seed),
+        )
+        train_autoencoder(cfg, targets)
     return final
-
-
-class _Rows(torch.utils.data.Dataset):
-    """Rows of a tensor as a dataset (the VAE's training fields)."""
-
-    def __init__(self, x: torch.Tensor):
-        self.x = x
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.x[i]
 
 
 def run_demo(out: str | Path, size: str = "small", device: str = "cpu", fresh: bool = False) -> dict:
@@ -183,7 +152,7 @@ def run_demo(out: str | Path, size: str = "small", device: str = "cpu", fresh: b
     period = [str(train_t[0]), str(train_t[-1])]
     val_period = [str(val_t[0]), str(val_t[-1])]
     ae_path = fit_vae(targets.sel(time=slice(*period)), out / "vae", s.vae_widths, s.vae_latent_channels,
-                      s.vae_samples, s.vae_batch, device=device)
+                      s.vae_samples, s.vae_batch)
     stage("train_autoencoder")
     if not (out / "latents.zarr").exists():
         from kmscale.autoencoders import load_autoencoder
