@@ -174,6 +174,11 @@ def load_config(
     return _build(cls, values)
 
 
+def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
+    """Build ``cls`` from nested plain data (e.g. a config recorded by ``to_dict``)."""
+    return _build(cls, values)
+
+
 def to_dict(cfg: Any) -> dict:
     """The config as plain JSON/YAML-friendly data."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

@@ -125,6 +125,58 @@ def test_losses_limits():
     torch.testing.assert_close(charbonnier(e, 1e-3), torch.sqrt(e**2 + 1e-6) - 1e-3)
 
 
+def test_loss_weights_emphasize_points():
+    model = make("vae")
+    x = model.normalize_input(field())
+    x_hat, post = model(x)
+    loss = VAELoss()
+    plain = loss(x_hat, x, post)["recon"]
+    # Uniform weights are the plain mean; weight 0 removes a region like a mask does.
+    torch.testing.assert_close(loss(x_hat, x, post, weight=torch.full_like(x, 3.0))["recon"], plain)
+    w = torch.ones_like(x)
+    w[..., :8, :] = 0.0
+    mask = w.bool()
+    torch.testing.assert_close(loss(x_hat, x, post, weight=w)["recon"], loss(x_hat, x, post, mask=mask)["recon"])
+    # More weight where the error is large raises the loss.
+    err = (x_hat - x).abs()
+    heavy = 1.0 + 4.0 * (err > err.median()).float()
+    assert torch.all(loss(x_hat, x, post, weight=heavy)["recon"] > plain)
+    with pytest.raises(ValueError, match="non-negative"):
+        loss(x_hat, x, post, weight=-w)
+
+
+def test_vae_quantization_noise():
+    """QAT: the decoder sees mu + U(-1/2, 1/2) * step * latent_std, not a posterior sample."""
+    torch.manual_seed(0)
+    model = make("vae")
+    x = model.normalize_input(field())
+    mu = model.posterior(x).mode()
+    model.set_latent_stats([0.0] * model.latent_channels, [2.0] * model.latent_channels)
+    captured = {}
+    real = model._decode_normalized
+
+    def spy(z):
+        captured["z"] = z
+        return real(z)
+
+    model._decode_normalized = spy
+    g = torch.Generator().manual_seed(1)
+    x_hat, post = model(x, quant_step=0.5, generator=g)
+    noise = (captured["z"] - mu).detach()
+    assert x_hat.shape == x.shape
+    assert float(noise.abs().max()) <= 0.5 * 0.5 * 2.0 + 1e-6  # |u| <= 1/2, step 0.5, std 2
+    assert float(noise.abs().max()) > 0.3  # and it is really there
+    model(x, quant_step=0.0, sample_posterior=False)
+    torch.testing.assert_close(captured["z"], mu)  # no noise: the mode
+    with pytest.raises(ConfigError, match="quant_step"):
+        model(x, quant_step=-0.1)
+    # Gradients reach the encoder through the noisy latent.
+    model._decode_normalized = real
+    x_hat, _ = model(x, quant_step=0.5)
+    x_hat.square().mean().backward()
+    assert model.vae.encoder.conv_in.weight.grad is not None
+
+
 def test_vae_trains_a_few_steps():
     torch.manual_seed(0)
     model = make("vae").train()

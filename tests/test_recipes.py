@@ -184,3 +184,24 @@ def test_ldm_with_cross_attention_backbone(files, tmp_path, regression_bundle):
                   cross_attention=True, unet={"block_out_channels": [8, 16], "norm_num_groups": 4})
     assert _recipe("train_ldm").main(["--config", str(cfg)]) == 0
     assert isinstance(ModelBundle.load(tmp_path / "x" / "bundle").diffusion, CrossAttentionUNet)
+
+
+def test_ldm_with_cross_fitted_residuals(files, tmp_path, regression_bundle):
+    """residual_folds=2: two fold regressions, each predicting the block it did not see."""
+    import numpy as np
+
+    from kmscale.bundle import ModelBundle
+
+    cfg = _config(tmp_path, files, out_dir=str(tmp_path / "f"), regression_bundle=str(regression_bundle),
+                  train={"total_samples": 4}, validation={"members": 2, "steps": 2, "max_times": 1},
+                  residual_folds=2)
+    assert _recipe("train_ldm").main(["--config", str(cfg)]) == 0
+    folds = tmp_path / "f" / "folds"
+    base = ModelBundle.load(regression_bundle)
+    for k in range(2):
+        fold = ModelBundle.load(folds / f"fold{k}" / "bundle")
+        # Same autoencoder (and pixel statistics) as the bundle; half of the training times.
+        assert fold.autoencoder.fingerprint() == base.autoencoder.fingerprint()
+        assert fold.extra["regression"]["config"]["train"]["total_samples"] == 4  # 8 * (K-1)/K
+    scale = ModelBundle.load(tmp_path / "f" / "bundle").edm.residual_scale
+    assert np.all(np.isfinite(scale)) and min(scale) > 0

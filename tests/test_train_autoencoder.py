@@ -45,7 +45,7 @@ def argv(targets: Path, out: Path) -> list[str]:
         "data.train_period=[2019-03-01T00,2019-03-01T17]", "data.val_period=[2019-03-01T18,2019-03-01T23]",
         "model.block_out_channels=[8,16]", "model.norm_num_groups=8", "model.latent_channels=2",
         "loss.kl_warmup_samples=16",
-        "stage1.patch=[8,8]", "stage1.total_samples=32",
+        "stage1.patch=[8,8]", "stage1.total_samples=32", "stage1.quant_step=0.5",
         "stage2.patch=[16,24]", "stage2.total_samples=32", "stage2.lr=1e-4",
         "train.global_batch_size=8", "train.checkpoint_every_samples=16",
         "train.validate_every_samples=16", "train.log_every_samples=8", "train.ema_decay=0.9",

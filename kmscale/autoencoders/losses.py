@@ -33,6 +33,19 @@ def log_amplitude_spectrum(x: torch.Tensor) -> torch.Tensor:
     return torch.log1p(torch.fft.rfft2(x.float(), norm="ortho").abs() / (h * w) ** 0.5)
 
 
+def log_power_spectrum(x: torch.Tensor, floor: float) -> torch.Tensor:
+    """log(|rfft2(x)|^2 + floor) for x (..., H, W) (orthonormal FFT): (..., H, W//2 + 1).
+
+    Every wavenumber counts alike whatever its power, so the faint smallest scales,
+    which a pixel loss and the amplitude spectrum hardly see, must keep their power;
+    ``floor`` (standardized units squared) stops the log from chasing noise below it.
+    """
+    return torch.log(torch.fft.rfft2(x.float(), norm="ortho").abs().square() + floor)
+
+
+SPECTRAL_MODES = ("log_amplitude", "log_power")
+
+
 @dataclass
 class VAELoss:
     """Per-sample VAE loss parts; ``total`` is what the optimizer sees.
@@ -43,12 +56,22 @@ class VAELoss:
             not a generative prior; 1e-6..1e-4 in latent-diffusion first stages).
         kl_warmup_samples: samples seen over which beta ramps linearly from 0.
         spectral_weight: lambda_s; 0 disables the spectral term.
+        spectral_mode: "log_amplitude" (log(1 + |F x|), dominated by the large scales) or
+            "log_power" (log(|F x|^2 + spectral_floor): every wavenumber alike, for
+            decoders that must keep the power of the smallest scales).
+        spectral_floor: see :func:`log_power_spectrum`.
     """
 
     charbonnier_eps: float = 1e-3
     kl_weight: float = 1e-6
     kl_warmup_samples: int = 10_000
     spectral_weight: float = 0.0
+    spectral_mode: str = "log_amplitude"
+    spectral_floor: float = 1e-4
+
+    def __post_init__(self):
+        if self.spectral_mode not in SPECTRAL_MODES:
+            raise ValueError(f"VAELoss.spectral_mode: expected one of {SPECTRAL_MODES}, found {self.spectral_mode!r}")
 
     def beta(self, samples_seen: int) -> float:
         """KL weight after ``samples_seen`` training samples (linear warm-up)."""
@@ -63,6 +86,7 @@ class VAELoss:
         posterior: DiagonalGaussianDistribution,
         mask: torch.Tensor | None = None,
         samples_seen: int = 0,
+        weight: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Unreduced loss parts.
 
@@ -71,14 +95,24 @@ class VAELoss:
             posterior: q(z|x) from the encoder, (B, latent_channels, h, w).
             mask: optional bool (B, C, H, W) or (B, 1, H, W), True where x is valid.
             samples_seen: training samples seen so far (for the KL warm-up).
+            weight: optional non-negative float (B, C, H, W) or (B, 1, H, W) multiplying the
+                per-pixel penalty, e.g. more weight on wet pixels of a precipitation field
+                (which a plain mean lets a decoder blur away); the reconstruction term is
+                the weighted mean over valid points.
 
         Returns:
             dict of (B,) tensors: ``recon``, ``kl`` (per input pixel), ``spectral``, ``total``.
         """
         err = charbonnier(x_hat.float() - x.float(), self.charbonnier_eps)
-        if mask is not None:
-            weight = mask.expand_as(err).float()
-            recon = (err * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp(min=1.0)
+        if weight is not None and bool((weight < 0).any()):
+            raise ValueError("VAELoss: expected non-negative weights, found negative values")
+        if mask is not None or weight is not None:
+            w = torch.ones_like(err) if mask is None else mask.expand_as(err).float()
+            if weight is not None:
+                w = w * weight.float().expand_as(err)
+            # Normalized by the summed weight (>= 1 valid point) so the loss scale does not
+            # depend on the weighting; clamp keeps an all-masked sample at 0, not NaN.
+            recon = (err * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp(min=1e-6)
         else:
             recon = err.flatten(1).mean(1)
         n_pixels = x[0].numel()
@@ -86,7 +120,10 @@ class VAELoss:
         total = recon + self.beta(samples_seen) * kl
         if self.spectral_weight > 0:
             target = x if mask is None else torch.where(mask.expand_as(x), x, x_hat.detach())
-            diff = log_amplitude_spectrum(x_hat) - log_amplitude_spectrum(target)
+            if self.spectral_mode == "log_power":
+                diff = log_power_spectrum(x_hat, self.spectral_floor) - log_power_spectrum(target, self.spectral_floor)
+            else:
+                diff = log_amplitude_spectrum(x_hat) - log_amplitude_spectrum(target)
             spectral = (diff * diff).flatten(1).mean(1)
             total = total + self.spectral_weight * spectral
         else:

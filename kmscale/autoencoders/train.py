@@ -41,6 +41,11 @@ class DataConfig:
     val_period: list[str] = field(default_factory=list)  # held-out [start, end]; empty = no validation
     stats: str = ""  # stats.json of `kmscale prepare`; empty = fit on train_period
     val_max_fields: int = 32  # validation fields (evenly spaced over val_period)
+    # Level-shift augmentation: std (standardized units) of a random constant added to
+    # each training field of every variable without a value transform (t2m, winds; not
+    # log1p precipitation). A convolutional VAE otherwise fails on days warmer or windier
+    # than any it was trained on; 0 = off.
+    shift_augment: float = 0.0
 
 
 @dataclass
@@ -58,6 +63,8 @@ class LossConfig:
     kl_weight: float = 1e-6
     kl_warmup_samples: int = 10_000
     spectral_weight: float = 0.0
+    spectral_mode: str = "log_amplitude"  # or "log_power": keeps the smallest scales' power
+    spectral_floor: float = 1e-4
 
 
 @dataclass
@@ -145,6 +152,12 @@ def _input_stats(cfg: DataConfig, train: xr.Dataset, names: list[str]) -> dict:
     return {v: stats.stat(v) for v in names}
 
 
+def _shiftable(model) -> torch.Tensor:
+    """(C,) 1.0 for variables whose standardized values may be shifted (no value transform)."""
+    stats = model.config.input_stats
+    return torch.tensor([float(stats[v].get("transform", "none") in (None, "none")) for v in model.variables])
+
+
 def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, valid, val_fn) -> Path:
     """Train one stage; returns the directory of its exported EMA weights."""
     f = model.downsample_factor
@@ -159,8 +172,13 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
     loss = VAELoss(**to_dict(cfg.loss))
     box: dict = {}
 
+    shift = cfg.data.shift_augment * _shiftable(model)
+
     def loss_fn(m, batch) -> torch.Tensor:
         xb, vb = (b.to(next(m.parameters()).device) for b in batch)
+        if cfg.data.shift_augment > 0:
+            offset = torch.randn(xb.shape[0], xb.shape[1], 1, 1, device=xb.device) * shift.to(xb.device)[:, None, None]
+            xb = xb + offset * vb
         x_hat, post = m(xb, quant_step=stage.quant_step)
         return loss(x_hat, xb, post, mask=vb, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
 

@@ -156,15 +156,33 @@ class VAEAutoencoder(Autoencoder):
 
     # ---- training ------------------------------------------------------------------
     def forward(
-        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
+        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None,
+        quant_step: float = 0.0,
     ) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
         """Training pass on standardized x (B, C, H, W): (x_hat standardized, posterior).
 
         With ``sample_posterior`` the decoder sees z = mu + sigma * eps (the
         reparameterization trick); otherwise z = mu.
+
+        ``quant_step`` > 0 is quantization-aware training (Balle et al. 2017, "End-to-end
+        optimized image compression"): the decoder sees z = mu + u * Delta * s_c with
+        u ~ U(-1/2, 1/2), the additive-noise proxy of rounding the normalized latent
+        (z - m_c) / s_c with step Delta (:func:`kmscale.autoencoders.quantize.quantize`).
+        s_c is the recorded ``latent_std`` if set, else the batch's per-channel std of mu
+        (detached: the scale is a measurement, not something to shrink). The noise
+        replaces posterior sampling, whose sigma the tiny KL weight lets collapse.
         """
         post = self.posterior(x)
-        z = post.sample(generator=generator) if sample_posterior else post.mode()
+        if quant_step < 0:
+            raise ConfigError(f"vae.forward: expected quant_step >= 0, found {quant_step}")
+        if quant_step > 0:
+            mu = post.mode()
+            stats = self._latent_stats(mu)
+            scale = stats[1] if stats is not None else mu.detach().std(dim=(0, 2, 3), keepdim=True)
+            u = torch.rand(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype) - 0.5
+            z = mu + u * quant_step * scale
+        else:
+            z = post.sample(generator=generator) if sample_posterior else post.mode()
         return self._decode_normalized(z), post
 
     def decoder_nbytes(self) -> int:
