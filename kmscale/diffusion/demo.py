@@ -4,10 +4,12 @@ Stages (each writes its artifact under ``out``; a re-run reuses finished stages)
 
     data/          prepare: demo targets (t2m, u10, v10, tp at ~1 km), 0.25-deg
                    forecast predictors (10 variables, 24 h lead), static fields
-    autoencoder/   train a VAE on the training days (4x, 4 latent channels)
-    latents.zarr   encode the targets (the compressed archive)
+    vae/           train a VAE on the training days (2x, 8 latent channels for the four
+                   variables) with the autoencoder recipe's code
+    latents.zarr   encode the targets (the compressed archive; the training data below)
     regression/    train the regression U-Net in latent space (bundle without diffusion)
-    ldm/           train the EDM residual latent diffusion model (complete bundle)
+    ldm/           train the EDM residual latent diffusion model on cross-fitted
+                   residuals (two half-period regressions under ldm/folds; complete bundle)
     ensemble.zarr  sample the validation hours (members with recorded seeds), and
                    regression_mean.zarr, the deterministic reference
     metrics.nc     score: fair CRPS, spread-skill, spectra, ... (kmscale score)
@@ -189,7 +191,7 @@ def run_demo(out: str | Path, size: str = "small", device: str = "cpu", fresh: b
             f"out_dir={out / 'ldm'}", f"regression_bundle={reg_bundle}", f"train.total_samples={n}",
             f"train.checkpoint_every_samples={n // 2}", f"train.validate_every_samples={n // 2}",
             f"train.log_every_samples={n // 8}", "validation.members=4", "validation.steps=6",
-            "validation.max_times=4"])
+            "validation.max_times=4", "residual_folds=2"])
         train_ldm(cfg, data)
     stage("train_diffusion")
     truth_path = out / "truth_val.nc"
