@@ -22,16 +22,17 @@ bytes of the evaluation block / bytes. Metrics on valid points: RMSE, MAE, max |
 bias, error of the 0.1 % and 99.9 % quantiles, and the ratio of zonal power in the
 smallest quarter of scales (reconstruction / truth).
 
-CPU budget (2 cores shared by 5 engineers): each ERA5 VAE trains ``--era5-seconds``
-(default 240 CPU-seconds, counted as process CPU time so that a busy machine gives
-the same compute), each RADOLAN VAE ``--radolan-seconds`` (default 240), two stages
-(small patches for 60 % of the budget, then larger patches). The tiled full-grid
-check encodes + decodes one 4384 x 6880 x 3-variable field in a subprocess and
-reports wall time and peak RSS.
+CPU budget: each ERA5 VAE trains ``--era5-seconds`` (default 600 CPU-seconds, counted as
+process CPU time so that a busy machine gives the same compute), each RADOLAN VAE
+``--radolan-seconds`` (default 900), two stages (small patches, then whole ERA5 fields or
+larger RADOLAN patches; see ``VAESpec``). Settings were chosen on a validation split
+(``--validation``: train Mar 1-17, evaluate Mar 18-20). The tiled full-grid check
+encodes + decodes one 4384 x 6880 x 3-variable field in a subprocess and reports wall
+time and peak RSS.
 
 Usage::
 
-    python benchmarks/compression.py                 # everything, ~20 min on 2 cores
+    taskset -c 1 python benchmarks/compression.py --threads 1 --only era5_uk   # ~25 min on one core
     python benchmarks/compression.py --only tiled     # just the full-grid tiling check
 """
 
