@@ -196,6 +196,7 @@ def main(argv=None) -> int:
     parser.add_argument("--vae-channels", type=int, default=8, help="VAE latent channels")
     parser.add_argument("--vae-spectral", default="log_power", choices=["log_amplitude", "log_power"],
                         help="VAE spectral loss (log_power keeps the smallest scales' power)")
+    parser.add_argument("--vae-spectral-weight", type=float, default=0.1, help="weight of the VAE spectral loss")
     parser.add_argument("--residual-folds", type=int, default=2,
                         help="cross-fitted regressions for the diffusion residuals (0 = in-sample)")
     parser.add_argument("--machine", default="2-core dev VM, one core (taskset), torch 1 thread",
@@ -238,9 +239,10 @@ def main(argv=None) -> int:
     vae_widths = [int(w) for w in args.vae_widths.split(",")]
     # not the headline setting: results stay under --out
     supplementary = (vae_widths != [32, 64, 64] or args.vae_channels != 8 or args.vae_spectral != "log_power"
-                     or args.residual_folds != 2)
+                     or args.vae_spectral_weight != 0.1 or args.residual_folds != 2)
     vae_path, wall["vae"] = _timed(out / "vae", lambda: fit_vae(t_tr, out / "vae", vae_widths, args.vae_channels,
-                                                                budgets["vae"], spectral_mode=args.vae_spectral))
+                                                                budgets["vae"], spectral_mode=args.vae_spectral,
+                                                                spectral_weight=args.vae_spectral_weight))
     from kmscale.autoencoders import load_autoencoder
     from kmscale.conditioning.dataset import encode_targets
 
@@ -291,7 +293,7 @@ def main(argv=None) -> int:
         "details": {
             "vae_reconstruction": vae_recon,  # the floor of every latent-space method
             "vae": {"block_out_channels": vae_widths, "latent_channels": args.vae_channels,
-                    "spectral_loss": args.vae_spectral},
+                    "spectral_loss": args.vae_spectral, "spectral_weight": args.vae_spectral_weight},
             "residual_folds": args.residual_folds,
             "budgets_samples": budgets, "training_seconds": wall, "sampling_seconds_val": sample_seconds,
             "members": members, "steps": steps, "solver": "heun", "sampling_speed": speed,
