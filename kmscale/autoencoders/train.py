@@ -118,16 +118,23 @@ class PatchDataset(torch.utils.data.Dataset):
 
 
 def _open(cfg: DataConfig) -> tuple[xr.Dataset, list[str]]:
-    from kmscale.autoencoders.latent_store import _spatial_dims, open_targets
+    from kmscale.autoencoders.latent_store import open_targets
 
     if not cfg.targets:
         raise ConfigError("data.targets: expected a targets store or NetCDF path, found none")
     ds = open_targets(cfg.targets)
-    names = list(cfg.variables) or [v for v, da in ds.data_vars.items() if da.ndim == 3 and da.dims[0] == "time"]
+    return ds, _target_names(ds, cfg.variables, cfg.targets)
+
+
+def _target_names(ds: xr.Dataset, variables: list[str], source) -> list[str]:
+    """The variable group: ``variables``, or every (time, Y, X) variable of ``ds``; checked."""
+    from kmscale.autoencoders.latent_store import _spatial_dims
+
+    names = list(variables) or [v for v, da in ds.data_vars.items() if da.ndim == 3 and da.dims[0] == "time"]
     if not names:
-        raise SchemaError(f"{cfg.targets}: expected (time, Y, X) target variables, found {list(ds.data_vars)}")
-    _spatial_dims(ds, names, cfg.targets)
-    return ds, names
+        raise SchemaError(f"{source}: expected (time, Y, X) target variables, found {list(ds.data_vars)}")
+    _spatial_dims(ds, names, source)
+    return names
 
 
 def _period(ds: xr.Dataset, period: list[str], key: str) -> xr.Dataset:
@@ -205,9 +212,7 @@ def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None)
     if targets is None:
         ds, names = _open(cfg.data)
     else:
-        ds = targets
-        names = list(cfg.data.variables) or [v for v, da in ds.data_vars.items()
-                                             if da.ndim == 3 and da.dims[0] == "time"]
+        ds, names = targets, _target_names(targets, cfg.data.variables, "targets (in memory)")
     train = _period(ds, cfg.data.train_period, "data.train_period")
     stats = _input_stats(cfg.data, train, names)
     torch.manual_seed(cfg.train.seed)
