@@ -53,6 +53,7 @@ import xarray as xr
 
 from kmscale.autoencoders.losses import VAELoss
 from kmscale.autoencoders.quantize import dequantize, quantize, zstd_bytes
+from kmscale.autoencoders.tails import correct_tails, tail_offsets
 from kmscale.autoencoders.tiling import tiled_decode, tiled_encode
 from kmscale.autoencoders.vae import VAEAutoencoder
 from kmscale.data.patches import random_patch
@@ -369,13 +370,16 @@ def latent_bytes(q: np.ndarray, time_delta: bool) -> int:
 
 
 def run_vae(model, info, x, valid, extra, steps=QUANT_STEPS, clip=None, time_delta=True,
-            anomaly: PixelAnomaly | None = None) -> list[dict]:
+            anomaly: PixelAnomaly | None = None, tail_resolution: float | None = None) -> list[dict]:
     """Points for float16 latents and each quantization step; ``clip`` bounds the
     reconstruction to a physical range (a log1p decoder can overflow expm1). With
     ``time_delta`` each quantized point is reported twice: latents coded field by field
     (``latent_coding="zstd"``) and with differences across time (``"zstd_tdelta"``).
     ``anomaly``: the model codes standardized anomalies (its static fields are stated
-    with the decoder's bytes, in ``info``)."""
+    with the decoder's bytes, in ``info``). ``tail_resolution``: each quantized point is
+    also reported with per-field tail offsets (:mod:`kmscale.autoencoders.tails`, int8
+    steps of this size, zstd-coded and counted) applied to the reconstruction
+    (``latent_coding`` suffixed ``+tails``)."""
     xin = x if anomaly is None else anomaly.forward(x)
     z = tiled_encode(model, xin[:, None], batch_size=16 if x.shape[-1] < 256 else 1).numpy()
     mask = None if valid is None else valid[:, None]  # the composite's footprint changes by the hour
@@ -400,17 +404,27 @@ def run_vae(model, info, x, valid, extra, steps=QUANT_STEPS, clip=None, time_del
             recon = anomaly.inverse(recon)
         if clip is not None:
             recon = np.where(np.isnan(recon), recon, np.clip(np.nan_to_num(recon, posinf=clip[1]), *clip))
-        m = None
-        for coding, nbytes in codings.items():
-            pt = point(x, recon, valid, nbytes, extra, quant_step=step, latent_dtype=str(data.dtype),
-                       latent_coding=coding, **info) if m is None else {**m, "ratio": x.size * 4 / (nbytes + extra),
-                                                                       "bytes": int(nbytes + extra),
-                                                                       "latent_coding": coding}
-            m = pt
-            out.append(pt)
+        variants = [("", recon, 0)]
+        if tail_resolution is not None and step is not None:
+            offsets = tail_offsets(x, recon, resolution=tail_resolution)
+            variants.append(("+tails", correct_tails(recon, offsets, resolution=tail_resolution),
+                             len(zstd_bytes(offsets))))
+        for suffix, rec, side in variants:
+            m = None
+            for coding, nbytes in codings.items():
+                total = nbytes + side
+                pt = point(x, rec, valid, total, extra, quant_step=step, latent_dtype=str(data.dtype),
+                           latent_coding=coding + suffix, **info) if m is None else {
+                    **m, "ratio": x.size * 4 / (total + extra), "bytes": int(total + extra),
+                    "latent_coding": coding + suffix}
+                if suffix:
+                    pt.update(tail_bytes=side, tail_resolution=tail_resolution)
+                m = pt
+                out.append(pt)
     return out
 
 
+ERA5_TAIL_RESOLUTION = 0.01  # K: int8 tail offsets up to 1.27 K
 ERA5_BOUNDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 ERA5_ZFP = (0.1, 0.4, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 102.4)  # ZFP's accuracy mode is conservative: RMSE << tolerance
 RADOLAN_BOUNDS = (0.01, 0.03, 0.1, 0.3, 1.0, 2.0)
@@ -448,7 +462,7 @@ def era5_benchmark(budget_s: float, only_vaes: list[str] | None = None, train_en
             model, info = train_vae(name, spec, anomaly.forward(train), {"mean": 0.0, "std": 1.0, "transform": "none"},
                                     "t2m", budget_s)
             info.update(static_bytes=anomaly.nbytes, preprocess="per-pixel training mean/std (PixelAnomaly)")
-        res["vae"] += run_vae(model, info, test, None, 0, anomaly=anomaly)
+        res["vae"] += run_vae(model, info, test, None, 0, anomaly=anomaly, tail_resolution=ERA5_TAIL_RESOLUTION)
     return res
 
 

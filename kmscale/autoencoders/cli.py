@@ -17,6 +17,13 @@ Interrupted? Run the same command again: finished time chunks are kept.
 """
 
 
+def _tails_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tails", type=float, default=None, metavar="RES",
+                   help="also store per-field tail offsets in steps of RES (the variables' units, e.g. 0.01 "
+                        "for K): decoding then restores each field's 0.1/1/99/99.9 %% quantiles and extremes "
+                        "(a few bytes per field; encoding decodes every chunk once more)")
+
+
 def _tiling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", default="auto", metavar="N|auto|none",
                    help="pixel tile edge for fields too large for one pass (multiple of the downsample "
@@ -44,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="latent store to write (.zarr)")
     p.add_argument("--quantize", type=float, default=None, metavar="STEP",
                    help="store integers round(z/STEP) (normalized latent units, e.g. 0.05) instead of float16")
+    _tails_arg(p)
     _tiling_args(p)
     p.set_defaults(func=run_encode)
 
@@ -69,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", type=float, default=0.05, metavar="STEP",
                    help="quantization step in normalized latent units (default 0.05)")
     p.add_argument("--verify", type=int, default=0, metavar="N", help="decode N times and report errors")
+    _tails_arg(p)
     _tiling_args(p)
     p.set_defaults(func=run_compress)
 
@@ -104,7 +113,7 @@ def _encode(args, quantize):
     ydim, xdim = _spatial_dims(ds, list(model.variables), str(args.input))
     tile, overlap = _tiling(args, (ds.sizes[ydim], ds.sizes[xdim]), model.downsample_factor)
     out = encode_to_store(model, ds, args.out, chunk=args.chunk, quantization_step=quantize,
-                          tile=tile, overlap=overlap, batch_size=args.batch_size,
+                          tile=tile, overlap=overlap, batch_size=args.batch_size, tail_resolution=args.tails,
                           overwrite=args.overwrite, progress=not args.no_progress)
     return model, ds, out
 
@@ -136,13 +145,7 @@ def run_compress(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from kmscale.autoencoders.latent_store import (
-        _spatial_dims,
-        open_latents,
-        read_latents,
-        read_mask,
-    )
-    from kmscale.autoencoders.tiling import tiled_decode
+    from kmscale.autoencoders.latent_store import _spatial_dims, decode_times, open_latents
     from kmscale.data.store import store_nbytes
 
     model, ds, out = _encode(args, args.quantize)
@@ -162,11 +165,8 @@ def run_compress(args: argparse.Namespace) -> int:
     if args.verify > 0:
         lat = open_latents(out, model)
         n = min(args.verify, ds.sizes["time"])
-        z = read_latents(lat, slice(0, n), out)
-        valid = read_mask(lat, slice(0, n), out)
         tile, overlap = _tiling(args, (ds.sizes[ydim], ds.sizes[xdim]), model.downsample_factor)
-        rec = tiled_decode(model, z, shape=(ds.sizes[ydim], ds.sizes[xdim]), tile=tile,
-                           overlap=overlap, mask=valid, batch_size=args.batch_size).numpy()
+        rec = decode_times(lat, model, slice(0, n), out, tile=tile, overlap=overlap, batch_size=args.batch_size)
         for c, v in enumerate(variables):
             truth = np.asarray(ds[v].isel(time=slice(0, n)).values, np.float64)
             err = (rec[:, c] - truth)[np.isfinite(truth)]

@@ -5,6 +5,9 @@ Layout of a latent store (kind ``"latents"``)::
     latent      (time, latent_channel, latent_y, latent_x)  float16, or int8/int16
                 q = round(z / Delta_c) with per-channel steps ``quantization_step``
     valid_mask  (time, variable, <Y>, <X>)  bool, True where the targets had values
+    tail_offset (time, variable, tail_prob)  int8, optional: per-field quantile offsets
+                that restore the extremes (:mod:`kmscale.autoencoders.tails`), in steps
+                of the attribute ``tail_resolution`` (one per variable, physical units)
     time, <Y>, <X> (+ 2-D lat/lon, lead_time ...)  the targets' coordinates
     attrs: autoencoder_fingerprint, autoencoder_class, variables, latent_mean/std,
            downsample_factor, field_shape, quantization_step, target_attrs (CF), ...
@@ -35,6 +38,7 @@ from tqdm.auto import tqdm
 
 from kmscale.autoencoders.base import Autoencoder
 from kmscale.autoencoders.quantize import DEFAULT_ZSTD_LEVEL, dequantize, quantize, zarr_compressors
+from kmscale.autoencoders.tails import ANCHORS, TAIL_PROBS, correct_tails, tail_offsets
 from kmscale.autoencoders.tiling import padded_shape, tiled_decode, tiled_encode
 from kmscale.data.store import StoreWriter, open_store
 from kmscale.errors import SchemaError, StoreError
@@ -45,6 +49,7 @@ LATENT_KIND = "latents"
 TARGET_KIND = "targets"
 LATENT_VAR = "latent"
 MASK_VAR = "valid_mask"
+TAIL_VAR = "tail_offset"
 
 
 def open_targets(path: str | Path) -> xr.Dataset:
@@ -93,6 +98,7 @@ def encode_to_store(
     overlap: int | Sequence[int] = 0,
     batch_size: int = 4,
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
+    tail_resolution: float | Sequence[float] | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -106,6 +112,11 @@ def encode_to_store(
             stores integers round(z / step) in normalized latent units (e.g. 0.05).
         tile, overlap: pixel tiling for large fields (see :mod:`tiling`); None = whole field.
         zstd_level: lossless codec level for the latents.
+        tail_resolution: also store per-field tail offsets (int8 steps of this size in
+            each variable's units, one value or one per variable; e.g. 0.01 K): every
+            chunk is decoded once more while encoding, and :func:`decode_store` restores
+            the 0.1 %/1 %/99 %/99.9 % quantiles and the extremes of each field
+            (:mod:`kmscale.autoencoders.tails`). A few bytes per field.
     Returns:
         the final store path.
     Raises:
@@ -123,6 +134,11 @@ def encode_to_store(
         steps = np.broadcast_to(np.asarray(quantization_step, dtype=np.float64),
                                 (autoencoder.latent_channels,)).tolist()
     dtype = np.float16 if steps is None else np.int16
+    tails = None
+    if tail_resolution is not None:
+        tails = np.broadcast_to(np.asarray(tail_resolution, dtype=np.float64), (len(variables),)).tolist()
+        if not all(r > 0 for r in tails):
+            raise SchemaError(f"encode_to_store: expected positive tail resolutions, found {tails}")
     coords = {k: v for k, v in targets.coords.items() if set(v.dims) <= {"time", ydim, xdim}}
     template = xr.Dataset(
         {
@@ -139,6 +155,13 @@ def encode_to_store(
         },
         coords={**coords, "latent_channel": np.arange(autoencoder.latent_channels)},
     )
+    if tails is not None:
+        template[TAIL_VAR] = (("time", "variable", "tail_prob"),
+                              da.zeros((n_time, len(variables), len(TAIL_PROBS)), dtype=np.int8,
+                                       chunks=(chunk, -1, -1)),
+                              {"long_name": "quantile of the targets minus quantile of the decoded field, "
+                                            "in steps of tail_resolution (per variable)"})
+        template = template.assign_coords(tail_prob=np.asarray(TAIL_PROBS))
     attrs = {
         "autoencoder_fingerprint": autoencoder.fingerprint(),
         "autoencoder_class": type(autoencoder).registry_name,
@@ -149,13 +172,19 @@ def encode_to_store(
         "field_shape": json.dumps(list(shape)),
         "spatial_dims": json.dumps([ydim, xdim]),
         "quantization_step": json.dumps(steps),
+        "tail_resolution": json.dumps(tails),
+        "tail_anchors": json.dumps(list(ANCHORS)),
         "target_attrs": json.dumps({v: dict(targets[v].attrs) for v in variables}, default=str),
         "source_attrs": json.dumps(dict(targets.attrs), default=str),
         "Conventions": "CF-1.10",
     }
     encoding = {LATENT_VAR: {"compressors": zarr_compressors(zstd_level)},
                 MASK_VAR: {"compressors": zarr_compressors(zstd_level)}}
+    if tails is not None:
+        encoding[TAIL_VAR] = {"compressors": zarr_compressors(zstd_level)}
     fingerprint = f"{attrs['autoencoder_fingerprint']}:{'f16' if steps is None else steps}"
+    if tails is not None:  # a resumed run must not mix stores with and without offsets
+        fingerprint += f":tails{tails}"
     writer = StoreWriter(out, template, kind=LATENT_KIND, fingerprint=fingerprint, dim="time",
                          chunk=chunk, attrs=attrs, encoding=encoding, overwrite=overwrite)
     autoencoder.eval()
@@ -175,6 +204,13 @@ def encode_to_store(
              MASK_VAR: (("time", "variable", ydim, xdim), np.isfinite(x))},
             coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},
         )
+        if tails is not None:
+            # What decode_store will make of exactly these stored latents.
+            zs = data.astype(np.float32) if steps is None else dequantize(data, steps, channel_axis=1)
+            rec = tiled_decode(autoencoder, zs, shape=shape, tile=tile, overlap=overlap, mask=np.isfinite(x),
+                               batch_size=batch_size).numpy()
+            part[TAIL_VAR] = (("time", "variable", "tail_prob"), np.stack(
+                [tail_offsets(x[:, c], rec[:, c], resolution=r) for c, r in enumerate(tails)], axis=1))
         writer.write(i, part)
     return writer.finalize()
 
@@ -214,12 +250,39 @@ def read_latents(ds: xr.Dataset, sl: slice, path: str | Path = "latent store") -
     return dequantize(raw, steps, channel_axis=1)
 
 
+def _read(ds: xr.Dataset, name: str, sl: slice, path: str | Path) -> np.ndarray:
+    try:
+        return np.asarray(ds[name].isel(time=sl).values)
+    except (ValueError, RuntimeError, OSError, KeyError) as err:
+        raise StoreError(f"{path}: expected readable {name!r} chunks at times {sl}, found a corrupt store "
+                         f"({err})") from err
+
+
 def read_mask(ds: xr.Dataset, sl: slice, path: str | Path = "latent store") -> np.ndarray:
     """Validity mask (T, C, H, W) bool for times ``sl``."""
-    try:
-        return np.asarray(ds[MASK_VAR].isel(time=sl).values, dtype=bool)
-    except (ValueError, RuntimeError, OSError, KeyError) as err:
-        raise StoreError(f"{path}: expected readable mask chunks at times {sl}, found a corrupt store ({err})") from err
+    return _read(ds, MASK_VAR, sl, path).astype(bool)
+
+
+def decode_times(ds: xr.Dataset, autoencoder: Autoencoder, sl: slice, path: str | Path = "latent store", *,
+                 tile: int | Sequence[int] | None = None, overlap: int | Sequence[int] = 0,
+                 batch_size: int = 4) -> np.ndarray:
+    """Physical fields (T, C, H, W) of the times ``sl`` of an open latent store: decoded,
+    NaN where the targets were masked, tails restored where the store has offsets."""
+    path = Path(path)
+    shape = tuple(_attr_json(ds, "field_shape", path))
+    fields = tiled_decode(autoencoder, read_latents(ds, sl, path), shape=shape, tile=tile, overlap=overlap,
+                          mask=read_mask(ds, sl, path), batch_size=batch_size).numpy()
+    tails = _attr_json(ds, "tail_resolution", path) if "tail_resolution" in ds.attrs else None
+    if tails is None:
+        return fields
+    if TAIL_VAR not in ds or "tail_prob" not in ds.coords:
+        raise StoreError(f"{path}: attribute tail_resolution is set but variable {TAIL_VAR!r} (with "
+                         f"coordinate tail_prob) is missing: a corrupt store")
+    probs = tuple(float(p) for p in ds["tail_prob"].values)
+    anchors = tuple(_attr_json(ds, "tail_anchors", path))
+    offsets = _read(ds, TAIL_VAR, sl, path)
+    return np.stack([correct_tails(fields[:, c], offsets[:, c], probs=probs, anchors=anchors, resolution=r)
+                     for c, r in enumerate(tails)], axis=1)
 
 
 def decode_store(
@@ -267,10 +330,7 @@ def decode_store(
     autoencoder.eval()
     for i in tqdm(writer.pending(), desc=f"decode {Path(out).name}", unit="chunk", disable=not progress):
         sl = writer.chunk_slice(i)
-        z = read_latents(ds, sl, latents)
-        valid = read_mask(ds, sl, latents)
-        fields = tiled_decode(autoencoder, z, shape=shape, tile=tile, overlap=overlap,
-                              mask=valid, batch_size=batch_size).numpy()
+        fields = decode_times(ds, autoencoder, sl, latents, tile=tile, overlap=overlap, batch_size=batch_size)
         part = xr.Dataset(
             {v: (("time", ydim, xdim), fields[:, c]) for c, v in enumerate(variables)},
             coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},

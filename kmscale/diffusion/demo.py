@@ -84,12 +84,15 @@ SIZES = {
 
 def fit_vae(targets, out: Path, widths: list[int], latent_channels: int, samples: int, batch: int = 16,
             seed: int = 0, spectral_weight: float = 0.1, lr: float = 1e-3, shift_augment: float = 0.0,
-            spectral_mode: str = "log_amplitude") -> Path:
-    """Train a VAE on whole ``targets`` fields (time, lat, lon per variable) with the
-    autoencoder recipe's code (:func:`kmscale.autoencoders.train.train_autoencoder`, one
-    stage: the fields are small) and return ``out/autoencoder``. Input statistics come
-    from the targets, latent statistics from encoding them afterwards. ``shift_augment``:
-    see :class:`kmscale.autoencoders.train.DataConfig`; ``spectral_mode``: see
+            spectral_mode: str = "log_amplitude", small_patch: list[int] | None = None,
+            small_fraction: float = 0.5) -> Path:
+    """Train a VAE on ``targets`` fields (time, lat, lon per variable) with the
+    autoencoder recipe's code (:func:`kmscale.autoencoders.train.train_autoencoder`) and
+    return ``out/autoencoder``: whole fields in one stage, or, with ``small_patch``, the
+    recipe's two stages (``small_fraction`` of the samples on small patches, which are
+    cheap, then whole fields). Input statistics come from the targets, latent statistics
+    from encoding them afterwards. ``shift_augment``: see
+    :class:`kmscale.autoencoders.train.DataConfig`; ``spectral_mode``: see
     :class:`kmscale.autoencoders.losses.VAELoss`."""
     from kmscale.autoencoders.train import (
         AutoencoderConfig,
@@ -104,6 +107,7 @@ def fit_vae(targets, out: Path, widths: list[int], latent_channels: int, samples
     final = out / "autoencoder"
     if not (final / "config.json").is_file():
         field_shape = [int(targets.sizes["lat"]), int(targets.sizes["lon"])]
+        n_small = max(1, int(round(samples * small_fraction))) if small_patch else samples
         cfg = AutoencoderConfig(
             out_dir=str(out),
             data=DataConfig(shift_augment=shift_augment),
@@ -111,8 +115,8 @@ def fit_vae(targets, out: Path, widths: list[int], latent_channels: int, samples
                               norm_num_groups=min(16, *widths)),
             loss=LossConfig(kl_weight=1e-6, kl_warmup_samples=max(1, samples // 4), spectral_weight=spectral_weight,
                             spectral_mode=spectral_mode),
-            stage1=StageConfig(patch=field_shape, total_samples=samples, lr=lr),
-            stage2=StageConfig(patch=field_shape, total_samples=0),
+            stage1=StageConfig(patch=list(small_patch or field_shape), total_samples=n_small, lr=lr),
+            stage2=StageConfig(patch=field_shape, total_samples=samples - n_small, lr=lr),
             train=TrainingSettings(global_batch_size=batch, warmup_samples=min(200, samples), lr_decay="cosine",
                                    ema_decay=0.99, checkpoint_every_samples=max(batch, samples // 2),
                                    log_every_samples=max(batch, samples // 10), seed=seed),
