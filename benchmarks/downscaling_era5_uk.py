@@ -207,6 +207,9 @@ def main(argv=None) -> int:
     parser.add_argument("--vae-small-fraction", type=float, default=0.55,
                         help="fraction of the VAE's samples on the small patches")
     parser.add_argument("--vae-shift", type=float, default=0.25, help="VAE level-shift augmentation (std units)")
+    parser.add_argument("--latent-budget-factor", type=float, default=1.0,
+                        help="latent-space regression and diffusion train on this many times the pixel-space "
+                             "samples (a latent sample costs several times less CPU)")
     parser.add_argument("--residual-folds", type=int, default=2,
                         help="cross-fitted regressions for the diffusion residuals (0 = in-sample)")
     parser.add_argument("--machine", default="2-core dev VM, one core (taskset), torch 1 thread",
@@ -250,7 +253,7 @@ def main(argv=None) -> int:
     # not the headline setting: results stay under --out
     supplementary = any(getattr(args, k) != parser.get_default(k) for k in (
         "vae_widths", "vae_channels", "vae_spectral", "vae_spectral_weight", "vae_lr", "vae_small_patch",
-        "vae_small_fraction", "vae_shift", "residual_folds"))
+        "vae_small_fraction", "vae_shift", "residual_folds", "latent_budget_factor"))
     small = [args.vae_small_patch] * 2 if args.vae_small_patch else None
     vae_path, wall["vae"] = _timed(out / "vae", lambda: fit_vae(
         t_tr, out / "vae", vae_widths, args.vae_channels, budgets["vae"], lr=args.vae_lr,
@@ -268,13 +271,14 @@ def main(argv=None) -> int:
               "train.log_every_samples=800"]
     bundles = {}
     for space, ae in (("pixel", "identity"), ("latent", str(vae_path))):
-        n = budgets["regression"]
+        factor = args.latent_budget_factor if space == "latent" else 1.0
+        n = int(budgets["regression"] * factor)
         cfg = load_config(RegressionConfig, None, common + [
             f"out_dir={out / f'regression_{space}'}", f"autoencoder={ae}", f"train.total_samples={n}",
             f"train.checkpoint_every_samples={n // 2}", f"train.validate_every_samples={n // 4}"])
         bundles[f"regression_{space}"], wall[f"regression_{space}"] = _timed(
             cfg.out_dir, lambda cfg=cfg: train_regression(cfg, data)[1])
-        n = budgets["ldm"]
+        n = int(budgets["ldm"] * factor)
         cfg = load_config(LDMConfig, None, common + [
             f"out_dir={out / f'diffusion_{space}'}", f"regression_bundle={bundles[f'regression_{space}']}",
             f"train.total_samples={n}", f"train.checkpoint_every_samples={n // 2}",
@@ -309,7 +313,7 @@ def main(argv=None) -> int:
                     "spectral_loss": args.vae_spectral, "spectral_weight": args.vae_spectral_weight,
                     "lr": args.vae_lr, "small_patch": small, "small_fraction": args.vae_small_fraction if small else 0,
                     "shift_augment": args.vae_shift},
-            "residual_folds": args.residual_folds,
+            "residual_folds": args.residual_folds, "latent_budget_factor": args.latent_budget_factor,
             "budgets_samples": budgets, "training_seconds": wall, "sampling_seconds_val": sample_seconds,
             "members": members, "steps": steps, "solver": "heun", "sampling_speed": speed,
             "train_period": TRAIN, "val_period": VAL, "scored_times": int(t_val.sizes["time"]),

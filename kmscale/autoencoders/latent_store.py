@@ -115,7 +115,7 @@ def encode_to_store(
         tail_resolution: also store per-field tail offsets (int8 steps of this size in
             each variable's units, one value or one per variable; e.g. 0.01 K): every
             chunk is decoded once more while encoding, and :func:`decode_store` restores
-            the 0.1 %/1 %/99 %/99.9 % quantiles and the extremes of each field
+            the tail quantiles (0.1 to 10 %, 90 to 99.9 %) and the extremes of each field
             (:mod:`kmscale.autoencoders.tails`). A few bytes per field.
     Returns:
         the final store path.

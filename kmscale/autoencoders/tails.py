@@ -10,10 +10,14 @@ map whose knots are the reconstruction's own quantiles:
 
     y = r + interp(r, [q_p(r)], [delta_p])
 
-with ``delta_p = q_p(truth) - q_p(r)`` stored at the tail probabilities ``probs`` and
-``delta = 0`` at the two ``anchors`` (10 % and 90 % by default), so the bulk of the field
-is untouched and only the tails are stretched back. Beyond the outermost knots (the
-minimum and maximum) the offset is constant. The offsets are stored as int8 multiples of
+with ``delta_p = q_p(truth) - q_p(r)`` stored at the probabilities ``probs`` and
+``delta = 0`` at the ``anchors`` (the median by default). The default knots are dense in
+the tails (0.1, 0.3, 1, 3, 10 % and their mirrors, plus the minimum and maximum): with
+only the 0.1/1/99/99.9 % quantiles and anchors at 10/90 % the map restored each field's
+knots but, between them, overshot the 0.1 % quantile of a whole block of fields by
+0.04-0.07 K (smoothed ERA5 t2m, 18-20 March 2019); the dense knots brought that to
+0.004-0.007 K, for 12 bytes per field. Beyond the outermost knots the offset is
+constant. The offsets are stored as int8 multiples of
 ``resolution`` (physical units); the map is deterministic, so encoder and decoder compute
 the same knots from the same decoded field.
 
@@ -27,8 +31,8 @@ import numpy as np
 
 from kmscale.errors import ConfigError, SchemaError
 
-TAIL_PROBS = (0.0, 0.001, 0.01, 0.99, 0.999, 1.0)
-ANCHORS = (0.1, 0.9)
+TAIL_PROBS = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.9, 0.97, 0.99, 0.997, 0.999, 1.0)
+ANCHORS = (0.5,)
 
 
 def _check(probs, anchors) -> np.ndarray:
