@@ -53,7 +53,7 @@ import xarray as xr
 
 from kmscale.autoencoders.losses import VAELoss
 from kmscale.autoencoders.quantize import dequantize, quantize, zstd_bytes
-from kmscale.autoencoders.tails import correct_tails, tail_offsets
+from kmscale.autoencoders.tails import ANCHORS, TAIL_PROBS, correct_tails, tail_offsets
 from kmscale.autoencoders.tiling import tiled_decode, tiled_encode
 from kmscale.autoencoders.vae import VAEAutoencoder
 from kmscale.data.patches import random_patch
@@ -370,7 +370,8 @@ def latent_bytes(q: np.ndarray, time_delta: bool) -> int:
 
 
 def run_vae(model, info, x, valid, extra, steps=QUANT_STEPS, clip=None, time_delta=True,
-            anomaly: PixelAnomaly | None = None, tail_resolution: float | None = None) -> list[dict]:
+            anomaly: PixelAnomaly | None = None, tail_resolution: float | None = None,
+            tail_knots: tuple[str, ...] = ("tails",)) -> list[dict]:
     """Points for float16 latents and each quantization step; ``clip`` bounds the
     reconstruction to a physical range (a log1p decoder can overflow expm1). With
     ``time_delta`` each quantized point is reported twice: latents coded field by field
@@ -379,7 +380,8 @@ def run_vae(model, info, x, valid, extra, steps=QUANT_STEPS, clip=None, time_del
     with the decoder's bytes, in ``info``). ``tail_resolution``: each quantized point is
     also reported with per-field tail offsets (:mod:`kmscale.autoencoders.tails`, int8
     steps of this size, zstd-coded and counted) applied to the reconstruction
-    (``latent_coding`` suffixed ``+tails``)."""
+    (``latent_coding`` suffixed ``+<name>`` for each knot set of ``TAIL_KNOTS`` named in
+    ``tail_knots``; ``tails`` is the library default)."""
     xin = x if anomaly is None else anomaly.forward(x)
     z = tiled_encode(model, xin[:, None], batch_size=16 if x.shape[-1] < 256 else 1).numpy()
     mask = None if valid is None else valid[:, None]  # the composite's footprint changes by the hour
@@ -405,9 +407,10 @@ def run_vae(model, info, x, valid, extra, steps=QUANT_STEPS, clip=None, time_del
         if clip is not None:
             recon = np.where(np.isnan(recon), recon, np.clip(np.nan_to_num(recon, posinf=clip[1]), *clip))
         variants = [("", recon, 0)]
-        if tail_resolution is not None and step is not None:
-            offsets = tail_offsets(x, recon, resolution=tail_resolution)
-            variants.append(("+tails", correct_tails(recon, offsets, resolution=tail_resolution),
+        for name in tail_knots if tail_resolution is not None and step is not None else ():
+            knots = dict(zip(("probs", "anchors"), TAIL_KNOTS[name], strict=True))
+            offsets = tail_offsets(x, recon, resolution=tail_resolution, **knots)
+            variants.append((f"+{name}", correct_tails(recon, offsets, resolution=tail_resolution, **knots),
                              len(zstd_bytes(offsets))))
         for suffix, rec, side in variants:
             m = None
@@ -425,6 +428,14 @@ def run_vae(model, info, x, valid, extra, steps=QUANT_STEPS, clip=None, time_del
 
 
 ERA5_TAIL_RESOLUTION = 0.01  # K: int8 tail offsets up to 1.27 K
+# Knot sets (stored probabilities, anchors) of the tail offsets; "tails" is the library's.
+TAIL_KNOTS = {
+    "tails": (TAIL_PROBS, ANCHORS),
+    "tails4": ((0.0, 0.001, 0.01, 0.99, 0.999, 1.0), (0.1, 0.9)),
+    "tails15": ((0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.997, 0.999, 1.0), (0.5,)),
+    "tails24": ((0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95,
+                 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 1.0), (0.5,)),
+}
 ERA5_BOUNDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 ERA5_ZFP = (0.1, 0.4, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 102.4)  # ZFP's accuracy mode is conservative: RMSE << tolerance
 RADOLAN_BOUNDS = (0.01, 0.03, 0.1, 0.3, 1.0, 2.0)
@@ -448,7 +459,8 @@ def radolan_baselines(test, valid, mask_bytes) -> dict:
 
 
 def era5_benchmark(budget_s: float, only_vaes: list[str] | None = None, train_end: str = "2019-03-20",
-                   eval_period: tuple[str, str] = ("2019-03-21", "2019-03-24")) -> dict:
+                   eval_period: tuple[str, str] = ("2019-03-21", "2019-03-24"),
+                   tail_knots: tuple[str, ...] = ("tails",)) -> dict:
     train, test = load_era5(train_end, eval_period)
     stat = {"mean": float(train.mean()), "std": float(train.std()), "transform": "none"}
     res = {**era5_baselines(test), "vae": []}
@@ -462,7 +474,8 @@ def era5_benchmark(budget_s: float, only_vaes: list[str] | None = None, train_en
             model, info = train_vae(name, spec, anomaly.forward(train), {"mean": 0.0, "std": 1.0, "transform": "none"},
                                     "t2m", budget_s)
             info.update(static_bytes=anomaly.nbytes, preprocess="per-pixel training mean/std (PixelAnomaly)")
-        res["vae"] += run_vae(model, info, test, None, 0, anomaly=anomaly, tail_resolution=ERA5_TAIL_RESOLUTION)
+        res["vae"] += run_vae(model, info, test, None, 0, anomaly=anomaly, tail_resolution=ERA5_TAIL_RESOLUTION,
+                              tail_knots=tail_knots)
     return res
 
 
@@ -666,6 +679,8 @@ def main(argv=None) -> int:
     p.add_argument("--validation", action="store_true",
                    help="ERA5 only: train on Mar 1-17 and evaluate on Mar 18-20 (for choosing settings; "
                         "use another --out)")
+    p.add_argument("--tail-knots", default="tails", help=f"ERA5: comma-separated tail-offset knot sets to "
+                   f"report ({', '.join(TAIL_KNOTS)}; 'tails' is the library default)")
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
@@ -706,7 +721,8 @@ def main(argv=None) -> int:
     if "era5_uk" in parts:
         print("ERA5 UK t2m", flush=True)
         split = dict(train_end="2019-03-17", eval_period=("2019-03-18", "2019-03-20")) if args.validation else {}
-        merge("era5_uk", era5_benchmark(args.era5_seconds, args.vae, **split))
+        merge("era5_uk", era5_benchmark(args.era5_seconds, args.vae, tail_knots=tuple(args.tail_knots.split(",")),
+                                        **split))
     if "radolan" in parts:
         print("RADOLAN", flush=True)
         merge("radolan", radolan_benchmark(args.radolan_seconds, args.vae))
