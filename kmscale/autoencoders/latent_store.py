@@ -115,8 +115,8 @@ def encode_to_store(
         tail_resolution: also store per-field tail offsets (int8 steps of this size in
             each variable's units, one value or one per variable; e.g. 0.01 K): every
             chunk is decoded once more while encoding, and :func:`decode_store` restores
-            the tail quantiles (0.1 to 10 %, 90 to 99.9 %) and the extremes of each field
-            (:mod:`kmscale.autoencoders.tails`). A few bytes per field.
+            each field's quantiles (0.05 to 99.95 %) and its extremes
+            (:mod:`kmscale.autoencoders.tails`). 24 int8 per field.
     Returns:
         the final store path.
     Raises:
