@@ -20,7 +20,7 @@ Interrupted? Run the same command again: finished time chunks are kept.
 def _tails_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tails", type=float, default=None, metavar="RES",
                    help="also store per-field tail offsets in steps of RES (the variables' units, e.g. 0.01 "
-                        "for K): decoding then restores each field's quantiles from 0.1 to 99.9 %% and extremes "
+                        "for K): decoding then restores each field's quantiles from 0.05 to 99.95 %% and its extremes "
                         "(24 int8 per field and variable; encoding decodes every chunk once more)")
 
 
