@@ -173,18 +173,17 @@ def encode_to_store(
         "spatial_dims": json.dumps([ydim, xdim]),
         "quantization_step": json.dumps(steps),
         "tail_resolution": json.dumps(tails),
-        "tail_anchors": json.dumps(list(ANCHORS)),
         "target_attrs": json.dumps({v: dict(targets[v].attrs) for v in variables}, default=str),
         "source_attrs": json.dumps(dict(targets.attrs), default=str),
         "Conventions": "CF-1.10",
     }
     encoding = {LATENT_VAR: {"compressors": zarr_compressors(zstd_level)},
                 MASK_VAR: {"compressors": zarr_compressors(zstd_level)}}
-    if tails is not None:
-        encoding[TAIL_VAR] = {"compressors": zarr_compressors(zstd_level)}
     fingerprint = f"{attrs['autoencoder_fingerprint']}:{'f16' if steps is None else steps}"
-    if tails is not None:  # a resumed run must not mix stores with and without offsets
-        fingerprint += f":tails{tails}"
+    if tails is not None:
+        attrs["tail_anchors"] = json.dumps(list(ANCHORS))
+        encoding[TAIL_VAR] = {"compressors": zarr_compressors(zstd_level)}
+        fingerprint += f":tails{tails}"  # a resumed run must not mix stores with and without offsets
     writer = StoreWriter(out, template, kind=LATENT_KIND, fingerprint=fingerprint, dim="time",
                          chunk=chunk, attrs=attrs, encoding=encoding, overwrite=overwrite)
     autoencoder.eval()

@@ -43,7 +43,7 @@ def _check(probs, anchors) -> np.ndarray:
     allp = np.asarray(sorted((*probs, *anchors)), np.float64)
     if np.any(np.diff(allp) <= 0) or allp[0] < 0 or allp[-1] > 1:
         raise ConfigError(f"tail probabilities: expected distinct values in [0, 1], found probs={probs}, "
-                        f"anchors={anchors}")
+                          f"anchors={anchors}")
     return allp
 
 
@@ -73,7 +73,7 @@ def tail_offsets(truth: np.ndarray, recon: np.ndarray, probs=TAIL_PROBS, anchors
     truth, recon = np.asarray(truth), np.asarray(recon)
     if truth.shape != recon.shape or truth.ndim < 2:
         raise SchemaError(f"tail offsets: expected truth and reconstruction of one shape (..., H, W), found "
-                        f"{truth.shape} and {recon.shape}")
+                          f"{truth.shape} and {recon.shape}")
     if not resolution > 0:
         raise ConfigError(f"tail offsets: expected a positive resolution, found {resolution}")
     allp = _check(probs, anchors)
@@ -91,7 +91,7 @@ def correct_tails(recon: np.ndarray, offsets: np.ndarray, probs=TAIL_PROBS, anch
     recon, offsets = np.asarray(recon), np.asarray(offsets)
     if offsets.shape != (*recon.shape[:-2], len(probs)):
         raise SchemaError(f"tail offsets: expected shape {(*recon.shape[:-2], len(probs))} for fields "
-                        f"{recon.shape} and {len(probs)} probabilities, found {offsets.shape}")
+                          f"{recon.shape} and {len(probs)} probabilities, found {offsets.shape}")
     allp = _check(probs, anchors)
     fields = recon.reshape(-1, *recon.shape[-2:])
     rq = _quantiles(fields, allp)
