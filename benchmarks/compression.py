@@ -228,6 +228,13 @@ class VAESpec:
     # training field, so that the decoder also reproduces days warmer than any it saw
     # (the evaluation days reach the top of the training range).
     shift_augment: float = 0.0
+    # Decoder phase (the autoencoder recipe's decoder stage): the last ``decoder_fraction``
+    # of the budget trains the decoder alone on whole fields (encoder frozen, posterior
+    # means, its own warm-up and cosine decay from ``decoder_lr``), adding the batch-mean
+    # windowed spectrum term (``mean_log_power``) of weight ``decoder_spectral_weight``.
+    decoder_fraction: float = 0.0
+    decoder_lr: float = 5e-4
+    decoder_spectral_weight: float = 0.3
 
 
 # Small widths: one CPU core affords ~600 CPU-seconds per model. Settings chosen on the
@@ -239,6 +246,9 @@ class VAESpec:
 ERA5_VAES.update({
     "vae_4x_c2": VAESpec((16, 32, 32), 2, shift_augment=0.25),
     "vae_8x_c4": VAESpec((16, 32, 32, 32), 4, shift_augment=0.25),
+    # The same with the last quarter of the budget on the decoder stage.
+    "vae_4x_c2_dec": VAESpec((16, 32, 32), 2, shift_augment=0.25, decoder_fraction=0.25),
+    "vae_8x_c4_dec": VAESpec((16, 32, 32, 32), 4, shift_augment=0.25, decoder_fraction=0.25),
 })
 # RADOLAN: 4x down (rain cells are a few km across: 8x blurs them), rain-centred patches
 # and extra weight on wet pixels, else 93 % dry pixels teach the decoder to output a blur.
@@ -264,13 +274,19 @@ def train_vae(name: str, spec: VAESpec, train: np.ndarray, stat: dict, variable:
               seed: int = 0) -> tuple[VAEAutoencoder, dict]:
     """Two-stage training for ``budget_s`` CPU-seconds: ``spec.patches[0]`` for
     ``stage1_fraction`` of it, then ``spec.patches[1]``; learning rate warm-up then cosine
-    decay over the budget (a fixed CPU budget, so the schedule runs on elapsed CPU time)."""
+    decay over the budget (a fixed CPU budget, so the schedule runs on elapsed CPU time);
+    with ``spec.decoder_fraction`` > 0 the end of the budget is the decoder phase (see
+    :class:`VAESpec`)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = VAEAutoencoder(variables=[variable], input_stats={variable: stat},
                            block_out_channels=spec.widths, latent_channels=spec.latent_ch, norm_type=spec.norm_type)
     loss = VAELoss(charbonnier_eps=spec.charbonnier_eps, kl_weight=1e-6, kl_warmup_samples=2000,
                    spectral_weight=spec.spectral_weight)
+    decoder_loss = VAELoss(charbonnier_eps=spec.charbonnier_eps, kl_weight=1e-6, kl_warmup_samples=2000,
+                           spectral_weight=spec.decoder_spectral_weight, spectral_mode="mean_log_power",
+                           spectral_floor=1e-6)
+    decoder_start = 1.0 - spec.decoder_fraction
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr)
     model.train()
     H, W = train.shape[-2:]
@@ -279,10 +295,21 @@ def train_vae(name: str, spec: VAESpec, train: np.ndarray, stat: dict, variable:
     lo, hi = spec.qat_steps
     # The budget is process CPU time, so a busy shared machine gives the same compute, only later.
     t0, steps, seen, last = time.process_time(), 0, 0, float("nan")
+    decoder_steps = 0
     while (elapsed := time.process_time() - t0) < budget_s:
         frac = elapsed / budget_s
-        patch = spec.patches[0] if frac < spec.stage1_fraction else spec.patches[1]
-        lr = spec.lr * min(1.0, (steps + 1) / 100) * 0.5 * (1 + np.cos(np.pi * frac))
+        decoder_only = spec.decoder_fraction > 0 and frac >= decoder_start
+        if decoder_only and decoder_steps == 0:
+            for part in (model.vae.encoder, model.vae.quant_conv):
+                part.requires_grad_(False)
+            opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=spec.decoder_lr)
+        patch = spec.patches[0] if frac < spec.stage1_fraction and not decoder_only else spec.patches[1]
+        if decoder_only:
+            phase = (frac - decoder_start) / spec.decoder_fraction
+            lr = spec.decoder_lr * min(1.0, (decoder_steps + 1) / 100) * 0.5 * (1 + np.cos(np.pi * phase))
+            decoder_steps += 1
+        else:
+            lr = spec.lr * min(1.0, (steps + 1) / 100) * 0.5 * (1 + np.cos(np.pi * frac / decoder_start))
         for g in opt.param_groups:
             g["lr"] = lr
         xs = []
@@ -300,8 +327,8 @@ def train_vae(name: str, spec: VAESpec, train: np.ndarray, stat: dict, variable:
         if spec.shift_augment > 0:
             xn = xn + spec.shift_augment * torch.randn(len(xn), 1, 1, 1) * mask
         step = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > 0 and frac >= spec.qat_start else 0.0
-        x_hat, post = model(xn, quant_step=step)
-        parts = loss(x_hat, xn, post, mask=mask, samples_seen=seen, weight=weight)
+        x_hat, post = model(xn, quant_step=step, sample_posterior=not decoder_only)
+        parts = (decoder_loss if decoder_only else loss)(x_hat, xn, post, mask=mask, samples_seen=seen, weight=weight)
         total = parts["total"].mean()
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -313,7 +340,9 @@ def train_vae(name: str, spec: VAESpec, train: np.ndarray, stat: dict, variable:
     sub = train[:: max(1, len(train) // (64 if train.shape[-1] < 256 else 4))]
     z = tiled_encode(model, sub[:, None], batch_size=16 if sub.shape[-1] < 256 else 1).numpy()
     model.set_latent_stats(z.mean(axis=(0, 2, 3)).tolist(), (z.std(axis=(0, 2, 3)) + 1e-6).tolist())
-    info = {"config": name, "train_cpu_seconds": budget_s, "train_steps": steps, "train_samples": seen,
+    model.requires_grad_(True)
+    info = {"config": name, "train_cpu_seconds": budget_s, "train_steps": steps, "decoder_steps": decoder_steps,
+            "train_samples": seen,
             "final_recon_loss": last, "decoder_bytes": model.decoder_nbytes(),
             "parameters": sum(p.numel() for p in model.parameters()),
             "spec": {k: v for k, v in asdict(spec).items()}}

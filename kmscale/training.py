@@ -229,8 +229,9 @@ class Trainer:
         self.total_steps = settings.total_samples // settings.global_batch_size
         self.ckpt_dir = self.out_dir / "checkpoints"
 
+        # Frozen parameters (e.g. the encoder while a decoder is fine-tuned) stay out.
         self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=settings.lr, betas=tuple(settings.betas),
+            [p for p in model.parameters() if p.requires_grad], lr=settings.lr, betas=tuple(settings.betas),
             weight_decay=settings.weight_decay,
         )
         # Not prepared by Accelerate: its wrapper steps the schedule once per process.

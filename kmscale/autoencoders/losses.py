@@ -1,7 +1,7 @@
 """Training losses of the VAE: Charbonnier reconstruction + beta(t) KL + optional spectral term.
 
     L = E_valid[ rho(x_hat - x) ] + beta(t) * KL(q(z|x) || N(0, I)) / n_pixels
-        + lambda_s * E_k[ (log(1 + |F x_hat|_k) - log(1 + |F x|_k))^2 ]
+        + lambda_s * E_k[ (log(1 + |F x_hat|_k) - log(1 + |F x|_k))^2 ]   (or another spectral mode)
 
 with the Charbonnier penalty rho(e) = sqrt(e^2 + eps^2) - eps (a smooth L1: quadratic
 for |e| << eps, linear beyond, so rare large errors do not dominate), the KL weight
@@ -43,7 +43,45 @@ def log_power_spectrum(x: torch.Tensor, floor: float) -> torch.Tensor:
     return torch.log(torch.fft.rfft2(x.float(), norm="ortho").abs().square() + floor)
 
 
-SPECTRAL_MODES = ("log_amplitude", "log_power")
+def windowed_line_power(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Power |F_k|^2, k = 1..n//2, of every line of x (B, C, H, W) along ``dim`` (-1 or -2),
+    after removing each line's least-squares linear trend and applying a Hann window:
+    (B, C, lines, n//2).
+
+    The same spectrum as :func:`kmscale.evaluation.spectra.zonal_power_spectrum` (the
+    skill metric), in torch so that it has gradients: without the detrending and window,
+    the jump between the two ends of a non-periodic line leaks into every wavenumber and
+    swamps the faint smallest scales.
+    """
+    x = x.float().transpose(dim, -1)
+    n = x.shape[-1]
+    t = torch.arange(n, dtype=x.dtype, device=x.device) - (n - 1) / 2.0
+    x = x - x.mean(-1, keepdim=True) - (x * t).sum(-1, keepdim=True) / (t * t).sum().clamp(min=1e-12) * t
+    w = torch.sin(torch.pi * torch.arange(n, dtype=x.dtype, device=x.device) / n) ** 2
+    x = x * (w / w.square().mean().sqrt())
+    return torch.fft.rfft(x, norm="ortho").abs().square()[..., 1:]
+
+
+def mean_log_power_distance(x_hat: torch.Tensor, x: torch.Tensor, floor: float) -> torch.Tensor:
+    """Squared distance of the log batch-mean spectra, zonal plus meridional, averaged over
+    wavenumbers and variables (scalar); x_hat, x (B, C, H, W).
+
+    Lines of the whole batch are averaged (per variable) before the log: the target is then the true
+    mean power at each wavenumber, which a decoder that cannot know the phase of every
+    small-scale wiggle still can match with texture of the right amount. Matching each
+    line's log power instead aims at the geometric mean of a chi-square variable, about
+    0.56x the mean power for a complex coefficient and 0.28x at the Nyquist wavenumber,
+    so it leaves the smallest scales too weak.
+    """
+    total = x_hat.new_zeros((), dtype=torch.float32)
+    for dim in (-1, -2):
+        p_hat = windowed_line_power(x_hat, dim).mean((0, 2))
+        p = windowed_line_power(x, dim).mean((0, 2))
+        total = total + (torch.log(p_hat + floor) - torch.log(p + floor)).square().mean()
+    return total
+
+
+SPECTRAL_MODES = ("log_amplitude", "log_power", "mean_log_power")
 
 
 @dataclass
@@ -58,7 +96,11 @@ class VAELoss:
         spectral_weight: lambda_s; 0 disables the spectral term.
         spectral_mode: "log_amplitude" (log(1 + |F x|), dominated by the large scales) or
             "log_power" (log(|F x|^2 + spectral_floor): every wavenumber alike, for
-            decoders that must keep the power of the smallest scales).
+            decoders that must keep the power of the smallest scales) or
+            "mean_log_power" (:func:`mean_log_power_distance`: the batch's mean detrended,
+            Hann-windowed line spectra along both axes; one value for the batch,
+            repeated per sample; what a decoder needs to keep the smallest scales' power
+            at their true level).
         spectral_floor: see :func:`log_power_spectrum`.
     """
 
@@ -120,11 +162,14 @@ class VAELoss:
         total = recon + self.beta(samples_seen) * kl
         if self.spectral_weight > 0:
             target = x if mask is None else torch.where(mask.expand_as(x), x, x_hat.detach())
-            if self.spectral_mode == "log_power":
-                diff = log_power_spectrum(x_hat, self.spectral_floor) - log_power_spectrum(target, self.spectral_floor)
+            if self.spectral_mode == "mean_log_power":
+                spectral = mean_log_power_distance(x_hat, target, self.spectral_floor).expand(x.shape[0])
             else:
-                diff = log_amplitude_spectrum(x_hat) - log_amplitude_spectrum(target)
-            spectral = (diff * diff).flatten(1).mean(1)
+                if self.spectral_mode == "log_power":
+                    diff = log_power_spectrum(x_hat, self.spectral_floor) - log_power_spectrum(target, self.spectral_floor)
+                else:
+                    diff = log_amplitude_spectrum(x_hat) - log_amplitude_spectrum(target)
+                spectral = (diff * diff).flatten(1).mean(1)
             total = total + self.spectral_weight * spectral
         else:
             spectral = torch.zeros_like(recon)

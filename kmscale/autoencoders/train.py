@@ -2,7 +2,18 @@
 
     stage 1: small random patches (fast, many samples)  ──► out_dir/stage1/final
     stage 2: large patches, initialized from stage 1     ──► out_dir/stage2/{best,final}
+    decoder: optional fine-tuning of the decoder alone   ──► out_dir/decoder/{best,final}
+             (encoder frozen) with a spectral loss
     latent statistics fitted on training latents         ──► out_dir/autoencoder  (load_autoencoder)
+
+The decoder stage (off unless ``decoder.total_samples`` > 0) is what makes the smallest
+scales come back at their true power: a decoder trained under a pixel loss smooths them
+(measured on ERA5 t2m at 0.25 deg: 0.47 / 0.32 of the true power at the two smallest
+scales), and a decoder that cannot know the exact phase of each small wiggle is best
+taught the right *amount* of texture by matching the batch-mean spectrum
+(``mean_log_power``, :func:`kmscale.autoencoders.losses.mean_log_power_distance`); the
+encoder, and so the latents and their statistics, stay as they are (the decoder
+fine-tuning of the Stable Diffusion VAEs works the same way).
 
 Each stage is one :class:`kmscale.training.Trainer` run (EMA, mixed precision where the
 device supports it, checkpoints every N samples, strict resume); a finished stage is
@@ -79,6 +90,17 @@ class StageConfig:
 
 
 @dataclass
+class DecoderStageConfig(StageConfig):
+    """The decoder-only stage: encoder frozen, posterior means decoded, own spectral term."""
+
+    total_samples: int = 0  # 0 = no decoder stage
+    lr: float = 5e-4
+    spectral_weight: float = 0.3
+    spectral_mode: str = "mean_log_power"
+    spectral_floor: float = 1e-6
+
+
+@dataclass
 class AutoencoderConfig:
     out_dir: str = "runs/autoencoder"
     data: DataConfig = field(default_factory=DataConfig)
@@ -87,6 +109,7 @@ class AutoencoderConfig:
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(
         default_factory=lambda: StageConfig(patch=[256, 256], total_samples=5_000, lr=2e-4))
+    decoder: DecoderStageConfig = field(default_factory=lambda: DecoderStageConfig(patch=[256, 256]))
     train: TrainingSettings = field(default_factory=TrainingSettings)  # shared loop settings
 
 
@@ -176,7 +199,17 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
         log.info("%s already trained (%s): skipped", name, final)
         return final
     settings = TrainingSettings(**{**to_dict(cfg.train), "total_samples": stage.total_samples, "lr": stage.lr})
-    loss = VAELoss(**to_dict(cfg.loss))
+    decoder_only = isinstance(stage, DecoderStageConfig)
+    loss_settings = to_dict(cfg.loss)
+    if decoder_only:
+        loss_settings.update(spectral_weight=stage.spectral_weight, spectral_mode=stage.spectral_mode,
+                             spectral_floor=stage.spectral_floor)
+        # The Trainer's optimizer only takes parameters that require gradients.
+        model.requires_grad_(False)
+        for part in (model.vae.decoder, model.vae.post_quant_conv):
+            if part is not None:
+                part.requires_grad_(True)
+    loss = VAELoss(**loss_settings)
     box: dict = {}
 
     shift = cfg.data.shift_augment * _shiftable(model)
@@ -186,7 +219,7 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
         if cfg.data.shift_augment > 0:
             offset = torch.randn(xb.shape[0], xb.shape[1], 1, 1, device=xb.device) * shift.to(xb.device)[:, None, None]
             xb = xb + offset * vb
-        x_hat, post = m(xb, quant_step=stage.quant_step)
+        x_hat, post = m(xb, quant_step=stage.quant_step, sample_posterior=not decoder_only)
         return loss(x_hat, xb, post, mask=vb, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
 
     data = PatchDataset(x, valid, tuple(stage.patch), seed=cfg.train.seed)
@@ -200,12 +233,13 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
 
 
 def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None):
-    """Run both stages and write ``<out_dir>/autoencoder``; returns the trained model.
+    """Run the stages and write ``<out_dir>/autoencoder``; returns the trained model.
 
     Args:
         targets: the fields already in memory (time, Y, X per variable); None reads
             ``cfg.data.targets``. ``stage2.total_samples = 0`` trains one stage only
-            (then validation, if any, runs in stage 1).
+            (then validation, if any, runs in stage 1); ``decoder.total_samples > 0``
+            adds the decoder stage, started from the best weights of the last one.
     """
     from kmscale.autoencoders import get_autoencoder_class
 
@@ -237,6 +271,10 @@ def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None)
     out = Path(cfg.out_dir)
     last = out / ("stage2" if two_stages else "stage1")
     best = last / ("best" if (last / "best" / "config.json").is_file() else "final")
+    if cfg.decoder.total_samples > 0:
+        _stage(cfg, "decoder", cfg.decoder, cls.from_pretrained(best), x, valid, val_fn)
+        last = out / "decoder"
+        best = last / ("best" if (last / "best" / "config.json").is_file() else "final")
     model = cls.from_pretrained(best).eval()
     # Latent normalization: per-channel mean/std of the training latents (posterior means).
     sub = raw[:: max(1, raw.shape[0] // 64)].numpy()

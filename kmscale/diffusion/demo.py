@@ -85,18 +85,21 @@ SIZES = {
 def fit_vae(targets, out: Path, widths: list[int], latent_channels: int, samples: int, batch: int = 16,
             seed: int = 0, spectral_weight: float = 0.1, lr: float = 1e-3, shift_augment: float = 0.0,
             spectral_mode: str = "log_amplitude", small_patch: list[int] | None = None,
-            small_fraction: float = 0.5) -> Path:
+            small_fraction: float = 0.5, decoder_samples: int = 0, decoder_spectral_weight: float = 0.3) -> Path:
     """Train a VAE on ``targets`` fields (time, lat, lon per variable) with the
     autoencoder recipe's code (:func:`kmscale.autoencoders.train.train_autoencoder`) and
     return ``out/autoencoder``: whole fields in one stage, or, with ``small_patch``, the
     recipe's two stages (``small_fraction`` of the samples on small patches, which are
-    cheap, then whole fields). Input statistics come from the targets, latent statistics
+    cheap, then whole fields), then, with ``decoder_samples`` > 0, the decoder stage on
+    whole fields (encoder frozen, batch-mean spectrum term of weight
+    ``decoder_spectral_weight``). Input statistics come from the targets, latent statistics
     from encoding them afterwards. ``shift_augment``: see
     :class:`kmscale.autoencoders.train.DataConfig`; ``spectral_mode``: see
     :class:`kmscale.autoencoders.losses.VAELoss`."""
     from kmscale.autoencoders.train import (
         AutoencoderConfig,
         DataConfig,
+        DecoderStageConfig,
         LossConfig,
         ModelConfig,
         StageConfig,
@@ -117,6 +120,8 @@ def fit_vae(targets, out: Path, widths: list[int], latent_channels: int, samples
                             spectral_mode=spectral_mode),
             stage1=StageConfig(patch=list(small_patch or field_shape), total_samples=n_small, lr=lr),
             stage2=StageConfig(patch=field_shape, total_samples=samples - n_small, lr=lr),
+            decoder=DecoderStageConfig(patch=field_shape, total_samples=decoder_samples,
+                                       spectral_weight=decoder_spectral_weight),
             train=TrainingSettings(global_batch_size=batch, warmup_samples=min(200, samples), lr_decay="cosine",
                                    ema_decay=0.99, checkpoint_every_samples=max(batch, samples // 2),
                                    log_every_samples=max(batch, samples // 10), seed=seed),
