@@ -669,11 +669,12 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6))
     for ax, (key, title, unit) in zip(axes, (("era5_uk", "ERA5 UK t2m, 21-24 Mar 2019", "K"),
                                              ("radolan", "RADOLAN RW, 18 Oct 2022 16-23 UTC", "mm/h")), strict=True):
         if key not in results:
             continue
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 20 curves, no colour repeated
         for method, points in results[key].items():
             if method == "vae":
                 label = lambda p: f"{p['config']} ({p.get('latent_coding') or 'zstd'})"  # noqa: E731
@@ -691,7 +692,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel(f"RMSE ({unit})")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
