@@ -1,8 +1,8 @@
-"""Two-stage VAE training on the shared Accelerate Trainer (``recipes/train_autoencoder.py``).
+"""Staged VAE training on the shared Accelerate Trainer (``recipes/train_autoencoder.py``).
 
     stage 1: small random patches (fast, many samples)  ──► out_dir/stage1/final
     stage 2: large patches, initialized from stage 1     ──► out_dir/stage2/{best,final}
-    decoder: optional fine-tuning of the decoder alone   ──► out_dir/decoder/{best,final}
+    decoder: optional fine-tuning of the decoder alone   ──► out_dir/decoder/final
              (encoder frozen) with a spectral loss
     latent statistics fitted on training latents         ──► out_dir/autoencoder  (load_autoencoder)
 
@@ -239,7 +239,8 @@ def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None)
         targets: the fields already in memory (time, Y, X per variable); None reads
             ``cfg.data.targets``. ``stage2.total_samples = 0`` trains one stage only
             (then validation, if any, runs in stage 1); ``decoder.total_samples > 0``
-            adds the decoder stage, started from the best weights of the last one.
+            adds the decoder stage, started from the best weights of the last one (its
+            final weights become the autoencoder).
     """
     from kmscale.autoencoders import get_autoencoder_class
 
@@ -272,9 +273,9 @@ def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None)
     last = out / ("stage2" if two_stages else "stage1")
     best = last / ("best" if (last / "best" / "config.json").is_file() else "final")
     if cfg.decoder.total_samples > 0:
-        _stage(cfg, "decoder", cfg.decoder, cls.from_pretrained(best), x, valid, val_fn)
-        last = out / "decoder"
-        best = last / ("best" if (last / "best" / "config.json").is_file() else "final")
+        # Its final EMA weights: the stage trades a little RMSE for the smallest scales'
+        # power, so the lowest-RMSE checkpoint would tend to undo it. Validation still logs.
+        best = _stage(cfg, "decoder", cfg.decoder, cls.from_pretrained(best), x, valid, val_fn)
     model = cls.from_pretrained(best).eval()
     # Latent normalization: per-channel mean/std of the training latents (posterior means).
     sub = raw[:: max(1, raw.shape[0] // 64)].numpy()
