@@ -48,7 +48,7 @@ import torch
 # ("training_seconds").
 BUDGETS = {
     "vae": 144_000,  # 55 % on 16 x 16 patches: about 10 minutes
-    "vae_decoder": 80_000,  # decoder stage on whole fields, encoder frozen: about 6 minutes
+    "vae_decoder": 80_000,  # decoder stage on whole fields, encoder frozen: about 7.5 minutes
     "regression": 20_000,
     "ldm": 20_000,
 }
