@@ -300,8 +300,7 @@ def train_vae(name: str, spec: VAESpec, train: np.ndarray, stat: dict, variable:
         frac = elapsed / budget_s
         decoder_only = spec.decoder_fraction > 0 and frac >= decoder_start
         if decoder_only and decoder_steps == 0:
-            for part in (model.vae.encoder, model.vae.quant_conv):
-                part.requires_grad_(False)
+            model.train_decoder_only()
             opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=spec.decoder_lr)
         patch = spec.patches[0] if frac < spec.stage1_fraction and not decoder_only else spec.patches[1]
         if decoder_only:

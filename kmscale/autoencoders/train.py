@@ -212,11 +212,7 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
     if decoder_only:
         loss_settings.update(spectral_weight=stage.spectral_weight, spectral_mode=stage.spectral_mode,
                              spectral_floor=stage.spectral_floor)
-        # The Trainer's optimizer only takes parameters that require gradients.
-        model.requires_grad_(False)
-        for part in (model.vae.decoder, model.vae.post_quant_conv):
-            if part is not None:
-                part.requires_grad_(True)
+        model.train_decoder_only()  # the Trainer's optimizer only takes parameters that require gradients
     loss = VAELoss(**loss_settings)
     box: dict = {}
 
@@ -231,8 +227,9 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
         return loss(x_hat, xb, post, mask=vb, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
 
     data = PatchDataset(x, valid, tuple(stage.patch), seed=cfg.train.seed)
+    # The decoder stage keeps its final weights (see train_autoencoder): validation only logs.
     trainer = Trainer(model, loss_fn, data, out, settings, validate_fn=val_fn,
-                      best_metric="rmse_norm" if val_fn else None, run_config=to_dict(cfg))
+                      best_metric="rmse_norm" if val_fn and not decoder_only else None, run_config=to_dict(cfg))
     box["trainer"] = trainer
     result = trainer.fit()
     log.info("%s: %d samples, last loss %.4g, best %s", name, result.samples_seen, result.last_loss,
@@ -282,7 +279,7 @@ def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None)
     best = last / ("best" if (last / "best" / "config.json").is_file() else "final")
     if cfg.decoder.total_samples > 0:
         # Its final EMA weights: the stage trades a little RMSE for the smallest scales'
-        # power, so the lowest-RMSE checkpoint would tend to undo it. Validation still logs.
+        # power, so the lowest-RMSE checkpoint would tend to undo it (none is kept).
         best = _stage(cfg, "decoder", cfg.decoder, cls.from_pretrained(best), x, valid, val_fn)
     model = cls.from_pretrained(best).eval()
     # Latent normalization: per-channel mean/std of the training latents (posterior means).

@@ -185,7 +185,17 @@ class VAEAutoencoder(Autoencoder):
             z = post.sample(generator=generator) if sample_posterior else post.mode()
         return self._decode_normalized(z), post
 
+    def decoder_modules(self) -> list[torch.nn.Module]:
+        """The modules that turn latents into fields: what an archive must ship to read
+        latents, and what the decoder stage trains."""
+        return [m for m in (self.vae.decoder, self.vae.post_quant_conv) if m is not None]
+
+    def train_decoder_only(self) -> None:
+        """Freeze every parameter but the decoder's (``requires_grad``): the decoder stage."""
+        self.requires_grad_(False)
+        for m in self.decoder_modules():
+            m.requires_grad_(True)
+
     def decoder_nbytes(self) -> int:
         """Bytes of the decoder weights in float32 (what an archive must ship to read latents)."""
-        parts = [self.vae.decoder, self.vae.post_quant_conv]
-        return sum(p.numel() * 4 for m in parts if m is not None for p in m.parameters())
+        return sum(p.numel() * 4 for m in self.decoder_modules() for p in m.parameters())
