@@ -52,7 +52,7 @@ BUDGETS = {
     "regression": 20_000,
     "ldm": 20_000,
 }
-QUICK_BUDGETS = {"vae": 32, "vae_decoder": 16, "regression": 32, "ldm": 32}
+QUICK_BUDGETS = {"vae": 64, "vae_decoder": 16, "regression": 32, "ldm": 32}
 UNET = [32, 64, 64]  # block_out_channels of every U-Net (1.1 M parameters in pixel space)
 MEMBERS = 16
 STEPS = 12  # EDM Heun noise levels (23 network evaluations per member)
@@ -166,6 +166,33 @@ def sampling_speed(pixel_bundle: Path, latent_bundle: Path, pred_val, steps: int
             "members": members, "repeats": repeats}
 
 
+def _train_space(args, out: Path, space: str, autoencoder: str, budgets: dict, data, wall: dict,
+                 bundles: dict) -> int:
+    """Train (or reuse) the regression and residual diffusion models of one space."""
+    from kmscale.config import load_config
+    from kmscale.diffusion.train import LDMConfig, RegressionConfig, train_ldm, train_regression
+
+    common = [f"data.train_period=[{TRAIN[0]},{TRAIN[1]}]", f"data.val_period=[{VAL[0]},{VAL[1]}]",
+              f"unet.block_out_channels={UNET}", "unet.norm_num_groups=16", "train.global_batch_size=16",
+              "train.lr=1e-3", "train.warmup_samples=500", "train.lr_decay=cosine", "train.ema_decay=0.99",
+              "train.log_every_samples=800"]
+    factor = args.latent_budget_factor if space == "latent" else 1.0
+    n = int(budgets["regression"] * factor)
+    cfg = load_config(RegressionConfig, None, common + [
+        f"out_dir={out / f'regression_{space}'}", f"autoencoder={autoencoder}", f"train.total_samples={n}",
+        f"train.checkpoint_every_samples={n // 2}", f"train.validate_every_samples={n // 4}"])
+    bundles[f"regression_{space}"], wall[f"regression_{space}"] = _timed(
+        cfg.out_dir, lambda: train_regression(cfg, data)[1])
+    n = int(budgets["ldm"] * factor)
+    cfg = load_config(LDMConfig, None, common + [
+        f"out_dir={out / f'diffusion_{space}'}", f"regression_bundle={bundles[f'regression_{space}']}",
+        f"train.total_samples={n}", f"train.checkpoint_every_samples={n // 2}",
+        f"train.validate_every_samples={n // 2}", "validation.members=4", "validation.steps=6",
+        "validation.max_times=4", f"residual_folds={args.residual_folds}"])
+    bundles[f"diffusion_{space}"], wall[f"diffusion_{space}"] = _timed(cfg.out_dir, lambda: train_ldm(cfg, data)[1])
+    return 0
+
+
 def plot_spectra(results: dict, path: Path, nlon: int) -> None:
     import matplotlib
 
@@ -219,6 +246,9 @@ def main(argv=None) -> int:
                              "samples (a latent sample costs several times less CPU)")
     parser.add_argument("--residual-folds", type=int, default=2,
                         help="cross-fitted regressions for the diffusion residuals (0 = in-sample)")
+    parser.add_argument("--train-only", choices=["pixel", "latent"], default=None,
+                        help="train only this space's models (the VAE belongs to latent) and stop before scoring: "
+                             "two processes, one per core, can share --out; a last run without it scores")
     parser.add_argument("--machine", default="2-core dev VM, one core (taskset), torch 1 thread",
                         help="where it ran, recorded in the JSON")
     args = parser.parse_args(argv)
@@ -226,16 +256,9 @@ def main(argv=None) -> int:
     # One thread: on a shared 2-core machine two threads per process oversubscribe the
     # cores and run several times slower.
     torch.set_num_threads(1)
-    from kmscale.config import load_config
     from kmscale.data.datasets import era5_uk_predictors, era5_uk_static, era5_uk_t2m
     from kmscale.diffusion.demo import fit_vae
-    from kmscale.diffusion.train import (
-        LDMConfig,
-        RegressionConfig,
-        TrainingData,
-        train_ldm,
-        train_regression,
-    )
+    from kmscale.diffusion.train import TrainingData
 
     budgets = QUICK_BUDGETS if args.quick else BUDGETS
     steps = 4 if args.quick else STEPS
@@ -263,6 +286,9 @@ def main(argv=None) -> int:
         "vae_small_fraction", "vae_shift", "vae_decoder_samples", "vae_decoder_spectral_weight", "residual_folds",
         "latent_budget_factor"))
     small = [args.vae_small_patch] * 2 if args.vae_small_patch else None
+    spaces = [args.train_only] if args.train_only else ["pixel", "latent"]
+    if "latent" not in spaces:
+        return _train_space(args, out, "pixel", "identity", budgets, data, wall, {})
     vae_path, wall["vae"] = _timed(out / "vae", lambda: fit_vae(
         t_tr, out / "vae", vae_widths, args.vae_channels, budgets["vae"], lr=args.vae_lr,
         shift_augment=args.vae_shift, spectral_mode=args.vae_spectral, spectral_weight=args.vae_spectral_weight,
@@ -275,27 +301,11 @@ def main(argv=None) -> int:
     vae = load_autoencoder(vae_path)
     recon = vae.decode(encode_targets(vae, t_val, progress=False))[:, 0].detach().numpy()
     vae_recon = {"rmse": float(np.sqrt(np.mean((recon - truth) ** 2))), "mae": float(np.mean(np.abs(recon - truth)))}
-    common = [f"data.train_period=[{TRAIN[0]},{TRAIN[1]}]", f"data.val_period=[{VAL[0]},{VAL[1]}]",
-              f"unet.block_out_channels={UNET}", "unet.norm_num_groups=16", "train.global_batch_size=16",
-              "train.lr=1e-3", "train.warmup_samples=500", "train.lr_decay=cosine", "train.ema_decay=0.99",
-              "train.log_every_samples=800"]
+    if args.train_only:
+        return _train_space(args, out, "latent", str(vae_path), budgets, data, wall, {})
     bundles = {}
     for space, ae in (("pixel", "identity"), ("latent", str(vae_path))):
-        factor = args.latent_budget_factor if space == "latent" else 1.0
-        n = int(budgets["regression"] * factor)
-        cfg = load_config(RegressionConfig, None, common + [
-            f"out_dir={out / f'regression_{space}'}", f"autoencoder={ae}", f"train.total_samples={n}",
-            f"train.checkpoint_every_samples={n // 2}", f"train.validate_every_samples={n // 4}"])
-        bundles[f"regression_{space}"], wall[f"regression_{space}"] = _timed(
-            cfg.out_dir, lambda cfg=cfg: train_regression(cfg, data)[1])
-        n = int(budgets["ldm"] * factor)
-        cfg = load_config(LDMConfig, None, common + [
-            f"out_dir={out / f'diffusion_{space}'}", f"regression_bundle={bundles[f'regression_{space}']}",
-            f"train.total_samples={n}", f"train.checkpoint_every_samples={n // 2}",
-            f"train.validate_every_samples={n // 2}", "validation.members=4", "validation.steps=6",
-            "validation.max_times=4", f"residual_folds={args.residual_folds}"])
-        bundles[f"diffusion_{space}"], wall[f"diffusion_{space}"] = _timed(
-            cfg.out_dir, lambda cfg=cfg: train_ldm(cfg, data)[1])
+        _train_space(args, out, space, ae, budgets, data, wall, bundles)
 
     sample_seconds = {}
     for name, path in bundles.items():
