@@ -126,18 +126,19 @@ def scores(ens: np.ndarray, truth: np.ndarray) -> dict:
     return out
 
 
-def sample_val(bundle_path: Path, pred_val, members: int, out: Path, steps: int) -> tuple[np.ndarray, float]:
+def sample_val(bundle_path: Path, pred_val, members: int, out: Path, steps: int,
+               center: bool = False) -> tuple[np.ndarray, float]:
     """Sample the validation period with a bundle into a store; (M, T, H, W) and seconds."""
     from kmscale.bundle import ModelBundle
     from kmscale.data.store import open_store
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
 
-    store = out / f"{bundle_path.parent.name}_val.zarr"
+    store = out / f"{bundle_path.parent.name}_val{'_centred' if center else ''}.zarr"
     t0 = time.perf_counter()
     if not store.exists():
         pipe = DownscalingPipeline(ModelBundle.load(bundle_path))
-        pipe.run(pred_val, store, SamplerSettings(members=members, steps=steps, member_batch=16, time_chunk=8),
-                 progress=False)
+        pipe.run(pred_val, store, SamplerSettings(members=members, steps=steps, member_batch=16, time_chunk=8,
+                                                  center_residuals=center), progress=False)
     seconds = time.perf_counter() - t0
     ds = open_store(store, kind="ensemble").load()
     return np.asarray(ds["t2m"].transpose("member", "time", "lat", "lon").values), seconds
@@ -246,6 +247,9 @@ def main(argv=None) -> int:
                              "samples (a latent sample costs several times less CPU)")
     parser.add_argument("--residual-folds", type=int, default=2,
                         help="cross-fitted regressions for the diffusion residuals (0 = in-sample)")
+    parser.add_argument("--center-residuals", choices=["on", "off"], default="on",
+                        help="headline ensembles re-centred on the regression mean (SamplerSettings."
+                             "center_residuals); the other setting is scored too, under details")
     parser.add_argument("--train-only", choices=["pixel", "latent"], default=None,
                         help="train only this space's models (the VAE belongs to latent) and stop before scoring: "
                              "two processes, one per core, can share --out; a last run without it scores")
@@ -284,7 +288,7 @@ def main(argv=None) -> int:
     supplementary = any(getattr(args, k) != parser.get_default(k) for k in (
         "vae_widths", "vae_channels", "vae_spectral", "vae_spectral_weight", "vae_lr", "vae_small_patch",
         "vae_small_fraction", "vae_shift", "vae_decoder_samples", "vae_decoder_spectral_weight", "residual_folds",
-        "latent_budget_factor"))
+        "latent_budget_factor", "center_residuals"))
     small = [args.vae_small_patch] * 2 if args.vae_small_patch else None
     spaces = [args.train_only] if args.train_only else ["pixel", "latent"]
     if "latent" not in spaces:
@@ -308,10 +312,15 @@ def main(argv=None) -> int:
         _train_space(args, out, space, ae, budgets, data, wall, bundles)
 
     sample_seconds = {}
+    variants = {}  # the diffusion ensembles with the other centring setting
+    centred = args.center_residuals == "on"
     for name, path in bundles.items():
         m = members if name.startswith("diffusion") else 1
-        ens, sample_seconds[name] = sample_val(path, p_val, m, out, steps)
+        ens, sample_seconds[name] = sample_val(path, p_val, m, out, steps, center=centred and m > 1)
         results[name] = scores(ens, truth)
+        if m > 1:
+            other = sample_val(path, p_val, m, out, steps, center=not centred)[0]
+            variants[name] = {k: v for k, v in scores(other, truth).items() if not k.startswith("_")}
     speed = sampling_speed(bundles["diffusion_pixel"], bundles["diffusion_latent"], p_val, steps)
 
     demo_seconds = None
@@ -334,6 +343,8 @@ def main(argv=None) -> int:
                     "lr": args.vae_lr, "small_patch": small, "small_fraction": args.vae_small_fraction if small else 0,
                     "shift_augment": args.vae_shift, "decoder_samples": args.vae_decoder_samples,
                     "decoder_spectral_weight": args.vae_decoder_spectral_weight},
+            "center_residuals": centred,
+            f"{'plain' if centred else 'centred'}_ensembles": variants,
             "residual_folds": args.residual_folds, "latent_budget_factor": args.latent_budget_factor,
             "budgets_samples": budgets, "training_seconds": wall, "sampling_seconds_val": sample_seconds,
             "members": members, "steps": steps, "solver": "heun", "sampling_speed": speed,

@@ -61,6 +61,18 @@ def test_residual_compose_broadcasts_over_members_and_rejects_bad_input():
         residual.make(zm, zm, 0.0)
 
 
+def test_centred_members_have_zero_mean_and_keep_the_variance():
+    torch.manual_seed(0)
+    r = torch.randn(16, 4000) + 0.5  # 16 members with a shared offset
+    c = residual.center_members(r)
+    assert c.mean(0).abs().max() < 1e-5
+    # iid members: E[var_m(c)] with ddof=0 equals the variance of one member
+    assert abs(float(c.var(0, unbiased=False).mean()) - 1.0) < 0.03
+    np.testing.assert_allclose(residual.center_members(r.T, dim=1).T, c, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 2 members"):
+        residual.center_members(r[:1])
+
+
 # ---------------------------------------------------------------- preconditioning
 
 

@@ -61,6 +61,24 @@ def test_members_do_not_depend_on_member_batch_or_chunking(setup, tmp_path):
     np.testing.assert_allclose(open_store(a)["t2m"].values, open_store(b)["t2m"].values, rtol=1e-5, atol=1e-4)
 
 
+def test_centred_members_are_recentred_on_the_regression_mean(setup, tmp_path):
+    from kmscale.diffusion.regression import predict_mean
+
+    pipe, pred = setup
+    one = pred.isel(time=[0])
+    ens = open_store(pipe.run(one, tmp_path / "c.zarr", SamplerSettings(**FAST, center_residuals=True),
+                              progress=False))
+    plain = open_store(pipe.run(one, tmp_path / "r.zarr", SamplerSettings(**FAST), progress=False))
+    centred, raw = ens["t2m"].values[0], plain["t2m"].values[0]  # (M, H, W)
+    z_mean = predict_mean(pipe.regression, pipe.conditioning(one), progress=False)
+    regression = pipe.autoencoder.decode(z_mean)[0, 0].detach().numpy()
+    # identity autoencoder: the members' mean is the regression mean, the deviations are
+    # the plain members' deviations times sqrt(M / (M - 1))
+    np.testing.assert_allclose(centred.mean(0), regression, atol=1e-3)
+    np.testing.assert_allclose(centred - centred.mean(0), (raw - raw.mean(0)) * 1.5**0.5, atol=1e-3)
+    assert '"center_residuals": true' in ens.attrs["kmscale_sampler"]
+
+
 def test_patchwise_sampling_runs(setup, tmp_path):
     pipe, pred = setup
     path = pipe.run(pred.isel(time=[0]), tmp_path / "p.zarr",

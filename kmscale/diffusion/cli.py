@@ -60,6 +60,9 @@ def register(subparsers) -> None:
                    help="heun: EDM Algorithm 2 (default); euler: first order, few-step option")
     p.add_argument("--churn", type=float, default=0.0, help="S_churn stochasticity (default 0)")
     p.add_argument("--seed", type=int, default=0, help="member m uses seed SEED+m (default 0)")
+    p.add_argument("--center-residuals", action="store_true",
+                   help="re-centre the members on the regression mean: remove their mean latent residual, "
+                        "keep its variance (members then depend on M and on every seed)")
     p.add_argument("--member-batch", type=int, default=8, help="members denoised together (memory only)")
     p.add_argument("--patch", type=_pair, default=None, metavar="H,W",
                    help="patch-wise sampling with latent tiles of H,W (large domains)")
@@ -113,6 +116,7 @@ def run_sample(args: argparse.Namespace) -> int:
     settings = SamplerSettings(
         members=args.members, steps=args.steps, solver=args.solver, S_churn=args.churn, seed=args.seed,
         member_batch=args.member_batch, patch=args.patch, overlap=args.overlap, time_chunk=args.time_chunk,
+        center_residuals=args.center_residuals,
     )
     resolved = {k: v for k, v in vars(args).items() if k != "func"}
     pipe = DownscalingPipeline(bundle, device=_device(args.device))

@@ -63,6 +63,9 @@ class SamplerSettings:
     patch: list[int] | None = None  # latent tile (th, tw) for patch-wise sampling; None: whole field
     overlap: list[int] | None = None  # latent tile overlap (oh, ow); default: a quarter of the tile
     time_chunk: int = 1  # valid times per store chunk (the unit of resume)
+    # remove the members' mean residual in latent space (variance kept): the ensemble is
+    # re-centred on the regression mean; see kmscale.diffusion.residual.center_members
+    center_residuals: bool = False
 
     def sampler_kwargs(self) -> dict:
         return {"num_steps": self.steps, "solver": self.solver, "S_churn": self.S_churn,
@@ -147,6 +150,8 @@ class DownscalingPipeline:
                 denoiser, cond, item["emb"].to(self.device), len(seeds), seeds, settings.sampler_kwargs(),
                 batch_size=settings.member_batch, latent_shape=tuple(z_mean.shape), device=self.device,
             )
+            if settings.center_residuals:
+                r = residual.center_members(r)
             scale = torch.tensor(self.bundle.edm.residual_scale, device=self.device).reshape(-1, 1, 1)
             z = residual.compose(z_mean.expand_as(r), r, scale)
         return self.autoencoder.decode(z.float()).cpu()

@@ -72,3 +72,30 @@ def compose(z_mean: Array, r: Array, scale: float | Array = 1.0) -> Array:
         )
     _check_scale(scale)
     return z_mean + scale * r
+
+
+def center_members(r: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """An ensemble of residuals with its member mean removed and its variance kept.
+
+    The regression U-Net is trained with a squared error, so it estimates the
+    conditional mean and ``E[r | predictors] = 0`` by construction. A diffusion model
+    trained on cross-fitted residuals (fold regressions that each extrapolate to the
+    days they did not see) can carry the folds' systematic errors into its members'
+    mean, which the full regression does not make. Centering enforces the
+    definition: ``r_m - mean_m(r)``, times ``sqrt(M / (M - 1))`` because removing the
+    sample mean of M independent members shrinks each one's variance by ``(M - 1)/M``.
+    It is the ensemble re-centring of NWP (members re-centred on the best
+    deterministic estimate) done on the residual. Members then depend on the whole
+    ensemble (on M and every seed), not on their own seed alone.
+
+    Args:
+        r: residual members, members along ``dim`` (e.g. (M, C, H, W)).
+        dim: the member dimension.
+
+    Returns:
+        centred residuals, same shape.
+    """
+    m = r.shape[dim]
+    if m < 2:
+        raise ValueError(describe("at least 2 members to centre an ensemble", m, where="residual.center_members"))
+    return (r - r.mean(dim=dim, keepdim=True)) * (m / (m - 1)) ** 0.5

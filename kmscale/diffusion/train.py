@@ -89,6 +89,7 @@ class EnsembleValidation:
     solver: str = "heun"
     max_times: int = 8  # held-out times scored (evenly spread over the validation period)
     seed: int = 0
+    center_residuals: bool = False  # as SamplerSettings.center_residuals (members re-centred on the regression)
 
 
 @dataclass
@@ -403,7 +404,7 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
         if cfg.patch is not None:
             net = patched_denoiser(net, field_shape, cfg.patch, None, cfg.context_size)
         return ensemble_scores(net, val_ds, ae, scale, members=v.members, steps=v.steps, solver=v.solver,
-                               seed=v.seed)
+                               seed=v.seed, center_residuals=v.center_residuals)
 
     trainer = Trainer(
         denoiser, loss_fn, train_ds, cfg.out_dir, cfg.train,

@@ -51,7 +51,7 @@ def smallest_scale_power_ratio(ens: torch.Tensor, truth: torch.Tensor) -> torch.
 @torch.no_grad()
 def sample_physical_ensemble(
     denoiser, dataset, autoencoder, scale: list[float], members: int, steps: int, solver: str, seed: int,
-    progress: bool = False,
+    progress: bool = False, center_residuals: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Members for every example of ``dataset``: (M, N, C, H, W) physical, and the truth (N, C, H, W)."""
     device = next(denoiser.parameters()).device
@@ -67,6 +67,8 @@ def sample_physical_ensemble(
             {"num_steps": steps, "solver": solver}, batch_size=members,
             latent_shape=tuple(z_mean.shape), device=device,
         )
+        if center_residuals:
+            r = residual.center_members(r)
         z = residual.compose(z_mean.expand_as(r), r, s)
         out.append(autoencoder.decode(z.cpu().float()))
         if "x" in item:  # the truth itself
@@ -79,12 +81,13 @@ def sample_physical_ensemble(
 
 def ensemble_scores(
     denoiser, dataset, autoencoder, scale: list[float], members: int = 4, steps: int = 12,
-    solver: str = "heun", seed: int = 0,
+    solver: str = "heun", seed: int = 0, center_residuals: bool = False,
 ) -> dict[str, float]:
     """Scores of a small ensemble on ``dataset`` (needs "z", "z_mean", "cond", "emb")."""
     from kmscale.evaluation.torch_metrics import crps_fair, spread_skill_ratio
 
-    ens, truth = sample_physical_ensemble(denoiser, dataset, autoencoder, scale, members, steps, solver, seed)
+    ens, truth = sample_physical_ensemble(denoiser, dataset, autoencoder, scale, members, steps, solver, seed,
+                                          center_residuals=center_residuals)
     e, t = standardized(ens, autoencoder).double(), standardized(truth, autoencoder).double()
     ratio = smallest_scale_power_ratio(e, t)
     scores = {
