@@ -12,7 +12,10 @@ channels, Charbonnier + log-power spectral loss, then a decoder stage matching t
 batch-mean windowed spectrum) trained here; residual diffusion
 (EDM) in pixel and latent space sampled with 16 members, trained on cross-fitted
 residuals (``residual_folds=2``: two more regression U-Nets, each trained on half of
-the training days, give every training time an out-of-sample regression mean). Scores: RMSE and MAE of the (ensemble) mean, fair CRPS, spread-skill
+the training days, give every training time an out-of-sample regression mean); the latent ensemble is
+re-centred on the regression mean (``SamplerSettings.center_residuals``,
+``--center-residuals``) and every diffusion bundle is also scored with the other
+setting. Scores: RMSE and MAE of the (ensemble) mean, fair CRPS, spread-skill
 ratio, rank histogram, and predicted/true power at the two smallest resolved scales
 of the windowed zonal spectrum (linear detrend + Hann window along each latitude line,
 ``kmscale.evaluation.spectra``). Also the per-member sampling speed of latent vs pixel
