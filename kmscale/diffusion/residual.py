@@ -84,6 +84,10 @@ def center_members(r: torch.Tensor, dim: int = 0) -> torch.Tensor:
     mean, which the full regression does not make. Centering enforces the
     definition: ``r_m - mean_m(r)``, times ``sqrt(M / (M - 1))`` because removing the
     sample mean of M independent members shrinks each one's variance by ``(M - 1)/M``.
+    This holds only as far as the regression reaches the conditional mean: where it
+    misses real structure that the members share (an under-fitted pixel-space U-Net
+    without the smallest scales), centring removes that structure too, so it is an
+    option (``SamplerSettings.center_residuals``), off by default.
     It is the ensemble re-centring of NWP (members re-centred on the best
     deterministic estimate) done on the residual. Members then depend on the whole
     ensemble (on M and every seed), not on their own seed alone.
