@@ -54,8 +54,12 @@ BUDGETS = {
     "vae_decoder": 80_000,  # decoder stage on whole fields, encoder frozen: about 7.5 minutes
     "regression": 20_000,
     "ldm": 20_000,
+    # latent space only: the decoder fine-tuned on generated latents after the diffusion
+    # model (LDMConfig.decoder_refinement; 4 generated members per time, spectrum weight
+    # 1.0): about 16 minutes
+    "decoder_refinement": 64_000,
 }
-QUICK_BUDGETS = {"vae": 64, "vae_decoder": 16, "regression": 32, "ldm": 32}
+QUICK_BUDGETS = {"vae": 64, "vae_decoder": 16, "regression": 32, "ldm": 32, "decoder_refinement": 32}
 UNET = [32, 64, 64]  # block_out_channels of every U-Net (1.1 M parameters in pixel space)
 MEMBERS = 16
 STEPS = 12  # EDM Heun noise levels (23 network evaluations per member)
@@ -130,16 +134,22 @@ def scores(ens: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def sample_val(bundle_path: Path, pred_val, members: int, out: Path, steps: int,
-               center: bool = False) -> tuple[np.ndarray, float]:
-    """Sample the validation period with a bundle into a store; (M, T, H, W) and seconds."""
+               center: bool = False, autoencoder: Path | None = None) -> tuple[np.ndarray, float]:
+    """Sample the validation period with a bundle into a store; (M, T, H, W) and seconds.
+    ``autoencoder`` replaces the bundle's (the same latents decoded by another decoder)."""
+    from kmscale.autoencoders import load_autoencoder
     from kmscale.bundle import ModelBundle
     from kmscale.data.store import open_store
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
 
-    store = out / f"{bundle_path.parent.name}_val{'_centred' if center else ''}.zarr"
+    name = f"{bundle_path.parent.name}_val{'_centred' if center else ''}{'_' + autoencoder.name if autoencoder else ''}"
+    store = out / f"{name}.zarr"
     t0 = time.perf_counter()
     if not store.exists():
-        pipe = DownscalingPipeline(ModelBundle.load(bundle_path))
+        bundle = ModelBundle.load(bundle_path)
+        if autoencoder is not None:
+            bundle.autoencoder = load_autoencoder(autoencoder).eval()
+        pipe = DownscalingPipeline(bundle)
         pipe.run(pred_val, store, SamplerSettings(members=members, steps=steps, member_batch=16, time_chunk=8,
                                                   center_residuals=center), progress=False)
     seconds = time.perf_counter() - t0
@@ -192,7 +202,10 @@ def _train_space(args, out: Path, space: str, autoencoder: str, budgets: dict, d
         f"out_dir={out / f'diffusion_{space}'}", f"regression_bundle={bundles[f'regression_{space}']}",
         f"train.total_samples={n}", f"train.checkpoint_every_samples={n // 2}",
         f"train.validate_every_samples={n // 2}", "validation.members=4", "validation.steps=6",
-        "validation.max_times=4", f"residual_folds={args.residual_folds}"])
+        "validation.max_times=4", f"residual_folds={args.residual_folds}"]
+        + ([f"decoder_refinement.total_samples={budgets['decoder_refinement']}",
+            f"decoder_refinement.spectral_weight={args.decoder_refinement_weight}"]
+           if space == "latent" and args.decoder_refinement else []))
     bundles[f"diffusion_{space}"], wall[f"diffusion_{space}"] = _timed(cfg.out_dir, lambda: train_ldm(cfg, data)[1])
     return 0
 
@@ -256,6 +269,12 @@ def main(argv=None) -> int:
                              "Default latent: there the members' mean is worse than the regression's (the fold "
                              "regressions' extrapolation errors); in pixel space the members' shared small-scale "
                              "structure improves on the regression and centring would remove it")
+    parser.add_argument("--decoder-refinement", type=int, choices=[0, 1], default=1,
+                        help="1: the latent LDM run ends with the decoder refined on generated latents "
+                             "(LDMConfig.decoder_refinement, BUDGETS); the same ensemble decoded by the VAE "
+                             "before refinement is scored under details.without_refinement. 0: none")
+    parser.add_argument("--decoder-refinement-weight", type=float, default=1.0,
+                        help="spectral_weight of the decoder refinement")
     parser.add_argument("--train-only", choices=["pixel", "latent"], default=None,
                         help="train only this space's models (the VAE belongs to latent) and stop before scoring: "
                              "two processes, one per core, can share --out; a last run without it scores")
@@ -294,7 +313,7 @@ def main(argv=None) -> int:
     supplementary = any(getattr(args, k) != parser.get_default(k) for k in (
         "vae_widths", "vae_channels", "vae_spectral", "vae_spectral_weight", "vae_lr", "vae_small_patch",
         "vae_small_fraction", "vae_shift", "vae_decoder_samples", "vae_decoder_spectral_weight", "residual_folds",
-        "latent_budget_factor", "center_residuals"))
+        "latent_budget_factor", "center_residuals", "decoder_refinement", "decoder_refinement_weight"))
     small = [args.vae_small_patch] * 2 if args.vae_small_patch else None
     spaces = [args.train_only] if args.train_only else ["pixel", "latent"]
     if "latent" not in spaces:
@@ -329,6 +348,15 @@ def main(argv=None) -> int:
             other = sample_val(path, p_val, m, out, steps, center=not center)[0]
             variants[name] = {"center_residuals": not center,
                               **{k: v for k, v in scores(other, truth).items() if not k.startswith("_")}}
+    refinement = None
+    if args.decoder_refinement:
+        from kmscale.bundle import ModelBundle
+
+        # The headline latent ensemble decoded by the VAE as it was before the refinement.
+        before = sample_val(bundles["diffusion_latent"], p_val, members, out, steps, center="latent" in centred,
+                            autoencoder=vae_path)[0]
+        refinement = {"without_refinement": {k: v for k, v in scores(before, truth).items() if not k.startswith("_")},
+                      **ModelBundle.load(bundles["diffusion_latent"]).extra["ldm"]["decoder_refinement"]}
     speed = sampling_speed(bundles["diffusion_pixel"], bundles["diffusion_latent"], p_val, steps)
 
     demo_seconds = None
@@ -351,6 +379,9 @@ def main(argv=None) -> int:
                     "lr": args.vae_lr, "small_patch": small, "small_fraction": args.vae_small_fraction if small else 0,
                     "shift_augment": args.vae_shift, "decoder_samples": args.vae_decoder_samples,
                     "decoder_spectral_weight": args.vae_decoder_spectral_weight},
+            # the latent LDM's decoder refinement: its record (settings, seconds, validation scores
+            # before/after on the LDM's 4 validation times) and the headline ensemble without it
+            "decoder_refinement": refinement,
             "center_residuals": centred,  # spaces whose headline ensembles are re-centred
             "other_centring": variants,  # the same bundles sampled with the other setting
             "residual_folds": args.residual_folds, "latent_budget_factor": args.latent_budget_factor,

@@ -116,6 +116,27 @@ def test_store_of_another_autoencoder_is_refused(tmp_path):
     assert not (tmp_path / "b.zarr").exists()
 
 
+def test_store_is_read_by_the_same_encoder_with_a_refined_decoder(tmp_path):
+    """A decoder fine-tuned afterwards (LDM decoder refinement) reads the same latents,
+    except from a store with tail offsets, which were measured against the old decoder."""
+    ds = targets(n_time=2, shape=(16, 16))
+    model = vae(0)
+    plain = encode_to_store(model, ds, tmp_path / "a.zarr", progress=False)
+    tails = encode_to_store(model, ds, tmp_path / "t.zarr", tail_resolution=0.01, progress=False)
+    refined = vae(0)
+    with torch.no_grad():
+        for m in refined.decoder_modules():
+            for p in m.parameters():
+                p.add_(0.01)
+    assert refined.fingerprint() != model.fingerprint()
+    assert refined.encoder_fingerprint() == model.encoder_fingerprint() != vae(1).encoder_fingerprint()
+    assert open_latents(plain, refined).sizes["time"] == 2
+    with pytest.raises(StoreError, match="expected latents written by autoencoder"):
+        open_latents(tails, refined)
+    with pytest.raises(StoreError, match="expected latents written by autoencoder"):
+        open_latents(plain, vae(1))
+
+
 def test_corrupt_store_is_an_error_and_nothing_is_damaged(tmp_path):
     ds = targets(n_time=4)
     model = identity()

@@ -205,3 +205,48 @@ def test_ldm_with_cross_fitted_residuals(files, tmp_path, regression_bundle):
         assert fold.extra["regression"]["config"]["train"]["total_samples"] == 4  # 8 * (K-1)/K
     scale = ModelBundle.load(tmp_path / "f" / "bundle").edm.residual_scale
     assert np.all(np.isfinite(scale)) and min(scale) > 0
+
+
+def test_ldm_decoder_refinement_resumes_and_keeps_the_encoder(files, tmp_path, regression_bundle):
+    """decoder_refinement: the bundle's decoder is fine-tuned on generated latents (two steps,
+    interrupted and resumed = uninterrupted); the encoder, and so every latent, is unchanged."""
+    from kmscale.autoencoders.vae import VAEAutoencoder
+    from kmscale.bundle import ModelBundle
+    from kmscale.errors import ConfigError
+
+    torch.manual_seed(0)
+    vae = VAEAutoencoder(variables=["t2m"], input_stats={"t2m": {"mean": 280.0, "std": 3.0}},
+                         block_out_channels=(8, 8), norm_num_groups=4, latent_channels=2)
+    vae.set_latent_stats([0.0, 0.0], [1.0, 1.0])
+    vae.save_pretrained(tmp_path / "vae")
+    reg = _config(tmp_path, files, out_dir=str(tmp_path / "reg"), autoencoder=str(tmp_path / "vae"),
+                  train={"total_samples": 4})
+    assert _recipe("train_regression").main(["--config", str(reg)]) == 0
+    recipe = _recipe("train_ldm")
+    refine = {"total_samples": 8, "generated_members": 2, "steps": 2, "max_times": 6}
+    common = {"regression_bundle": str(tmp_path / "reg" / "bundle"), "train": {"total_samples": 4},
+              "validation": {"members": 2, "steps": 2, "max_times": 2}}
+    straight = _config(tmp_path, files, out_dir=str(tmp_path / "a"), decoder_refinement=refine, **common)
+    assert recipe.main(["--config", str(straight)]) == 0
+    first = _config(tmp_path, files, out_dir=str(tmp_path / "b"), decoder_refinement={**refine, "total_samples": 4},
+                    **common)
+    assert recipe.main(["--config", str(first)]) == 0
+    assert recipe.main(["--config", str(first), "decoder_refinement.total_samples=8"]) == 0
+    a, b = (_weights(tmp_path / r / "decoder_refinement" / "final") for r in ("a", "b"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+    base, bundle = ModelBundle.load(tmp_path / "reg" / "bundle"), ModelBundle.load(tmp_path / "b" / "bundle")
+    assert bundle.autoencoder.fingerprint() != base.autoencoder.fingerprint()
+    assert bundle.autoencoder.encoder_fingerprint() == base.autoencoder.encoder_fingerprint()
+    record = bundle.extra["ldm"]["decoder_refinement"]
+    assert record["samples_seen"] == 8 and record["autoencoder_after"] == bundle.autoencoder.fingerprint()
+    assert record["validation_before"]["val/crps"] > 0 and "val/power_ratio_1" in record["validation_after"]
+    # Generated latents of another setting are not silently reused.
+    with pytest.raises(ConfigError, match="generated latents"):
+        recipe.main(["--config", str(first), "decoder_refinement.total_samples=12",
+                     "decoder_refinement.generated_members=3"])
+    # Pixel space has no decoder to refine.
+    pixel = _config(tmp_path, files, out_dir=str(tmp_path / "p"), decoder_refinement=refine,
+                    **{**common, "regression_bundle": str(regression_bundle)})
+    with pytest.raises(ConfigError, match="trainable decoder"):
+        recipe.main(["--config", str(pixel)])

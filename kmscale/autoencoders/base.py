@@ -140,6 +140,11 @@ class Autoencoder(ModelMixin, ConfigMixin):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalized latents -> physical fields (B, C, *spatial)."""
+        return self.denormalize_output(self.decode_standardized(z))
+
+    def decode_standardized(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalized latents -> standardized fields (B, C, *spatial): what training losses
+        compare with ``normalize_input(x)``."""
         if z.ndim != 2 + self.spatial_dims or z.shape[1] != self.latent_channels:
             raise SchemaError(
                 f"{type(self).__name__}: expected latents (batch, {self.latent_channels}, ...) with "
@@ -148,7 +153,11 @@ class Autoencoder(ModelMixin, ConfigMixin):
         stats = self._latent_stats(z)
         if stats is not None:
             z = z * stats[1] + stats[0]
-        return self.denormalize_output(self._decode_normalized(z))
+        return self._decode_normalized(z)
+
+    def decoder_modules(self) -> list[torch.nn.Module]:
+        """The modules that turn latents into fields (none for models without weights)."""
+        return []
 
     def set_latent_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Record per-channel latent normalization (fitted on training latents)."""
@@ -186,10 +195,22 @@ class Autoencoder(ModelMixin, ConfigMixin):
 
     def fingerprint(self) -> str:
         """SHA-256 over the config and the weights: what a latent store records."""
+        return self._hash(skip=())
+
+    def encoder_fingerprint(self) -> str:
+        """SHA-256 over the config and every weight outside :meth:`decoder_modules`: the
+        identity of the latents. A decoder fine-tuned afterwards (the LDM recipe's
+        ``decoder_refinement``) changes :meth:`fingerprint` but still reads the same
+        latents, which latent stores check with this."""
+        return self._hash(skip=self.decoder_modules())
+
+    def _hash(self, skip: Sequence[torch.nn.Module]) -> str:
+        prefixes = tuple(name + "." for name, mod in self.named_modules() if any(mod is m for m in skip))
         h = hashlib.sha256()
-        cfg = self._fingerprint_config()
-        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+        h.update(json.dumps(self._fingerprint_config(), sort_keys=True, default=str).encode())
         for name, tensor in sorted(self.state_dict().items()):
+            if prefixes and name.startswith(prefixes):
+                continue
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]

@@ -9,13 +9,14 @@ Layout of a latent store (kind ``"latents"``)::
                 that restore the extremes (:mod:`kmscale.autoencoders.tails`), in steps
                 of the attribute ``tail_resolution`` (one per variable, physical units)
     time, <Y>, <X> (+ 2-D lat/lon, lead_time ...)  the targets' coordinates
-    attrs: autoencoder_fingerprint, autoencoder_class, variables, latent_mean/std,
+    attrs: autoencoder_fingerprint, encoder_fingerprint, autoencoder_class, variables, latent_mean/std,
            downsample_factor, field_shape, quantization_step, target_attrs (CF), ...
 
 ``<Y>, <X>`` are the targets' spatial dims (``lat, lon`` or ``y, x``). The store is
 chunked by time and written with :class:`kmscale.data.store.StoreWriter`, so it is
 atomic and resumable chunk by chunk. :func:`decode_store` refuses a store written by
-another autoencoder (fingerprint) and rebuilds a ``"targets"`` store with the CF
+another autoencoder (fingerprint; a model whose decoder alone was fine-tuned since, with
+the same ``encoder_fingerprint``, may read a store without tail offsets) and rebuilds a ``"targets"`` store with the CF
 attributes and the NaN mask of the original.
 
 The NaN mask is stored for every time (a radar composite's footprint changes from
@@ -164,6 +165,7 @@ def encode_to_store(
         template = template.assign_coords(tail_prob=np.asarray(TAIL_PROBS))
     attrs = {
         "autoencoder_fingerprint": autoencoder.fingerprint(),
+        "encoder_fingerprint": autoencoder.encoder_fingerprint(),
         "autoencoder_class": type(autoencoder).registry_name,
         "variables": json.dumps(variables),
         "latent_mean": json.dumps(autoencoder.config.latent_mean),
@@ -229,7 +231,12 @@ def open_latents(path: str | Path, autoencoder: Autoencoder | None = None) -> xr
     ds = open_store(path, kind=LATENT_KIND)
     if autoencoder is not None:
         want, found = autoencoder.fingerprint(), ds.attrs.get("autoencoder_fingerprint")
-        if want != found:
+        # A model whose decoder alone was fine-tuned later (LDM decoder refinement) reads
+        # the same latents, unless the store carries tail offsets: those were measured
+        # against the old decoder's output.
+        same_encoder = (ds.attrs.get("encoder_fingerprint") == autoencoder.encoder_fingerprint()
+                        and json.loads(ds.attrs.get("tail_resolution", "null")) is None)
+        if want != found and not same_encoder:
             raise StoreError(
                 f"{path}: expected latents written by autoencoder {want}, found latents of "
                 f"autoencoder {found} ({ds.attrs.get('autoencoder_class')!r})"

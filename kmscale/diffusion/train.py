@@ -7,8 +7,9 @@ benchmarks call them directly. The loop itself is :class:`kmscale.training.Train
 Stage 1 (regression) writes ``<out_dir>/bundle``: autoencoder + regression U-Net +
 conditioning spec, a complete deterministic bundle. Stage 2 (LDM) reads that bundle,
 computes ẑ for every training time, trains the EDM denoiser on the residual
-``r = residual.make(z, ẑ, scale)`` and writes ``<out_dir>/bundle`` with all three
-models.
+``r = residual.make(z, ẑ, scale)``, optionally refines the autoencoder's decoder on the
+latents the trained model generates (``decoder_refinement``, :mod:`kmscale.diffusion.refine`)
+and writes ``<out_dir>/bundle`` with all three models.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from kmscale.conditioning.dataset import (
 from kmscale.conditioning.embeddings import DEFAULT_MAX_LEAD_HOURS, lead_times_of
 from kmscale.conditioning.static import grid_coords
 from kmscale.diffusion import residual
+from kmscale.diffusion.refine import DecoderRefinement
 from kmscale.diffusion.regression import UNetSettings, build_unet, predict_mean, regression_loss
 from kmscale.errors import AlignmentError, ConfigError
 from kmscale.training import Trainer, TrainingSettings, TrainResult
@@ -116,6 +118,9 @@ class LDMConfig:
     # out-of-fold residuals train the diffusion model and set its residual scale. The
     # bundle keeps the full regression for inference. 0 or 1: in-sample residuals.
     residual_folds: int = 0
+    # After the diffusion model: fine-tune the autoencoder's decoder on latents it generates
+    # for training times (kmscale.diffusion.refine); the bundle gets the refined autoencoder.
+    decoder_refinement: DecoderRefinement = field(default_factory=DecoderRefinement)
 
 
 # ---- data ---------------------------------------------------------------------------
@@ -397,33 +402,43 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
             r, cond = r[..., sl[0], sl[1]], with_context(cond, sl, cfg.context_size)
         return loss(net, r, cond, b["emb"]).mean()
 
-    def validate_fn(net):
+    def whole_field(net):
         from kmscale.diffusion.pipeline import patched_denoiser
 
+        return net if cfg.patch is None else patched_denoiser(net, field_shape, cfg.patch, None, cfg.context_size)
+
+    def score(net, autoencoder):
         v = cfg.validation
-        if cfg.patch is not None:
-            net = patched_denoiser(net, field_shape, cfg.patch, None, cfg.context_size)
-        return ensemble_scores(net, val_ds, ae, scale, members=v.members, steps=v.steps, solver=v.solver,
-                               seed=v.seed, center_residuals=v.center_residuals)
+        return ensemble_scores(whole_field(net), val_ds, autoencoder, scale, members=v.members, steps=v.steps,
+                               solver=v.solver, seed=v.seed, center_residuals=v.center_residuals)
 
     trainer = Trainer(
         denoiser, loss_fn, train_ds, cfg.out_dir, cfg.train,
-        validate_fn=validate_fn if val_ds is not None else None,
+        validate_fn=(lambda net: score(net, ae)) if val_ds is not None else None,
         best_metric="crps" if val_ds is not None else None,
         export_fn=lambda m, path: m.backbone.save_pretrained(path),
         run_config=to_dict(cfg),
     )
     result = trainer.fit()
+    from kmscale.diffusion.regression import load_backbone
+
+    weights = Path(cfg.out_dir) / ("best" if (Path(cfg.out_dir) / "best").is_dir() else "final")
+    backbone = load_backbone(weights).eval()
+    record = {"config": to_dict(cfg), "weights": weights.name, "samples_seen": result.samples_seen,
+              "best_score": result.best_score}
+    if cfg.decoder_refinement.total_samples > 0:
+        from kmscale.diffusion.refine import pick_times, refine_decoder
+
+        net = build_denoiser(backbone, edm).eval()
+        times = train_ds.subset(pick_times(len(train_ds), cfg.decoder_refinement.max_times))
+        ae, record["decoder_refinement"] = refine_decoder(
+            ae, whole_field(net), times, physical_targets(targets_tr.sel(time=times.time), ae.variables), scale,
+            cfg.decoder_refinement, Path(cfg.out_dir) / "decoder_refinement", cfg.train,
+            validate_fn=(lambda m: score(net, m)) if val_ds is not None else None, run_config=to_dict(cfg))
     bundle_path = Path(cfg.out_dir) / "bundle"
     if trainer.accelerator.is_main_process:
-        from kmscale.diffusion.regression import load_backbone
-
-        weights = Path(cfg.out_dir) / ("best" if (Path(cfg.out_dir) / "best").is_dir() else "final")
-        base.diffusion = load_backbone(weights).eval()
-        base.edm = edm
-        base.extra = dict(base.extra) | {"ldm": {"config": to_dict(cfg), "weights": weights.name,
-                                                  "samples_seen": result.samples_seen,
-                                                  "best_score": result.best_score}}
+        base.autoencoder, base.diffusion, base.edm = ae, backbone, edm
+        base.extra = dict(base.extra) | {"ldm": record}
         base.save(bundle_path)
     trainer.accelerator.wait_for_everyone()
     return result, bundle_path

@@ -49,6 +49,26 @@ def smallest_scale_power_ratio(ens: torch.Tensor, truth: torch.Tensor) -> torch.
 
 
 @torch.no_grad()
+def latent_members(
+    denoiser, item: dict, scale: torch.Tensor, seeds: list[int], steps: int, solver: str,
+    center_residuals: bool = False,
+) -> torch.Tensor:
+    """Composed latent members (M, C_z, h, w) for one example (needs "z_mean", "cond", "emb");
+    ``scale`` is the residual scale (C_z, 1, 1) on the denoiser's device."""
+    device = scale.device
+    z_mean = item["z_mean"].to(device)
+    cond = torch.cat([z_mean, item["cond"].to(device)], dim=0)
+    r = sample_ensemble(
+        denoiser, cond, item["emb"].to(device), len(seeds), seeds,
+        {"num_steps": steps, "solver": solver}, batch_size=len(seeds),
+        latent_shape=tuple(z_mean.shape), device=device,
+    )
+    if center_residuals:
+        r = residual.center_members(r)
+    return residual.compose(z_mean.expand_as(r), r, scale)
+
+
+@torch.no_grad()
 def sample_physical_ensemble(
     denoiser, dataset, autoencoder, scale: list[float], members: int, steps: int, solver: str, seed: int,
     progress: bool = False, center_residuals: bool = False,
@@ -60,16 +80,7 @@ def sample_physical_ensemble(
     out, truth = [], []
     for i in range(len(dataset)):
         item = dataset[i]
-        z_mean = item["z_mean"].to(device)
-        cond = torch.cat([z_mean, item["cond"].to(device)], dim=0)
-        r = sample_ensemble(
-            denoiser, cond, item["emb"].to(device), members, seeds,
-            {"num_steps": steps, "solver": solver}, batch_size=members,
-            latent_shape=tuple(z_mean.shape), device=device,
-        )
-        if center_residuals:
-            r = residual.center_members(r)
-        z = residual.compose(z_mean.expand_as(r), r, s)
+        z = latent_members(denoiser, item, s, seeds, steps, solver, center_residuals)
         out.append(autoencoder.decode(z.cpu().float()))
         if "x" in item:  # the truth itself
             truth.append(item["x"][None].float())
