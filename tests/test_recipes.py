@@ -245,6 +245,8 @@ def test_ldm_decoder_refinement_resumes_and_keeps_the_encoder(files, tmp_path, r
     with pytest.raises(ConfigError, match="generated latents"):
         recipe.main(["--config", str(first), "decoder_refinement.total_samples=12",
                      "decoder_refinement.generated_members=3"])
+    with pytest.raises(ConfigError, match="regression_mean"):
+        recipe.main(["--config", str(first), "decoder_refinement.regression_mean=oof"])
     # Pixel space has no decoder to refine.
     pixel = _config(tmp_path, files, out_dir=str(tmp_path / "p"), decoder_refinement=refine,
                     **{**common, "regression_bundle": str(regression_bundle)})

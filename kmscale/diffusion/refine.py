@@ -52,6 +52,8 @@ class DecoderRefinement:
 
     total_samples: int = 0  # 0: no refinement
     batch_size: int | None = None  # None: train.global_batch_size
+    ema_decay: float | None = None  # None: train.ema_decay
+    max_grad_norm: float | None = None  # None: train.max_grad_norm
     lr: float = 2e-4  # constant, no warm-up
     spectral_weight: float = 1.0  # w of both spectrum terms
     spectral_floor: float = 1e-6  # standardized units squared
@@ -62,6 +64,10 @@ class DecoderRefinement:
     max_times: int = 256  # training times used (evenly spread)
     patch: list[int] | None = None  # train on random (rows, cols) pixel crops; None: whole fields
     seed: int = 0  # first member seed of the generated latents
+    # The regression mean under the generated residuals: "training", the means the diffusion
+    # model was trained on (cross-fitted with residual_folds > 1); "full", the bundle's own
+    # regression on the training times (in-sample).
+    regression_mean: str = "training"
 
 
 class RefinementData(Dataset):
@@ -160,7 +166,7 @@ def refine_decoder(autoencoder, denoiser, dataset, x: torch.Tensor, scale: list[
     out = Path(out_dir)
     t0 = time.perf_counter()
     cache = out / "generated.pt"
-    key = {k: getattr(s, k) for k in ("generated_members", "steps", "solver", "max_times", "seed")}
+    key = {k: getattr(s, k) for k in ("generated_members", "steps", "solver", "max_times", "seed", "regression_mean")}
     state = PartialState()
     if state.is_main_process and not cache.is_file():
         out.mkdir(parents=True, exist_ok=True)
@@ -177,6 +183,8 @@ def refine_decoder(autoencoder, denoiser, dataset, x: torch.Tensor, scale: list[
     data = RefinementData(model.normalize_input(x), ~torch.isnan(x), dataset.z, saved["z_gen"])
     settings = TrainingSettings(**{**to_dict(train), "total_samples": s.total_samples, "lr": s.lr,
                                    "global_batch_size": s.batch_size or train.global_batch_size,
+                                   "ema_decay": train.ema_decay if s.ema_decay is None else s.ema_decay,
+                                   "max_grad_norm": train.max_grad_norm if s.max_grad_norm is None else s.max_grad_norm,
                                    "warmup_samples": 0, "lr_decay": "constant", "validate_every_samples": 0})
     trainer = Trainer(model, lambda m, b: refinement_loss(m, b, s), data, out, settings,
                       validate_fn=validate_fn, run_config=run_config)

@@ -431,6 +431,11 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
 
         net = build_denoiser(backbone, edm).eval()
         times = train_ds.subset(pick_times(len(train_ds), cfg.decoder_refinement.max_times))
+        if cfg.decoder_refinement.regression_mean == "full":
+            times = times.with_z_mean(predict_mean(base.regression, times, cfg.eval_batch_size, progress=False))
+        elif cfg.decoder_refinement.regression_mean != "training":
+            raise ConfigError(f"decoder_refinement.regression_mean: expected training or full, found "
+                              f"{cfg.decoder_refinement.regression_mean!r}")
         ae, record["decoder_refinement"] = refine_decoder(
             ae, whole_field(net), times, physical_targets(targets_tr.sel(time=times.time), ae.variables), scale,
             cfg.decoder_refinement, Path(cfg.out_dir) / "decoder_refinement", cfg.train,
