@@ -56,8 +56,8 @@ BUDGETS = {
     "ldm": 20_000,
     # latent space only: the decoder fine-tuned on generated latents after the diffusion
     # model (LDMConfig.decoder_refinement; 4 generated members per time, spectrum weight
-    # 1.0): about 16 minutes
-    "decoder_refinement": 64_000,
+    # 1.0): about 34 minutes (64,000 samples left the smallest scale at 0.849, BENCHMARKS.md)
+    "decoder_refinement": 128_000,
 }
 QUICK_BUDGETS = {"vae": 64, "vae_decoder": 16, "regression": 32, "ldm": 32, "decoder_refinement": 32}
 UNET = [32, 64, 64]  # block_out_channels of every U-Net (1.1 M parameters in pixel space)
