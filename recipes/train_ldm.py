@@ -15,8 +15,9 @@ best checkpoint, and writes the complete bundle to ``<out_dir>/bundle`` for
 ``kmscale sample``. With ``decoder_refinement.total_samples`` > 0 it then fine-tunes the
 autoencoder's decoder (encoder frozen) on latents the diffusion model generates for
 training times, so that decoded members keep the smallest scales' power; the bundle
-gets the refined autoencoder (run under ``<out_dir>/decoder_refinement``). EMA weights are saved and restored with the Accelerate state;
-re-running the same command resumes from the latest checkpoint.
+gets the refined autoencoder (run under ``<out_dir>/decoder_refinement``). EMA weights
+are saved and restored with the Accelerate state; re-running the same command resumes
+from the latest checkpoint.
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ def open_latents(path: str | Path, autoencoder: Autoencoder | None = None) -> xr
         # the same latents, unless the store carries tail offsets: those were measured
         # against the old decoder's output.
         same_encoder = (ds.attrs.get("encoder_fingerprint") == autoencoder.encoder_fingerprint()
-                        and json.loads(ds.attrs.get("tail_resolution", "null")) is None)
+                        and (_attr_json(ds, "tail_resolution", path) if "tail_resolution" in ds.attrs else None) is None)
         if want != found and not same_encoder:
             raise StoreError(
                 f"{path}: expected latents written by autoencoder {want}, found latents of "

@@ -70,6 +70,24 @@ class DecoderRefinement:
     # ensemble more power at the smallest scale (0.849 vs 0.840 of the truth, BENCHMARKS.md).
     regression_mean: str = "full"
 
+    def check(self, autoencoder) -> None:
+        """ConfigError unless these settings can refine ``autoencoder``: called by the recipe
+        before any training, so that a bad setting does not wait for the diffusion model."""
+        if not autoencoder.decoder_modules():
+            raise ConfigError(
+                f"decoder_refinement: expected an autoencoder with a trainable decoder, found "
+                f"{type(autoencoder).__name__} (pixel space has nothing to refine); set total_samples: 0"
+            )
+        if self.generated_members < 1 or self.max_times < 1:
+            raise ConfigError(f"decoder_refinement: expected generated_members and max_times >= 1, found "
+                              f"{self.generated_members} and {self.max_times}")
+        if self.patch is not None and any(p % autoencoder.downsample_factor for p in self.patch):
+            raise ConfigError(f"decoder_refinement.patch: expected multiples of the downsample factor "
+                              f"{autoencoder.downsample_factor}, found {self.patch}")
+        if self.regression_mean not in ("full", "training"):
+            raise ConfigError(f"decoder_refinement.regression_mean: expected full or training, found "
+                              f"{self.regression_mean!r}")
+
 
 class RefinementData(Dataset):
     """Items {"x", "valid", "z", "z_gen"}: standardized truth (C, H, W) with NaN as 0, its
@@ -140,8 +158,8 @@ def refine_decoder(autoencoder, denoiser, dataset, x: torch.Tensor, scale: list[
     Args:
         autoencoder: the bundle's autoencoder (left unchanged).
         denoiser: the trained EDM denoiser (EMA weights), possibly patched.
-        dataset: training examples with "z" and "z_mean" (out-of-fold means when the
-            recipe cross-fits), already restricted to the times to use.
+        dataset: training examples with "z" and "z_mean" (the means chosen by
+            ``s.regression_mean``), already restricted to the times to use.
         x: (N, C, H, W) physical truth of those times.
         scale: the residual scale of the diffusion model.
         s: the settings; ``train`` gives the batch size, EMA and checkpointing.
@@ -155,17 +173,7 @@ def refine_decoder(autoencoder, denoiser, dataset, x: torch.Tensor, scale: list[
     from kmscale.autoencoders import load_autoencoder
     from kmscale.config import to_dict
 
-    if not autoencoder.decoder_modules():
-        raise ConfigError(
-            f"decoder_refinement: expected an autoencoder with a trainable decoder, found "
-            f"{type(autoencoder).__name__} (pixel space has nothing to refine); set total_samples: 0"
-        )
-    if s.generated_members < 1 or s.max_times < 1:
-        raise ConfigError(f"decoder_refinement: expected generated_members and max_times >= 1, found "
-                          f"{s.generated_members} and {s.max_times}")
-    if s.patch is not None and any(p % autoencoder.downsample_factor for p in s.patch):
-        raise ConfigError(f"decoder_refinement.patch: expected multiples of the downsample factor "
-                          f"{autoencoder.downsample_factor}, found {s.patch}")
+    s.check(autoencoder)
     out = Path(out_dir)
     t0 = time.perf_counter()
     cache = out / "generated.pt"

@@ -34,7 +34,7 @@ from kmscale.conditioning.dataset import (
 from kmscale.conditioning.embeddings import DEFAULT_MAX_LEAD_HOURS, lead_times_of
 from kmscale.conditioning.static import grid_coords
 from kmscale.diffusion import residual
-from kmscale.diffusion.refine import DecoderRefinement
+from kmscale.diffusion.refine import DecoderRefinement, pick_times
 from kmscale.diffusion.regression import UNetSettings, build_unet, predict_mean, regression_loss
 from kmscale.errors import AlignmentError, ConfigError
 from kmscale.training import Trainer, TrainingSettings, TrainResult
@@ -357,6 +357,8 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
     lat, lon = grid_coords(data.targets)
     base.validate(preds_tr, (lat, lon))
     ae, spec = base.autoencoder, base.spec
+    if cfg.decoder_refinement.total_samples > 0:
+        cfg.decoder_refinement.check(ae)  # before hours of diffusion training, not after
     train_ds = build_dataset(spec, preds_tr, data.static, lat, lon,
                              target_latents(ae, targets_tr, cfg.data.latents), targets_tr["time"].values)
     if cfg.residual_folds > 1:
@@ -372,8 +374,7 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
         val_ds = build_dataset(spec, preds_va, data.static, lat, lon,
                                target_latents(ae, targets_va, cfg.data.latents),
                                targets_va["time"].values, physical_targets(targets_va, ae.variables))
-        pick = np.unique(np.linspace(0, len(val_ds) - 1, min(cfg.validation.max_times, len(val_ds))).round().astype(int))
-        val_ds = val_ds.subset(pick)
+        val_ds = val_ds.subset(pick_times(len(val_ds), cfg.validation.max_times))
         val_ds = val_ds.with_z_mean(predict_mean(base.regression, val_ds, cfg.eval_batch_size, progress=False))
     from kmscale.diffusion.patching import context_channels, with_context
 
@@ -427,15 +428,12 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
     record = {"config": to_dict(cfg), "weights": weights.name, "samples_seen": result.samples_seen,
               "best_score": result.best_score}
     if cfg.decoder_refinement.total_samples > 0:
-        from kmscale.diffusion.refine import pick_times, refine_decoder
+        from kmscale.diffusion.refine import refine_decoder
 
         net = build_denoiser(backbone, edm).eval()
         times = train_ds.subset(pick_times(len(train_ds), cfg.decoder_refinement.max_times))
         if cfg.decoder_refinement.regression_mean == "full":
             times = times.with_z_mean(predict_mean(base.regression, times, cfg.eval_batch_size, progress=False))
-        elif cfg.decoder_refinement.regression_mean != "training":
-            raise ConfigError(f"decoder_refinement.regression_mean: expected training or full, found "
-                              f"{cfg.decoder_refinement.regression_mean!r}")
         ae, record["decoder_refinement"] = refine_decoder(
             ae, whole_field(net), times, physical_targets(targets_tr.sel(time=times.time), ae.variables), scale,
             cfg.decoder_refinement, Path(cfg.out_dir) / "decoder_refinement", cfg.train,
