@@ -138,8 +138,8 @@ def sample_val(bundle_path: Path, pred_val, members: int, out: Path, steps: int,
     """Sample the validation period with a bundle into a store; (M, T, H, W) and seconds.
     ``autoencoder`` replaces the bundle's (the same latents decoded by another decoder)."""
     from kmscale.autoencoders import load_autoencoder
-    from kmscale.bundle import ModelBundle
     from kmscale.data.store import open_store
+    from kmscale.diffusion.bundle import ModelBundle
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
 
     name = f"{bundle_path.parent.name}_val{'_centred' if center else ''}{'_' + autoencoder.name if autoencoder else ''}"
@@ -160,7 +160,7 @@ def sample_val(bundle_path: Path, pred_val, members: int, out: Path, steps: int,
 def sampling_speed(pixel_bundle: Path, latent_bundle: Path, pred_val, steps: int, members: int = 16,
                    repeats: int = 5) -> dict:
     """Seconds per member, pixel vs latent diffusion, same steps and width, side by side."""
-    from kmscale.bundle import ModelBundle
+    from kmscale.diffusion.bundle import ModelBundle
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
     from kmscale.diffusion.regression import predict_mean
 
@@ -350,7 +350,7 @@ def main(argv=None) -> int:
                               **{k: v for k, v in scores(other, truth).items() if not k.startswith("_")}}
     refinement = None
     if args.decoder_refinement:
-        from kmscale.bundle import ModelBundle
+        from kmscale.diffusion.bundle import ModelBundle
 
         # The headline latent ensemble decoded by the VAE as it was before the refinement.
         before = sample_val(bundles["diffusion_latent"], p_val, members, out, steps, center="latent" in centred,

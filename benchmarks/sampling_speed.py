@@ -64,7 +64,7 @@ def build(channels: int, cond_channels: int, args: argparse.Namespace) -> EDMPre
         mid_attention=args.attention,
         norm_num_groups=args.norm_groups,
     )
-    return EDMPrecond(unet.eval(), sigma_data=0.5)
+    return EDMPrecond(unet.eval())
 
 
 def time_sampling(net: EDMPrecond, shape: tuple[int, int, int], cond_channels: int, args) -> float:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kmscale.autoencoders import available, get_autoencoder_class, load_autoencoder
-from kmscale.autoencoders.registry import _REGISTRY
+from kmscale.autoencoders.registration import REGISTRY as _REGISTRY
 
 PLUGIN_MODULE = textwrap.dedent(
     '''

@@ -13,9 +13,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _downscaling_data import synthetic  # noqa: E402
 
-from kmscale.bundle import EDMSettings, ModelBundle, grid_dataset  # noqa: E402
 from kmscale.conditioning.dataset import ConditioningSpec  # noqa: E402
-from kmscale.diffusion.regression import UNetSettings, build_unet  # noqa: E402
+from kmscale.diffusion.bundle import EDMSettings, ModelBundle, grid_dataset  # noqa: E402
+from kmscale.diffusion.networks import UNetSettings  # noqa: E402
+from kmscale.diffusion.regression import build_unet  # noqa: E402
 from kmscale.errors import BundleError  # noqa: E402
 
 TINY = UNetSettings(block_out_channels=[8, 16], norm_num_groups=4)

@@ -264,4 +264,4 @@ def test_cross_attention_reads_cond_without_concatenation(tmp_path):
     with pytest.raises(GridError, match="emb"):
         net(x, 0.3, torch.zeros(1, 3))
     with pytest.raises(ConfigError, match="cond_channels"):
-        CrossAttentionUNet(3, 2, cond_channels=3)
+        CrossAttentionUNet(3, 2, cond_channels=3, block_out_channels=(8, 16), norm_num_groups=4)

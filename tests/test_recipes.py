@@ -116,7 +116,7 @@ def test_ldm_two_steps_resume_and_bundle(files, tmp_path, regression_bundle):
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
     records = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/crps" in r for r in records) and (tmp_path / "b" / "best" / "best.json").is_file()
-    from kmscale.bundle import ModelBundle
+    from kmscale.diffusion.bundle import ModelBundle
 
     bundle = ModelBundle.load(tmp_path / "b" / "bundle")
     assert bundle.diffusion is not None and len(bundle.edm.residual_scale) == 1
@@ -158,9 +158,9 @@ def test_two_process_cpu_launch_follows_the_same_schedule(files, tmp_path):
 
 
 def test_ldm_on_patches_with_global_context_samples_patchwise(files, tmp_path, regression_bundle):
-    from kmscale.bundle import ModelBundle
     from kmscale.data.readers import open_dataset
     from kmscale.data.store import open_store
+    from kmscale.diffusion.bundle import ModelBundle
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
 
     cfg = _config(tmp_path, files, out_dir=str(tmp_path / "p"), regression_bundle=str(regression_bundle),
@@ -176,7 +176,7 @@ def test_ldm_on_patches_with_global_context_samples_patchwise(files, tmp_path, r
 
 
 def test_ldm_with_cross_attention_backbone(files, tmp_path, regression_bundle):
-    from kmscale.bundle import ModelBundle
+    from kmscale.diffusion.bundle import ModelBundle
     from kmscale.diffusion.networks import CrossAttentionUNet
 
     cfg = _config(tmp_path, files, out_dir=str(tmp_path / "x"), regression_bundle=str(regression_bundle),
@@ -190,7 +190,7 @@ def test_ldm_with_cross_fitted_residuals(files, tmp_path, regression_bundle):
     """residual_folds=2: two fold regressions, each predicting the block it did not see."""
     import numpy as np
 
-    from kmscale.bundle import ModelBundle
+    from kmscale.diffusion.bundle import ModelBundle
 
     cfg = _config(tmp_path, files, out_dir=str(tmp_path / "f"), regression_bundle=str(regression_bundle),
                   train={"total_samples": 4}, validation={"members": 2, "steps": 2, "max_times": 1},
@@ -211,7 +211,7 @@ def test_ldm_decoder_refinement_resumes_and_keeps_the_encoder(files, tmp_path, r
     """decoder_refinement: the bundle's decoder is fine-tuned on generated latents (two steps,
     interrupted and resumed = uninterrupted); the encoder, and so every latent, is unchanged."""
     from kmscale.autoencoders.vae import VAEAutoencoder
-    from kmscale.bundle import ModelBundle
+    from kmscale.diffusion.bundle import ModelBundle
     from kmscale.errors import ConfigError
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ _EXPORTS = {
     "available": "kmscale.autoencoders.registry",
     "get_autoencoder_class": "kmscale.autoencoders.registry",
     "load_autoencoder": "kmscale.autoencoders.registry",
-    "register": "kmscale.autoencoders.registry",
+    "register": "kmscale.autoencoders.registration",
 }
 
 __all__ = list(_EXPORTS)

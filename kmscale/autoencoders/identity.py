@@ -12,7 +12,7 @@ import torch
 from diffusers.configuration_utils import register_to_config
 
 from kmscale.autoencoders.base import Autoencoder
-from kmscale.autoencoders.registry import register
+from kmscale.autoencoders.registration import register
 
 
 @register("identity")

@@ -1,6 +1,7 @@
 """Name -> Autoencoder class registry, with third-party plugins via entry points.
 
-Built-in classes register with ``@register("name")``. A third-party package adds its
+Built-in classes register with ``@register("name")``
+(:mod:`kmscale.autoencoders.registration`, re-exported here). A third-party package adds its
 own by declaring, in its ``pyproject.toml``::
 
     [project.entry-points."kmscale.autoencoders"]
@@ -15,34 +16,15 @@ import json
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from kmscale.autoencoders import builtin  # noqa: F401  (its imports run the @register decorators)
+from kmscale.autoencoders.base import Autoencoder
+from kmscale.autoencoders.registration import REGISTRY as _REGISTRY
+from kmscale.autoencoders.registration import register
 from kmscale.errors import CheckpointError
 
+__all__ = ["available", "get_autoencoder_class", "load_autoencoder", "register"]
+
 ENTRY_POINT_GROUP = "kmscale.autoencoders"
-
-_REGISTRY: dict[str, type] = {}
-
-
-def register(name: str):
-    """Class decorator: register an :class:`Autoencoder` subclass under ``name``."""
-
-    def wrap(cls):
-        from kmscale.autoencoders.base import Autoencoder
-
-        if not (isinstance(cls, type) and issubclass(cls, Autoencoder)):
-            raise TypeError(f"@register({name!r}): expected an Autoencoder subclass, found {cls!r}")
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not cls:
-            raise ValueError(f"autoencoder name {name!r} is already taken by {existing.__qualname__}")
-        cls.registry_name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
-
-
-def _load_builtins() -> None:
-    # Importing the package modules runs their @register decorators.
-    import kmscale.autoencoders.builtin  # noqa: F401
 
 
 def _plugins() -> dict:
@@ -51,20 +33,16 @@ def _plugins() -> dict:
 
 def available() -> list[str]:
     """Names of all registered and plugged-in autoencoders."""
-    _load_builtins()
     return sorted(set(_REGISTRY) | set(_plugins()))
 
 
 def get_autoencoder_class(name: str) -> type:
     """The class registered (or plugged in) under ``name``."""
-    _load_builtins()
     if name in _REGISTRY:
         return _REGISTRY[name]
     plugins = _plugins()
     if name in plugins:
         cls = plugins[name].load()
-        from kmscale.autoencoders.base import Autoencoder
-
         if not (isinstance(cls, type) and issubclass(cls, Autoencoder)):
             raise TypeError(
                 f"entry point {name!r} in group {ENTRY_POINT_GROUP!r}: expected an Autoencoder "
@@ -77,7 +55,6 @@ def get_autoencoder_class(name: str) -> type:
 
 
 def _class_by_config_name(class_name: str) -> type | None:
-    _load_builtins()
     for cls in _REGISTRY.values():
         if cls.__name__ == class_name:
             return cls

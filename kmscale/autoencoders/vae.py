@@ -43,7 +43,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from kmscale.autoencoders.base import Autoencoder
 from kmscale.autoencoders.norms import swap_group_norms
-from kmscale.autoencoders.registry import register
+from kmscale.autoencoders.registration import register
 from kmscale.errors import ConfigError
 
 NORM_TYPES = ("pixel", "group")

@@ -1,7 +1,8 @@
 """``kmscale sample`` and ``kmscale demo``.
 
-Only the standard library is imported at top level (``kmscale --help`` stays fast);
-the handlers import torch and friends.
+Only the standard library and :mod:`kmscale.diffusion.settings` (the sampler's
+defaults, itself standard library only) are imported at top level (``kmscale --help``
+stays fast); the handlers import torch and friends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import json
 import logging
 import sys
+
+from kmscale.diffusion.settings import EULER, HEUN, SOLVERS, SamplerSettings
 
 SAMPLE_HELP = """\
 Downscale coarse predictors with a trained model bundle into an ensemble store.
@@ -54,21 +57,25 @@ def register(subparsers) -> None:
     p.add_argument("--predictors", required=True, nargs="+",
                    help="predictor file(s): NetCDF/GRIB/zarr, canonical variables (time, lat, lon)")
     p.add_argument("--out", required=True, help="output ensemble store (.zarr)")
-    p.add_argument("--members", type=int, default=16, help="ensemble size M (default 16)")
-    p.add_argument("--steps", type=int, default=18, help="EDM noise levels N (default 18)")
-    p.add_argument("--solver", choices=("heun", "euler"), default="heun",
-                   help="heun: EDM Algorithm 2 (default); euler: first order, few-step option")
-    p.add_argument("--churn", type=float, default=0.0, help="S_churn stochasticity (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="member m uses seed SEED+m (default 0)")
+    d = SamplerSettings()
+    p.add_argument("--members", type=int, default=d.members, help=f"ensemble size M (default {d.members})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"EDM noise levels N (default {d.steps})")
+    p.add_argument("--solver", choices=SOLVERS, default=d.solver,
+                   help=f"{HEUN}: EDM Algorithm 2; {EULER}: first order, few-step option "
+                        f"(default {d.solver})")
+    p.add_argument("--churn", type=float, default=d.S_churn, help=f"S_churn stochasticity (default {d.S_churn:g})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"member m uses seed SEED+m (default {d.seed})")
     p.add_argument("--center-residuals", action="store_true",
                    help="re-centre the members on the regression mean: remove their mean latent residual, "
                         "keep its variance (members then depend on M and on every seed)")
-    p.add_argument("--member-batch", type=int, default=8, help="members denoised together (memory only)")
+    p.add_argument("--member-batch", type=int, default=d.member_batch,
+                   help=f"members denoised together (memory only; default {d.member_batch})")
     p.add_argument("--patch", type=_pair, default=None, metavar="H,W",
                    help="patch-wise sampling with latent tiles of H,W (large domains)")
     p.add_argument("--overlap", type=_pair, default=None, metavar="H,W",
                    help="tile overlap in latent pixels (default: a quarter of the tile)")
-    p.add_argument("--time-chunk", type=int, default=1, help="valid times per store chunk (unit of resume)")
+    p.add_argument("--time-chunk", type=int, default=d.time_chunk,
+                   help=f"valid times per store chunk (unit of resume; default {d.time_chunk})")
     p.add_argument("--start", default=None, help="first valid time to downscale (ISO)")
     p.add_argument("--end", default=None, help="last valid time to downscale (ISO)")
     p.add_argument("--target-grid", default=None, metavar="FILE",
@@ -102,9 +109,9 @@ def _device(name: str | None) -> str:
 def run_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from kmscale.bundle import ModelBundle
     from kmscale.data.readers import open_dataset
-    from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
+    from kmscale.diffusion.bundle import ModelBundle
+    from kmscale.diffusion.pipeline import DownscalingPipeline
 
     bundle = ModelBundle.load(args.bundle)
     predictors = open_dataset(args.predictors, variables=bundle.spec.predictors.variables)

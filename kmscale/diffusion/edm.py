@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from kmscale.diffusion.settings import EDMLossSettings
 from kmscale.errors import GridError, describe
 
 
@@ -44,7 +45,7 @@ class EDMPrecond(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,  # F(x_in, c_noise, emb): the trainable network
-        sigma_data: float = 0.5,  # expected standard deviation of the training data (residuals)
+        sigma_data: float = EDMLossSettings.sigma_data,  # expected std of the training data
         sigma_min: float = 0.0,  # lowest noise level the model supports (samplers clamp to it)
         sigma_max: float = math.inf,  # highest noise level the model supports
     ) -> None:
@@ -106,9 +107,9 @@ class EDMLoss:
 
     def __init__(
         self,
-        P_mean: float = -1.2,  # mean of ln σ during training
-        P_std: float = 1.2,  # standard deviation of ln σ during training
-        sigma_data: float = 0.5,  # expected standard deviation of the training data
+        P_mean: float = EDMLossSettings.P_mean,  # mean of ln σ during training
+        P_std: float = EDMLossSettings.P_std,  # standard deviation of ln σ during training
+        sigma_data: float = EDMLossSettings.sigma_data,  # expected std of the training data
     ) -> None:
         self.P_mean = float(P_mean)
         self.P_std = float(P_std)

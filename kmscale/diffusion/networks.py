@@ -31,6 +31,7 @@ weights by ``save_pretrained`` and restored by ``<Class>.from_pretrained``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F_nn
@@ -39,6 +40,20 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from kmscale.errors import ConfigError, GridError, describe
+
+
+@dataclass
+class UNetSettings:
+    """Width and depth of a U-Net backbone (in/out channels come from the data); the
+    defaults of :class:`ConditionalUNet` and :class:`CrossAttentionUNet` are these."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    layers_per_block: int = 1
+    attention_levels: list[bool] | None = None  # None: attention at the coarsest level only
+    mid_attention: bool = True
+    norm_num_groups: int = 8
+    attention_head_dim: int = 8
+    dropout: float = 0.0
 
 
 def _pad(x: torch.Tensor, multiple: int, mode: str) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -88,18 +103,19 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         self,
         in_channels: int,
         out_channels: int,
-        block_out_channels: Sequence[int] = (64, 128, 256),
-        layers_per_block: int = 2,
-        attention_levels: Sequence[bool] | None = None,
-        mid_attention: bool = True,
-        norm_num_groups: int = 32,
-        attention_head_dim: int = 8,
+        block_out_channels: Sequence[int] | None = None,  # None: UNetSettings'
+        layers_per_block: int = UNetSettings.layers_per_block,
+        attention_levels: Sequence[bool] | None = UNetSettings.attention_levels,
+        mid_attention: bool = UNetSettings.mid_attention,
+        norm_num_groups: int = UNetSettings.norm_num_groups,
+        attention_head_dim: int = UNetSettings.attention_head_dim,
         embedding_dim: int | None = None,
-        dropout: float = 0.0,
+        dropout: float = UNetSettings.dropout,
         pad_mode: str = "replicate",
     ) -> None:
         super().__init__()
-        block_out_channels = tuple(int(c) for c in block_out_channels)
+        block_out_channels = tuple(int(c) for c in block_out_channels or UNetSettings().block_out_channels)
+        self.register_to_config(block_out_channels=block_out_channels)  # the config names the widths
         levels = len(block_out_channels)
         if levels < 1 or in_channels < 1 or out_channels < 1:
             raise ConfigError(
@@ -245,17 +261,18 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
         concat_cond: bool = True,
         token_patch: int = 4,
         cross_attention_dim: int = 64,
-        block_out_channels: Sequence[int] = (64, 128, 256),
-        layers_per_block: int = 2,
+        block_out_channels: Sequence[int] | None = None,  # None: UNetSettings'
+        layers_per_block: int = UNetSettings.layers_per_block,
         cross_attention_levels: Sequence[bool] | None = None,
-        norm_num_groups: int = 32,
+        norm_num_groups: int = UNetSettings.norm_num_groups,
         attention_heads: int = 4,
         embedding_dim: int | None = None,
-        dropout: float = 0.0,
+        dropout: float = UNetSettings.dropout,
         pad_mode: str = "replicate",
     ) -> None:
         super().__init__()
-        block_out_channels = tuple(int(c) for c in block_out_channels)
+        block_out_channels = tuple(int(c) for c in block_out_channels or UNetSettings().block_out_channels)
+        self.register_to_config(block_out_channels=block_out_channels)  # the config names the widths
         levels = len(block_out_channels)
         if not 0 < cond_channels < in_channels:
             raise ConfigError(describe(f"0 < cond_channels < in_channels={in_channels}", cond_channels,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,39 +37,15 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from kmscale.bundle import ModelBundle
 from kmscale.conditioning.dataset import DownscalingDataset
 from kmscale.diffusion import residual
+from kmscale.diffusion.bundle import ModelBundle, build_denoiser
 from kmscale.diffusion.ensemble import default_seeds, sample_ensemble
 from kmscale.diffusion.regression import predict_mean
+from kmscale.diffusion.settings import SamplerSettings
 from kmscale.errors import ConfigError
 
 SEED_RULE = "seed(t, m) = member_seeds[m] * 1000003 + hours_since_1970(t)"
-
-
-@dataclass
-class SamplerSettings:
-    """How ``kmscale sample`` draws the ensemble (all recorded in the store)."""
-
-    members: int = 16
-    steps: int = 18  # N noise levels (Heun: 2N - 1 network evaluations per member)
-    solver: str = "heun"  # "heun" (EDM Algorithm 2) or "euler" (few-step option)
-    S_churn: float = 0.0  # stochasticity of the sampler (0: deterministic ODE)
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
-    seed: int = 0  # member m uses member seed ``seed + m``
-    member_batch: int = 8  # members denoised together (memory); does not change results
-    patch: list[int] | None = None  # latent tile (th, tw) for patch-wise sampling; None: whole field
-    overlap: list[int] | None = None  # latent tile overlap (oh, ow); default: a quarter of the tile
-    time_chunk: int = 1  # valid times per store chunk (the unit of resume)
-    # remove the members' mean residual in latent space (variance kept): the ensemble is
-    # re-centred on the regression mean; see kmscale.diffusion.residual.center_members
-    center_residuals: bool = False
-
-    def sampler_kwargs(self) -> dict:
-        return {"num_steps": self.steps, "solver": self.solver, "S_churn": self.S_churn,
-                "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "rho": self.rho}
 
 
 def time_seeds(member_seeds: list[int], valid_time: np.datetime64) -> list[int]:
@@ -95,7 +71,7 @@ def patched_denoiser(denoiser, shape: tuple[int, int], patch: list[int], overlap
 
 
 class DownscalingPipeline:
-    """Apply a :class:`~kmscale.bundle.ModelBundle` to predictors.
+    """Apply a :class:`~kmscale.diffusion.bundle.ModelBundle` to predictors.
 
     Args:
         bundle: the trained models and metadata.
@@ -109,8 +85,6 @@ class DownscalingPipeline:
         self.regression = bundle.regression.to(self.device).eval()
         self.denoiser = None
         if bundle.diffusion is not None:
-            from kmscale.diffusion.train import build_denoiser
-
             self.denoiser = build_denoiser(bundle.diffusion.to(self.device).eval(), bundle.edm).eval()
 
     # ---- stages --------------------------------------------------------------------

@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from kmscale.autoencoders.losses import charbonnier, mean_log_power_distance
+from kmscale.diffusion.settings import HEUN
 from kmscale.errors import ConfigError
 from kmscale.training import Trainer, TrainingSettings
 
@@ -60,7 +61,7 @@ class DecoderRefinement:
     charbonnier_eps: float = 1e-3
     generated_members: int = 4  # generated latents per training time
     steps: int = 6  # sampler noise levels of the generated latents
-    solver: str = "heun"
+    solver: str = HEUN
     max_times: int = 256  # training times used (evenly spread)
     patch: list[int] | None = None  # train on random (rows, cols) pixel crops; None: whole fields
     seed: int = 0  # first member seed of the generated latents

@@ -10,27 +10,17 @@ autoencoder's latent space as in LDM_res).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from kmscale.diffusion.networks import ConditionalUNet
-
-
-@dataclass
-class UNetSettings:
-    """Width and depth of a ConditionalUNet (in/out channels come from the data)."""
-
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
-    layers_per_block: int = 1
-    attention_levels: list[bool] | None = None  # None: attention at the coarsest level only
-    mid_attention: bool = True
-    norm_num_groups: int = 8
-    attention_head_dim: int = 8
-    dropout: float = 0.0
+from kmscale.diffusion.networks import ConditionalUNet, CrossAttentionUNet, UNetSettings
+from kmscale.errors import CheckpointError
 
 
 def build_unet(
@@ -47,8 +37,6 @@ def build_unet(
     do not apply to it.
     """
     if cross_attention_cond:
-        from kmscale.diffusion.networks import CrossAttentionUNet
-
         return CrossAttentionUNet(
             in_channels=int(in_channels), out_channels=int(out_channels), cond_channels=int(cross_attention_cond),
             block_out_channels=list(settings.block_out_channels), layers_per_block=settings.layers_per_block,
@@ -60,19 +48,11 @@ def build_unet(
     )
 
 
-def load_backbone(path):
+def load_backbone(path: str | Path) -> ConditionalUNet | CrossAttentionUNet:
     """``from_pretrained`` of whichever backbone class saved ``path`` (its config names it)."""
-    import json
-    from pathlib import Path
-
-    from kmscale.diffusion import networks
-
     name = json.loads((Path(path) / "config.json").read_text()).get("_class_name")
-    cls = {"ConditionalUNet": networks.ConditionalUNet,
-           "CrossAttentionUNet": getattr(networks, "CrossAttentionUNet", None)}.get(name)
+    cls = {"ConditionalUNet": ConditionalUNet, "CrossAttentionUNet": CrossAttentionUNet}.get(name)
     if cls is None:
-        from kmscale.errors import CheckpointError
-
         raise CheckpointError(f"{path}: expected a ConditionalUNet or CrossAttentionUNet, found {name!r}")
     return cls.from_pretrained(path)
 

@@ -20,18 +20,26 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from kmscale.diffusion.edm import EDMPrecond
+from kmscale.diffusion.settings import (
+    EULER,
+    HEUN,
+    SOLVERS,
+    EDMLossSettings,
+    NoiseSchedule,
+    SamplerSettings,
+)
 from kmscale.errors import ConfigError, GridError, describe
 
 Denoiser = Callable[..., torch.Tensor]  # D(x (B,C,H,W), sigma (B,), cond, emb) -> (B,C,H,W)
 
-SOLVERS = ("heun", "euler")
 
 
 def time_steps(
     num_steps: int,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
+    sigma_min: float = NoiseSchedule.sigma_min,
+    sigma_max: float = NoiseSchedule.sigma_max,
+    rho: float = NoiseSchedule.rho,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Noise levels t_0 = σ_max > ... > t_{N-1} = σ_min, then t_N = 0 (Eq. 5), float64 (N + 1,)."""
@@ -92,15 +100,15 @@ def edm_sampler(
     noise: torch.Tensor,
     cond: torch.Tensor | None = None,
     emb: torch.Tensor | None = None,
-    num_steps: int = 18,  # N: number of noise levels (Heun: 2N - 1 network evaluations)
-    sigma_min: float = 0.002,  # lowest noise level of the schedule (Eq. 5)
-    sigma_max: float = 80.0,  # highest noise level; the start is noise * sigma_max
-    rho: float = 7.0,  # schedule curvature (Eq. 5); larger spends more steps at low sigma
+    num_steps: int = SamplerSettings.steps,  # N noise levels (Heun: 2N - 1 network evaluations)
+    sigma_min: float = NoiseSchedule.sigma_min,  # lowest noise level of the schedule (Eq. 5)
+    sigma_max: float = NoiseSchedule.sigma_max,  # highest noise level; the start is noise * sigma_max
+    rho: float = NoiseSchedule.rho,  # schedule curvature (Eq. 5); larger: more steps at low sigma
     S_churn: float = 0.0,  # total stochasticity; 0 gives the deterministic ODE sampler
     S_min: float = 0.0,  # churn only for sigma in [S_min, S_max]
     S_max: float = math.inf,
     S_noise: float = 1.0,  # noise inflation of the churn (slightly > 1 counters over-denoising)
-    solver: str = "heun",  # "heun" (2nd order, Algorithm 2) or "euler" (1st order)
+    solver: str = HEUN,  # HEUN (2nd order, Algorithm 2) or EULER (1st order)
     generators: Sequence[torch.Generator] | None = None,  # one per batch element, for churn noise
     progress: bool = False,  # tqdm bar over the steps
     dtype: torch.dtype = torch.float64,  # dtype of the ODE state (EDM integrates in float64)
@@ -153,7 +161,7 @@ def edm_sampler(
         d_cur = (x_hat - denoised) / t_hat  # Eq. 3: dx/dt = (x - D(x; t)) / t
         x_next = x_hat + (t_next - t_hat) * d_cur
         # 2nd-order correction (lines 9-11), skipped on the last step where t_next = 0.
-        if solver == "heun" and i < len(steps) - 1:
+        if solver == HEUN and i < len(steps) - 1:
             denoised = D(x_next, t_next)
             d_prime = (x_next - denoised) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
@@ -166,15 +174,15 @@ def diffusers_euler_sampler(
     noise: torch.Tensor,
     cond: torch.Tensor | None = None,
     emb: torch.Tensor | None = None,
-    num_steps: int = 18,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
-    rho: float = 7.0,
+    num_steps: int = SamplerSettings.steps,
+    sigma_min: float = NoiseSchedule.sigma_min,
+    sigma_max: float = NoiseSchedule.sigma_max,
+    rho: float = NoiseSchedule.rho,
     S_churn: float = 0.0,
     S_min: float = 0.0,
     S_max: float = math.inf,
     S_noise: float = 1.0,
-    solver: str = "euler",
+    solver: str = EULER,
     generators: Sequence[torch.Generator] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -193,11 +201,9 @@ def diffusers_euler_sampler(
     Also unlike the scheduler's ``init_noise_sigma`` (sqrt(σ_max² + 1)), the start is
     σ_max · noise, as in EDM.
     """
-    from diffusers import EDMEulerScheduler
+    from diffusers import EDMEulerScheduler  # imports much of diffusers: only when used
 
-    from kmscale.diffusion.edm import EDMPrecond
-
-    if solver != "euler":
+    if solver != EULER:
         raise ConfigError(describe("solver='euler' (EDMEulerScheduler is first order)", repr(solver),
                                    where="diffusers_euler_sampler"))
     if S_churn > 0:
@@ -206,7 +212,7 @@ def diffusers_euler_sampler(
     sigma_min = max(sigma_min, getattr(net, "sigma_min", 0.0))
     sigma_max = min(sigma_max, getattr(net, "sigma_max", math.inf))
     precond = net if isinstance(net, EDMPrecond) else None
-    sigma_data = precond.sigma_data if precond is not None else 0.5
+    sigma_data = precond.sigma_data if precond is not None else EDMLossSettings.sigma_data
     sched = EDMEulerScheduler(sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data, rho=rho,
                               sigma_schedule="karras", final_sigmas_type="zero")
     sched.set_timesteps(num_steps, device=noise.device)

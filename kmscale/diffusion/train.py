@@ -24,7 +24,6 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from kmscale.bundle import EDMSettings, ModelBundle, data_fingerprint, grid_dataset
 from kmscale.conditioning.dataset import (
     ConditioningSpec,
     build_dataset,
@@ -34,8 +33,17 @@ from kmscale.conditioning.dataset import (
 from kmscale.conditioning.embeddings import DEFAULT_MAX_LEAD_HOURS, lead_times_of
 from kmscale.conditioning.static import grid_coords
 from kmscale.diffusion import residual
+from kmscale.diffusion.bundle import (
+    EDMSettings,
+    ModelBundle,
+    build_denoiser,
+    data_fingerprint,
+    grid_dataset,
+)
 from kmscale.diffusion.refine import DecoderRefinement, pick_times
-from kmscale.diffusion.regression import UNetSettings, build_unet, predict_mean, regression_loss
+from kmscale.diffusion.networks import UNetSettings
+from kmscale.diffusion.regression import build_unet, predict_mean, regression_loss
+from kmscale.diffusion.settings import HEUN, EDMLossSettings
 from kmscale.errors import AlignmentError, ConfigError
 from kmscale.training import Trainer, TrainingSettings, TrainResult
 
@@ -76,19 +84,12 @@ class RegressionConfig:
 
 
 @dataclass
-class EDMLossSettings:
-    P_mean: float = -1.2  # mean of ln σ in training (EDM Table 1)
-    P_std: float = 1.2  # std of ln σ in training
-    sigma_data: float = 1.0  # residuals are scaled to unit std per channel
-
-
-@dataclass
 class EnsembleValidation:
     """The small ensemble scored on held-out times during LDM training."""
 
     members: int = 4
     steps: int = 12
-    solver: str = "heun"
+    solver: str = HEUN
     max_times: int = 8  # held-out times scored (evenly spread over the validation period)
     seed: int = 0
     center_residuals: bool = False  # as SamplerSettings.center_residuals (members re-centred on the regression)
@@ -285,12 +286,6 @@ def _scale_tensor(scale: list[float], device=None) -> torch.Tensor:
 def diffusion_inputs(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Conditioning of the denoiser: [ẑ, cond] along channels (B, C_z + C_c, h, w)."""
     return torch.cat([batch["z_mean"], batch["cond"]], dim=1)
-
-
-def build_denoiser(backbone: torch.nn.Module, edm: EDMSettings):
-    from kmscale.diffusion.edm import EDMPrecond
-
-    return EDMPrecond(backbone, sigma_data=edm.sigma_data)
 
 
 def out_of_fold_means(cfg: LDMConfig, base: ModelBundle, data: TrainingData, targets_tr: xr.Dataset,

@@ -22,6 +22,7 @@ import torch
 from kmscale.data import transforms
 from kmscale.diffusion import residual
 from kmscale.diffusion.ensemble import default_seeds, sample_ensemble
+from kmscale.diffusion.settings import HEUN
 
 
 def standardized(x: torch.Tensor, autoencoder) -> torch.Tensor:
@@ -92,7 +93,7 @@ def sample_physical_ensemble(
 
 def ensemble_scores(
     denoiser, dataset, autoencoder, scale: list[float], members: int = 4, steps: int = 12,
-    solver: str = "heun", seed: int = 0, center_residuals: bool = False,
+    solver: str = HEUN, seed: int = 0, center_residuals: bool = False,
 ) -> dict[str, float]:
     """Scores of a small ensemble on ``dataset`` (needs "z", "z_mean", "cond", "emb")."""
     from kmscale.evaluation.torch_metrics import crps_fair, spread_skill_ratio

@@ -32,10 +32,15 @@ import numpy as np
 import xarray as xr
 
 from kmscale import __version__
+from kmscale.autoencoders.registry import load_autoencoder
 from kmscale.conditioning.dataset import ConditioningSpec, latent_grid
 from kmscale.conditioning.embeddings import lead_times_of
 from kmscale.conditioning.predictors import fractional_index
 from kmscale.conditioning.static import grid_coords
+from kmscale.data.variables import lookup
+from kmscale.diffusion.edm import EDMPrecond
+from kmscale.diffusion.regression import load_backbone
+from kmscale.diffusion.settings import EDMLossSettings, NoiseSchedule
 from kmscale.errors import BundleError, CheckpointError, GridError, SchemaError, UnitsError
 
 BUNDLE_FILE = "bundle.json"
@@ -47,12 +52,17 @@ BUNDLE_FORMAT = 1
 class EDMSettings:
     """What the sampler must know about how the diffusion model was trained."""
 
-    sigma_data: float = 1.0  # σ_data of EDMPrecond (the residual is scaled to unit std)
+    sigma_data: float = EDMLossSettings.sigma_data  # σ_data of EDMPrecond
     residual_scale: list[float] = field(default_factory=lambda: [1.0])  # per latent channel
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
+    sigma_min: float = NoiseSchedule.sigma_min
+    sigma_max: float = NoiseSchedule.sigma_max
     context_size: list[int] | None = None  # coarse global context of patch training (PatchedDenoiser)
     train_patch: list[int] | None = None  # latent patch size trained on; None: whole field
+
+
+def build_denoiser(backbone, edm: EDMSettings) -> EDMPrecond:
+    """The EDM denoiser D(x; σ) around a diffusion backbone trained with ``edm``."""
+    return EDMPrecond(backbone, sigma_data=edm.sigma_data)
 
 
 @dataclass
@@ -95,8 +105,6 @@ class ModelBundle:
         return grid_coords(self.grid)[1]
 
     def units(self) -> dict[str, str]:
-        from kmscale.data.variables import lookup
-
         out = {}
         for name in self.variables:
             try:
@@ -168,9 +176,6 @@ class ModelBundle:
             BundleError: missing/corrupt bundle.json, a missing part, or weights that
                 differ from the recorded autoencoder fingerprint.
         """
-        from kmscale.autoencoders import load_autoencoder
-        from kmscale.diffusion.regression import load_backbone
-
         path = Path(path)
         meta_file = path / BUNDLE_FILE
         if not meta_file.is_file():
