@@ -813,6 +813,12 @@ def parse_args(argv):
         help="dotted override of every candidate's recipe config, e.g. stage1.total_samples=8000",
     )
     p.add_argument(
+        "--budget-scale",
+        type=float,
+        default=1.0,
+        help="scale every stage's training samples (e.g. 0.25 for a bounded run)",
+    )
+    p.add_argument(
         "--work-dir",
         type=Path,
         default=ROOT / "runs" / "compression",

@@ -49,6 +49,7 @@ from kmscale.autoencoders.vae import VAEAutoencoder
 from kmscale.diffusion.edm import EDMPrecond
 from kmscale.diffusion.networks import ConditionalUNet
 from kmscale.diffusion.samplers import edm_sampler, member_noise
+from kmscale.diffusion.settings import HEUN
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {
             "pixel_shape": list(pix_shape), "latent_shape": list(lat_shape), "cond_channels": args.cond_channels,
             "block_out_channels": list(args.width), "layers_per_block": args.layers_per_block,
-            "attention": args.attention, "num_steps": args.steps, "solver": "heun",
+            "attention": args.attention, "num_steps": args.steps, "solver": HEUN,
             "network_evaluations": 2 * args.steps - 1, "batch": args.batch, "repeats": args.repeats,
             "params": {"pixel": sum(q.numel() for q in pix_net.parameters()),
                        "latent": sum(q.numel() for q in lat_net.parameters())},

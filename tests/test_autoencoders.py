@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -105,7 +102,8 @@ def test_vae_nan_inputs_are_filled():
 def test_losses_limits():
     model = make("vae")
     x = model.normalize_input(field())
-    x_hat, post = model(x)
+    out = model(x)
+    x_hat, post = out.sample, out.latent_dist
     loss = VAELoss(kl_weight=1e-3, kl_warmup_samples=100, spectral_weight=0.1)
     parts = loss(x, x, post, samples_seen=0)
     assert parts["recon"].shape == (2,) and torch.all(parts["recon"] == 0)
@@ -128,7 +126,8 @@ def test_losses_limits():
 def test_loss_weights_emphasize_points():
     model = make("vae")
     x = model.normalize_input(field())
-    x_hat, post = model(x)
+    out = model(x)
+    x_hat, post = out.sample, out.latent_dist
     loss = VAELoss()
     plain = loss(x_hat, x, post)["recon"]
     # Uniform weights are the plain mean; weight 0 removes a region like a mask does.
@@ -161,7 +160,7 @@ def test_vae_quantization_noise():
 
     model._decode_normalized = spy
     g = torch.Generator().manual_seed(1)
-    x_hat, post = model(x, quant_step=0.5, generator=g)
+    x_hat = model(x, quant_step=0.5, generator=g).sample
     noise = (captured["z"] - mu).detach()
     assert x_hat.shape == x.shape
     assert float(noise.abs().max()) <= 0.5 * 0.5 * 2.0 + 1e-6  # |u| <= 1/2, step 0.5, std 2
@@ -172,7 +171,7 @@ def test_vae_quantization_noise():
         model(x, quant_step=-0.1)
     # Gradients reach the encoder through the noisy latent.
     model._decode_normalized = real
-    x_hat, _ = model(x, quant_step=0.5)
+    x_hat = model(x, quant_step=0.5).sample
     x_hat.square().mean().backward()
     assert model.vae.encoder.conv_in.weight.grad is not None
 
@@ -185,7 +184,8 @@ def test_vae_trains_a_few_steps():
     x = model.normalize_input(field((4, 1, 16, 16)))
     first = None
     for _ in range(15):
-        x_hat, post = model(x, sample_posterior=False)
+        out = model(x, sample_posterior=False)
+        x_hat, post = out.sample, out.latent_dist
         total = loss(x_hat, x, post)["total"].mean()
         first = first if first is not None else float(total.detach())
         opt.zero_grad()
@@ -237,7 +237,8 @@ def _train_steps(model, steps: int = 8):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x = model.normalize_input(field((4, 1, 32, 32)))
     for _ in range(steps):
-        x_hat, post = model(x, sample_posterior=False)
+        out = model(x, sample_posterior=False)
+        x_hat, post = out.sample, out.latent_dist
         total = VAELoss()(x_hat, x, post)["total"].mean()
         opt.zero_grad()
         total.backward()
@@ -266,7 +267,7 @@ def test_pixel_norm_vae_tiles_exactly():
 
 
 def test_group_norm_vae_does_not_tile_exactly():
-    """The old behaviour (norm_type="group"): per-tile GroupNorm statistics change the result."""
+    """norm_type="group": per-tile GroupNorm statistics change the result."""
     torch.manual_seed(0)
     model = VAEAutoencoder(variables=["t2m"], input_stats={"t2m": STATS["t2m"]}, norm_type="group",
                            **SMALL["vae"]).eval()
@@ -313,9 +314,9 @@ def test_receptive_radius_within_default_overlap():
     assert 3 * overlap[0] // 8 >= max(r_enc, r_dec)
 
 
-def test_norm_type_config_and_old_checkpoints(tmp_path):
-    """A pixel model round-trips; a config saved before norm_type existed loads as GroupNorm
-    with its old fingerprint; attention with per-pixel norm is refused."""
+def test_norm_type_config(tmp_path):
+    """A pixel model round-trips with its norm; GroupNorm is the same state dict; attention
+    with per-pixel norm and unknown norms are refused."""
     with pytest.raises(ConfigError, match="mid_block_attention"):
         VAEAutoencoder(mid_block_attention=True)
     with pytest.raises(ConfigError, match="norm_type"):
@@ -329,24 +330,21 @@ def test_norm_type_config_and_old_checkpoints(tmp_path):
     group = VAEAutoencoder(variables=["t2m"], input_stats={"t2m": STATS["t2m"]}, norm_type="group",
                            **SMALL["vae"]).eval()
     assert set(group.state_dict()) == set(pixel.state_dict())  # same keys: swap is in place
-    group.save_pretrained(tmp_path / "old")
-    cfg_file = tmp_path / "old" / "config.json"
-    cfg = json.loads(cfg_file.read_text())
-    del cfg["norm_type"]  # as written before the option existed
-    cfg_file.write_text(json.dumps(cfg))
-    old = load_autoencoder(tmp_path / "old", expect="vae")
-    assert old.config.norm_type == "group"
-    assert any(isinstance(m, torch.nn.GroupNorm) for m in old.modules())
-    legacy = {k: v for k, v in dict(group.config).items() if not k.startswith("_") and k != "norm_type"}
-    h = hashlib.sha256(json.dumps(legacy, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(group.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    assert old.fingerprint() == group.fingerprint() == h.hexdigest()[:16]
-    x = field()
-    with torch.no_grad():
-        torch.testing.assert_close(old.encode(x), group.encode(x))
+    group.save_pretrained(tmp_path / "group")
+    reloaded = load_autoencoder(tmp_path / "group", expect="vae")
+    assert reloaded.config.norm_type == "group" and reloaded.fingerprint() == group.fingerprint()
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in reloaded.modules())
 
+
+def test_every_autoencoder_forward_returns_an_output():
+    from kmscale.autoencoders.base import AutoencoderOutput
+
+    for name in ("identity", "vae"):
+        model = make(name)
+        x = torch.randn(2, model.in_channels, 16, 16)
+        out = model(x)
+        assert isinstance(out, AutoencoderOutput) and out.sample.shape == x.shape
+        assert (out.latent_dist is not None) == (name == "vae")
 
 def test_tiling_errors_and_padding():
     model = make("vae")

@@ -118,7 +118,7 @@ def test_store_of_another_autoencoder_is_refused(tmp_path):
 
 def test_store_is_read_by_the_same_encoder_with_a_refined_decoder(tmp_path):
     """A decoder fine-tuned afterwards (LDM decoder refinement) reads the same latents,
-    except from a store with tail offsets, which were measured against the old decoder."""
+    except from a store with tail offsets, which were measured against the decoder that wrote it."""
     ds = targets(n_time=2, shape=(16, 16))
     model = vae(0)
     plain = encode_to_store(model, ds, tmp_path / "a.zarr", progress=False)

@@ -31,12 +31,22 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import ConfigMixin, ModelMixin
 
 from kmscale.data import transforms
 from kmscale.errors import SchemaError
+
+
+@dataclass
+class AutoencoderOutput:
+    """What :meth:`Autoencoder.forward` (the training pass) returns."""
+
+    sample: torch.Tensor  # reconstruction, standardized (B, C, *spatial)
+    latent_dist: Any = None  # q(z|x) of a variational model (DiagonalGaussianDistribution), else None
 
 
 class Autoencoder(ModelMixin, ConfigMixin):
@@ -70,6 +80,11 @@ class Autoencoder(ModelMixin, ConfigMixin):
     def _decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
         """Raw latent -> standardized (B, C, *spatial)."""
         raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> AutoencoderOutput:
+        """Training pass on standardized x (B, C, *spatial): encode, decode (no latent
+        normalization). Variational models override it to return their posterior too."""
+        return AutoencoderOutput(self._decode_normalized(self._encode_normalized(x)))
 
     # ---- derived, shared by all ---------------------------------------------------
     @property
@@ -189,8 +204,7 @@ class Autoencoder(ModelMixin, ConfigMixin):
 
     # ---- identity of a trained model ----------------------------------------------
     def _fingerprint_config(self) -> dict:
-        """The config entries the fingerprint hashes (subclasses may drop keys whose
-        value reproduces what older checkpoints meant without them)."""
+        """The config entries the fingerprint hashes."""
         return {k: v for k, v in dict(self.config).items() if not k.startswith("_")}
 
     def fingerprint(self) -> str:

@@ -27,11 +27,12 @@ def _tails_arg(p: argparse.ArgumentParser) -> None:
 def _tiling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", default="auto", metavar="N|auto|none",
                    help="pixel tile edge for fields too large for one pass (multiple of the downsample "
-                        "factor); 'auto' tiles only fields larger than 1024 px; 'none' never tiles")
-    p.add_argument("--overlap", type=int, default=320, metavar="N",
-                   help="pixel overlap between tiles (default 320); 3/8 of it is discarded at tile "
-                        "edges, which must cover the receptive radius (112 px for the default VAE) "
-                        "for tiles to match the untiled result")
+                        "factor); 'auto' tiles only fields larger than one default tile "
+                        "(kmscale.autoencoders.tiling.Tiling); 'none' never tiles")
+    p.add_argument("--overlap", type=int, default=None, metavar="N",
+                   help="pixel overlap between tiles (default: Tiling.overlap); 3/8 of it is discarded "
+                        "at tile edges, which must cover the receptive radius (112 px for the default "
+                        "VAE) for tiles to match the untiled result")
     p.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles/fields per network call")
     p.add_argument("--chunk", type=int, default=8, metavar="N", help="time steps per zarr chunk (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")
@@ -92,15 +93,16 @@ def _load(args):
 
 
 def _tiling(args, shape, factor):
-    from kmscale.autoencoders.tiling import auto_tiling
+    from kmscale.autoencoders.tiling import Tiling, auto_tiling
     from kmscale.errors import ConfigError
 
+    overlap = Tiling.overlap if args.overlap is None else args.overlap
     if args.tile == "none":
         return None, 0
     if args.tile == "auto":
-        return auto_tiling(shape, factor, overlap=args.overlap)
+        return auto_tiling(shape, factor, overlap=overlap)
     try:
-        return int(args.tile), args.overlap
+        return int(args.tile), overlap
     except ValueError as err:
         raise ConfigError(f"--tile: expected an integer, 'auto' or 'none', found {args.tile!r}") from err
 

@@ -231,9 +231,9 @@ def open_latents(path: str | Path, autoencoder: Autoencoder | None = None) -> xr
     ds = open_store(path, kind=LATENT_KIND)
     if autoencoder is not None:
         want, found = autoencoder.fingerprint(), ds.attrs.get("autoencoder_fingerprint")
-        # A model whose decoder alone was fine-tuned later (LDM decoder refinement) reads
-        # the same latents, unless the store carries tail offsets: those were measured
-        # against the old decoder's output.
+        # A model whose decoder alone was fine-tuned after the store was written (LDM decoder
+        # refinement) reads the same latents, unless the store carries tail offsets: those
+        # were measured against the output of the decoder that wrote it.
         same_encoder = (ds.attrs.get("encoder_fingerprint") == autoencoder.encoder_fingerprint()
                         and (_attr_json(ds, "tail_resolution", path) if "tail_resolution" in ds.attrs else None) is None)
         if want != found and not same_encoder:

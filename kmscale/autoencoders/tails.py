@@ -15,7 +15,7 @@ with ``delta_p = q_p(truth) - q_p(r)`` stored at the probabilities ``probs`` and
 in the tails (0.05 % to 10 % and their mirrors), sparser in the bulk, plus the minimum
 and maximum: 24 bytes per field before zstd. They were chosen on a validation split
 (ERA5 UK t2m, VAEs trained on 1-17 March 2019, evaluated on 18-20 March, 4x and 8x models,
-six quantization steps each; ``benchmarks/compression.py --validation --tail-knots``):
+six quantization steps each; the ``tail_knots`` candidates of ``benchmarks/compression.py``):
 the 99.9 % quantile of the whole block was within ZFP's error at equal RMSE at 9 of 12
 points with these knots, 7 with 15 knots dense in the upper tail only, 4 with 12 knots
 and 0 with the 0.1/1/99/99.9 % quantiles alone; between the knots of the few warmest

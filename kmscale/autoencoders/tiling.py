@@ -34,6 +34,7 @@ standardized units); :func:`tiled_decode` puts NaN back wherever ``mask`` is Fal
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -250,14 +251,24 @@ def tiled_decode(
     return out[0] if single else out
 
 
-def auto_tiling(shape: Sequence[int], factor: int, tile: int = 1024, overlap: int = 320
+@dataclass(frozen=True)
+class Tiling:
+    """Default tiling of :func:`auto_tiling` (``kmscale encode/decode --tile auto``), pixels.
+
+    The overlap, 320 px, discards 120 px (3/8) at interior tile edges: more than the
+    receptive radius of the default VAEs (encoder 81 px, decoder 112 px, see the module
+    docstring), so a ``norm_type="pixel"`` VAE tiles exactly.
+    """
+
+    tile: int = 1024  # fields up to this edge are coded in one pass
+    overlap: int = 320
+
+
+def auto_tiling(shape: Sequence[int], factor: int, tile: int = Tiling.tile, overlap: int = Tiling.overlap
                 ) -> tuple[tuple[int, int] | None, tuple[int, int]]:
     """Tiling for a field of ``shape``: None (whole field) when it fits in one ``tile``,
-    else tiles of at most ``tile`` px (multiples of ``factor``) with ``overlap``.
-
-    The default overlap, 320 px, discards 120 px (3/8) at interior tile edges: more than
-    the receptive radius of the default VAEs (encoder 81 px, decoder 112 px, see the
-    module docstring), so a ``norm_type="pixel"`` VAE tiles exactly."""
+    else tiles of at most ``tile`` px (multiples of ``factor``) with ``overlap`` (see
+    :class:`Tiling`)."""
     full = padded_shape(shape, factor)
     if full[0] <= tile and full[1] <= tile:
         return None, (0, 0)

@@ -35,9 +35,13 @@ import numpy as np
 import torch
 import xarray as xr
 
+from kmscale.autoencoders.latent_store import _spatial_dims, open_targets
 from kmscale.autoencoders.losses import VAELoss
+from kmscale.autoencoders.registry import get_autoencoder_class
 from kmscale.autoencoders.tiling import auto_tiling, tiled_decode, tiled_encode
 from kmscale.config import to_dict
+from kmscale.data.patches import random_patch
+from kmscale.data.stats import NormStats
 from kmscale.errors import ConfigError, SchemaError
 from kmscale.training import Trainer, TrainingSettings
 
@@ -65,7 +69,7 @@ class ModelConfig:
     layers_per_block: int = 1
     latent_channels: int = 4
     norm_num_groups: int = 16
-    norm_type: str = "pixel"  # "pixel": per-pixel norm, tiles exactly; "group": GroupNorm (older models)
+    norm_type: str = "pixel"  # "pixel": per-pixel norm, tiles exactly; "group": GroupNorm
 
 
 @dataclass
@@ -93,12 +97,10 @@ class StageConfig:
 class DecoderStageConfig(StageConfig):
     """The decoder-only stage: encoder frozen, posterior means decoded, own spectral term.
 
-    Start it from a model that already reconstructs well: on ERA5 t2m (0.125 K) it
-    restored the smallest scales and lowered the RMSE (0.097 K); on the demo's
-    short-trained 4-variable model (t2m, u10, v10, log1p tp), whose small-scale power was
-    off by a factor of about 300, a squared log-spectrum term drove t2m from 0.95 to 5.0 K
-    (the term is now linear beyond a log ratio of 1, which keeps such a model from being
-    wrecked but does not make it better).
+    Start it from a model that already reconstructs well: it refines the texture of a
+    good decoder and does not rescue a poor one (on a model whose small-scale power is off
+    by orders of magnitude the spectrum term, linear beyond a log ratio of 1, keeps the
+    model from being wrecked but does not make it better).
     """
 
     total_samples: int = 0  # 0 = no decoder stage
@@ -140,8 +142,6 @@ class PatchDataset(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, i: int):
-        from kmscale.data.patches import random_patch
-
         rng = np.random.default_rng([self.seed, i])
         t = int(rng.integers(self.x.shape[0]))
         sy, sx = random_patch(self.x.shape[-2:], self.patch, rng)
@@ -149,8 +149,6 @@ class PatchDataset(torch.utils.data.Dataset):
 
 
 def _open(cfg: DataConfig) -> tuple[xr.Dataset, list[str]]:
-    from kmscale.autoencoders.latent_store import open_targets
-
     if not cfg.targets:
         raise ConfigError("data.targets: expected a targets store or NetCDF path, found none")
     ds = open_targets(cfg.targets)
@@ -159,8 +157,6 @@ def _open(cfg: DataConfig) -> tuple[xr.Dataset, list[str]]:
 
 def _target_names(ds: xr.Dataset, variables: list[str], source) -> list[str]:
     """The variable group: ``variables``, or every (time, Y, X) variable of ``ds``; checked."""
-    from kmscale.autoencoders.latent_store import _spatial_dims
-
     names = list(variables) or [v for v, da in ds.data_vars.items() if da.ndim == 3 and da.dims[0] == "time"]
     if not names:
         raise SchemaError(f"{source}: expected (time, Y, X) target variables, found {list(ds.data_vars)}")
@@ -184,8 +180,6 @@ def _fields(ds: xr.Dataset, names: list[str]) -> np.ndarray:
 
 
 def _input_stats(cfg: DataConfig, train: xr.Dataset, names: list[str]) -> dict:
-    from kmscale.data.stats import NormStats
-
     stats = NormStats.load(cfg.stats) if cfg.stats else NormStats.fit(train, names)
     return {v: stats.stat(v) for v in names}
 
@@ -223,8 +217,8 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
         if cfg.data.shift_augment > 0:
             offset = torch.randn(xb.shape[0], xb.shape[1], 1, 1, device=xb.device) * shift.to(xb.device)[:, None, None]
             xb = xb + offset * vb
-        x_hat, post = m(xb, quant_step=stage.quant_step, sample_posterior=not decoder_only)
-        return loss(x_hat, xb, post, mask=vb, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
+        out = m(xb, quant_step=stage.quant_step, sample_posterior=not decoder_only)
+        return loss(out.sample, xb, out.latent_dist, mask=vb, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
 
     data = PatchDataset(x, valid, tuple(stage.patch), seed=cfg.train.seed)
     # The decoder stage keeps its final weights (see train_autoencoder): validation only logs.
@@ -247,8 +241,6 @@ def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None)
             adds the decoder stage, started from the best weights of the last one (its
             final weights become the autoencoder).
     """
-    from kmscale.autoencoders import get_autoencoder_class
-
     if targets is None:
         ds, names = _open(cfg.data)
     else:

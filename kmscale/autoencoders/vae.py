@@ -20,16 +20,16 @@ encoding of fields far larger than memory (see :mod:`kmscale.autoencoders.tiling
 
 Normalization (``norm_type``): diffusers builds the blocks with ``nn.GroupNorm``, whose
 statistics span the whole spatial extent of a sample, so a field encoded in tiles
-disagrees with the field encoded whole. ``norm_type="pixel"`` (the default for new
-models) swaps every GroupNorm, right after ``AutoencoderKL`` is built, for a
+disagrees with the field encoded whole. ``norm_type="pixel"`` (the default)
+swaps every GroupNorm, right after ``AutoencoderKL`` is built, for a
 :class:`~kmscale.autoencoders.norms.PixelGroupNorm` over all channels of each pixel
 (one group: with GroupNorm's 16 groups the 16-32-channel blocks would have 1-2
 channels per group, where per-pixel statistics are degenerate: 1 channel normalizes
 to the bias alone, 2 to the sign of their difference). The network is then local and
 tiles exactly, given an overlap covering the receptive field (``auto_tiling``).
-State-dict keys and shapes are those of the GroupNorm model. ``norm_type="group"`` is
-the original model: a saved config without the key (written before the option
-existed) loads as ``"group"`` (see :meth:`VAEAutoencoder.extract_init_dict`).
+State-dict keys and shapes are those of the GroupNorm model. ``norm_type="group"``
+keeps diffusers' GroupNorm (and allows the bottleneck self-attention); it does not
+tile exactly.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from diffusers import AutoencoderKL
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from kmscale.autoencoders.base import Autoencoder
+from kmscale.autoencoders.base import Autoencoder, AutoencoderOutput
 from kmscale.autoencoders.norms import swap_group_norms
 from kmscale.autoencoders.registration import register
 from kmscale.errors import ConfigError
@@ -112,28 +112,6 @@ class VAEAutoencoder(Autoencoder):
             # In place, keeping attribute names: the state dict is that of the GroupNorm model.
             swap_group_norms(self.vae, num_groups=1)
 
-    @classmethod
-    def extract_init_dict(cls, config_dict: dict, **kwargs):
-        """ConfigMixin hook: a config saved without ``norm_type`` is a GroupNorm model.
-
-        ``norm_type`` did not exist before per-pixel normalization; diffusers fills a
-        missing key with the ``__init__`` default ("pixel"), which would silently change
-        the network of an old checkpoint. A key that was left at its default when the
-        config was built in memory (``_use_default_values``) stays the default.
-        """
-        if ("norm_type" not in config_dict and "norm_type" not in kwargs
-                and "norm_type" not in config_dict.get("_use_default_values", [])):
-            config_dict = {**config_dict, "norm_type": "group"}
-        return super().extract_init_dict(config_dict, **kwargs)
-
-    def _fingerprint_config(self) -> dict:
-        # A "group" model hashes as before norm_type existed, so latent stores written
-        # with an older checkpoint still match it.
-        cfg = super()._fingerprint_config()
-        if cfg.get("norm_type") == "group":
-            cfg.pop("norm_type")
-        return cfg
-
     # ---- contract ------------------------------------------------------------------
     @property
     def downsample_factor(self) -> int:
@@ -158,8 +136,8 @@ class VAEAutoencoder(Autoencoder):
     def forward(
         self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None,
         quant_step: float = 0.0,
-    ) -> tuple[torch.Tensor, DiagonalGaussianDistribution]:
-        """Training pass on standardized x (B, C, H, W): (x_hat standardized, posterior).
+    ) -> AutoencoderOutput:
+        """Training pass on standardized x (B, C, H, W): x_hat (standardized) and the posterior.
 
         With ``sample_posterior`` the decoder sees z = mu + sigma * eps (the
         reparameterization trick); otherwise z = mu.
@@ -183,7 +161,7 @@ class VAEAutoencoder(Autoencoder):
             z = mu + u * quant_step * scale
         else:
             z = post.sample(generator=generator) if sample_posterior else post.mode()
-        return self._decode_normalized(z), post
+        return AutoencoderOutput(self._decode_normalized(z), post)
 
     def decoder_modules(self) -> list[torch.nn.Module]:
         """The modules that turn latents into fields: what an archive must ship to read

@@ -3,10 +3,9 @@ diffusion model generates (``LDMConfig.decoder_refinement``; off unless
 ``total_samples`` > 0).
 
 Why: a decoder trained on the encoder's latents draws less small-scale texture from the
-latents the diffusion model generates, which lie slightly off what it has seen. On ERA5
-UK t2m (BENCHMARKS.md, session 5) scaling the generated residual from 0 to 1 lowered
-the ensemble's power at the smallest zonal scale from 0.86 to 0.81 of the truth, and
-neither more sampler steps nor stochastic churn changed it.
+latents the diffusion model generates, which lie slightly off what it has seen: on ERA5
+UK t2m the ensemble's power at the smallest zonal scale falls as the generated residual
+is scaled from 0 to 1, and neither more sampler steps nor stochastic churn restore it.
 
 What: once the diffusion model is trained, it generates ``generated_members`` latents
 (regression mean + sampled residual) for up to ``max_times`` training times. The decoder
@@ -36,11 +35,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from kmscale.autoencoders.losses import charbonnier, mean_log_power_distance
+from kmscale.autoencoders.registry import load_autoencoder
+from kmscale.config import to_dict
+from kmscale.data.patches import random_patch
+from kmscale.diffusion.ensemble import default_seeds
 from kmscale.diffusion.settings import HEUN
+from kmscale.diffusion.validation import latent_members
 from kmscale.errors import ConfigError
 from kmscale.training import Trainer, TrainingSettings
 
@@ -115,9 +120,6 @@ def generate_latents(denoiser, dataset, scale: list[float], s: DecoderRefinement
     ``dataset`` (which carries "z_mean"); time i gets member seeds ``seed + i G, ..., seed + i G + G - 1``
     (G = ``generated_members``): the same seeds at every time would repeat the same noise
     patterns, and the decoder would see G textures instead of N G."""
-    from kmscale.diffusion.ensemble import default_seeds
-    from kmscale.diffusion.validation import latent_members
-
     device = next(denoiser.parameters()).device
     sc = torch.tensor(scale, dtype=torch.float32, device=device).reshape(-1, 1, 1)
     g = s.generated_members
@@ -134,8 +136,6 @@ def refinement_loss(model, batch: dict[str, torch.Tensor], s: DecoderRefinement)
     pick = torch.randint(0, z_gen.shape[1], (z_gen.shape[0],), device=device)
     z_gen = z_gen[torch.arange(z_gen.shape[0], device=device), pick]
     if s.patch is not None:
-        from kmscale.data.patches import random_patch
-
         f = x.shape[-1] // z.shape[-1]
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
         shape = tuple(z.shape[-2:])
@@ -169,17 +169,11 @@ def refine_decoder(autoencoder, denoiser, dataset, x: torch.Tensor, scale: list[
         the refined autoencoder (eval mode) and a record for the bundle (settings, seconds,
         the fingerprints before and after).
     """
-    from accelerate import PartialState
-
-    from kmscale.autoencoders import load_autoencoder
-    from kmscale.config import to_dict
-
     s.check(autoencoder)
     out = Path(out_dir)
     t0 = time.perf_counter()
     cache = out / "generated.pt"
     key = {k: getattr(s, k) for k in ("generated_members", "steps", "solver", "max_times", "seed", "regression_mean")}
-    key["seeding"] = "per-time"  # caches of the first version (same seeds at every time) are not reused
     state = PartialState()
     if state.is_main_process and not cache.is_file():
         out.mkdir(parents=True, exist_ok=True)

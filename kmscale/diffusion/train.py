@@ -23,15 +23,23 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+from accelerate import PartialState
 
+from kmscale.autoencoders.latent_store import open_latents, read_latents
+from kmscale.autoencoders.registry import get_autoencoder_class, load_autoencoder
 from kmscale.conditioning.dataset import (
     ConditioningSpec,
+    DownscalingDataset,
     build_dataset,
     encode_targets,
     physical_targets,
 )
 from kmscale.conditioning.embeddings import DEFAULT_MAX_LEAD_HOURS, lead_times_of
 from kmscale.conditioning.static import grid_coords
+from kmscale.config import from_dict, to_dict
+from kmscale.data.patches import random_patch
+from kmscale.data.readers import open_dataset
+from kmscale.data.stats import NormStats
 from kmscale.diffusion import residual
 from kmscale.diffusion.bundle import (
     EDMSettings,
@@ -40,10 +48,14 @@ from kmscale.diffusion.bundle import (
     data_fingerprint,
     grid_dataset,
 )
-from kmscale.diffusion.refine import DecoderRefinement, pick_times
-from kmscale.diffusion.networks import UNetSettings
-from kmscale.diffusion.regression import build_unet, predict_mean, regression_loss
+from kmscale.diffusion.edm import EDMLoss
+from kmscale.diffusion.networks import ConditionalUNet, UNetSettings
+from kmscale.diffusion.patching import context_channels, with_context
+from kmscale.diffusion.pipeline import patched_denoiser
+from kmscale.diffusion.refine import DecoderRefinement, pick_times, refine_decoder
+from kmscale.diffusion.regression import build_unet, load_backbone, predict_mean, regression_loss
 from kmscale.diffusion.settings import HEUN, EDMLossSettings
+from kmscale.diffusion.validation import ensemble_scores
 from kmscale.errors import AlignmentError, ConfigError
 from kmscale.training import Trainer, TrainingSettings, TrainResult
 
@@ -135,8 +147,6 @@ class TrainingData:
 
     @classmethod
     def open(cls, s: DataSettings) -> TrainingData:
-        from kmscale.data.readers import open_dataset
-
         for key in ("targets", "predictors"):
             if not getattr(s, key):
                 raise ConfigError(f"data.{key}: expected a path to a dataset, found nothing")
@@ -163,16 +173,12 @@ class TrainingData:
 
 def _fit_input_stats(targets: xr.Dataset, variables: list[str]) -> dict[str, dict]:
     """Per-variable transform + mean/std of the training targets (for the autoencoder)."""
-    from kmscale.data.stats import NormStats
-
     stats = NormStats.fit(targets, variables)
     return {name: stats.stat(name) for name in variables}
 
 
 def make_autoencoder(spec: str, targets: xr.Dataset, variables: list[str] | None):
     """"identity" (pixel space, stats fitted on ``targets``) or a pretrained directory."""
-    from kmscale.autoencoders import get_autoencoder_class, load_autoencoder
-
     if spec == "identity":
         names = variables or [n for n, v in targets.data_vars.items() if "time" in v.dims]
         ae = get_autoencoder_class("identity")(variables=names)
@@ -190,8 +196,6 @@ def target_latents(ae, targets: xr.Dataset, store: str | None) -> torch.Tensor:
     encoded now."""
     if store is None:
         return encode_targets(ae, targets)
-    from kmscale.autoencoders.latent_store import open_latents, read_latents
-
     ds = open_latents(store, ae)
     times = targets["time"].values
     index = pd.Index(ds["time"].values).get_indexer(times)
@@ -215,8 +219,6 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 # ---- stage 1: regression --------------------------------------------------------------
 def train_regression(cfg: RegressionConfig, data: TrainingData | None = None) -> tuple[TrainResult, Path]:
     """Train the regression U-Net; returns the training result and the bundle path."""
-    from kmscale.config import to_dict
-
     data = data or TrainingData.open(cfg.data)
     targets_tr, preds_tr = data.period(cfg.data.train_period)
     ae = make_autoencoder(cfg.autoencoder, targets_tr, cfg.data.variables).eval()
@@ -255,8 +257,6 @@ def train_regression(cfg: RegressionConfig, data: TrainingData | None = None) ->
     result = trainer.fit()
     bundle_path = Path(cfg.out_dir) / "bundle"
     if trainer.accelerator.is_main_process:
-        from kmscale.diffusion.networks import ConditionalUNet
-
         weights = Path(cfg.out_dir) / ("best" if (Path(cfg.out_dir) / "best").is_dir() else "final")
         leads = lead_times_of(preds_tr)
         bundle = ModelBundle(
@@ -298,10 +298,6 @@ def out_of_fold_means(cfg: LDMConfig, base: ModelBundle, data: TrainingData, tar
     ``<out_dir>/folds/autoencoder`` so that the pixel-space (identity) statistics stay those
     of the full training period, and see (K-1)/K of its samples.
     """
-    from accelerate import PartialState
-
-    from kmscale.config import from_dict
-
     recorded = (base.extra.get("regression") or {}).get("config")
     if recorded is None:
         raise ConfigError(
@@ -340,20 +336,23 @@ def out_of_fold_means(cfg: LDMConfig, base: ModelBundle, data: TrainingData, tar
     return z_mean
 
 
-def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainResult, Path]:
-    """Train the EDM residual model on top of a regression bundle; returns (result, bundle path)."""
-    from kmscale.config import to_dict
-    from kmscale.diffusion.edm import EDMLoss
-    from kmscale.diffusion.validation import ensemble_scores
+@dataclass
+class LDMData:
+    """What stage 2 trains and validates on (see :func:`ldm_data`)."""
 
-    base = ModelBundle.load(cfg.regression_bundle)
-    data = data or TrainingData.open(cfg.data)
+    train: DownscalingDataset  # training examples with "z_mean" (cross-fitted with residual_folds > 1)
+    val: DownscalingDataset | None  # held-out examples with "z_mean" and the physical truth "x"
+    targets: xr.Dataset  # physical targets of the training period
+    scale: list[float]  # per-channel std of the training residual z - ẑ
+
+
+def ldm_data(cfg: LDMConfig, base: ModelBundle, data: TrainingData) -> LDMData:
+    """Training examples with their regression means, the residual scale and the
+    validation subset, for :func:`train_ldm`."""
     targets_tr, preds_tr = data.period(cfg.data.train_period)
     lat, lon = grid_coords(data.targets)
     base.validate(preds_tr, (lat, lon))
     ae, spec = base.autoencoder, base.spec
-    if cfg.decoder_refinement.total_samples > 0:
-        cfg.decoder_refinement.check(ae)  # before hours of diffusion training, not after
     train_ds = build_dataset(spec, preds_tr, data.static, lat, lon,
                              target_latents(ae, targets_tr, cfg.data.latents), targets_tr["time"].values)
     if cfg.residual_folds > 1:
@@ -361,8 +360,6 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
     else:
         z_mean = predict_mean(base.regression, train_ds, cfg.eval_batch_size)
     train_ds = train_ds.with_z_mean(z_mean)
-    scale = residual_scale(train_ds.z, train_ds.z_mean)
-    edm = EDMSettings(sigma_data=cfg.edm.sigma_data, residual_scale=scale)
     val_ds = None
     if cfg.data.val_period is not None:
         targets_va, preds_va = data.period(cfg.data.val_period)
@@ -371,68 +368,75 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
                                targets_va["time"].values, physical_targets(targets_va, ae.variables))
         val_ds = val_ds.subset(pick_times(len(val_ds), cfg.validation.max_times))
         val_ds = val_ds.with_z_mean(predict_mean(base.regression, val_ds, cfg.eval_batch_size, progress=False))
-    from kmscale.diffusion.patching import context_channels, with_context
+    return LDMData(train_ds, val_ds, targets_tr, residual_scale(train_ds.z, train_ds.z_mean))
 
-    C_z = ae.latent_channels
-    C_c = C_z + spec.cond_channels  # [ẑ, cond]
-    if cfg.context_size is not None and cfg.patch is None:
-        raise ConfigError("context_size: expected patch training (set patch: [th, tw]), found patch: null")
-    edm.train_patch, edm.context_size = cfg.patch, cfg.context_size
-    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
-    C_in = C_c + context_channels(C_c, cfg.context_size)  # every conditioning channel of the denoiser
-    backbone = build_unet(C_z + C_in, C_z, spec.emb_dim, cfg.unet, C_in if cfg.cross_attention else None)
-    denoiser = build_denoiser(backbone, edm)
+
+def residual_loss(cfg: LDMConfig, scale: list[float], field_shape: tuple[int, int]):
+    """``loss_fn(net, batch)`` of the Trainer: the EDM loss on the scaled residual, on a
+    random latent patch (with its global context) when ``cfg.patch`` is set."""
     loss = EDMLoss(P_mean=cfg.edm.P_mean, P_std=cfg.edm.P_std, sigma_data=cfg.edm.sigma_data)
-    field_shape = tuple(train_ds.z.shape[-2:])
 
     def loss_fn(net, batch):
         b = _batch_to(batch, _device_of(net))
         r = residual.make(b["z"], b["z_mean"], _scale_tensor(scale, b["z"].device))
         cond = diffusion_inputs(b)
         if cfg.patch is not None:
-            from kmscale.data.patches import random_patch
-
             # Drawn from torch's RNG so that the patch sequence resumes with the Accelerate state.
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
             sl = random_patch(field_shape, [min(p, n) for p, n in zip(cfg.patch, field_shape, strict=True)], rng)
             r, cond = r[..., sl[0], sl[1]], with_context(cond, sl, cfg.context_size)
         return loss(net, r, cond, b["emb"]).mean()
 
-    def whole_field(net):
-        from kmscale.diffusion.pipeline import patched_denoiser
+    return loss_fn
 
+
+def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainResult, Path]:
+    """Train the EDM residual model on top of a regression bundle; returns (result, bundle path)."""
+    base = ModelBundle.load(cfg.regression_bundle)
+    ae, spec = base.autoencoder, base.spec
+    if cfg.decoder_refinement.total_samples > 0:
+        cfg.decoder_refinement.check(ae)  # before hours of diffusion training, not after
+    if cfg.context_size is not None and cfg.patch is None:
+        raise ConfigError("context_size: expected patch training (set patch: [th, tw]), found patch: null")
+    d = ldm_data(cfg, base, data or TrainingData.open(cfg.data))
+    edm = EDMSettings(sigma_data=cfg.edm.sigma_data, residual_scale=d.scale, train_patch=cfg.patch,
+                      context_size=cfg.context_size)
+    C_z = ae.latent_channels
+    C_c = C_z + spec.cond_channels  # [ẑ, cond]
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
+    C_in = C_c + context_channels(C_c, cfg.context_size)  # every conditioning channel of the denoiser
+    backbone = build_unet(C_z + C_in, C_z, spec.emb_dim, cfg.unet, C_in if cfg.cross_attention else None)
+    field_shape = tuple(d.train.z.shape[-2:])
+
+    def whole_field(net):
         return net if cfg.patch is None else patched_denoiser(net, field_shape, cfg.patch, None, cfg.context_size)
 
     def score(net, autoencoder):
         v = cfg.validation
-        return ensemble_scores(whole_field(net), val_ds, autoencoder, scale, members=v.members, steps=v.steps,
+        return ensemble_scores(whole_field(net), d.val, autoencoder, d.scale, members=v.members, steps=v.steps,
                                solver=v.solver, seed=v.seed, center_residuals=v.center_residuals)
 
     trainer = Trainer(
-        denoiser, loss_fn, train_ds, cfg.out_dir, cfg.train,
-        validate_fn=(lambda net: score(net, ae)) if val_ds is not None else None,
-        best_metric="crps" if val_ds is not None else None,
+        build_denoiser(backbone, edm), residual_loss(cfg, d.scale, field_shape), d.train, cfg.out_dir, cfg.train,
+        validate_fn=(lambda net: score(net, ae)) if d.val is not None else None,
+        best_metric="crps" if d.val is not None else None,
         export_fn=lambda m, path: m.backbone.save_pretrained(path),
         run_config=to_dict(cfg),
     )
     result = trainer.fit()
-    from kmscale.diffusion.regression import load_backbone
-
     weights = Path(cfg.out_dir) / ("best" if (Path(cfg.out_dir) / "best").is_dir() else "final")
     backbone = load_backbone(weights).eval()
     record = {"config": to_dict(cfg), "weights": weights.name, "samples_seen": result.samples_seen,
               "best_score": result.best_score}
     if cfg.decoder_refinement.total_samples > 0:
-        from kmscale.diffusion.refine import refine_decoder
-
         net = build_denoiser(backbone, edm).eval()
-        times = train_ds.subset(pick_times(len(train_ds), cfg.decoder_refinement.max_times))
+        times = d.train.subset(pick_times(len(d.train), cfg.decoder_refinement.max_times))
         if cfg.decoder_refinement.regression_mean == "full":
             times = times.with_z_mean(predict_mean(base.regression, times, cfg.eval_batch_size, progress=False))
         ae, record["decoder_refinement"] = refine_decoder(
-            ae, whole_field(net), times, physical_targets(targets_tr.sel(time=times.time), ae.variables), scale,
+            ae, whole_field(net), times, physical_targets(d.targets.sel(time=times.time), ae.variables), d.scale,
             cfg.decoder_refinement, Path(cfg.out_dir) / "decoder_refinement", cfg.train,
-            validate_fn=(lambda m: score(net, m)) if val_ds is not None else None, run_config=to_dict(cfg))
+            validate_fn=(lambda m: score(net, m)) if d.val is not None else None, run_config=to_dict(cfg))
     bundle_path = Path(cfg.out_dir) / "bundle"
     if trainer.accelerator.is_main_process:
         base.autoencoder, base.diffusion, base.edm = ae, backbone, edm
