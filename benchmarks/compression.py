@@ -62,9 +62,11 @@ from kmscale.autoencoders.train import AutoencoderConfig, train_autoencoder
 from kmscale.autoencoders.vae import VAEAutoencoder
 from kmscale.config import load_config, to_dict
 from kmscale.data.readers import detect_engine
-from kmscale.paths import data_file
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # kmscale_testdata.py, the shared real data, sits at the root
+from kmscale_testdata import data_file  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "recipes" / "configs" / "benchmarks" / "compression.yaml"
 Q999_TOLERANCE = (
@@ -437,6 +439,39 @@ def latent_bytes(q: np.ndarray, time_delta: bool) -> int:
     return len(zstd_bytes(streams))
 
 
+def latent_codings(z: np.ndarray, step: float | None, time_delta: bool):
+    """(stored latents, what the decoder sees, {coding: bytes}) for float16 latents
+    (``step`` None; None if they overflow) or latents quantized with ``step``."""
+    if step is None:
+        data = z.astype(np.float16)
+        if not np.all(np.isfinite(data)):
+            return None
+        return data, data.astype(np.float32), {"float16": len(zstd_bytes(data))}
+    data = quantize(z, step, channel_axis=1)
+    codings = {"zstd": latent_bytes(data, False)}
+    if time_delta:
+        codings["zstd_tdelta"] = latent_bytes(data, True)
+    return data, dequantize(data, step, channel_axis=1), codings
+
+
+def tail_variants(
+    x, recon, resolution: float | None, knots: dict
+) -> list[tuple[str, np.ndarray, int]]:
+    """(coding suffix, reconstruction, side bytes): as decoded, then with the tail offsets of
+    each knot set (:mod:`kmscale.autoencoders.tails`) applied."""
+    out = [("", recon, 0)]
+    for name, k in knots.items() if resolution is not None else ():
+        offsets = tail_offsets(x, recon, resolution=resolution, **k)
+        out.append(
+            (
+                f"+{name}",
+                correct_tails(recon, offsets, resolution=resolution, **k),
+                len(zstd_bytes(offsets)),
+            )
+        )
+    return out
+
+
 def run_vae(
     model,
     info,
@@ -454,79 +489,46 @@ def run_vae(
     ``time_delta`` each quantized point is reported twice: latents coded field by field
     (``latent_coding="zstd"``) and with differences across time (``"zstd_tdelta"``).
     ``tail_resolution``: each quantized point is also reported with per-field tail offsets
-    (:mod:`kmscale.autoencoders.tails`, int8 steps of this size, zstd-coded and counted)
-    applied to the reconstruction, once per knot set of ``tail_knots`` (name -> keyword
-    arguments ``probs``/``anchors``, empty for the library default), ``latent_coding``
-    suffixed ``+<name>``."""
-    z = tiled_encode(model, x[:, None], batch_size=16 if x.shape[-1] < 256 else 1).numpy()
+    (int8 steps of this size, zstd-coded and counted) applied to the reconstruction, once
+    per knot set of ``tail_knots`` (name -> keyword arguments ``probs``/``anchors``, empty
+    for the library default), ``latent_coding`` suffixed ``+<name>``."""
+    batch = 16 if x.shape[-1] < 256 else 1
+    z = tiled_encode(model, x[:, None], batch_size=batch).numpy()
     mask = (
         None if valid is None else valid[:, None]
     )  # the composite's footprint changes by the hour
     out = []
-    settings = [None, *steps]
-    for step in settings:
-        if step is None:
-            data, zq = z.astype(np.float16), z.astype(np.float16).astype(np.float32)
-            if not np.all(np.isfinite(data)):
-                print(
-                    f"  {info['config']}: float16 latents overflow (|z| max {np.abs(z).max():.3g}); "
-                    f"float16 point skipped",
-                    flush=True,
-                )
-                continue
-            codings = {"float16": len(zstd_bytes(data))}
-        else:
-            data = quantize(z, step, channel_axis=1)
-            zq = dequantize(data, step, channel_axis=1)
-            codings = {"zstd": latent_bytes(data, False)}
-            if time_delta:
-                codings["zstd_tdelta"] = latent_bytes(data, True)
-        recon = tiled_decode(
-            model, zq, shape=x.shape[-2:], mask=mask, batch_size=16 if x.shape[-1] < 256 else 1
-        )[:, 0].numpy()
+    for step in [None, *steps]:
+        coded = latent_codings(z, step, time_delta)
+        if coded is None:
+            print(
+                f"  {info['config']}: float16 latents overflow; float16 point skipped", flush=True
+            )
+            continue
+        data, zq, codings = coded
+        recon = tiled_decode(model, zq, shape=x.shape[-2:], mask=mask, batch_size=batch)[
+            :, 0
+        ].numpy()
         if clip is not None:
             recon = np.where(
                 np.isnan(recon), recon, np.clip(np.nan_to_num(recon, posinf=clip[1]), *clip)
             )
-        variants = [("", recon, 0)]
-        for name, knots in (
-            (tail_knots or {}).items() if tail_resolution is not None and step is not None else ()
-        ):
-            offsets = tail_offsets(x, recon, resolution=tail_resolution, **knots)
-            variants.append(
-                (
-                    f"+{name}",
-                    correct_tails(recon, offsets, resolution=tail_resolution, **knots),
-                    len(zstd_bytes(offsets)),
-                )
-            )
-        for suffix, rec, side in variants:
-            m = None
+        knots = (tail_knots or {}) if step is not None else {}
+        for suffix, rec, side in tail_variants(x, recon, tail_resolution, knots):
+            scores = metrics(x, rec, valid)  # the same reconstruction for every coding
             for coding, nbytes in codings.items():
-                total = nbytes + side
-                pt = (
-                    point(
-                        x,
-                        rec,
-                        valid,
-                        total,
-                        extra,
-                        quant_step=step,
-                        latent_dtype=str(data.dtype),
-                        latent_coding=coding + suffix,
-                        **info,
-                    )
-                    if m is None
-                    else {
-                        **m,
-                        "ratio": x.size * 4 / (total + extra),
-                        "bytes": int(total + extra),
-                        "latent_coding": coding + suffix,
-                    }
-                )
+                total = nbytes + side + extra
+                pt = {
+                    "ratio": x.size * 4 / total,
+                    "bytes": int(total),
+                    **scores,
+                    "quant_step": step,
+                    "latent_dtype": str(data.dtype),
+                    "latent_coding": coding + suffix,
+                    **info,
+                }
                 if suffix:
                     pt.update(tail_bytes=side, tail_resolution=tail_resolution)
-                m = pt
                 out.append(pt)
     return out
 
@@ -666,7 +668,8 @@ def tiling_agreement(s: SeamsSettings, work_dir: Path, overrides: list[str]) -> 
 # ---------------------------------------------------------------------------- summary
 def _table(block: dict) -> list[str]:
     lines = [
-        "| method | setting | ratio | RMSE | MAE | max abs | bias | q0.1% err | q99.9% err | small-scale power |",
+        "| method | setting | ratio | RMSE | MAE | max abs | bias | q0.1% err | q99.9% err "
+        "| small-scale power |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, points in block.items():
@@ -685,9 +688,11 @@ def _table(block: dict) -> list[str]:
                 if k in p
             }
             lines.append(
-                f"| {method} | {', '.join(f'{k}={v}' for k, v in setting.items())} | {p['ratio']:.1f} | "
+                f"| {method} | {', '.join(f'{k}={v}' for k, v in setting.items())} | "
+                f"{p['ratio']:.1f} | "
                 f"{p['rmse']:.3f} | {p['mae']:.3f} | {p['max_abs']:.2f} | {p['bias']:+.3f} | "
-                f"{p['q001_err']:+.2f} | {p['q999_err']:+.2f} | {p['small_scale_power_ratio']:.2f} |"
+                f"{p['q001_err']:+.2f} | {p['q999_err']:+.2f} | "
+                f"{p['small_scale_power_ratio']:.2f} |"
             )
     return lines
 
@@ -696,7 +701,8 @@ def _targets(block: dict) -> list[str]:
     """Each quantized VAE point against resize, SZ3 and ZFP at equal ratio / RMSE."""
     lines = [
         "| VAE point | ratio | RMSE | max abs | resize RMSE at that ratio (VAE / resize) | "
-        "SZ3 ratio at that RMSE | SZ3-3D ratio at that RMSE | q99.9% err: VAE vs ZFP at that RMSE |",
+        "SZ3 ratio at that RMSE | SZ3-3D ratio at that RMSE "
+        "| q99.9% err: VAE vs ZFP at that RMSE |",
         "|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v: "n/a (outside curve)" if v is None else f"{v:.3g}"  # noqa: E731
@@ -706,13 +712,14 @@ def _targets(block: dict) -> list[str]:
         r_resize = _interp(block["resize"], "ratio", "rmse", p["ratio"])
         vs = "" if r_resize is None else f" ({p['rmse'] / r_resize:.2f})"
         met = q999_met(block, p)
+        verdict = "" if met is None else (" ok" if met else " worse")
         zfp_q = _interp_abs(block["zfp"], "rmse", "q999_err", p["rmse"])
         lines.append(
             f"| {p['config']} step {p['quant_step']} {p['latent_coding']} | {p['ratio']:.1f} | "
             f"{p['rmse']:.3f} | {p['max_abs']:.2f} | {fmt(r_resize)}{vs} | "
             f"{fmt(_interp(block['sz3'], 'rmse', 'ratio', p['rmse']))} | "
             f"{fmt(_interp(block['sz3_3d'], 'rmse', 'ratio', p['rmse']))} | "
-            f"{p['q999_err']:+.3f} vs {fmt(zfp_q)}{'' if met is None else (' ok' if met else ' worse')} |"
+            f"{p['q999_err']:+.3f} vs {fmt(zfp_q)}{verdict} |"
         )
     return lines
 
@@ -759,7 +766,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 20 curves, no colour repeated
         for method, points in results[key]["test"].items():
             if method == "vae":
-                label = lambda p: f"{p['config']} ({p.get('latent_coding') or 'zstd'})"  # noqa: E731
+                label = lambda p: f"{p['config']} ({p['latent_coding']})"  # noqa: E731
                 for cfg in sorted({label(p) for p in points if p.get("quant_step") is not None}):
                     pts = sorted(
                         (p for p in points if label(p) == cfg and p.get("quant_step") is not None),

@@ -67,6 +67,7 @@ EVAL_EVERY_HOURS = 4  # scored validation times: 00, 04, ..., 20 UTC of March 21
 TRAIN = ["2019-03-01T00", "2019-03-20T23"]
 VAL = ["2019-03-21T00", "2019-03-24T23"]
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(RESULTS.parent.parent))  # kmscale_testdata.py, the shared real data
 
 
 def _reuse(run_dir: str | Path) -> Path | None:
@@ -285,9 +286,9 @@ def main(argv=None) -> int:
     # One thread: on a shared 2-core machine two threads per process oversubscribe the
     # cores and run several times slower.
     torch.set_num_threads(1)
-    from kmscale.data.datasets import era5_uk_predictors, era5_uk_static, era5_uk_t2m
     from kmscale.diffusion.demo import fit_vae
     from kmscale.diffusion.train import TrainingData
+    from kmscale_testdata import era5_uk_predictors, era5_uk_static, era5_uk_t2m
 
     budgets = QUICK_BUDGETS if args.quick else BUDGETS
     steps = 4 if args.quick else STEPS

@@ -13,20 +13,24 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # kmscale_testdata.py
+
 
 def _cases(root: Path) -> dict:
     from kmscale.data.prepare import PrepareOptions
+    from kmscale_testdata import ERA5_UK_SPLITS
 
     uk = root / "era5_uk_t2m_201903"
     return {
         "era5_uk": dict(
             targets=str(uk / "era5_uk_t2m_20190301-24.nc"), predictors=str(uk / "era5_uk_t2m_20190301-24.grib"),
             static=str(root / "static" / "ukv_orography.nc"),
-            options=PrepareOptions(train_period=("2019-03-01", "2019-03-20"), chunk_time=24),
+            options=PrepareOptions(train_period=ERA5_UK_SPLITS["train"], chunk_time=24),
         ),
         "radolan_rw": dict(
             targets=str(root / "radolan_rw_20221018" / "radolan_RW_20221018_hourly_1km.nc"), predictors=None, static=None,
@@ -38,7 +42,7 @@ def _cases(root: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from kmscale.data.prepare import prepare
     from kmscale.data.readers import expand_paths
-    from kmscale.paths import data_dir
+    from kmscale_testdata import data_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)

@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 @pytest.fixture(scope="session")
 def real_data():
-    from kmscale.paths import data_dir
+    from kmscale_testdata import data_dir
 
     path = data_dir(required=False)
     if path is None:

@@ -87,7 +87,7 @@ def test_coarsen_shape_and_nan_policy():
 
 
 def test_radolan_coarsened_by_8_keeps_mask(real_data):
-    from kmscale.data.datasets import radolan_rw
+    from kmscale_testdata import radolan_rw
 
     ds = radolan_rw().isel(time=slice(0, 2))
     coarse = coarsen(ds, 8, trim=True)
@@ -121,7 +121,7 @@ def test_rotated_pole_matches_cordex_coordinates(real_data):
 
 
 def test_ukv_orography_regridded_onto_era5_grid(real_data):
-    from kmscale.data.datasets import era5_uk_static, era5_uk_t2m
+    from kmscale_testdata import era5_uk_static, era5_uk_t2m
 
     target = era5_uk_t2m().isel(time=0)
     static = era5_uk_static(target)

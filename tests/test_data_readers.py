@@ -62,7 +62,7 @@ def test_era5_uk_grib_and_netcdf_identical(real_data):
 
 
 def test_era5_uk_loader_shape_and_splits(real_data):
-    from kmscale.data.datasets import ERA5_UK_SPLITS, era5_uk_predictors, era5_uk_t2m
+    from kmscale_testdata import ERA5_UK_SPLITS, era5_uk_predictors, era5_uk_t2m
 
     train = era5_uk_t2m("train")
     val = era5_uk_t2m("val")
@@ -76,7 +76,7 @@ def test_era5_uk_loader_shape_and_splits(real_data):
 
 
 def test_radolan_nan_mask_preserved(real_data):
-    from kmscale.data.datasets import radolan_rw
+    from kmscale_testdata import radolan_rw
 
     raw = xr.open_dataset(real_data.joinpath(*RADOLAN), engine="netcdf4")
     ds = radolan_rw()

@@ -80,7 +80,7 @@ def test_stats_bad_inputs(rng, tmp_path):
 
 
 def test_stats_on_real_era5_uk(real_data):
-    from kmscale.data.datasets import ERA5_UK_SPLITS, era5_uk_t2m
+    from kmscale_testdata import ERA5_UK_SPLITS, era5_uk_t2m
 
     ds = era5_uk_t2m()
     stats = NormStats.fit(ds, ["t2m"], ERA5_UK_SPLITS["train"])
@@ -130,7 +130,7 @@ def test_pair_gaps_duplicates_and_static_grid(rng):
 
 
 def test_pair_real_era5_uk(real_data):
-    from kmscale.data.datasets import era5_uk_predictors, era5_uk_static, era5_uk_t2m
+    from kmscale_testdata import era5_uk_predictors, era5_uk_static, era5_uk_t2m
 
     tgt = era5_uk_t2m("val")
     paired = pair(tgt, era5_uk_predictors(tgt), era5_uk_static(tgt), lead_time=0)

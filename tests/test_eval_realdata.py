@@ -30,7 +30,7 @@ def lagged(truth: xr.DataArray, members: int) -> xr.DataArray:
 
 
 def test_era5_uk_t2m_scores(real_data):
-    from kmscale.data.datasets import era5_uk_t2m
+    from kmscale_testdata import era5_uk_t2m
 
     truth = era5_uk_t2m("val").isel(time=slice(0, 30)).load()
     fc = lagged(truth["t2m"], 4)
@@ -52,7 +52,7 @@ def test_era5_uk_t2m_scores(real_data):
 
 
 def test_radolan_masked_precipitation(real_data):
-    from kmscale.data.datasets import radolan_rw
+    from kmscale_testdata import radolan_rw
 
     # A 300 x 300 km corner window (part of it outside the composite), 6 hours.
     ds = radolan_rw().isel(time=slice(8, 14), y=slice(0, 300), x=slice(0, 300)).load()

@@ -14,6 +14,7 @@ from kmscale.data.prepare import PrepareOptions, load_stats, prepare
 from kmscale.data.stats import NormStats
 from kmscale.data.store import StoreWriter, open_store, partial_path
 from kmscale.errors import AlignmentError, StoreError
+from kmscale_testdata import ERA5_UK_SPLITS
 
 
 def _inputs(tmp_path, rng, nt=48):
@@ -157,7 +158,7 @@ def test_prepare_real_era5_uk(real_data, tmp_path):
     res = prepare(str(src / "era5_uk_t2m_20190301-24.nc"), tmp_path / "uk",
                   predictors=str(src / "era5_uk_t2m_20190301-24.grib"),
                   static=str(real_data / "static" / "ukv_orography.nc"),
-                  options=PrepareOptions(train_period=("2019-03-01", "2019-03-20"), chunk_time=192), progress=False)
+                  options=PrepareOptions(train_period=ERA5_UK_SPLITS["train"], chunk_time=192), progress=False)
     tgt = open_store(res.stores["targets"], kind="targets")
     assert tgt.t2m.shape == (576, 33, 49)
     assert res.stats["targets"].variables["t2m"]["count"] == 480 * 33 * 49

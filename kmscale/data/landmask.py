@@ -7,6 +7,7 @@ target are streamed out of the compressed ``.npz`` member and averaged per targe
 
 from __future__ import annotations
 
+import importlib.util
 import zipfile
 from pathlib import Path
 
@@ -24,17 +25,11 @@ MASK_STEP = 1.0 / 120.0  # degrees (30 arcsec); row 0 is 90N, column 0 is 180W
 
 
 def default_mask_file() -> Path:
-    """The shared copy of the mask if present, else the one shipped in the package."""
-    from kmscale.paths import data_dir
-
-    root = data_dir(required=False)
-    if root is not None and (root / "static" / "global_land_mask_30arcsec.npz").exists():
-        return root / "static" / "global_land_mask_30arcsec.npz"
-    import importlib.util
-
+    """The mask shipped in the ``global-land-mask`` package (a dependency); located without
+    importing it, since its import decompresses the whole mask."""
     spec = importlib.util.find_spec("global_land_mask")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("expected the global-land-mask package or the shared static/ mask file, found neither")
+        raise FileNotFoundError("expected the global-land-mask package (a kmscale dependency), found none")
     return Path(next(iter(spec.submodule_search_locations))) / "globe_combined_mask_compressed.npz"
 
 

@@ -1,9 +1,14 @@
-"""Ready loaders for the shared real data (``KMSCALE_DATA``, default ``../shared/data``).
+"""The shared real data of the tests and benchmarks (not part of the installed package).
 
-These give the benchmarks and tests of every component the same canonical fields:
+Where the files are: the environment variable ``KMSCALE_DATA``, else the folder
+``../shared/data`` beside this checkout (or beside the current directory). Tests reach it
+through the ``real_data`` fixture (tests/conftest.py), which skips when it is absent;
+benchmarks call :func:`data_dir` / :func:`data_file`, which raise.
+
+Ready loaders give every test and benchmark the same canonical fields:
 
 - :func:`era5_uk_t2m`: ERA5 2 m temperature over the UK, 0.25 deg, cropped to 32 x 48,
-  hourly 2019-03-01..24, with the suggested splits :data:`ERA5_UK_SPLITS`;
+  hourly 2019-03-01..24, with the splits :data:`ERA5_UK_SPLITS`;
 - :func:`era5_uk_predictors`: the same field block-averaged by 4 (1 deg, 8 x 12), the
   coarse predictor of the real downscaling benchmark;
 - :func:`era5_uk_static`: UKV orography (rotated pole, ~1.5-4 km) averaged onto the
@@ -12,9 +17,15 @@ These give the benchmarks and tests of every component the same canonical fields
   outside the composite kept, with the composite footprint as the ``mask`` coordinate.
 
 Everything is lazy (dask) until computed; the files are small enough to ``.load()``.
+This module sits at the top of the repository, outside ``kmscale``: ``python -m pytest``
+finds it through ``pythonpath`` in pyproject.toml, and benchmark scripts put the
+repository root on ``sys.path``.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -23,7 +34,40 @@ from kmscale.data.grids import Grid, coarsen, grid_of, regrid
 from kmscale.data.landmask import land_fraction
 from kmscale.data.readers import open_dataset
 from kmscale.errors import ConfigError
-from kmscale.paths import data_file
+
+ENV_VAR = "KMSCALE_DATA"
+
+
+def _candidates() -> list[Path]:
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return [Path(env)]
+    project_root = Path(__file__).resolve().parent
+    return [project_root.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+
+
+def data_dir(required: bool = True) -> Path | None:
+    """Return the real-data folder, or None (``required=False``) when it is absent."""
+    for path in _candidates():
+        if path.is_dir():
+            return path
+    if required:
+        tried = ", ".join(str(p) for p in _candidates())
+        raise FileNotFoundError(
+            f"kmscale real-data folder not found: expected a directory at {tried}; "
+            f"set {ENV_VAR} to the folder holding era5_uk_t2m_201903/, static/, ..."
+        )
+    return None
+
+
+def data_file(*parts: str) -> Path:
+    """Path of one file inside the real-data folder; raises if the folder or file is absent."""
+    root = data_dir(required=True)
+    path = root.joinpath(*parts)
+    if not path.exists():
+        raise FileNotFoundError(f"expected the real-data file {path}, found nothing there")
+    return path
+
 
 ERA5_UK_DIR = "era5_uk_t2m_201903"
 ERA5_UK_NETCDF = "era5_uk_t2m_20190301-24.nc"
