@@ -153,3 +153,39 @@ def test_recipe_trains_healpix_model(name, healpix_targets, tmp_path):
            "model.options={nside: 8, levels: 1}", f"out_dir={tmp_path / 'bad'}"]
     with pytest.raises(SchemaError, match="nside 4"):
         _recipe().main(bad)
+
+
+def test_super_resolve_store_cli(tmp_path):
+    from kmscale.cli import main
+
+    torch.manual_seed(0)
+    m = fsae(levels=1)
+    m.save_pretrained(tmp_path / "ae")
+    g = HealpixGrid(2)
+    coarse = xr.Dataset({"t2m": (("time", "cell"), 280 + np.random.default_rng(0).normal(
+        size=(3, g.npix)).astype(np.float32), {"units": "K"})},
+        coords={"time": pd.date_range("2000", periods=3, freq="YS"), "cell": np.arange(g.npix)},
+        attrs=g.attrs())
+    src = write_healpix_store(coarse, tmp_path / "coarse.zarr")
+    assert main(["super-resolve", "--autoencoder", str(tmp_path / "ae"), "--input", str(src),
+                 "--out", str(tmp_path / "fine.zarr")]) == 0
+    fine = xr.open_zarr(tmp_path / "fine.zarr", consolidated=False)
+    assert fine.t2m.shape == (3, 192) and fine.attrs["super_resolved_from_nside"] == 2
+    nan = coarse.copy(deep=True)
+    nan.t2m[0, 0] = np.nan
+    bad = write_healpix_store(nan, tmp_path / "nan.zarr")
+    assert main(["super-resolve", "--autoencoder", str(tmp_path / "ae"), "--input", str(bad),
+                 "--out", str(tmp_path / "x.zarr")]) == 1
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_face_denoiser_runs_edm_on_healpix_latents():
+    from kmscale.diffusion.edm import EDMLoss, EDMPrecond
+    from kmscale.diffusion.face_net import FaceDenoiser
+    from kmscale.diffusion.samplers import edm_sampler
+
+    torch.manual_seed(0)
+    net = EDMPrecond(FaceDenoiser(2, 1, 8, 1), sigma_data=1.0)
+    y, c = torch.randn(3, 1, 48, 1), torch.randn(3, 1, 48, 1)
+    assert EDMLoss(sigma_data=1.0)(net, y, c).shape == y.shape
+    assert edm_sampler(net, torch.randn(3, 1, 48, 1), cond=c, num_steps=3).shape == y.shape
