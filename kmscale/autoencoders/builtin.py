@@ -5,5 +5,6 @@ Add a line here for each new built-in implementation.
 
 from kmscale.autoencoders import (
     identity,  # noqa: F401
+    pseudo_precip,  # noqa: F401
     vae,  # noqa: F401
 )
