@@ -3,9 +3,11 @@ its failure paths on deliberately broken models."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from _pseudo_precip_data import synthetic_fields, train_small
 from diffusers.configuration_utils import register_to_config
 
 from kmscale.autoencoders import get_autoencoder_class
@@ -19,6 +21,9 @@ from kmscale.autoencoders.testing import (
     check_class,
     conformance_parametrize,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _pseudo_precip_data import synthetic_fields, train_small  # noqa: E402
 
 STATS = {
     "t2m": {"mean": 280.0, "std": 5.0, "transform": "none", "scale": 1.0},

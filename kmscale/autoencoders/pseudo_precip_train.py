@@ -290,7 +290,10 @@ def build_model(cfg: PPModelConfig, variables: list[str], stats: dict):
     """The encoder class named ``cfg.name`` (registry or plugin), with input statistics."""
     from kmscale.autoencoders import get_autoencoder_class
 
-    cls = get_autoencoder_class(cfg.name)
+    try:
+        cls = get_autoencoder_class(cfg.name)
+    except KeyError as err:
+        raise ConfigError(f"model.name: {err.args[0]}") from err
     model = cls(
         variables=variables,
         hidden_width=cfg.hidden_width,

@@ -154,21 +154,20 @@ def column_flux(q: np.ndarray, wind: np.ndarray, p: np.ndarray, sp: np.ndarray) 
         q: specific humidity (..., L, Y, X) in kg kg-1, levels ordered top (low p) first.
         wind: u or v (..., L, Y, X) in m s-1.
         p: level pressures (L,) in Pa, increasing.
-        sp: surface pressure (..., Y, X) in Pa. Levels below the surface are dropped; the
-            layer from the last level above the surface to p_s uses that level's value.
+        sp: surface pressure (..., Y, X) in Pa. The profile q * wind is linear in p
+            between levels; the layer holding p_s is integrated to p_s (with the profile
+            interpolated there), layers below it are left out, and a surface below the
+            deepest level continues that level's value down to p_s.
     """
     f = q * wind
-    shape = (1,) * (f.ndim - 3) + (-1, 1, 1)
-    pl = p.reshape(shape)
-    # Each level's pressure, capped at the surface: layers below the ground have zero width.
-    pc = np.minimum(pl, sp[..., None, :, :])
-    flux = 0.5 * ((f[..., 1:, :, :] + f[..., :-1, :, :]) * np.diff(pc, axis=-3)).sum(axis=-3)
-    # The layer between the deepest level above ground and the surface itself.
-    above = pl <= sp[..., None, :, :]
-    last = np.maximum(above.sum(axis=-3) - 1, 0)
-    f_last = np.take_along_axis(f, last[..., None, :, :], axis=-3)[..., 0, :, :]
-    p_last = p[last]
-    flux = flux + f_last * np.maximum(sp - p_last, 0.0)
+    sp_l = sp[..., None, :, :]
+    p_top, p_bot = p[:-1].reshape(-1, 1, 1), p[1:].reshape(-1, 1, 1)
+    f_top, f_bot = f[..., :-1, :, :], f[..., 1:, :, :]
+    # Fraction of each layer above the surface (1: whole, 0: underground).
+    frac = np.clip((sp_l - p_top) / (p_bot - p_top), 0.0, 1.0)
+    f_end = f_top + (f_bot - f_top) * frac  # the profile at the layer's lower end (or p_s)
+    flux = (0.5 * (f_top + f_end) * frac * (p_bot - p_top)).sum(axis=-3)
+    flux = flux + f[..., -1, :, :] * np.maximum(sp - p[-1], 0.0)
     return flux / G
 
 
