@@ -15,9 +15,11 @@ quantile loss that makes PP normally distributed):
     L_q  = mean_k (Q̂_PP(tau_k) - Phi^-1(tau_k))^2,  tau_k = (k - 1/2) / K,  k = 1..K
 
 Q̂ is the empirical quantile of the batch's PP values (``torch.quantile``, differentiable
-through the sort). Any autoencoder class whose ``forward(x)`` returns ``(pp, x_hat_std,
-x_std)`` and that takes ``hidden_width``/``hidden_layers``/``precip_variable`` trains here,
-selected by its registry or entry-point name (``model.name``).
+through the sort). Any autoencoder class trains here, selected by its registry or
+entry-point name (``model.name``), if its ``forward(x)`` returns ``(pp, x_hat_std, x_std)``,
+it takes ``hidden_width``/``hidden_layers``/``precip_variable`` and it has
+``precip_index`` and ``dry_level()`` (as :class:`~kmscale.autoencoders.pseudo_precip.
+PseudoPrecipEncoder` and the example plugin in examples/kmscale-pseudoprecip do).
 
 Scores (:func:`pp_scores`, physical units, wet = tp >= ``wet_threshold``):
 wet_fraction_error = |f_wet(decoded) - f_wet(tp)| / f_wet(tp); rmse_rel = RMSE(decoded tp,

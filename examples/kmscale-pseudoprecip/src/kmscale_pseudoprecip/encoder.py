@@ -5,8 +5,8 @@ al. 2024, arXiv:2412.14620) written with 1 x 1 convolutions, which apply the sam
 connected layers to every pixel::
 
     x (B, C, H, W) standardized [tp, companions...]
-      Conv1x1(C, W) ─ SiLU ─ [Conv1x1(W, W) ─ SiLU] x (L - 1) ─ Conv1x1(W, 1)   ──► PP (B, 1, H, W)
-      Conv1x1(1, W) ─ SiLU ─ [Conv1x1(W, W) ─ SiLU] x (L - 1) ─ Conv1x1(W, C)   ──► x_hat
+      Conv1x1(C, W) ─ SiLU ─ [Conv1x1(W, W) ─ SiLU] x (L-1) ─ Conv1x1(W, 1) ──► PP
+      Conv1x1(1, W) ─ SiLU ─ [Conv1x1(W, W) ─ SiLU] x (L-1) ─ Conv1x1(W, C) ──► x_hat
 
 It plugs into kmscale through the ``kmscale.autoencoders`` entry point in pyproject.toml
 (name ``pseudo-precip-conv``) and trains with kmscale's recipe::
