@@ -52,7 +52,9 @@ Z99 = 2.3263478740408408  # Phi^-1(0.99)
 
 @dataclass
 class PPDataConfig:
-    source: str = ""  # NetCDF/zarr with tp (and u, v, q, sp for vimd, or the companions)
+    # NetCDF/zarr with tp (and u, v, q, sp for vimd, or the companions); a relative path
+    # that does not exist is looked up in the real-data folder (kmscale.paths, KMSCALE_DATA).
+    source: str = ""
     companions: list[str] = field(default_factory=lambda: ["vimd"])  # fields blended with tp
     tp_units: str = ""  # units of tp in the file; empty: its 'units' attribute
     tp_period: str = "1h"  # accumulation period of tp when its units are an amount (m, mm)
@@ -101,8 +103,16 @@ def _open(path: str) -> xr.Dataset:
     if not path:
         raise ConfigError("data.source: expected a path to a NetCDF or zarr dataset, found nothing")
     p = Path(path)
+    if not p.exists() and not p.is_absolute():
+        from kmscale.paths import data_dir
+
+        root = data_dir(required=False)
+        p = root / p if root is not None and (root / p).exists() else p
     if not p.exists():
-        raise ConfigError(f"data.source: expected a dataset at {p}, found nothing")
+        raise ConfigError(
+            f"data.source: expected a dataset at {path} (or, relative, in the real-data folder "
+            f"KMSCALE_DATA), found nothing"
+        )
     engine = "zarr" if p.suffix == ".zarr" or p.is_dir() else "h5netcdf"
     return xr.open_dataset(p, engine=engine)
 
@@ -268,12 +278,12 @@ def pp_scores(model, x: torch.Tensor, wet_threshold: float, batch: int = 64) -> 
 
 
 def selection_score(scores: dict) -> float:
-    """What validation minimizes: each target's error over its bound (2 %, 5 %, 0.05), worst."""
-    return max(
-        scores["wet_fraction_error"] / 0.02,
-        scores["rmse_rel"] / 0.05,
-        scores["marginal"]["max_abs_error"] / 0.05,
-    )
+    """What validation minimizes: the mean of each target's error over its bound (wet
+    fraction 2 %, RMSE 5 % of std, marginal 0.05). A mean, not the worst: on held-out
+    hours wetter or drier than the training hours the marginal is off by the change in
+    weather whatever the network, and must not hide the reconstruction's progress."""
+    return (scores["wet_fraction_error"] / 0.02 + scores["rmse_rel"] / 0.05
+            + scores["marginal"]["max_abs_error"] / 0.05) / 3
 
 
 # ---- the recipe ---------------------------------------------------------------------
