@@ -130,10 +130,13 @@ def pp_encoder_section(s: PPSelection, out: Path) -> dict:
         companions[name] = pp_on(m, c, s.test_period)
     return {
         "split": f"chosen on {s.choose_period}, reported on {s.test_period} (fit on 00-15 UTC)",
-        "wet_fraction_error": test["wet_fraction_error"], "rmse_rel": test["rmse_rel"],
-        "marginal": test["marginal"], "exact_zero_fraction": test["exact_zero_fraction"],
+        "wet_fraction_error": test["wet_fraction_error"],
+        "rmse_rel": test["rmse_rel"],
+        "marginal": test["marginal"],
+        "exact_zero_fraction": test["exact_zero_fraction"],
         "wet_threshold_mm_h": cfg.data.wet_threshold,
-        "chosen": best, "candidates_on_choose_split": tried,
+        "chosen": best,
+        "candidates_on_choose_split": tried,
         "companions_on_test_split": companions,
     }
 
@@ -150,10 +153,14 @@ def telangana_data(t: Telangana):
     tp = ds["tp"].clip(min=0.0)  # GRIB packing leaves a few -0.0
     spacing = moisture.grid_spacing_km(ds["lat"].values, ds["lon"].values)
     dist = moisture.rain_edge_distance(tp.values, threshold=0.01, spacing_km=spacing, max_km=300.0)
-    targets = xr.Dataset({"tp": tp, "rain_edge_distance": tp.copy(data=dist).assign_attrs(units="km")})
+    targets = xr.Dataset(
+        {"tp": tp, "rain_edge_distance": tp.copy(data=dist).assign_attrs(units="km")}
+    )
     coarse = targets[["tp"]].coarsen(lat=t.factor, lon=t.factor).mean()
     coarse["tp"].attrs = dict(tp.attrs)
-    coarse = coarse.assign_coords(lead_time=("time", np.zeros(coarse.sizes["time"]), {"units": "hours"}))
+    coarse = coarse.assign_coords(
+        lead_time=("time", np.zeros(coarse.sizes["time"]), {"units": "hours"})
+    )
     return targets, coarse
 
 
@@ -162,18 +169,34 @@ def train_space(t: Telangana, out: Path, name: str, autoencoder: str, data, vari
     from kmscale.config import load_config
     from kmscale.diffusion.train import LDMConfig, RegressionConfig, train_ldm, train_regression
 
-    common = [f"data.train_period=[{t.train_period[0]},{t.train_period[1]}]",
-              f"data.val_period=[{t.val_period[0]},{t.val_period[1]}]",
-              f"unet.block_out_channels={t.unet}", "unet.norm_num_groups=16",
-              "train.global_batch_size=16", "train.lr=1e-3", "train.warmup_samples=500",
-              "train.lr_decay=cosine", "train.ema_decay=0.99", "train.log_every_samples=800",
-              f"data.variables={variables}"]
+    common = [
+        f"data.train_period=[{t.train_period[0]},{t.train_period[1]}]",
+        f"data.val_period=[{t.val_period[0]},{t.val_period[1]}]",
+        f"unet.block_out_channels={t.unet}",
+        "unet.norm_num_groups=16",
+        "train.global_batch_size=16",
+        "train.lr=1e-3",
+        "train.warmup_samples=500",
+        "train.lr_decay=cosine",
+        "train.ema_decay=0.99",
+        "train.log_every_samples=800",
+        f"data.variables={variables}",
+    ]
     wall, bundles = {}, {}
     n = t.regression_samples
     reg = out / f"regression_{name}"
-    cfg = load_config(RegressionConfig, None, common + [
-        f"out_dir={reg}", f"autoencoder={autoencoder}", f"train.total_samples={n}",
-        f"train.checkpoint_every_samples={n // 2}", f"train.validate_every_samples={n // 4}"])
+    cfg = load_config(
+        RegressionConfig,
+        None,
+        common
+        + [
+            f"out_dir={reg}",
+            f"autoencoder={autoencoder}",
+            f"train.total_samples={n}",
+            f"train.checkpoint_every_samples={n // 2}",
+            f"train.validate_every_samples={n // 4}",
+        ],
+    )
     t0 = time.perf_counter()
     bundles["regression"] = reg / "bundle"
     if not (reg / "bundle" / "bundle.json").is_file():
@@ -181,11 +204,22 @@ def train_space(t: Telangana, out: Path, name: str, autoencoder: str, data, vari
     wall["regression"] = time.perf_counter() - t0
     n = t.ldm_samples
     ldm = out / f"diffusion_{name}"
-    cfg = load_config(LDMConfig, None, common + [
-        f"out_dir={ldm}", f"regression_bundle={reg / 'bundle'}", f"train.total_samples={n}",
-        f"train.checkpoint_every_samples={n // 2}", f"train.validate_every_samples={n // 4}",
-        "validation.members=4", "validation.steps=6", "validation.max_times=8",
-        f"residual_folds={t.residual_folds}"])
+    cfg = load_config(
+        LDMConfig,
+        None,
+        common
+        + [
+            f"out_dir={ldm}",
+            f"regression_bundle={reg / 'bundle'}",
+            f"train.total_samples={n}",
+            f"train.checkpoint_every_samples={n // 2}",
+            f"train.validate_every_samples={n // 4}",
+            "validation.members=4",
+            "validation.steps=6",
+            "validation.max_times=8",
+            f"residual_folds={t.residual_folds}",
+        ],
+    )
     t0 = time.perf_counter()
     bundles["diffusion"] = ldm / "bundle"
     if not (ldm / "bundle" / "bundle.json").is_file():
@@ -202,8 +236,12 @@ def sample(bundle: Path, coarse: xr.Dataset, members: int, steps: int, store: Pa
 
     if not store.exists():
         pipe = DownscalingPipeline(ModelBundle.load(bundle))
-        pipe.run(coarse, store, SamplerSettings(members=members, steps=steps, member_batch=16,
-                                                time_chunk=16), progress=False)
+        pipe.run(
+            coarse,
+            store,
+            SamplerSettings(members=members, steps=steps, member_batch=16, time_chunk=16),
+            progress=False,
+        )
     ds = open_store(store, kind="ensemble")
     return np.asarray(ds["tp"].transpose("member", "time", "lat", "lon").values, np.float64)
 
@@ -230,24 +268,31 @@ def scores(ens: np.ndarray, truth: np.ndarray, t: Telangana, thresholds: dict) -
     for label, thr in thresholds.items():
         fss[label] = {}
         for w in t.fss_windows:
-            per = [fss_field(ens[:, i] if m > 1 else ens[0, i], truth[i], thr, w)
-                   for i in range(truth.shape[0])]
+            per = [
+                fss_field(ens[:, i] if m > 1 else ens[0, i], truth[i], thr, w)
+                for i in range(truth.shape[0])
+            ]
             fss[label][str(w)] = float(np.nanmean(per))
     out = {
-        "crps_fair": float(crps_ensemble(ens, truth, axis=0, fair=True).mean()) if m > 1
+        "crps_fair": float(crps_ensemble(ens, truth, axis=0, fair=True).mean())
+        if m > 1
         else float(np.abs(err).mean()),
-        "mae": float(np.abs(err).mean()), "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt(np.mean(err**2))),
         "bias": float(err.mean()),
         "wet_fraction_error": (wet_f - wet_t) / wet_t,
-        "q99_error": float(qe[0] / q[0]), "q999_error": float(qe[1] / q[1]),
+        "q99_error": float(qe[0] / q[0]),
+        "q999_error": float(qe[1] / q[1]),
         "fss": fss,
         "power_ratio_smallest": [float(zf[-2] / zt[-2]), float(zf[-1] / zt[-1])],
         "radial_power_ratio_smallest": [float(rf[-2] / rt[-2]), float(rf[-1] / rt[-1])],
-        "_zonal_spectrum": zf.tolist(), "_zonal_spectrum_truth": zt.tolist(),
+        "_zonal_spectrum": zf.tolist(),
+        "_zonal_spectrum_truth": zt.tolist(),
     }
     if m > 1:
-        out["spread_skill"] = float(np.sqrt((m + 1) / m * ens.var(0, ddof=1).mean())
-                                    / np.sqrt(np.mean(err**2)))
+        out["spread_skill"] = float(
+            np.sqrt((m + 1) / m * ens.var(0, ddof=1).mean()) / np.sqrt(np.mean(err**2))
+        )
         ranks = rank_of_truth(ens, truth, axis=0)
         hist = np.bincount(ranks.astype(int).ravel(), minlength=m + 1)
         out["rank_histogram"] = (hist / hist.sum()).round(4).tolist()
@@ -257,9 +302,14 @@ def scores(ens: np.ndarray, truth: np.ndarray, t: Telangana, thresholds: dict) -
 def interpolate(coarse: xr.Dataset, targets: xr.Dataset, mode: str) -> np.ndarray:
     from kmscale.conditioning.predictors import interpolate_regular
 
-    x = interpolate_regular(np.asarray(coarse["tp"].values, np.float32), coarse["lat"].values,
-                            coarse["lon"].values, targets["lat"].values, targets["lon"].values,
-                            mode=mode).numpy()
+    x = interpolate_regular(
+        np.asarray(coarse["tp"].values, np.float32),
+        coarse["lat"].values,
+        coarse["lon"].values,
+        targets["lat"].values,
+        targets["lon"].values,
+        mode=mode,
+    ).numpy()
     return np.maximum(x, 0.0)[None].astype(np.float64)
 
 
@@ -273,10 +323,14 @@ def telangana_section(t: Telangana, out: Path) -> tuple[dict, dict]:
         model, cfg = train_pp(t.pp_config, out / f"pp_telangana_{i}", cand.split())
         sc = pp_on(model, cfg, t.val_period)
         tried[cand or "(config)"] = {"selection_score": selection_score(sc), **sc}
-        print(f"Telangana PP candidate {cand or '(config)'}: {tried[cand or '(config)']}", flush=True)
+        print(
+            f"Telangana PP candidate {cand or '(config)'}: {tried[cand or '(config)']}", flush=True
+        )
     best = min(tried, key=lambda k: tried[k]["selection_score"])
     pp_dir = out / f"pp_telangana_{list(tried).index(best)}" / "autoencoder"
-    pp_model, pp_cfg = train_pp(t.pp_config, pp_dir.parent, [] if best == "(config)" else best.split())
+    pp_model, pp_cfg = train_pp(
+        t.pp_config, pp_dir.parent, [] if best == "(config)" else best.split()
+    )
     pp_test = pp_on(pp_model, pp_cfg, t.test_period)
 
     targets, coarse = telangana_data(t)
@@ -284,27 +338,36 @@ def telangana_section(t: Telangana, out: Path) -> tuple[dict, dict]:
     train_tp = targets["tp"].sel(time=slice(*t.train_period)).values
     wet = train_tp[train_tp >= t.wet_threshold]
     thresholds = {"p90_wet": float(np.quantile(wet, 0.9)), "p99_wet": float(np.quantile(wet, 0.99))}
-    spaces = {"log1p": train_space(t, out, "log1p", "identity", data, "[tp]"),
-              "pp": train_space(t, out, "pp", str(pp_dir), data, "[tp,rain_edge_distance]")}
+    spaces = {
+        "log1p": train_space(t, out, "log1p", "identity", data, "[tp]"),
+        "pp": train_space(t, out, "pp", str(pp_dir), data, "[tp,rain_edge_distance]"),
+    }
     # The choices (PP setting, best checkpoints) were made on validation above; the test
     # split is scored once here.
     every = slice(None, None, t.test_every_hours)
     tr = targets.sel(time=slice(*t.test_period)).isel(time=every)
     cr = coarse.sel(time=slice(*t.test_period)).isel(time=every)
     truth = np.asarray(tr["tp"].values, np.float64)
-    results = {m: scores(interpolate(cr, tr, m), truth, t, thresholds) for m in ("bilinear", "bicubic")}
+    results = {
+        m: scores(interpolate(cr, tr, m), truth, t, thresholds) for m in ("bilinear", "bicubic")
+    }
     for space, info in spaces.items():
         for kind in ("regression", "diffusion"):
             m = t.members if kind == "diffusion" else 1
             ens = sample(info["bundles"][kind], cr, m, t.steps, out / f"{kind}_{space}_test.zarr")
             results[f"{kind}_{space}"] = scores(ens, truth, t, thresholds)
-    public = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()}
+    public = {
+        k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()
+    }
     section = {
         "split": f"test {t.test_period} every {t.test_every_hours} h ({truth.shape[0]} fields, "
-                 f"scored once); choices on validation {t.val_period}",
-        "bilinear": public["bilinear"], "bicubic": public["bicubic"],
-        "regression": public["regression_log1p"], "regression_pp": public["regression_pp"],
-        "diffusion_log1p": public["diffusion_log1p"], "diffusion_pp": public["diffusion_pp"],
+        f"scored once); choices on validation {t.val_period}",
+        "bilinear": public["bilinear"],
+        "bicubic": public["bicubic"],
+        "regression": public["regression_log1p"],
+        "regression_pp": public["regression_pp"],
+        "diffusion_log1p": public["diffusion_log1p"],
+        "diffusion_pp": public["diffusion_pp"],
         "fss_thresholds_mm_h": thresholds,
         "pp_encoder": {"chosen": best, "candidates_on_val": tried, "test": pp_test},
         "training_seconds": {k: v["seconds"] for k, v in spaces.items()},
@@ -341,18 +404,30 @@ def gibbs_check(t: Telangana, extra: dict, path: Path) -> dict:
     smooth = truncate(tp, t.gibbs_keep)  # the reference smooth field is the truncated TP itself
 
     def stats(field: np.ndarray) -> dict:
-        return {"negative_fraction": float((field < -1e-6).mean()), "min": float(field.min()),
-                "wet_fraction": float((field >= t.wet_threshold).mean()),
-                "dry_pixels_positive_fraction": float((field[tp == 0] > t.wet_threshold).mean())}
+        return {
+            "negative_fraction": float((field < -1e-6).mean()),
+            "min": float(field.min()),
+            "wet_fraction": float((field >= t.wet_threshold).mean()),
+            "dry_pixels_positive_fraction": float((field[tp == 0] > t.wet_threshold).mean()),
+        }
 
     i = int(np.argmax((tp >= t.wet_threshold).mean((1, 2)) * ((tp < t.wet_threshold).mean((1, 2)))))
     row = int(np.argmax((tp[i] >= t.wet_threshold).mean(1) * (tp[i] < t.wet_threshold).mean(1)))
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
     vmax = float(tp[i].max())
-    for ax, f, title in zip(axes[:3], (tp[i], tp_tr[i], tp_pp[i]),
-                            ("ERA5 tp", f"tp truncated (|k| <= {t.gibbs_keep})",
-                             f"PP truncated, decoded (|k| <= {t.gibbs_keep})"), strict=True):
-        im = ax.imshow(f, origin="lower", cmap="viridis", vmin=min(0.0, float(tp_tr[i].min())), vmax=vmax)
+    for ax, f, title in zip(
+        axes[:3],
+        (tp[i], tp_tr[i], tp_pp[i]),
+        (
+            "ERA5 tp",
+            f"tp truncated (|k| <= {t.gibbs_keep})",
+            f"PP truncated, decoded (|k| <= {t.gibbs_keep})",
+        ),
+        strict=True,
+    ):
+        im = ax.imshow(
+            f, origin="lower", cmap="viridis", vmin=min(0.0, float(tp_tr[i].min())), vmax=vmax
+        )
         ax.axhline(row, color="w", lw=0.8)
         ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=axes[:3], shrink=0.8, label="mm h-1")
@@ -365,17 +440,29 @@ def gibbs_check(t: Telangana, extra: dict, path: Path) -> dict:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     del smooth
-    return {"split": f"test {t.test_period}", "keep_wavenumbers": t.gibbs_keep,
-            "truth": stats(tp), "tp_truncated": stats(tp_tr), "pp_truncated_decoded": stats(tp_pp),
-            "pp_untruncated_decoded": stats(tp_rec), "figure": path.name}
+    return {
+        "split": f"test {t.test_period}",
+        "keep_wavenumbers": t.gibbs_keep,
+        "truth": stats(tp),
+        "tp_truncated": stats(tp_tr),
+        "pp_truncated_decoded": stats(tp_pp),
+        "pp_untruncated_decoded": stats(tp_rec),
+        "figure": path.name,
+    }
 
 
 def main(argv=None) -> int:
     from kmscale.config import dump_yaml, load_config
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=ROOT / "recipes/configs/precipitation_benchmark.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides (results then stay under out_dir)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", type=Path, default=ROOT / "recipes/configs/precipitation_benchmark.yaml"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides (results then stay under out_dir)"
+    )
     args = parser.parse_args(argv)
     cfg = load_config(PrecipBenchmarkConfig, args.config, args.overrides)
     torch.set_num_threads(1)
@@ -394,10 +481,13 @@ def main(argv=None) -> int:
         "gibbs": gibbs,
         "radolan": None,  # not run: see BENCHMARKS.md
         "details": {
-            "machine": f"2-core shared dev VM, no GPU ({platform.processor() or platform.machine()})",
-            "load_average_start": load_before, "load_average_end": os.getloadavg(),
-            "wall_seconds": time.perf_counter() - t0, "torch_threads": torch.get_num_threads(),
-            "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
+            "machine": "2-core shared dev VM, no GPU (" + platform.machine() + ")",
+            "load_average_start": load_before,
+            "load_average_end": os.getloadavg(),
+            "wall_seconds": time.perf_counter() - t0,
+            "torch_threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["python", *sys.argv]),
             "config": dump_yaml(cfg),
         },
     }
