@@ -7,5 +7,6 @@ from kmscale.autoencoders import (
     face_vae,  # noqa: F401
     fsae,  # noqa: F401
     identity,  # noqa: F401
+    pseudo_precip,  # noqa: F401
     vae,  # noqa: F401
 )
