@@ -189,3 +189,24 @@ def test_face_denoiser_runs_edm_on_healpix_latents():
     y, c = torch.randn(3, 1, 48, 1), torch.randn(3, 1, 48, 1)
     assert EDMLoss(sigma_data=1.0)(net, y, c).shape == y.shape
     assert edm_sampler(net, torch.randn(3, 1, 48, 1), cond=c, num_steps=3).shape == y.shape
+
+
+def _conformance_cases():
+    from kmscale.autoencoders.testing import ConformanceCase
+
+    def build(name, **kw):
+        def factory():
+            torch.manual_seed(0)
+            return get_autoencoder_class(name)(variables=["t2m"], input_stats=STATS, nside=4,
+                                               levels=1, latent_channels=2, **kw)
+        return factory
+
+    return [ConformanceCase("fsae", build("fsae", dim=16, heads=2), spatial_shape=(192,)),
+            ConformanceCase("face_vae", build("face_vae", channels=8), spatial_shape=(192,))]
+
+
+@pytest.mark.parametrize("case", _conformance_cases(), ids=str)
+def test_healpix_autoencoders_conform(case, tmp_path):
+    from kmscale.autoencoders.testing import check_autoencoder
+
+    check_autoencoder(case, tmp_path)
