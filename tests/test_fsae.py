@@ -135,6 +135,7 @@ def healpix_targets(tmp_path) -> Path:
     return write_healpix_store(regrid_to_healpix(ds, 4, "conservative"), tmp_path / "hp.zarr")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fsae", "face_vae"])
 def test_recipe_trains_healpix_model(name, healpix_targets, tmp_path):
     out = tmp_path / "run"
@@ -205,6 +206,7 @@ def _conformance_cases():
             ConformanceCase("face_vae", build("face_vae", channels=8), spatial_shape=(192,))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", _conformance_cases(), ids=str)
 def test_healpix_autoencoders_conform(case, tmp_path):
     from kmscale.autoencoders.testing import check_autoencoder
