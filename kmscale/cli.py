@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "kmscale.data.cli",  # prepare, inspect
     "kmscale.data.demo_cli",  # demo-data
     "kmscale.autoencoders.cli",  # encode, decode, compress
+    "kmscale.autoencoders.superres",  # super-resolve (HEALPix, fsae)
     "kmscale.diffusion.cli",  # sample, demo
     "kmscale.evaluation.cli",  # score, report
 )

@@ -48,6 +48,10 @@ def get_autoencoder_class(name: str) -> type:
                 f"entry point {name!r} in group {ENTRY_POINT_GROUP!r}: expected an Autoencoder "
                 f"subclass, found {cls!r}"
             )
+        # A plugin missing part of the contract fails here, by name, not deep in a pipeline.
+        from kmscale.autoencoders.testing import check_class
+
+        check_class(cls)
         cls.registry_name = name
         _REGISTRY[name] = cls
         return cls

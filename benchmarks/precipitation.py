@@ -1,0 +1,500 @@
+"""Precipitation benchmark (issue 16): pseudo-precipitation encoders and x4 downscaling.
+
+1. PP encoder on ERA5 2020-01-01 over western Europe (tp + VIMD from u, v, q, sp): fit on
+   00-15 UTC; every candidate setting (width, quantile grid, weights, tp scale) is scored
+   on 16-19 UTC and the best (lowest :func:`selection_score`) is reported on 20-23 UTC.
+   The companion comparison (VIMD, the rain-edge distance from TP alone, both) uses the
+   chosen setting and is reported on 20-23 UTC as well.
+2. ERA5 Telangana tp x4 (0.25 deg target cropped to 20 x 20, predictors its 4 x 4 block
+   means): train June 1 - July 15, validation July 16-23 (PP encoder setting, best
+   checkpoints), test July 24-31 scored once. Methods: bilinear and bicubic interpolation
+   of the block means; the regression U-Net and residual diffusion (EDM, cross-fitted
+   residuals) in pixel space on log1p(tp) (IdentityAutoencoder, catalogue transform);
+   the same two in pseudo-precipitation space (PP encoder with the rain-edge-distance
+   companion), decoded to tp.
+3. The Gibbs check (published figure): spectral truncation of TP versus of PP (decoded),
+   on the Telangana test fields: negative values, ringing, wet fraction.
+
+All settings come from recipes/configs/precipitation_benchmark.yaml (and the two
+pseudo_precip configs it names). CPU budget: about 20 minutes on one core.
+
+    nice python benchmarks/precipitation.py [--config recipes/configs/precipitation_benchmark.yaml]
+
+Writes benchmarks/results/precipitation.json and precipitation_gibbs.png; trained runs are
+reused from ``out_dir`` when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class PPSelection:
+    config: str = "recipes/configs/pseudo_precip.yaml"
+    choose_period: list[str] = field(default_factory=lambda: ["2020-01-01T16", "2020-01-01T19"])
+    test_period: list[str] = field(default_factory=lambda: ["2020-01-01T20", "2020-01-01T23"])
+    # Each candidate: space-separated overrides of the recipe config ("" = the config).
+    candidates: list[str] = field(default_factory=lambda: [""])
+    companions: list[list[str]] = field(default_factory=lambda: [["vimd"]])
+
+
+@dataclass
+class Telangana:
+    pp_config: str = "recipes/configs/pseudo_precip_telangana.yaml"
+    pp_candidates: list[str] = field(default_factory=lambda: [""])
+    train_period: list[str] = field(default_factory=lambda: ["2023-06-01T00", "2023-07-15T23"])
+    val_period: list[str] = field(default_factory=lambda: ["2023-07-16T00", "2023-07-23T23"])
+    test_period: list[str] = field(default_factory=lambda: ["2023-07-24T00", "2023-07-31T23"])
+    size: int = 20  # crop (px) of the 21 x 21 grid, a multiple of factor and of 4 (U-Net)
+    factor: int = 4
+    unet: list[int] = field(default_factory=lambda: [32, 64, 64])
+    regression_samples: int = 8_000
+    ldm_samples: int = 16_000
+    residual_folds: int = 2
+    members: int = 16
+    steps: int = 12
+    test_every_hours: int = 2  # scored test times: every n-th hour of the test split
+    wet_threshold: float = 0.1  # mm h-1: wet hour for the downscaling scores
+    fss_windows: list[int] = field(default_factory=lambda: [1, 3, 5])
+    gibbs_keep: int = 2  # wavenumbers kept by the spectral truncation (20 px -> the 1-deg scales)
+
+
+@dataclass
+class PrecipBenchmarkConfig:
+    out_dir: str = "runs/bench_precip"
+    pp: PPSelection = field(default_factory=PPSelection)
+    telangana: Telangana = field(default_factory=Telangana)
+
+
+# ---- 1. the PP encoder ------------------------------------------------------------------
+def train_pp(config: str, out: Path, overrides: list[str]):
+    """Train (or reuse) one PP encoder with the recipe config plus overrides."""
+    from kmscale.autoencoders import load_autoencoder
+    from kmscale.autoencoders.pseudo_precip_train import PseudoPrecipConfig, train_pseudo_precip
+    from kmscale.config import load_config
+
+    cfg = load_config(PseudoPrecipConfig, ROOT / config, [f"out_dir={out}", *overrides])
+    if (out / "autoencoder" / "config.json").is_file():
+        return load_autoencoder(out / "autoencoder").eval(), cfg
+    t0 = time.perf_counter()
+    model, _ = train_pseudo_precip(cfg)
+    (out / "seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+    return model, cfg
+
+
+def pp_on(model, cfg, period: list[str]) -> dict:
+    from kmscale.autoencoders.pseudo_precip_train import as_tensor, load_fields, pp_scores, select
+
+    fields = select(load_fields(cfg.data), period)
+    return pp_scores(model, as_tensor(fields, list(model.variables)), cfg.data.wet_threshold)
+
+
+def pp_encoder_section(s: PPSelection, out: Path) -> dict:
+    from kmscale.autoencoders.pseudo_precip_train import selection_score
+
+    choose = [f"data.val_period=[{s.choose_period[0]},{s.choose_period[1]}]"]
+    tried = {}
+    for i, cand in enumerate(s.candidates):
+        model, cfg = train_pp(s.config, out / f"pp_candidate_{i}", choose + cand.split())
+        sc = pp_on(model, cfg, s.choose_period)
+        tried[cand or "(config)"] = {"selection_score": selection_score(sc), **sc}
+        print(f"PP candidate {cand or '(config)'}: {tried[cand or '(config)']}", flush=True)
+    best = min(tried, key=lambda k: tried[k]["selection_score"])
+    best_over = [] if best == "(config)" else best.split()
+    i_best = list(tried).index(best)
+    model, cfg = train_pp(s.config, out / f"pp_candidate_{i_best}", choose + best_over)
+    test = pp_on(model, cfg, s.test_period)
+    companions = {}
+    for comps in s.companions:
+        name = "+".join(comps)
+        if list(comps) == list(cfg.data.companions):
+            companions[name] = test
+            continue
+        over = choose + best_over + [f"data.companions=[{','.join(comps)}]"]
+        m, c = train_pp(s.config, out / f"pp_companions_{name}", over)
+        companions[name] = pp_on(m, c, s.test_period)
+    return {
+        "split": f"chosen on {s.choose_period}, reported on {s.test_period} (fit on 00-15 UTC)",
+        "wet_fraction_error": test["wet_fraction_error"],
+        "rmse_rel": test["rmse_rel"],
+        "marginal": test["marginal"],
+        "exact_zero_fraction": test["exact_zero_fraction"],
+        "wet_threshold_mm_h": cfg.data.wet_threshold,
+        "chosen": best,
+        "candidates_on_choose_split": tried,
+        "companions_on_test_split": companions,
+    }
+
+
+# ---- 2. Telangana downscaling -----------------------------------------------------------
+def telangana_data(t: Telangana):
+    """Targets (tp mm h-1 + rain_edge_distance) on the cropped 0.25 deg grid, block means."""
+    from kmscale.data import moisture
+    from kmscale.data.readers import open_dataset
+    from kmscale.paths import data_file
+
+    ds = open_dataset(data_file("era5_telangana_tp_2023", "era5_telangana_tp_20230601-0731.nc"))
+    ds = ds.isel(lat=slice(0, t.size), lon=slice(0, t.size)).load()
+    tp = ds["tp"].clip(min=0.0)  # GRIB packing leaves a few -0.0
+    spacing = moisture.grid_spacing_km(ds["lat"].values, ds["lon"].values)
+    dist = moisture.rain_edge_distance(tp.values, threshold=0.01, spacing_km=spacing, max_km=300.0)
+    targets = xr.Dataset(
+        {"tp": tp, "rain_edge_distance": tp.copy(data=dist).assign_attrs(units="km")}
+    )
+    coarse = targets[["tp"]].coarsen(lat=t.factor, lon=t.factor).mean()
+    coarse["tp"].attrs = dict(tp.attrs)
+    coarse = coarse.assign_coords(
+        lead_time=("time", np.zeros(coarse.sizes["time"]), {"units": "hours"})
+    )
+    return targets, coarse
+
+
+def train_space(t: Telangana, out: Path, name: str, autoencoder: str, data, variables) -> dict:
+    """Regression + residual diffusion bundles of one space (reused when present)."""
+    from kmscale.config import load_config
+    from kmscale.diffusion.train import LDMConfig, RegressionConfig, train_ldm, train_regression
+
+    common = [
+        f"data.train_period=[{t.train_period[0]},{t.train_period[1]}]",
+        f"data.val_period=[{t.val_period[0]},{t.val_period[1]}]",
+        f"unet.block_out_channels={t.unet}",
+        "unet.norm_num_groups=16",
+        "train.global_batch_size=16",
+        "train.lr=1e-3",
+        "train.warmup_samples=500",
+        "train.lr_decay=cosine",
+        "train.ema_decay=0.99",
+        "train.log_every_samples=800",
+        f"data.variables={variables}",
+    ]
+    wall, bundles = {}, {}
+    n = t.regression_samples
+    reg = out / f"regression_{name}"
+    cfg = load_config(
+        RegressionConfig,
+        None,
+        common
+        + [
+            f"out_dir={reg}",
+            f"autoencoder={autoencoder}",
+            f"train.total_samples={n}",
+            f"train.checkpoint_every_samples={n // 2}",
+            f"train.validate_every_samples={n // 4}",
+        ],
+    )
+    t0 = time.perf_counter()
+    bundles["regression"] = reg / "bundle"
+    if not (reg / "bundle" / "bundle.json").is_file():
+        train_regression(cfg, data)
+    wall["regression"] = time.perf_counter() - t0
+    n = t.ldm_samples
+    ldm = out / f"diffusion_{name}"
+    cfg = load_config(
+        LDMConfig,
+        None,
+        common
+        + [
+            f"out_dir={ldm}",
+            f"regression_bundle={reg / 'bundle'}",
+            f"train.total_samples={n}",
+            f"train.checkpoint_every_samples={n // 2}",
+            f"train.validate_every_samples={n // 4}",
+            "validation.members=4",
+            "validation.steps=6",
+            "validation.max_times=8",
+            f"residual_folds={t.residual_folds}",
+        ],
+    )
+    t0 = time.perf_counter()
+    bundles["diffusion"] = ldm / "bundle"
+    if not (ldm / "bundle" / "bundle.json").is_file():
+        train_ldm(cfg, data)
+    wall["diffusion"] = time.perf_counter() - t0
+    return {"bundles": bundles, "seconds": wall}
+
+
+def sample(bundle: Path, coarse: xr.Dataset, members: int, steps: int, store: Path) -> np.ndarray:
+    """tp members (M, T, H, W) in mm h-1 (a store under ``store``, reused when complete)."""
+    from kmscale.bundle import ModelBundle
+    from kmscale.data.store import open_store
+    from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
+
+    if not store.exists():
+        pipe = DownscalingPipeline(ModelBundle.load(bundle))
+        pipe.run(
+            coarse,
+            store,
+            SamplerSettings(members=members, steps=steps, member_batch=16, time_chunk=16),
+            progress=False,
+        )
+    ds = open_store(store, kind="ensemble")
+    return np.asarray(ds["tp"].transpose("member", "time", "lat", "lon").values, np.float64)
+
+
+def scores(ens: np.ndarray, truth: np.ndarray, t: Telangana, thresholds: dict) -> dict:
+    """ens (M, T, H, W) mm h-1 (M = 1: deterministic), truth (T, H, W)."""
+    from kmscale.evaluation.precipitation import fss_field
+    from kmscale.evaluation.probabilistic import crps_ensemble, rank_of_truth
+    from kmscale.evaluation.quantiles import quantile_error
+    from kmscale.evaluation.spectra import radial_power_spectrum, zonal_power_spectrum
+
+    m = ens.shape[0]
+    mean = ens.mean(0)
+    err = mean - truth
+    wet_t = float((truth >= t.wet_threshold).mean())
+    wet_f = float((ens >= t.wet_threshold).mean())
+    q = np.quantile(truth, [0.99, 0.999])
+    qe = quantile_error(ens, truth, (0.99, 0.999))
+    zt = zonal_power_spectrum(truth).reshape(-1, truth.shape[-1] // 2).mean(0)
+    zf = zonal_power_spectrum(ens).reshape(-1, truth.shape[-1] // 2).mean(0)
+    rt = np.mean([radial_power_spectrum(f) for f in truth], axis=0)
+    rf = np.mean([radial_power_spectrum(f) for f in ens.reshape(-1, *truth.shape[-2:])], axis=0)
+    fss = {}
+    for label, thr in thresholds.items():
+        fss[label] = {}
+        for w in t.fss_windows:
+            per = [
+                fss_field(ens[:, i] if m > 1 else ens[0, i], truth[i], thr, w)
+                for i in range(truth.shape[0])
+            ]
+            fss[label][str(w)] = float(np.nanmean(per))
+    out = {
+        "crps_fair": float(crps_ensemble(ens, truth, axis=0, fair=True).mean())
+        if m > 1
+        else float(np.abs(err).mean()),
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "bias": float(err.mean()),
+        "wet_fraction_error": (wet_f - wet_t) / wet_t,
+        "q99_error": float(qe[0] / q[0]),
+        "q999_error": float(qe[1] / q[1]),
+        "fss": fss,
+        "power_ratio_smallest": [float(zf[-2] / zt[-2]), float(zf[-1] / zt[-1])],
+        "radial_power_ratio_smallest": [float(rf[-2] / rt[-2]), float(rf[-1] / rt[-1])],
+        "_zonal_spectrum": zf.tolist(),
+        "_zonal_spectrum_truth": zt.tolist(),
+    }
+    if m > 1:
+        out["spread_skill"] = float(
+            np.sqrt((m + 1) / m * ens.var(0, ddof=1).mean()) / np.sqrt(np.mean(err**2))
+        )
+        ranks = rank_of_truth(ens, truth, axis=0)
+        hist = np.bincount(ranks.astype(int).ravel(), minlength=m + 1)
+        out["rank_histogram"] = (hist / hist.sum()).round(4).tolist()
+    return out
+
+
+def interpolate(coarse: xr.Dataset, targets: xr.Dataset, mode: str) -> np.ndarray:
+    from kmscale.conditioning.predictors import interpolate_regular
+
+    x = interpolate_regular(
+        np.asarray(coarse["tp"].values, np.float32),
+        coarse["lat"].values,
+        coarse["lon"].values,
+        targets["lat"].values,
+        targets["lon"].values,
+        mode=mode,
+    ).numpy()
+    return np.maximum(x, 0.0)[None].astype(np.float64)
+
+
+def telangana_section(t: Telangana, out: Path) -> tuple[dict, dict]:
+    from kmscale.autoencoders.pseudo_precip_train import selection_score
+    from kmscale.diffusion.train import TrainingData
+
+    # The PP encoder: settings chosen on the validation weeks.
+    tried = {}
+    for i, cand in enumerate(t.pp_candidates):
+        model, cfg = train_pp(t.pp_config, out / f"pp_telangana_{i}", cand.split())
+        sc = pp_on(model, cfg, t.val_period)
+        tried[cand or "(config)"] = {"selection_score": selection_score(sc), **sc}
+        print(
+            f"Telangana PP candidate {cand or '(config)'}: {tried[cand or '(config)']}", flush=True
+        )
+    best = min(tried, key=lambda k: tried[k]["selection_score"])
+    pp_dir = out / f"pp_telangana_{list(tried).index(best)}" / "autoencoder"
+    pp_model, pp_cfg = train_pp(
+        t.pp_config, pp_dir.parent, [] if best == "(config)" else best.split()
+    )
+    pp_test = pp_on(pp_model, pp_cfg, t.test_period)
+
+    targets, coarse = telangana_data(t)
+    data = TrainingData(targets, coarse, None)
+    train_tp = targets["tp"].sel(time=slice(*t.train_period)).values
+    wet = train_tp[train_tp >= t.wet_threshold]
+    thresholds = {"p90_wet": float(np.quantile(wet, 0.9)), "p99_wet": float(np.quantile(wet, 0.99))}
+    spaces = {
+        "log1p": train_space(t, out, "log1p", "identity", data, "[tp]"),
+        "pp": train_space(t, out, "pp", str(pp_dir), data, "[tp,rain_edge_distance]"),
+    }
+    # The choices (PP setting, best checkpoints) were made on validation above; the test
+    # split is scored once here.
+    every = slice(None, None, t.test_every_hours)
+    tr = targets.sel(time=slice(*t.test_period)).isel(time=every)
+    cr = coarse.sel(time=slice(*t.test_period)).isel(time=every)
+    truth = np.asarray(tr["tp"].values, np.float64)
+    results = {
+        m: scores(interpolate(cr, tr, m), truth, t, thresholds) for m in ("bilinear", "bicubic")
+    }
+    for space, info in spaces.items():
+        for kind in ("regression", "diffusion"):
+            m = t.members if kind == "diffusion" else 1
+            ens = sample(info["bundles"][kind], cr, m, t.steps, out / f"{kind}_{space}_test.zarr")
+            results[f"{kind}_{space}"] = scores(ens, truth, t, thresholds)
+    public = {
+        k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()
+    }
+    section = {
+        "split": f"test {t.test_period} every {t.test_every_hours} h ({truth.shape[0]} fields, "
+        f"scored once); choices on validation {t.val_period}",
+        "bilinear": public["bilinear"],
+        "bicubic": public["bicubic"],
+        "regression": public["regression_log1p"],
+        "regression_pp": public["regression_pp"],
+        "diffusion_log1p": public["diffusion_log1p"],
+        "diffusion_pp": public["diffusion_pp"],
+        "fss_thresholds_mm_h": thresholds,
+        "pp_encoder": {"chosen": best, "candidates_on_val": tried, "test": pp_test},
+        "training_seconds": {k: v["seconds"] for k, v in spaces.items()},
+    }
+    return section, {"results": results, "targets": targets, "pp": pp_model}
+
+
+# ---- 3. the Gibbs check -----------------------------------------------------------------
+def truncate(x: np.ndarray, keep: int) -> np.ndarray:
+    """Keep 2-D Fourier wavenumbers |k_y|, |k_x| <= keep of fields (..., H, W)."""
+    f = np.fft.fft2(x)
+    ky = np.abs(np.fft.fftfreq(x.shape[-2]) * x.shape[-2])
+    kx = np.abs(np.fft.fftfreq(x.shape[-1]) * x.shape[-1])
+    f = f * ((ky[:, None] <= keep) & (kx[None, :] <= keep))
+    return np.real(np.fft.ifft2(f))
+
+
+def gibbs_check(t: Telangana, extra: dict, path: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets, pp = extra["targets"], extra["pp"]
+    test = targets.sel(time=slice(*t.test_period))
+    x = torch.from_numpy(np.stack([test[v].values for v in pp.variables], 1).astype(np.float32))
+    tp = x[:, pp.precip_index].numpy().astype(np.float64)
+    with torch.no_grad():
+        z = pp.encode(x).numpy().astype(np.float64)
+        z_tr = truncate(z, t.gibbs_keep)
+        tp_pp = pp.decode(torch.from_numpy(z_tr).float())[:, pp.precip_index].numpy()
+        tp_rec = pp.decode(torch.from_numpy(z).float())[:, pp.precip_index].numpy()
+    tp_tr = truncate(tp, t.gibbs_keep)
+    smooth = truncate(tp, t.gibbs_keep)  # the reference smooth field is the truncated TP itself
+
+    def stats(field: np.ndarray) -> dict:
+        return {
+            "negative_fraction": float((field < -1e-6).mean()),
+            "min": float(field.min()),
+            "wet_fraction": float((field >= t.wet_threshold).mean()),
+            "dry_pixels_positive_fraction": float((field[tp == 0] > t.wet_threshold).mean()),
+        }
+
+    i = int(np.argmax((tp >= t.wet_threshold).mean((1, 2)) * ((tp < t.wet_threshold).mean((1, 2)))))
+    row = int(np.argmax((tp[i] >= t.wet_threshold).mean(1) * (tp[i] < t.wet_threshold).mean(1)))
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
+    vmax = float(tp[i].max())
+    for ax, f, title in zip(
+        axes[:3],
+        (tp[i], tp_tr[i], tp_pp[i]),
+        (
+            "ERA5 tp",
+            f"tp truncated (|k| <= {t.gibbs_keep})",
+            f"PP truncated, decoded (|k| <= {t.gibbs_keep})",
+        ),
+        strict=True,
+    ):
+        im = ax.imshow(
+            f, origin="lower", cmap="viridis", vmin=min(0.0, float(tp_tr[i].min())), vmax=vmax
+        )
+        ax.axhline(row, color="w", lw=0.8)
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=axes[:3], shrink=0.8, label="mm h-1")
+    axes[3].plot(tp[i, row], "k-", lw=2, label="tp")
+    axes[3].plot(tp_tr[i, row], "r-", label="tp truncated")
+    axes[3].plot(tp_pp[i, row], "b-", label="PP truncated, decoded")
+    axes[3].axhline(0, color="gray", lw=0.5)
+    axes[3].set_title("transect (white line)", fontsize=9)
+    axes[3].legend(fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    del smooth
+    return {
+        "split": f"test {t.test_period}",
+        "keep_wavenumbers": t.gibbs_keep,
+        "truth": stats(tp),
+        "tp_truncated": stats(tp_tr),
+        "pp_truncated_decoded": stats(tp_pp),
+        "pp_untruncated_decoded": stats(tp_rec),
+        "figure": path.name,
+    }
+
+
+def main(argv=None) -> int:
+    from kmscale.config import dump_yaml, load_config
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", type=Path, default=ROOT / "recipes/configs/precipitation_benchmark.yaml"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides (results then stay under out_dir)"
+    )
+    args = parser.parse_args(argv)
+    cfg = load_config(PrecipBenchmarkConfig, args.config, args.overrides)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()
+    pp_section = pp_encoder_section(cfg.pp, out)
+    tel, extra = telangana_section(cfg.telangana, out)
+    dest = out if args.overrides else RESULTS
+    gibbs = gibbs_check(cfg.telangana, extra, dest / "precipitation_gibbs.png")
+    payload = {
+        "pp_encoder": pp_section,
+        "era5_telangana": tel,
+        "gibbs": gibbs,
+        "radolan": None,  # not run: see BENCHMARKS.md
+        "details": {
+            "machine": "2-core shared dev VM, no GPU (" + platform.machine() + ")",
+            "load_average_start": load_before,
+            "load_average_end": os.getloadavg(),
+            "wall_seconds": time.perf_counter() - t0,
+            "torch_threads": torch.get_num_threads(),
+            "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["python", *sys.argv]),
+            "config": dump_yaml(cfg),
+        },
+    }
+    (dest / "precipitation.json").write_text(json.dumps(payload, indent=2))
+    print(json.dumps({k: v for k, v in payload.items() if k != "details"}, indent=2)[:4000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
