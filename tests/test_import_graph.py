@@ -3,7 +3,8 @@
 The graph is built from the source with ``ast`` (nothing is imported): an edge
 ``a -> b`` for every ``import`` in module ``a``, at module level or inside a function,
 that names module ``b`` or a name defined in it; importing ``kmscale.x.y`` also runs the
-package ``kmscale.x``, so that is an edge too. ``kmscale.cli`` finds its subcommand
+package ``kmscale.x``, so that is an edge too, except from a module inside ``kmscale.x``
+(the package is already initialising then). ``kmscale.cli`` finds its subcommand
 modules by name (``importlib``), which is deliberately not an edge. Modules are checked
 for cycles, and so are the parts of the package (subpackages, top-level modules).
 """
@@ -61,7 +62,10 @@ def imported(name: str, path: Path, known: set[str]) -> set[str]:
             if target == PACKAGE or target.startswith(PACKAGE + "."):
                 while target not in known and "." in target:
                     target = target.rsplit(".", 1)[0]
-                out.update(m for m in [*_parents(target), target] if m in known)
+                # Importing a sibling runs the enclosing package, which is already being
+                # initialised when the importer lives inside it: not an edge back to it.
+                implicit = [m for m in _parents(target) if not name.startswith(m + ".")]
+                out.update(m for m in [*implicit, target] if m in known)
     out.discard(name)
     return out
 
@@ -118,7 +122,10 @@ def test_graph_sees_function_level_and_relative_imports(tmp_path):
     (tmp_path / "a.py").write_text(source)
     known = {"kmscale", "kmscale.x", "kmscale.x.a", "kmscale.x.b", "kmscale.c"}
     found = imported("kmscale.x.a", tmp_path / "a.py", known)
-    assert found == {"kmscale", "kmscale.x", "kmscale.x.b", "kmscale.c"}
+    assert found == {"kmscale.x.b", "kmscale.c"}  # its own packages are already running
+    (tmp_path / "d.py").write_text("from kmscale.x import b\n")
+    outside = imported("kmscale.d", tmp_path / "d.py", known | {"kmscale.d"})
+    assert outside == {"kmscale.x", "kmscale.x.b"}
 
 
 def test_find_cycle():

@@ -21,7 +21,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
 from kmscale.autoencoders.base import Autoencoder, AutoencoderOutput
-from kmscale.autoencoders.registry import register
+from kmscale.autoencoders.registration import register
 from kmscale.errors import ConfigError, SchemaError, describe
 from kmscale.sphere import FaceConv2d, FaceUpsample, check_nside, from_faces, to_faces
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from kmscale.autoencoders.base import Autoencoder, AutoencoderOutput
 from kmscale.autoencoders.field_attention import CellMerge, CellSplit, FieldSpaceBlock
-from kmscale.autoencoders.registry import register
+from kmscale.autoencoders.registration import register
 from kmscale.errors import ConfigError, SchemaError, describe
 from kmscale.sphere import check_nside, coarsen, refine
 

@@ -41,7 +41,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from kmscale.autoencoders.base import Autoencoder
-from kmscale.autoencoders.registry import register
+from kmscale.autoencoders.registration import register
 from kmscale.errors import ConfigError, SchemaError
 
 
