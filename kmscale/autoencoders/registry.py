@@ -19,7 +19,7 @@ from pathlib import Path
 from kmscale.autoencoders import builtin  # noqa: F401  (its imports run the @register decorators)
 from kmscale.autoencoders.base import Autoencoder
 from kmscale.autoencoders.registration import REGISTRY as _REGISTRY
-from kmscale.autoencoders.registration import register
+from kmscale.autoencoders.registration import check_class, register
 from kmscale.errors import CheckpointError
 
 __all__ = ["available", "get_autoencoder_class", "load_autoencoder", "register"]
@@ -49,8 +49,6 @@ def get_autoencoder_class(name: str) -> type:
                 f"subclass, found {cls!r}"
             )
         # A plugin missing part of the contract fails here, by name, not deep in a pipeline.
-        from kmscale.autoencoders.testing import check_class
-
         check_class(cls)
         cls.registry_name = name
         _REGISTRY[name] = cls

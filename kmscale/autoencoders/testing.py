@@ -44,13 +44,10 @@ from pathlib import Path
 import torch
 
 from kmscale.autoencoders.base import Autoencoder
+from kmscale.autoencoders.registration import ConformanceError, check_class
 from kmscale.errors import KmscaleError
 
 Sample = Callable[[int, tuple[int, ...], torch.Generator], torch.Tensor]
-
-
-class ConformanceError(KmscaleError, AssertionError):
-    """An autoencoder breaks the contract (lists every failed check)."""
 
 
 @dataclass
@@ -120,29 +117,6 @@ def default_sample(model: Autoencoder) -> Sample:
         return torch.stack(chans, dim=1)
 
     return sample
-
-
-def check_class(cls: type) -> None:
-    """Raise ConformanceError unless ``cls`` is an Autoencoder overriding the contract's
-    abstract members (``downsample_factor``, ``latent_channels``, ``_encode_normalized``,
-    ``_decode_normalized``)."""
-    if not (isinstance(cls, type) and issubclass(cls, Autoencoder)):
-        raise ConformanceError(f"expected an Autoencoder subclass, found {cls!r}")
-    missing = [
-        m
-        for m in (
-            "downsample_factor",
-            "latent_channels",
-            "_encode_normalized",
-            "_decode_normalized",
-        )
-        if getattr(cls, m) is getattr(Autoencoder, m)
-    ]
-    if missing:
-        raise ConformanceError(
-            f"{cls.__module__}.{cls.__qualname__}: expected implementations of the Autoencoder "
-            f"contract's {missing}, found the abstract base versions"
-        )
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:

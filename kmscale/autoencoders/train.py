@@ -178,7 +178,6 @@ def _open(cfg: DataConfig) -> tuple[xr.Dataset, list[str]]:
 def _target_names(ds: xr.Dataset, variables: list[str], source) -> list[str]:
     """The variable group: ``variables``, or every (time, Y, X) (HEALPix: (time, cell))
     variable of ``ds``; checked."""
-    from kmscale.autoencoders.latent_store import _spatial_dims
 
     ndim = 2 if "cell" in ds.dims else 3
     names = list(variables) or [v for v, da in ds.data_vars.items()
@@ -200,8 +199,6 @@ def _target_names(ds: xr.Dataset, variables: list[str], source) -> list[str]:
 
 def _build_model(cfg: ModelConfig, ds: xr.Dataset, names: list[str], stats: dict):
     """The configured autoencoder class and a fresh instance for ``names``."""
-    from kmscale.autoencoders import get_autoencoder_class
-
     cls = get_autoencoder_class(cfg.name)
     if cfg.name == "vae":
         kwargs = dict(block_out_channels=tuple(cfg.block_out_channels),
