@@ -141,3 +141,63 @@ def decode(data: bytes, indexes: np.ndarray, freqs: np.ndarray, offsets: np.ndar
     if used != esc.size:
         raise CorruptFileError(f"entropy-coded stream: {esc.size} escaped values, {used} used")
     return out
+
+
+MAX_TABLE = 4096  # in-table symbols per channel of an adaptive table; the rest are escaped
+_TABLE = struct.Struct("<iI")
+
+
+def encode_adaptive(q: np.ndarray) -> bytes:
+    """Integers (C, N) -> bytes with a per-channel table fitted to ``q`` itself.
+
+    The factorized model of the codecs that have no learned prior (quantized VAE latents,
+    error-bounded residuals): channel c gets the histogram of its own values, stored in
+    the stream as L_c + 1 uint16 frequencies, so decoding needs nothing but the bytes.
+    """
+    q = np.asarray(q, dtype=np.int64)
+    if q.ndim != 2:
+        raise SchemaError(f"encode_adaptive: expected (channels, values), found shape {q.shape}")
+    parts = [struct.pack("<II", *q.shape)]
+    offsets, lengths, rows = [], [], []
+    for row in q:
+        lo = int(np.min(row)) if row.size else 0
+        length = min(int(np.max(row)) - lo + 1 if row.size else 1, MAX_TABLE)
+        inside = row[(row >= lo) & (row < lo + length)] - lo
+        counts = np.bincount(inside, minlength=length).astype(np.float64)
+        if not row.size:
+            counts[:] = 1.0  # an empty channel still needs a valid table
+        freqs = pmf_to_freqs(counts, float(row.size - inside.size))
+        parts.append(_TABLE.pack(lo, length) + freqs.astype("<u2").tobytes())
+        offsets.append(lo)
+        lengths.append(length)
+        rows.append(freqs)
+    table = np.zeros((len(rows), max(lengths, default=1) + 1), np.int64)
+    for c, freqs in enumerate(rows):
+        table[c, : freqs.size] = freqs
+    idx = np.broadcast_to(np.arange(q.shape[0])[:, None], q.shape)
+    parts.append(encode(q, idx, table, np.asarray(offsets), np.asarray(lengths)))
+    return b"".join(parts)
+
+
+def decode_adaptive(data: bytes) -> np.ndarray:
+    """Bytes from :func:`encode_adaptive` -> (C, N) int64."""
+    if len(data) < 8:
+        raise CorruptFileError(f"adaptive stream: expected at least 8 bytes, found {len(data)}")
+    channels, n = struct.unpack_from("<II", data)
+    pos, offsets, lengths, rows = 8, [], [], []
+    for _ in range(channels):
+        if pos + _TABLE.size > len(data):
+            raise CorruptFileError("adaptive stream: truncated inside its tables")
+        lo, length = _TABLE.unpack_from(data, pos)
+        pos += _TABLE.size
+        if length > MAX_TABLE or pos + 2 * (length + 1) > len(data):
+            raise CorruptFileError(f"adaptive stream: table of {length} symbols does not fit")
+        rows.append(np.frombuffer(data, "<u2", length + 1, pos).astype(np.int64))
+        pos += 2 * (length + 1)
+        offsets.append(lo)
+        lengths.append(length)
+    table = np.zeros((channels, max(lengths, default=1) + 1), np.int64)
+    for c, freqs in enumerate(rows):
+        table[c, : freqs.size] = freqs
+    idx = np.broadcast_to(np.arange(channels)[:, None], (channels, n))
+    return decode(data[pos:], idx, table, np.asarray(offsets), np.asarray(lengths)).reshape(channels, n)
