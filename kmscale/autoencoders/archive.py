@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from kmscale.autoencoders.base import Autoencoder
+from kmscale.autoencoders.base import LATENT_STEP, Autoencoder
 from kmscale.codecs import error_bound
 from kmscale.codecs.container import Archive, ArchiveWriter
 from kmscale.errors import CorruptFileError, GridError, SchemaError, StoreError
@@ -113,13 +113,15 @@ class CompressResult:
 
 
 def compress_dataset(model: Autoencoder, ds: xr.Dataset, out: str | Path, *,
-                     max_error: float | None = None, overwrite: bool = False,
-                     where: str = "input") -> CompressResult:
+                     max_error: float | None = None, step: float = LATENT_STEP,
+                     overwrite: bool = False, where: str = "input") -> CompressResult:
     """Write every time of ``ds`` (model variables) into the archive ``out``.
 
     Args:
         max_error: absolute bound per value in the variables' units (same for all), or None
             for the learned reconstruction alone.
+        step: latent quantization step of models without a learned prior
+            (:meth:`Autoencoder.compress`; the hyperprior ignores it).
     """
     if max_error is not None:
         error_bound.check_bound(max_error)
@@ -139,7 +141,7 @@ def compress_dataset(model: Autoencoder, ds: xr.Dataset, out: str | Path, *,
         for i, t in enumerate(times):
             x = np.stack([np.asarray(ds[v].isel(time=i).values, np.float32) for v in variables])
             xm = grid.to_model(x)
-            (payload,) = model.compress(torch.from_numpy(np.ascontiguousarray(xm))[None])
+            (payload,) = model.compress(torch.from_numpy(np.ascontiguousarray(xm))[None], step)
             w.add(f"fields/{t}", payload)
             need_rec = max_error is not None
             rec = _decode(model, payload, grid) if need_rec else None
@@ -197,7 +199,7 @@ def decompress_archive(path: str | Path, model: Autoencoder) -> tuple[xr.Dataset
                 valid = _mask(archive, v, t, grid.shape)
                 if h["max_error"] is not None:
                     out[i, c] = error_bound.decode_residual(
-                        archive.read(f"residual/{v}/{t}"), rec[c], valid, h["max_error"])
+                        archive.read(f"residual/{v}/{t}"), rec[c], valid)
                 else:
                     out[i, c] = np.where(valid, rec[c], np.nan)
             except CorruptFileError as err:
@@ -238,3 +240,30 @@ def _jsonable(attrs) -> dict:
         if isinstance(v, (str, int, float, bool, list)) or v is None:
             out[str(k)] = v
     return out
+
+
+def write_fields(ds: xr.Dataset, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write decoded fields to NetCDF (``.nc``) or zarr, under a temporary name first."""
+    import os
+    import shutil
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise StoreError(f"{path}: expected no output there (pass --overwrite), found one")
+    tmp = path.parent / f".{path.name}.partial"
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    try:
+        if path.suffix == ".nc":
+            ds.to_netcdf(tmp)
+        else:
+            ds.to_zarr(tmp, mode="w", consolidated=False)
+        if path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+    return path

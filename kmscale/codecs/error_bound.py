@@ -1,13 +1,14 @@
 """Error-bounded residual coding: |x - x_out| <= bound for every value, checked at encode.
 
 Given a reconstruction x_rec (a learned decoder's output, which the decoder reproduces),
-the residual is quantized uniformly with step Delta = 2 b (1 - margin):
+the residual is quantized uniformly with step Delta = 2 (b - m):
 
     q = round((x - x_rec) / Delta),     x_out = x_rec + q Delta,
-    |x - x_out| <= Delta / 2 = b (1 - margin) < b.
+    |x - x_out| <= Delta / 2 = b - m < b.
 
-The margin (a relative 1e-3 of the bound) absorbs float32 rounding of x_out and the
-last-bit differences a reconstruction may show on another machine. The integers q are
+The margin m = max(1e-3 b, 4 float32 spacings of max |x|) absorbs the float32 rounding of
+x_out and the last-bit differences a reconstruction may show on another machine; Delta is
+stored with the residual (float64), so the decoder does not recompute it. The integers q are
 coded with a per-field adaptive table (:func:`kmscale.codecs.coding.encode_adaptive`);
 masked points (NaN in x) are not coded: the decoder knows the mask and skips them.
 This is the uniform scalar quantizer of SZ-type codecs without their predictor: the
@@ -17,6 +18,7 @@ learned reconstruction is the prediction.
 from __future__ import annotations
 
 import math
+import struct
 
 import numpy as np
 
@@ -24,6 +26,8 @@ from kmscale.codecs import coding
 from kmscale.errors import ConfigError, SchemaError
 
 MARGIN = 1e-3  # relative reserve of the bound for float32 rounding and decoder noise
+ULPS = 4  # float32 spacings of the largest value also kept in reserve
+_STEP = struct.Struct("<d")
 
 
 def check_bound(bound: float) -> float:
@@ -34,9 +38,15 @@ def check_bound(bound: float) -> float:
     return b
 
 
-def step(bound: float) -> float:
-    """Quantization step Delta = 2 b (1 - margin)."""
-    return 2.0 * check_bound(bound) * (1.0 - MARGIN)
+def step(bound: float, largest: float) -> float:
+    """Quantization step Delta = 2 (b - m) for values up to ``largest`` in magnitude;
+    ConfigError when float32 cannot resolve the bound (Delta <= 0)."""
+    b = check_bound(bound)
+    margin = max(MARGIN * b, ULPS * float(np.spacing(np.float32(largest))))
+    if b - margin <= 0:
+        raise ConfigError(f"max error {bound}: below what float32 resolves for values near "
+                          f"{largest:.4g} (spacing {np.spacing(np.float32(largest)):.3g})")
+    return 2.0 * (b - margin)
 
 
 def encode_residual(x: np.ndarray, x_rec: np.ndarray, bound: float, *,
@@ -55,7 +65,7 @@ def encode_residual(x: np.ndarray, x_rec: np.ndarray, bound: float, *,
     if not np.all(np.isfinite(x_rec[valid])):
         raise SchemaError(f"{where}: expected a finite reconstruction at unmasked points, "
                           f"found NaN or inf")
-    d = step(bound)
+    d = step(bound, float(np.max(np.abs(x[valid]), initial=0.0)))
     q = np.rint((x[valid].astype(np.float64) - x_rec[valid]) / d).astype(np.int64)
     x_out = _apply(x_rec, valid, q, d)
     err = float(np.max(np.abs(x_out[valid].astype(np.float64) - x[valid]), initial=0.0))
@@ -63,16 +73,17 @@ def encode_residual(x: np.ndarray, x_rec: np.ndarray, bound: float, *,
         raise ConfigError(f"{where}: max error {bound} cannot be met in float32 (found "
                           f"{err:.3g} after rounding; values near {np.nanmax(np.abs(x)):.4g} "
                           f"have a float32 spacing of {np.spacing(np.nanmax(np.abs(x))):.3g})")
-    return coding.encode_adaptive(q[None]), x_out
+    return _STEP.pack(d) + coding.encode_adaptive(q[None]), x_out
 
 
-def decode_residual(data: bytes, x_rec: np.ndarray, valid: np.ndarray, bound: float) -> np.ndarray:
+def decode_residual(data: bytes, x_rec: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Bytes + reconstruction + mask of valid points -> x_out (float32, NaN where masked)."""
-    q = coding.decode_adaptive(data)[0]
+    (d,) = _STEP.unpack_from(data)
+    q = coding.decode_adaptive(data[_STEP.size :])[0]
     if q.size != int(np.count_nonzero(valid)):
         raise SchemaError(f"residual: expected {int(np.count_nonzero(valid))} values for the "
                           f"unmasked points, found {q.size}")
-    return _apply(np.asarray(x_rec, np.float32), valid, q, step(bound))
+    return _apply(np.asarray(x_rec, np.float32), valid, q, d)
 
 
 def _apply(x_rec: np.ndarray, valid: np.ndarray, q: np.ndarray, d: float) -> np.ndarray:
