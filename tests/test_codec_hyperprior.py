@@ -151,3 +151,28 @@ def test_healpix_dataset_archive_and_regional_grid_refused(model, tmp_path):
     with pytest.raises(GridError, match="covering the sphere"):
         compress_dataset(model, region, tmp_path / "r.kmsc")
     assert not (tmp_path / "r.kmsc").exists()
+
+
+def test_smaller_step_spends_more_bytes_for_less_error(model):
+    x = _smooth_fields(2, seed=11)
+    res = {}
+    for step in (0.25, 1.0, 4.0):
+        strings = model.compress(x, step)
+        err = (model.decompress(strings, (12 * NSIDE**2,)) - x).pow(2).mean().sqrt()
+        res[step] = (sum(map(len, strings)), float(err))
+    assert res[0.25][0] > res[1.0][0] > res[4.0][0]
+    assert res[0.25][1] < res[4.0][1]
+    with pytest.raises(ConfigError):
+        model.compress(x, 0.0)
+
+
+def test_field_mean_is_removed_and_restored():
+    m = HyperpriorAutoencoder(variables=["t2m"], input_stats=STATS, nside=NSIDE, channels=8,
+                              latent_channels=4, levels=2, hyper_levels=1)
+    x = _smooth_fields(2)
+    m.set_field_mean(x[0])
+    z = m.normalize_input(x)
+    assert torch.allclose(z[0], torch.zeros_like(z[0]), atol=1e-6)
+    torch.testing.assert_close(m.denormalize_output(z), x)
+    with pytest.raises(SchemaError):
+        m.set_field_mean(torch.zeros(1, 5))

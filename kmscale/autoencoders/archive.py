@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from kmscale.autoencoders.base import LATENT_STEP, Autoencoder
+from kmscale.autoencoders.base import Autoencoder
 from kmscale.codecs import error_bound
 from kmscale.codecs.container import Archive, ArchiveWriter
 from kmscale.errors import CorruptFileError, GridError, SchemaError, StoreError
@@ -113,15 +113,14 @@ class CompressResult:
 
 
 def compress_dataset(model: Autoencoder, ds: xr.Dataset, out: str | Path, *,
-                     max_error: float | None = None, step: float = LATENT_STEP,
+                     max_error: float | None = None, step: float | None = None,
                      overwrite: bool = False, where: str = "input") -> CompressResult:
     """Write every time of ``ds`` (model variables) into the archive ``out``.
 
     Args:
         max_error: absolute bound per value in the variables' units (same for all), or None
             for the learned reconstruction alone.
-        step: latent quantization step of models without a learned prior
-            (:meth:`Autoencoder.compress`; the hyperprior ignores it).
+        step: quantization step passed to ``model.compress`` (None: the model's default).
     """
     if max_error is not None:
         error_bound.check_bound(max_error)

@@ -182,7 +182,7 @@ class Autoencoder(ModelMixin, ConfigMixin):
         self.register_to_config(input_stats={v: dict(stats[v]) for v in self.variables})
 
     # ---- bitstreams ----------------------------------------------------------------
-    def compress(self, x: torch.Tensor, step: float = LATENT_STEP) -> list[bytes]:
+    def compress(self, x: torch.Tensor, step: float | None = None) -> list[bytes]:
         """Physical fields (B, C, *spatial) -> one byte string per field.
 
         The default codec: normalized latents quantized, q = round(z / step), and range
@@ -190,7 +190,12 @@ class Autoencoder(ModelMixin, ConfigMixin):
         learned parameters, :func:`kmscale.codecs.coding.encode_adaptive`). Codecs with a
         learned prior (the hyperprior) override this. Masked points are not restored
         here: :mod:`kmscale.autoencoders.archive` carries the masks.
+
+        Args:
+            x: (B, C, *spatial) in physical units.
+            step: latent quantization step (normalized units), default :data:`LATENT_STEP`.
         """
+        step = LATENT_STEP if step is None else step
         if not (step > 0):
             raise SchemaError(f"{type(self).__name__}.compress: expected a step > 0, found {step}")
         with torch.no_grad():

@@ -77,14 +77,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
     p.add_argument("--input", required=True, metavar="PATH", help="targets store / NetCDF file")
     p.add_argument("--out", required=True, metavar="PATH", help="latent store to write (.zarr)")
-    p.add_argument("--quantize", type=float, default=0.05, metavar="STEP",
-                   help="quantization step in normalized latent units (default 0.05)")
+    p.add_argument("--quantize", type=float, default=None, metavar="STEP",
+                   help="quantization step in normalized latent units (default 0.05; with --codec "
+                        "the model's default: 0.05, or 1 latent unit for the hyperprior)")
     p.add_argument("--verify", type=int, default=0, metavar="N", help="decode N times and report errors")
     p.add_argument("--codec", default=None, metavar="NAME",
                    help="write an entropy-coded archive file (versioned, checksummed) with the "
                         "autoencoder registered as NAME (hyperprior, vae, identity ...) instead of a "
-                        "latent store; --quantize is then the latent step of models without a "
-                        "learned prior")
+                        "latent store")
     p.add_argument("--max-error", type=float, default=None, metavar="E",
                    help="with --codec: add a residual so that |error| <= E for every value "
                         "(the variables' units), checked while encoding")
@@ -176,9 +176,12 @@ def run_compress(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from kmscale.autoencoders.base import LATENT_STEP
     from kmscale.autoencoders.latent_store import _spatial_dims, decode_times, open_latents
     from kmscale.data.store import store_nbytes
 
+    if args.quantize is None:
+        args.quantize = LATENT_STEP
     model, ds, out = _encode(args, args.quantize)
     variables = list(model.variables)
     src = Path(args.input)

@@ -39,10 +39,10 @@ from torch import nn
 from kmscale.autoencoders.base import Autoencoder
 from kmscale.autoencoders.registry import register
 from kmscale.codecs.entropy_models import EntropyBottleneck, GaussianConditional, bits
-from kmscale.errors import ConfigError, CorruptFileError
+from kmscale.errors import ConfigError, CorruptFileError, SchemaError
 from kmscale.sphere import FaceConv2d, FaceUpsample, check_nside, from_faces, to_faces
 
-_Z_LEN = struct.Struct("<II")  # length of the z string, CRC-32 of the scale indexes
+_HEAD = struct.Struct("<IId")  # length of the z string, CRC-32 of the scale indexes, step
 
 
 @dataclass
@@ -104,6 +104,25 @@ class HyperpriorAutoencoder(Autoencoder):
         self.h_s = nn.Sequential(*h_s, FaceConv2d(n, 2 * m, 3))
         self.entropy_bottleneck = EntropyBottleneck(n)
         self.gaussian_conditional = GaussianConditional()
+        # standardized per-cell mean (e.g. of the training fields), removed before g_a and
+        # restored after g_s; zero unless set_field_mean is called
+        self.register_buffer("field_mean", torch.zeros(c, 12 * nside**2))
+
+    def set_field_mean(self, mean: torch.Tensor) -> None:
+        """Record a per-cell mean field (C, npix) in physical units (NaN-free)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32)
+        if mean.shape != self.field_mean.shape or not torch.isfinite(mean).all():
+            raise SchemaError(f"hyperprior field mean: expected finite values of shape "
+                              f"{tuple(self.field_mean.shape)}, found {tuple(mean.shape)}")
+        self.field_mean.copy_(Autoencoder.normalize_input(self, mean[None])[0])
+
+    def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical -> standardized anomaly from the field mean; masked points become 0."""
+        z = super().normalize_input(x) - self.field_mean.to(x.device)
+        return torch.where(torch.isnan(x), torch.zeros_like(z), z)
+
+    def denormalize_output(self, y: torch.Tensor) -> torch.Tensor:
+        return super().denormalize_output(y + self.field_mean.to(y.device))
 
     # ---- Autoencoder contract ---------------------------------------------------
     @property
@@ -117,8 +136,6 @@ class HyperpriorAutoencoder(Autoencoder):
     def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
         (npix,) = spatial_shape
         if npix != 12 * self.config.nside**2:
-            from kmscale.errors import SchemaError
-
             raise SchemaError(f"hyperprior: expected {12 * self.config.nside**2} cells (nside "
                               f"{self.config.nside}), found {npix}")
         return (npix // self.downsample_factor**2,)
@@ -153,23 +170,30 @@ class HyperpriorAutoencoder(Autoencoder):
         self.entropy_bottleneck.update()
 
     # ---- bytes --------------------------------------------------------------------
-    def _hyper(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _hyper(self, z_hat: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """z_hat -> (scale table indexes, means) of y / step."""
         scales, means = self.h_s(z_hat).chunk(2, dim=1)
-        return self.gaussian_conditional.build_indexes(scales), means, scales
+        return self.gaussian_conditional.build_indexes(scales / step), means / step
 
     def compress(self, x: torch.Tensor, step: float | None = None) -> list[bytes]:
         """Physical fields (B, C, npix) -> one byte string per field:
-        ``u32 len(z) | u32 CRC-32(indexes) | z string | y string``. ``step`` is unused (the
-        quantization bin is the latent unit)."""
+        ``u32 len(z) | u32 CRC-32(indexes) | f64 step | z string | y string``.
+
+        ``step`` (default 1, the training bin) quantizes y / step instead of y: a smaller
+        step spends more bits for less distortion with the same weights (a variable-rate
+        gain, cf. Cui et al., "Asymmetric gained deep image compression", CVPR 2021)."""
         self.check_input(x)
+        step = 1.0 if step is None else float(step)
+        if not step > 0:
+            raise ConfigError(f"hyperprior.compress: expected a step > 0, found {step}")
         with torch.no_grad():
             y = self.g_a(to_faces(self.normalize_input(x)))
             z = self.h_a(y)
             z_strings = self.entropy_bottleneck.compress(z)
             z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[2:])
-            indexes, means, _ = self._hyper(z_hat)
-            y_strings = self.gaussian_conditional.compress(y, indexes, means)
-        return [_Z_LEN.pack(len(zs), _crc(i)) + zs + ys
+            indexes, means = self._hyper(z_hat, step)
+            y_strings = self.gaussian_conditional.compress(y / step, indexes, means)
+        return [_HEAD.pack(len(zs), _crc(i), step) + zs + ys
                 for zs, ys, i in zip(z_strings, y_strings, indexes, strict=True)]
 
     def decompress(self, strings: Sequence[bytes], spatial_shape: Sequence[int]) -> torch.Tensor:
@@ -183,14 +207,15 @@ class HyperpriorAutoencoder(Autoencoder):
         out = []
         with torch.no_grad():
             for s in strings:
-                n, crc = _Z_LEN.unpack_from(s)
-                z_hat = self.entropy_bottleneck.decompress([s[8 : 8 + n]], (12, f, f))
-                indexes, means, _ = self._hyper(z_hat)
+                n, crc, step = _HEAD.unpack_from(s)
+                z_end = _HEAD.size + n
+                z_hat = self.entropy_bottleneck.decompress([s[_HEAD.size : z_end]], (12, f, f))
+                indexes, means = self._hyper(z_hat, step)
                 if _crc(indexes[0]) != crc:
                     raise CorruptFileError("hyperprior: the scale indexes recomputed from z differ "
                                            "from the encoder's (corrupt stream, or a hyper-decoder "
                                            "that is not reproducible here)")
-                y_hat = self.gaussian_conditional.decompress([s[8 + n :]], indexes, means)
+                y_hat = step * self.gaussian_conditional.decompress([s[z_end:]], indexes, means)
                 out.append(self.denormalize_output(from_faces(self.g_s(y_hat))))
         return torch.cat(out)
 
