@@ -42,7 +42,17 @@ class Grid:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        if self.kind == "healpix":
+            return (12 * self.nside**2,)
         return tuple(len(self.coords[d]) for d in self.dims)
+
+    def coordinates(self) -> dict:
+        """xarray coordinates of the spatial dims (HEALPix: cell index and centres)."""
+        if self.kind == "healpix":
+            from kmscale.sphere.regrid import healpix_coords
+
+            return healpix_coords(self.nside)
+        return {d: (d, np.asarray(self.coords[d])) for d in self.dims}
 
     def to_model(self, x: np.ndarray) -> np.ndarray:
         """(..., *shape) -> (..., *model spatial)."""
@@ -87,7 +97,7 @@ def dataset_grid(model: Autoencoder, ds: xr.Dataset, where: str) -> Grid:
         from kmscale.sphere import check_healpix_dataset
 
         check_healpix_dataset(ds, nside)
-        return Grid("healpix", spatial, coords, nside)
+        return Grid("healpix", spatial, {}, nside)  # nested cells: implied by nside
     if len(spatial) == 2 and spatial[0] in LAT_NAMES and spatial[1] in LON_NAMES:
         lat, lon = np.asarray(coords[spatial[0]]), np.asarray(coords[spatial[1]])
         span = np.ptp(lon) + abs(lon[1] - lon[0]) if lon.size > 1 else 0.0
@@ -203,7 +213,7 @@ def decompress_archive(path: str | Path, model: Autoencoder) -> tuple[xr.Dataset
                     out[i, c] = np.where(valid, rec[c], np.nan)
             except CorruptFileError as err:
                 failed.append(str(err))
-    coords = {d: (d, np.asarray(grid.coords[d])) for d in grid.dims}
+    coords = grid.coordinates()
     times = pd.to_datetime(h["times"]) if _all_dates(h["times"]) else h["times"]
     coords["time"] = ("time", times, h["time_attrs"])
     ds = xr.Dataset({v["name"]: (("time", *grid.dims), out[:, c], v["attrs"])

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -234,10 +234,14 @@ def rate_distortion_loss(out: HyperpriorOutput, x: torch.Tensor, lmbda: float) -
 
 def fit_hyperprior(model: HyperpriorAutoencoder, fields: torch.Tensor, *, lmbda: float,
                    steps: int, batch_size: int = 4, lr: float = 1e-3, aux_lr: float = 1e-2,
-                   seed: int = 0) -> list[float]:
+                   seed: int = 0, callback: Callable[[int], None] | None = None,
+                   callback_every: int = 0) -> list[float]:
     """Train on standardized fields (T, C, npix) for ``steps`` Adam steps of R + lambda D,
     with the entropy bottleneck's quantiles on their own optimizer (CompressAI's auxiliary
     loss); then fill the integer tables. Returns the loss per step.
+
+    ``callback(step)`` runs every ``callback_every`` steps and after the last, with the
+    model in eval mode and its tables filled (e.g. to score a validation split).
 
     A loop of its own rather than :mod:`kmscale.autoencoders.train`: the objective has the
     rate term and the auxiliary quantile loss that the VAE loop does not know."""
@@ -261,6 +265,14 @@ def fit_hyperprior(model: HyperpriorAutoencoder, fields: torch.Tensor, *, lmbda:
         model.entropy_bottleneck.loss().backward()
         aux.step()
         history.append(float(terms["loss"].detach()))
+        done = len(history)
+        if callback is not None and done < steps and callback_every and done % callback_every == 0:
+            model.eval()
+            model.update()
+            callback(done)
+            model.train()
     model.eval()
     model.update()
+    if callback is not None:
+        callback(steps)
     return history
