@@ -169,3 +169,19 @@ def test_cli_compress_decompress_and_errors(tmp_path, capsys):
                  "--out", str(tmp_path / "d.zarr"), "--max-error", "0.1"]) == 1
     assert "--codec" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.kmsc", "ae", "in.nc", "out.nc"]
+
+
+def test_vae_archive_round_trip(tmp_path):
+    from kmscale.autoencoders.vae import VAEAutoencoder
+
+    torch.manual_seed(0)
+    vae = VAEAutoencoder(variables=["t2m"], input_stats={"t2m": {"mean": 280.0, "std": 5.0}},
+                         block_out_channels=(8, 8), latent_channels=2, norm_num_groups=4).eval()
+    ds = _fields(t=2)
+    res = compress_dataset(vae, ds, tmp_path / "v.kmsc", max_error=0.2)
+    out, failed = decompress_archive(res.path, vae)
+    assert failed == []
+    assert np.nanmax(np.abs(out["t2m"].values - ds["t2m"].values)) <= 0.2
+    x = torch.from_numpy(np.nan_to_num(ds["t2m"].values[:, None], nan=280.0))
+    rec = vae.decompress(vae.compress(x), x.shape[2:])
+    assert rec.shape == x.shape and torch.isfinite(rec).all()
