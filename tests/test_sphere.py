@@ -161,6 +161,8 @@ def test_bilinear_roundtrip_and_conservative_mean():
     np.testing.assert_allclose(h, np.cos(la) * np.cos(lo) + 0.5 * np.sin(la) ** 2, atol=2e-3)
     back = healpix_to_latlon(h, 32, lat, lon)
     assert np.sqrt(np.mean((back - field) ** 2)) < 5e-3
+    spectral = healpix_to_latlon(h, 32, lat, lon, method="spectral")
+    assert np.sqrt(np.mean((spectral - field) ** 2)) < 2e-3
     cons = latlon_to_healpix(field + 2.0, lat, lon, 16, method="conservative")
     bounds = np.sin(np.radians(np.clip(np.r_[90, 0.5 * (lat[1:] + lat[:-1]), -90], -90, 90)))
     w = -np.diff(bounds)

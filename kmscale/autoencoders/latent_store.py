@@ -54,7 +54,7 @@ TAIL_VAR = "tail_offset"
 
 
 def open_targets(path: str | Path) -> xr.Dataset:
-    """Open a targets dataset lazily: a kmscale store, any zarr, or a NetCDF/GRIB file
+    """Open a targets dataset lazily: a kmscale (or HEALPix) store, any zarr, or a NetCDF/GRIB file
     (files go through :func:`kmscale.data.readers.open_dataset`: canonical names, units, dims)."""
     path = Path(path)
     if not path.exists():
@@ -62,7 +62,11 @@ def open_targets(path: str | Path) -> xr.Dataset:
     if path.is_dir():
         ds = xr.open_zarr(path, consolidated=False)
         if "kmscale_kind" in ds.attrs:
-            return open_store(path, kind=TARGET_KIND)
+            from kmscale.sphere.store import KIND as HEALPIX_KIND
+
+            # HEALPix stores (kmscale.sphere.write_healpix_store) are targets too
+            healpix = ds.attrs["kmscale_kind"] == HEALPIX_KIND
+            return open_store(path, kind=HEALPIX_KIND if healpix else TARGET_KIND)
         return ds
     from kmscale.data.readers import open_dataset
 

@@ -61,11 +61,16 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    name: str = "vae"  # registered autoencoder; "fsae" / "face_vae" train on HEALPix stores
+    latent_channels: int = 4
+    # "vae" only:
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # 8x down
     layers_per_block: int = 1
-    latent_channels: int = 4
     norm_num_groups: int = 16
     norm_type: str = "pixel"  # "pixel": per-pixel norm, tiles exactly; "group": GroupNorm (older models)
+    # Other models: their constructor arguments (e.g. fsae: levels, dim, heads, window);
+    # a HEALPix model's nside comes from the targets' cell count.
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -121,6 +126,21 @@ class AutoencoderConfig:
     train: TrainingSettings = field(default_factory=TrainingSettings)  # shared loop settings
 
 
+class FieldDataset(torch.utils.data.Dataset):
+    """Whole fields (HEALPix ``(T, C, npix)``: a sphere has no patches); item i is a seeded
+    random time, as :class:`PatchDataset`."""
+
+    def __init__(self, x: torch.Tensor, valid: torch.Tensor, seed: int, length: int = 100_000):
+        self.x, self.valid, self.seed, self.length = x, valid, seed, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        t = int(np.random.default_rng([self.seed, i]).integers(self.x.shape[0]))
+        return self.x[t], self.valid[t]
+
+
 class PatchDataset(torch.utils.data.Dataset):
     """Random patches of standardized fields; item i is patch ``i`` of a seeded stream.
 
@@ -158,14 +178,68 @@ def _open(cfg: DataConfig) -> tuple[xr.Dataset, list[str]]:
 
 
 def _target_names(ds: xr.Dataset, variables: list[str], source) -> list[str]:
-    """The variable group: ``variables``, or every (time, Y, X) variable of ``ds``; checked."""
+    """The variable group: ``variables``, or every (time, Y, X) (HEALPix: (time, cell))
+    variable of ``ds``; checked."""
     from kmscale.autoencoders.latent_store import _spatial_dims
 
-    names = list(variables) or [v for v, da in ds.data_vars.items() if da.ndim == 3 and da.dims[0] == "time"]
+    ndim = 2 if "cell" in ds.dims else 3
+    names = list(variables) or [v for v, da in ds.data_vars.items()
+                                if da.ndim == ndim and da.dims[0] == "time"]
     if not names:
-        raise SchemaError(f"{source}: expected (time, Y, X) target variables, found {list(ds.data_vars)}")
-    _spatial_dims(ds, names, source)
+        raise SchemaError(f"{source}: expected (time, Y, X) or (time, cell) target variables, "
+                          f"found {list(ds.data_vars)}")
+    if ndim == 2:
+        from kmscale.sphere import check_healpix_dataset
+
+        check_healpix_dataset(ds)
+        bad = [v for v in names if v not in ds.data_vars or ds[v].dims != ("time", "cell")]
+        if bad:
+            raise SchemaError(f"{source}: expected {bad} with dims (time, cell)")
+    else:
+        _spatial_dims(ds, names, source)
     return names
+
+
+def _build_model(cfg: ModelConfig, ds: xr.Dataset, names: list[str], stats: dict):
+    """The configured autoencoder class and a fresh instance for ``names``."""
+    from kmscale.autoencoders import get_autoencoder_class
+
+    cls = get_autoencoder_class(cfg.name)
+    if cfg.name == "vae":
+        kwargs = dict(block_out_channels=tuple(cfg.block_out_channels),
+                      layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups,
+                      norm_type=cfg.norm_type)
+    else:
+        kwargs = dict(cfg.options)
+    if "cell" in ds.dims:
+        from kmscale.sphere import check_healpix_dataset
+
+        nside = check_healpix_dataset(ds).nside
+        if kwargs.setdefault("nside", nside) != nside:
+            raise SchemaError(f"model.options.nside: expected the targets' nside {nside}, "
+                              f"found {kwargs['nside']}")
+    return cls, cls(variables=names, input_stats=stats, latent_channels=cfg.latent_channels, **kwargs)
+
+
+def _encode_all(model, fields: np.ndarray, batch: int = 16) -> torch.Tensor:
+    """Latents of physical fields (T, C, *spatial): tiled for grids, batched for HEALPix."""
+    if fields.ndim == 3:
+        with torch.no_grad():
+            return torch.cat([model.encode(torch.from_numpy(fields[i:i + batch]))
+                              for i in range(0, fields.shape[0], batch)])
+    tile, overlap = auto_tiling(fields.shape[-2:], model.downsample_factor)
+    return tiled_encode(model, fields, tile=tile, overlap=overlap)
+
+
+def _reconstruct(model, fields: np.ndarray, batch: int = 16) -> np.ndarray:
+    """encode -> decode of physical fields (T, C, *spatial)."""
+    if fields.ndim == 3:
+        with torch.no_grad():
+            return torch.cat([model.decode(model.encode(torch.from_numpy(fields[i:i + batch])))
+                              for i in range(0, fields.shape[0], batch)]).numpy()
+    tile, overlap = auto_tiling(fields.shape[-2:], model.downsample_factor)
+    return tiled_decode(model, tiled_encode(model, fields, tile=tile, overlap=overlap),
+                        shape=fields.shape[-2:], tile=tile, overlap=overlap).numpy()
 
 
 def _period(ds: xr.Dataset, period: list[str], key: str) -> xr.Dataset:
@@ -199,7 +273,7 @@ def _shiftable(model) -> torch.Tensor:
 def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, valid, val_fn) -> Path:
     """Train one stage; returns the directory of its exported EMA weights."""
     f = model.downsample_factor
-    if stage.patch[0] % f or stage.patch[1] % f:
+    if x.ndim == 4 and (stage.patch[0] % f or stage.patch[1] % f):
         raise ConfigError(f"{name}.patch: expected multiples of the downsample factor {f}, found {stage.patch}")
     out = Path(cfg.out_dir) / name
     final = out / "final"
@@ -221,12 +295,14 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
     def loss_fn(m, batch) -> torch.Tensor:
         xb, vb = (b.to(next(m.parameters()).device) for b in batch)
         if cfg.data.shift_augment > 0:
-            offset = torch.randn(xb.shape[0], xb.shape[1], 1, 1, device=xb.device) * shift.to(xb.device)[:, None, None]
+            offset = torch.randn(*xb.shape[:2], *(1,) * (xb.ndim - 2), device=xb.device)
+            offset = offset * shift.to(xb.device).reshape(1, -1, *(1,) * (xb.ndim - 2))
             xb = xb + offset * vb
         x_hat, post = m(xb, quant_step=stage.quant_step, sample_posterior=not decoder_only)
         return loss(x_hat, xb, post, mask=vb, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
 
-    data = PatchDataset(x, valid, tuple(stage.patch), seed=cfg.train.seed)
+    data = (FieldDataset(x, valid, seed=cfg.train.seed) if x.ndim == 3
+            else PatchDataset(x, valid, tuple(stage.patch), seed=cfg.train.seed))
     # The decoder stage keeps its final weights (see train_autoencoder): validation only logs.
     trainer = Trainer(model, loss_fn, data, out, settings, validate_fn=val_fn,
                       best_metric="rmse_norm" if val_fn and not decoder_only else None, run_config=to_dict(cfg))
@@ -247,8 +323,6 @@ def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None)
             adds the decoder stage, started from the best weights of the last one (its
             final weights become the autoencoder).
     """
-    from kmscale.autoencoders import get_autoencoder_class
-
     if targets is None:
         ds, names = _open(cfg.data)
     else:
@@ -256,10 +330,7 @@ def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None)
     train = _period(ds, cfg.data.train_period, "data.train_period")
     stats = _input_stats(cfg.data, train, names)
     torch.manual_seed(cfg.train.seed)
-    cls = get_autoencoder_class("vae")
-    model = cls(variables=names, input_stats=stats, block_out_channels=tuple(cfg.model.block_out_channels),
-                layers_per_block=cfg.model.layers_per_block, latent_channels=cfg.model.latent_channels,
-                norm_num_groups=cfg.model.norm_num_groups, norm_type=cfg.model.norm_type)
+    cls, model = _build_model(cfg.model, ds, names, stats)
     raw = torch.from_numpy(_fields(train, names))
     valid = torch.isfinite(raw)
     x = model.normalize_input(raw)
@@ -284,9 +355,9 @@ def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None)
     model = cls.from_pretrained(best).eval()
     # Latent normalization: per-channel mean/std of the training latents (posterior means).
     sub = raw[:: max(1, raw.shape[0] // 64)].numpy()
-    tile, overlap = auto_tiling(sub.shape[-2:], model.downsample_factor)
-    z = tiled_encode(model, sub, tile=tile, overlap=overlap).numpy()
-    model.set_latent_stats(z.mean(axis=(0, 2, 3)).tolist(), (z.std(axis=(0, 2, 3)) + 1e-6).tolist())
+    z = _encode_all(model, sub).numpy()
+    axes = (0, *range(2, z.ndim))
+    model.set_latent_stats(z.mean(axis=axes).tolist(), (z.std(axis=axes) + 1e-6).tolist())
     model.save_pretrained(out / "autoencoder")
     log.info("autoencoder written to %s (from %s)", out / "autoencoder", best)
     return model
@@ -297,9 +368,7 @@ def _validator(fields: np.ndarray, names: list[str], stats: dict):
     valid = np.isfinite(fields)
 
     def validate(model) -> dict[str, float]:
-        tile, overlap = auto_tiling(fields.shape[-2:], model.downsample_factor)
-        rec = tiled_decode(model, tiled_encode(model, fields, tile=tile, overlap=overlap),
-                           shape=fields.shape[-2:], tile=tile, overlap=overlap).numpy()
+        rec = _reconstruct(model, fields)
         out, norm = {}, []
         for c, v in enumerate(names):
             err = (rec[:, c] - fields[:, c])[valid[:, c]]

@@ -97,9 +97,10 @@ def padding_tables(nside: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     three-face vertices (see the module docstring).
     """
     n = check_nside(nside)
-    if not 0 <= width <= n or (width > 0 and n < 2):
-        raise SchemaError(describe(f"a padding width in 0..{n} and nside >= 2", width,
-                                   where="pad_faces"))
+    if not 0 <= width <= n:
+        raise SchemaError(describe(f"a padding width in 0..{n}", width, where="pad_faces"))
+    if n == 1 and width == 1:
+        return _base_ring()
     m = n + 2 * width
     f, a, b = np.meshgrid(np.arange(12), np.arange(-width, n + width),
                           np.arange(-width, n + width), indexing="ij")
@@ -130,6 +131,25 @@ def padding_tables(nside: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     inv = _inverse_permutation(n)
     shape = (12, m, m)
     return inv[out_a].reshape(shape), inv[out_b].reshape(shape)
+
+
+@lru_cache(maxsize=1)
+def _base_ring() -> tuple[np.ndarray, np.ndarray]:
+    """Width-1 tables at nside 1 (single-cell faces, no line to walk along): the 8
+    neighbours from healpy; a missing corner takes its two adjacent edge neighbours."""
+    ta = np.zeros((12, 3, 3), np.int64)
+    offsets = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
+    for f in range(12):
+        ta[f, 1, 1] = f
+        nb = hp.get_all_neighbours(1, f, nest=True)
+        for d, (dx, dy) in enumerate(offsets):
+            ta[f, 1 + dx, 1 + dy] = nb[d]
+    tb = ta.copy()
+    for f in range(12):
+        for cx, cy in ((0, 0), (0, 2), (2, 0), (2, 2)):
+            if ta[f, cx, cy] < 0:
+                ta[f, cx, cy], tb[f, cx, cy] = ta[f, cx, 1], ta[f, 1, cy]
+    return ta, tb
 
 
 def pad_faces(x: torch.Tensor, width: int) -> torch.Tensor:

@@ -1,0 +1,155 @@
+"""Field-space autoencoder (fsae), the face CNN-VAE baseline, and their recipe path."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from kmscale.autoencoders import get_autoencoder_class, load_autoencoder
+from kmscale.autoencoders.field_attention import FieldSpaceBlock, window_offsets
+from kmscale.autoencoders.fsae import residual_features
+from kmscale.errors import ConfigError, SchemaError
+from kmscale.sphere import HealpixGrid, coarsen, refine, regrid_to_healpix, write_healpix_store
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train_autoencoder.py"
+STATS = {"t2m": {"mean": 280.0, "std": 10.0, "transform": "none", "scale": 1.0}}
+
+
+def fsae(**kw):
+    cfg = dict(variables=["t2m"], input_stats=STATS, nside=4, levels=1, dim=16, heads=2)
+    return get_autoencoder_class("fsae")(**{**cfg, **kw})
+
+
+def test_residual_features_sum_to_input():
+    x = torch.randn(2, 3, 12 * 16)
+    f = residual_features(x, 2, torch.tensor([0, 1]))
+    assert f.shape == (2, 3, 192, 5)
+    torch.testing.assert_close(f[0, ..., :3].sum(-1), x[0])  # coarse + residuals = x
+    torch.testing.assert_close(f[1, ..., :3].sum(-1), refine(coarsen(x[1], 1), 1))  # finest masked
+    assert f[1, ..., 4].eq(1).all() and f[0, ..., 3:].eq(0).all()
+
+
+def test_window_offsets_are_local_and_antisymmetric():
+    off = window_offsets(8, 16)
+    assert off.shape == (768 // 16, 16, 16, 2)
+    torch.testing.assert_close(off, -off.transpose(1, 2))
+    assert off.abs().max() < 6  # a 4 x 4 window spans about 4 cells
+
+
+def test_field_space_block_equivariant_to_variable_order():
+    torch.manual_seed(0)
+    block = FieldSpaceBlock(16, 2, nside=4, window=16).eval()
+    x = torch.randn(2, 3, 192, 16)
+    y = block(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(block(x[:, [2, 0, 1]]), y[:, [2, 0, 1]], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fsae", "face_vae"])
+@pytest.mark.parametrize("levels", [1, 2])
+def test_contract_shapes_save_load(name, levels, tmp_path):
+    torch.manual_seed(0)
+    cls = get_autoencoder_class(name)
+    extra = dict(dim=16, heads=2) if name == "fsae" else dict(channels=8)
+    m = cls(variables=["t2m", "u10"], input_stats={**STATS, "u10": STATS["t2m"]}, nside=4,
+            levels=levels, latent_channels=2, **extra).eval()
+    x = 280 + torch.randn(3, 2, 192)
+    z = m.encode(x)
+    assert z.shape == (3, 2, 192 // 4**levels) == (3, m.latent_channels, *m.latent_shape((192,)))
+    assert m.decode(z).shape == x.shape
+    assert m.compression_factor == 2 * 4**levels / 2
+    x_hat, post = m(m.normalize_input(x))
+    assert x_hat.shape == x.shape and torch.isfinite(post.kl()).all()
+    m.save_pretrained(tmp_path / name)
+    again = load_autoencoder(tmp_path / name)
+    torch.testing.assert_close(again.decode(again.encode(x)), m.decode(m.encode(x)))
+    assert again.fingerprint() == m.fingerprint()
+
+
+def test_errors_name_expected_and_found():
+    m = fsae()
+    with pytest.raises(SchemaError, match="192 cells.*found 48 cells"):
+        m.encode(torch.zeros(1, 1, 48))
+    with pytest.raises(SchemaError, match="expected a tensor"):
+        m.encode(torch.zeros(1, 2, 192))
+    with pytest.raises(SchemaError, match="coarser input"):
+        m.super_resolve(torch.zeros(1, 1, 12))
+    with pytest.raises(ConfigError, match="levels"):
+        fsae(levels=3)
+    with pytest.raises(ConfigError, match="power of 4"):
+        fsae(window=8)
+    with pytest.raises(SchemaError, match="power of two"):
+        fsae(nside=6)
+
+
+def test_super_resolve_shape_and_masking_matters():
+    torch.manual_seed(0)
+    m = fsae(levels=2, max_masked_levels=2).eval()
+    coarse = 280 + torch.randn(2, 1, 48)
+    fine = m.super_resolve(coarse)
+    assert fine.shape == (2, 1, 192)
+    assert m.super_resolve(280 + torch.randn(2, 1, 12)).shape == (2, 1, 192)
+    # the masked path differs from encoding the piecewise-constant refinement as a full field
+    assert not torch.allclose(fine, m.decode(m.encode(refine(coarse, 1))))
+
+
+def test_fsae_learns_a_smooth_field_quickly():
+    torch.manual_seed(0)
+    g = HealpixGrid(4)
+    base = torch.as_tensor(np.cos(np.radians(g.lat)) * 20 + 270, dtype=torch.float32)
+    x = base + torch.randn(16, 1, 1) * 2 + torch.randn(16, 1, 192) * 0.1
+    m = fsae(levels=1, latent_channels=2)
+    opt = torch.optim.AdamW(m.parameters(), 3e-3)
+    xs = m.normalize_input(x)
+    first = None
+    for _ in range(60):
+        loss = (m(xs)[0] - xs).pow(2).mean()
+        first = first or loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("train_autoencoder", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def healpix_targets(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    lat, lon = np.linspace(-90, 90, 19), np.arange(36) * 10.0
+    t = 280 + 20 * np.cos(np.radians(lat))[None, :, None] + rng.normal(size=(24, 19, 36))
+    ds = xr.Dataset({"t2m": (("time", "lat", "lon"), t.astype(np.float32), {"units": "K"})},
+                    coords={"time": pd.date_range("1990-01-01", periods=24, freq="YS"),
+                            "lat": lat, "lon": lon})
+    return write_healpix_store(regrid_to_healpix(ds, 4, "conservative"), tmp_path / "hp.zarr")
+
+
+@pytest.mark.parametrize("name", ["fsae", "face_vae"])
+def test_recipe_trains_healpix_model(name, healpix_targets, tmp_path):
+    out = tmp_path / "run"
+    options = "{levels: 1, dim: 16, heads: 2}" if name == "fsae" else "{levels: 1, channels: 8}"
+    argv = [f"out_dir={out}", f"data.targets={healpix_targets}", "data.variables=[t2m]",
+            "data.train_period=[1990,2007]", "data.val_period=[2008,2013]",
+            f"model.name={name}", "model.latent_channels=2", f"model.options={options}",
+            "loss.kl_weight=0", "stage1.total_samples=16", "stage2.total_samples=0",
+            "train.global_batch_size=8", "train.checkpoint_every_samples=16",
+            "train.log_every_samples=8"]
+    assert _recipe().main(argv) == 0
+    model = load_autoencoder(out / "autoencoder")
+    assert model.registry_name == name and model.config.nside == 4
+    assert len(model.config.latent_std) == 2
+    bad = [*argv[:5], f"model.name={name}", "model.latent_channels=2",
+           "model.options={nside: 8, levels: 1}", f"out_dir={tmp_path / 'bad'}"]
+    with pytest.raises(SchemaError, match="nside 4"):
+        _recipe().main(bad)
