@@ -112,7 +112,7 @@ def test_bad_configs():
     with pytest.raises(SchemaError):
         HyperpriorAutoencoder(nside=24)
     with pytest.raises(ConfigError, match="nside >="):
-        HyperpriorAutoencoder(nside=8, levels=2, hyper_levels=1)
+        HyperpriorAutoencoder(nside=4, levels=2, hyper_levels=1)
 
 
 def _latlon(fields: torch.Tensor, lat, lon) -> xr.Dataset:

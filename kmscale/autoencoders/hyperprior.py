@@ -60,7 +60,7 @@ def _down(ch_in: int, ch_out: int) -> list[nn.Module]:
 @register("hyperprior")
 class HyperpriorAutoencoder(Autoencoder):
     """Mean-scale hyperprior codec for global HEALPix fields (nested, any power-of-two nside
-    of at least 2^(levels + hyper_levels + 1))."""
+    of at least 2^(levels + hyper_levels))."""
 
     spatial_dims = 1
 
@@ -79,10 +79,9 @@ class HyperpriorAutoencoder(Autoencoder):
     ):
         super().__init__()
         check_nside(nside)
-        if nside < 2 ** (levels + hyper_levels + 1):
-            # the face padding of h_s needs z faces of at least 2 x 2 cells
-            raise ConfigError(f"hyperprior: expected nside >= 2^(levels + hyper_levels + 1) = "
-                              f"{2 ** (levels + hyper_levels + 1)}, found nside {nside}")
+        if nside < 2 ** (levels + hyper_levels):
+            raise ConfigError(f"hyperprior: expected nside >= 2^(levels + hyper_levels) = "
+                              f"{2 ** (levels + hyper_levels)}, found nside {nside}")
         c, n, m = len(variables), channels, latent_channels
         g_a = _down(c, n)
         for i in range(1, levels):
