@@ -89,6 +89,7 @@ class SphereCodecBench:
     train: TrainSpec = field(default_factory=TrainSpec)
     lambdas: list[float] = field(default_factory=lambda: [1000.0, 5000.0])
     gain_steps: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    error_bound_gain_steps: list[float] = field(default_factory=lambda: [1.0])
     select_rmse: float = 0.3
     sz3_bounds: list[float] = field(default_factory=lambda: [0.1, 0.5])
     zfp_tolerances: list[float] = field(default_factory=lambda: [0.125, 0.5])
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         bound_steps = {}
         for b in cfg.error_bounds:
             sizes = {}
-            for s in cfg.gain_steps:
+            for s in cfg.error_bound_gain_steps:
                 (pt,) = error_bounded_points(model, val, times[val_sl], cfg, {b: s}, work)
                 sizes[s] = pt["bytes"]
             bound_steps[b] = min(sizes, key=sizes.get)
