@@ -13,8 +13,9 @@ An autoencoder maps physical fields to normalized latents and back::
 and ``decode`` inverts each step. ``spatial`` is ``(H, W)`` for grid models and
 ``(npix,)`` (nested ordering) for HEALPix models; ``latent_spatial`` comes from
 :meth:`latent_shape`. Implementations override only ``_encode_normalized`` and
-``_decode_normalized`` (and ``latent_shape`` if not a plain stride), and may add
-``compress``/``decompress`` for real bitstreams (entropy-coded codecs). Several input
+``_decode_normalized`` (and ``latent_shape`` if not a plain stride). ``compress`` /
+``decompress`` turn fields into bytes for every model (quantized latents, range coded);
+codecs with a learned entropy model override them. Several input
 variables may map to one latent field (pseudo-precipitation encoders).
 
 Masked points (NaN in ``x``) are filled with the standardized value 0 before
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +40,11 @@ from typing import Any
 import torch
 from diffusers import ConfigMixin, ModelMixin
 
+from kmscale.codecs import coding
 from kmscale.data import transforms
-from kmscale.errors import SchemaError
+from kmscale.errors import CorruptFileError, SchemaError
+
+LATENT_STEP = 0.05  # default quantization step of normalized latents in compress()
 
 
 @dataclass
@@ -190,17 +196,42 @@ class Autoencoder(ModelMixin, ConfigMixin):
             raise SchemaError(f"input stats: expected entries for {list(self.variables)}, missing {missing}")
         self.register_to_config(input_stats={v: dict(stats[v]) for v in self.variables})
 
-    # ---- optional bitstream API (entropy-coded codecs) ----------------------------
-    @property
-    def supports_bitstream(self) -> bool:
-        return False
+    # ---- bitstreams ----------------------------------------------------------------
+    def compress(self, x: torch.Tensor, step: float | None = None) -> list[bytes]:
+        """Physical fields (B, C, *spatial) -> one byte string per field.
 
-    def compress(self, x: torch.Tensor) -> dict:
-        """Physical fields -> {"strings": [...bytes...], "shape": ...}. Codecs only."""
-        raise NotImplementedError(f"{type(self).__name__} produces latents, not bitstreams")
+        The default codec: normalized latents quantized, q = round(z / step), and range
+        coded with a per-channel table fitted to each field (a factorized model without
+        learned parameters, :func:`kmscale.codecs.coding.encode_adaptive`). Codecs with a
+        learned prior (the hyperprior) override this. Masked points are not restored
+        here: :mod:`kmscale.autoencoders.archive` carries the masks.
 
-    def decompress(self, payload: dict) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} produces latents, not bitstreams")
+        Args:
+            x: (B, C, *spatial) in physical units.
+            step: latent quantization step (normalized units), default :data:`LATENT_STEP`.
+        """
+        step = LATENT_STEP if step is None else step
+        if not (step > 0):
+            raise SchemaError(f"{type(self).__name__}.compress: expected a step > 0, found {step}")
+        with torch.no_grad():
+            z = self.encode(x)
+        q = torch.round(z / step).long().cpu().numpy()
+        head = struct.pack("<d", float(step))
+        return [head + coding.encode_adaptive(qb.reshape(qb.shape[0], -1)) for qb in q]
+
+    def decompress(self, strings: Sequence[bytes], spatial_shape: Sequence[int]) -> torch.Tensor:
+        """Byte strings from :meth:`compress` + the fields' spatial shape -> (B, C, *spatial)."""
+        latent = (self.latent_channels,) + self.latent_shape(spatial_shape)
+        zs = []
+        for s in strings:
+            (step,) = struct.unpack_from("<d", s)
+            q = coding.decode_adaptive(s[8:])
+            if q.size != math.prod(latent):
+                raise CorruptFileError(f"{type(self).__name__}.decompress: expected {latent} "
+                                       f"latents, found {q.size} values")
+            zs.append(torch.from_numpy(q.reshape(latent)).float() * step)
+        with torch.no_grad():
+            return self.decode(torch.stack(zs).to(self.device))
 
     # ---- identity of a trained model ----------------------------------------------
     def _fingerprint_config(self) -> dict:

@@ -12,6 +12,9 @@ examples:
       --out decoded/era5_uk_t2m.zarr
   kmscale compress --autoencoder runs/vae_t2m/best --input prepared/era5_uk/targets.zarr \\
       --out archive/era5_uk_t2m.zarr --quantize 0.05 --verify 24
+  kmscale compress --codec hyperprior --autoencoder runs/hyperprior_t2m --input era5.nc \\
+      --out era5_t2m.kmsc --max-error 0.1
+  kmscale decompress --autoencoder runs/hyperprior_t2m --input era5_t2m.kmsc --out t2m.nc
 
 Interrupted? Run the same command again: finished time chunks are kept.
 """
@@ -75,12 +78,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
     p.add_argument("--input", required=True, metavar="PATH", help="targets store / NetCDF file")
     p.add_argument("--out", required=True, metavar="PATH", help="latent store to write (.zarr)")
-    p.add_argument("--quantize", type=float, default=0.05, metavar="STEP",
-                   help="quantization step in normalized latent units (default 0.05)")
+    p.add_argument("--quantize", type=float, default=None, metavar="STEP",
+                   help="quantization step in normalized latent units (default 0.05; with --codec "
+                        "the model's default: 0.05, or 1 latent unit for the hyperprior)")
     p.add_argument("--verify", type=int, default=0, metavar="N", help="decode N times and report errors")
+    p.add_argument("--codec", default=None, metavar="NAME",
+                   help="write an entropy-coded archive file (versioned, checksummed) with the "
+                        "autoencoder registered as NAME (hyperprior, vae, identity ...) instead of a "
+                        "latent store")
+    p.add_argument("--max-error", type=float, default=None, metavar="E",
+                   help="with --codec: add a residual so that |error| <= E for every value "
+                        "(the variables' units), checked while encoding")
     _tails_arg(p)
     _tiling_args(p)
     p.set_defaults(func=run_compress)
+
+    p = subparsers.add_parser(
+        "decompress", help="restore CF fields from an archive written by compress --codec",
+        epilog=EPILOG, formatter_class=fmt,
+        description="Decode every field of an archive with the model that wrote it (checked by "
+                    "name and fingerprint) to NetCDF (.nc) or zarr. Damaged chunks are named; "
+                    "their fields are NaN and the exit status is 1.")
+    p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
+    p.add_argument("--input", required=True, metavar="PATH", help="archive file")
+    p.add_argument("--out", required=True, metavar="PATH", help="fields to write (.nc or .zarr)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=run_decompress)
 
 
 def _load(args):
@@ -143,13 +167,23 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    if args.codec is not None:
+        return _compress_archive(args)
+    if args.max_error is not None:
+        from kmscale.errors import ConfigError
+
+        raise ConfigError("--max-error: expected --codec too (error bounds apply to archives), "
+                          "found no --codec")
     from pathlib import Path
 
     import numpy as np
 
+    from kmscale.autoencoders.base import LATENT_STEP
     from kmscale.autoencoders.latent_store import _spatial_dims, decode_times, open_latents
     from kmscale.data.store import store_nbytes
 
+    if args.quantize is None:
+        args.quantize = LATENT_STEP
     model, ds, out = _encode(args, args.quantize)
     variables = list(model.variables)
     src = Path(args.input)
@@ -176,3 +210,38 @@ def run_compress(args: argparse.Namespace) -> int:
             print(f"verify {v} over {n} times: RMSE {np.sqrt(np.mean(err ** 2)):.4g} {units}, "
                   f"max |error| {np.max(np.abs(err)):.4g} {units}, bias {np.mean(err):.3g} {units}")
     return 0
+
+
+def _compress_archive(args: argparse.Namespace) -> int:
+    from kmscale.autoencoders.archive import compress_dataset
+    from kmscale.autoencoders.latent_store import open_targets
+    from kmscale.errors import ConfigError
+
+    model = _load(args)
+    if model.registry_name != args.codec:
+        raise ConfigError(f"--codec {args.codec}: expected a {args.codec!r} checkpoint at "
+                          f"{args.autoencoder}, found a {model.registry_name!r} one")
+    res = compress_dataset(model, open_targets(args.input), args.out, max_error=args.max_error,
+                           step=args.quantize, overwrite=args.overwrite, where=str(args.input))
+    print(f"archive {res.path}: {res.nbytes / 2**20:.4f} MiB on disk; raw float32 "
+          f"{res.raw_nbytes / 2**20:.3f} MiB -> ratio {res.raw_nbytes / res.nbytes:.1f}x")
+    dec = getattr(model, "decoder_nbytes", None)
+    if dec is not None:
+        print(f"decoder weights and tables (shipped once, not in the archive): {dec() / 2**20:.2f} MiB")
+    if res.max_abs_error is not None:
+        print(f"max |error| measured while encoding: {res.max_abs_error:.4g} (bound {args.max_error})")
+    return 0
+
+
+def run_decompress(args: argparse.Namespace) -> int:
+    import sys
+
+    from kmscale.autoencoders.archive import decompress_archive, write_fields
+
+    model = _load(args)
+    ds, failed = decompress_archive(args.input, model)
+    out = write_fields(ds, args.out, overwrite=args.overwrite)
+    print(f"wrote {out} ({ds.sizes['time']} times, variables {list(ds.data_vars)})")
+    for msg in failed:
+        print(f"kmscale decompress: damaged: {msg}", file=sys.stderr)
+    return 1 if failed else 0
