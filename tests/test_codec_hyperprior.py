@@ -50,7 +50,7 @@ def model():
 def test_forward_contract(model):
     x = model.normalize_input(_smooth_fields(2))
     out = model(x)
-    assert isinstance(out, HyperpriorOutput) and out.x_hat.shape == x.shape
+    assert isinstance(out, HyperpriorOutput) and out.sample.shape == x.shape
     assert set(out.likelihoods) == {"y", "z"}
     terms = rate_distortion_loss(out, x, 10.0)
     assert terms["bpv"] > 0 and terms["mse"] >= 0
@@ -64,7 +64,7 @@ def test_compress_decompress_equals_the_rounded_forward(model):
     strings = model.compress(x)
     rec = model.decompress(strings, (12 * NSIDE**2,))
     with torch.no_grad():
-        ref = model.denormalize_output(model(model.normalize_input(x)).x_hat)
+        ref = model.denormalize_output(model(model.normalize_input(x)).sample)
     torch.testing.assert_close(rec, ref, rtol=0, atol=1e-4)
     assert all(len(s) < 12 * NSIDE**2 * 4 / 4 for s in strings)  # well under float32 size
 

@@ -29,15 +29,15 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from kmscale.autoencoders.base import Autoencoder
-from kmscale.autoencoders.registry import register
+from kmscale.autoencoders.base import Autoencoder, AutoencoderOutput
+from kmscale.autoencoders.registration import register
 from kmscale.codecs.entropy_models import EntropyBottleneck, GaussianConditional, bits
 from kmscale.errors import ConfigError, CorruptFileError, SchemaError
 from kmscale.sphere import FaceConv2d, FaceUpsample, check_nside, from_faces, to_faces
@@ -46,11 +46,12 @@ _HEAD = struct.Struct("<IId")  # length of the z string, CRC-32 of the scale ind
 
 
 @dataclass
-class HyperpriorOutput:
-    """What ``forward`` returns: standardized reconstruction and the likelihoods."""
+class HyperpriorOutput(AutoencoderOutput):
+    """What ``forward`` returns: the standardized reconstruction ``sample`` (B, C, npix)
+    and the likelihoods the rate is computed from."""
 
-    x_hat: torch.Tensor  # (B, C, npix) standardized
-    likelihoods: dict[str, torch.Tensor]  # "y": (B, M, ...), "z": (B, N, ...)
+    # "y": (B, M, ...), "z": (B, N, ...)
+    likelihoods: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _down(ch_in: int, ch_out: int) -> list[nn.Module]:
@@ -162,7 +163,7 @@ class HyperpriorAutoencoder(Autoencoder):
         z_hat, z_like = self.entropy_bottleneck(z)
         scales, means = self.h_s(z_hat).chunk(2, dim=1)
         y_hat, y_like = self.gaussian_conditional(y, scales, means)
-        return HyperpriorOutput(from_faces(self.g_s(y_hat)), {"y": y_like, "z": z_like})
+        return HyperpriorOutput(from_faces(self.g_s(y_hat)), likelihoods={"y": y_like, "z": z_like})
 
     def update(self) -> None:
         """Fill the entropy bottleneck's integer tables (after training, before saving)."""
@@ -227,7 +228,7 @@ def rate_distortion_loss(out: HyperpriorOutput, x: torch.Tensor, lmbda: float) -
     """L = R + lambda D (Ballé 2018, eq. 2); R in bits per input value, D the MSE of the
     standardized field. Returns the loss and both terms."""
     rate = sum(bits(like) for like in out.likelihoods.values()) / x.numel()
-    mse = torch.mean((out.x_hat - x) ** 2)
+    mse = torch.mean((out.sample - x) ** 2)
     return {"loss": rate + lmbda * mse, "bpv": rate, "mse": mse}
 
 
