@@ -138,6 +138,8 @@ def pp_encoder_section(s: PPSelection, out: Path) -> dict:
         "chosen": best,
         "candidates_on_choose_split": tried,
         "companions_on_test_split": companions,
+        # The fit's own hours: what the quantile loss reaches without a change of weather.
+        "on_training_hours": pp_on(model, cfg, cfg.data.train_period),
     }
 
 
@@ -313,7 +315,8 @@ def interpolate(coarse: xr.Dataset, targets: xr.Dataset, mode: str) -> np.ndarra
     return np.maximum(x, 0.0)[None].astype(np.float64)
 
 
-def telangana_section(t: Telangana, out: Path) -> tuple[dict, dict]:
+def telangana_section(t: Telangana, out: Path, only: str | None = None) -> tuple[dict, dict]:
+    """The Telangana results; ``only`` ("log1p" or "pp"): train that space's models and stop."""
     from kmscale.autoencoders.pseudo_precip_train import selection_score
     from kmscale.diffusion.train import TrainingData
 
@@ -338,10 +341,11 @@ def telangana_section(t: Telangana, out: Path) -> tuple[dict, dict]:
     train_tp = targets["tp"].sel(time=slice(*t.train_period)).values
     wet = train_tp[train_tp >= t.wet_threshold]
     thresholds = {"p90_wet": float(np.quantile(wet, 0.9)), "p99_wet": float(np.quantile(wet, 0.99))}
-    spaces = {
-        "log1p": train_space(t, out, "log1p", "identity", data, "[tp]"),
-        "pp": train_space(t, out, "pp", str(pp_dir), data, "[tp,rain_edge_distance]"),
-    }
+    how = {"log1p": ("identity", "[tp]"), "pp": (str(pp_dir), "[tp,rain_edge_distance]")}
+    if only is not None:
+        train_space(t, out, only, how[only][0], data, how[only][1])
+        return {}, {}
+    spaces = {k: train_space(t, out, k, ae, data, v) for k, (ae, v) in how.items()}
     # The choices (PP setting, best checkpoints) were made on validation above; the test
     # split is scored once here.
     every = slice(None, None, t.test_every_hours)
@@ -369,7 +373,8 @@ def telangana_section(t: Telangana, out: Path) -> tuple[dict, dict]:
         "diffusion_log1p": public["diffusion_log1p"],
         "diffusion_pp": public["diffusion_pp"],
         "fss_thresholds_mm_h": thresholds,
-        "pp_encoder": {"chosen": best, "candidates_on_val": tried, "test": pp_test},
+        "pp_encoder": {"chosen": best, "candidates_on_val": tried, "test": pp_test,
+                       "on_training_period": pp_on(pp_model, pp_cfg, t.train_period)},
         "training_seconds": {k: v["seconds"] for k, v in spaces.items()},
     }
     return section, {"results": results, "targets": targets, "pp": pp_model}
@@ -463,6 +468,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "overrides", nargs="*", help="dotted overrides (results then stay under out_dir)"
     )
+    parser.add_argument(
+        "--train-only", choices=["log1p", "pp"], default=None,
+        help="train one space's Telangana models and stop: two processes can share out_dir; "
+        "a last run without it reuses them and scores",
+    )
     args = parser.parse_args(argv)
     cfg = load_config(PrecipBenchmarkConfig, args.config, args.overrides)
     torch.set_num_threads(1)
@@ -471,9 +481,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     load_before = os.getloadavg()
-    pp_section = pp_encoder_section(cfg.pp, out)
-    tel, extra = telangana_section(cfg.telangana, out)
+    if args.train_only:
+        telangana_section(cfg.telangana, out, only=args.train_only)
+        return 0
     dest = out if args.overrides else RESULTS
+    pp_section = pp_encoder_section(cfg.pp, out)
+    # Written as soon as it exists, completed below (the downscaling takes much longer).
+    (dest / "precipitation.json").write_text(json.dumps({"pp_encoder": pp_section}, indent=2))
+    tel, extra = telangana_section(cfg.telangana, out)
     gibbs = gibbs_check(cfg.telangana, extra, dest / "precipitation_gibbs.png")
     payload = {
         "pp_encoder": pp_section,

@@ -33,7 +33,7 @@ def synthetic_fields(
 
 
 def train_small(tmp_path, fields: xr.Dataset | None = None, total_samples: int = 800, **model):
-    """A briefly trained PseudoPrecipEncoder on the synthetic fields (and its scores)."""
+    """A briefly trained PseudoPrecipMLP on the synthetic fields (and its scores)."""
     from kmscale.autoencoders.pseudo_precip_train import (
         PPDataConfig,
         PPModelConfig,

@@ -236,6 +236,17 @@ def test_tp_units_errors():
         moisture.tp_to_mm_per_hour(np.array(1.0), "mm", "fortnight")
 
 
+def test_add_companions_for_a_pp_pipeline():
+    from kmscale.autoencoders.pseudo_precip_train import add_companions
+
+    ds = synthetic_fields(n_times=3, shape=(8, 8))[["tp"]]
+    out = add_companions(ds)
+    assert out["rain_edge_distance"].dims == ds["tp"].dims
+    assert ((out["rain_edge_distance"] > 0) == (ds["tp"] > 0.01)).all()
+    with pytest.raises(SchemaError, match="companion 'tcw'"):
+        add_companions(ds, ["tcw"])
+
+
 def test_bad_tp_and_companions():
     with pytest.raises(MissingValueError, match="1 NaN"):
         moisture.check_tp(np.array([0.0, np.nan]))

@@ -60,12 +60,12 @@ def per_pixel(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @register("pseudo_precip")
-class PseudoPrecipEncoder(Autoencoder):
+class PseudoPrecipMLP(Autoencoder):
     """Per-pixel MLP encoder-decoder: [tp, companions...] -> PP (1 channel) -> [tp, ...].
 
     Example::
 
-        pp = PseudoPrecipEncoder(variables=["tp", "vimd"])   # tp in mm h-1, vimd kg m-2 s-1
+        pp = PseudoPrecipMLP(variables=["tp", "vimd"])   # tp in mm h-1, vimd kg m-2 s-1
         pp.set_input_stats(stats)                              # tp with transform log1p
         z = pp.encode(x)          # (B, 2, H, W) -> (B, 1, H, W)
         tp = pp.decode(z)[:, 0]   # mm h-1, >= 0, exact zeros where dry

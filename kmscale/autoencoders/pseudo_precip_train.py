@@ -19,7 +19,7 @@ through the sort). Any autoencoder class trains here, selected by its registry o
 entry-point name (``model.name``), if its ``forward(x)`` returns ``(pp, x_hat_std, x_std)``,
 it takes ``hidden_width``/``hidden_layers``/``precip_variable`` and it has
 ``precip_index`` and ``dry_level()`` (as :class:`~kmscale.autoencoders.pseudo_precip.
-PseudoPrecipEncoder` and the example plugin in examples/kmscale-pseudoprecip do).
+PseudoPrecipMLP` and the example plugin in examples/kmscale-pseudoprecip do).
 
 Scores (:func:`pp_scores`, physical units, wet = tp >= ``wet_threshold``):
 wet_fraction_error = |f_wet(decoded) - f_wet(tp)| / f_wet(tp); rmse_rel = RMSE(decoded tp,
@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,6 +171,20 @@ def load_fields(d: PPDataConfig) -> xr.Dataset:
     tp = tp.astype(np.float32).assign_attrs(units="mm h-1")
     comps = companion_fields(ds, tp, list(d.companions), d)
     return xr.Dataset({"tp": tp, **comps})
+
+
+def add_companions(ds: xr.Dataset, companions: Sequence[str] = ("rain_edge_distance",),
+                   data: PPDataConfig | None = None) -> xr.Dataset:
+    """``ds`` (time, lat, lon) with ``tp`` in mm h-1, plus the companion fields a PP encoder
+    reads (``vimd`` / ``rain_edge_distance`` computed, others taken from ``ds``): the
+    targets to give ``encode``, :func:`train_pseudo_precip` (``fields``) or the regression
+    and LDM recipes (in memory, ``TrainingData``) when the autoencoder is a PP encoder.
+    ``data`` supplies ``wet_threshold`` and ``edge_max_km`` (defaults: PPDataConfig's)."""
+    if "tp" not in ds:
+        raise SchemaError(f"add_companions: expected a variable 'tp', found {sorted(ds.data_vars)}")
+    moisture.check_tp(ds["tp"].values, where="add_companions: tp")
+    comps = companion_fields(ds, ds["tp"], list(companions), data or PPDataConfig())
+    return ds.assign(comps)
 
 
 def select(fields: xr.Dataset, period: list[str]) -> xr.Dataset:
