@@ -218,7 +218,8 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
             offset = torch.randn(xb.shape[0], xb.shape[1], 1, 1, device=xb.device) * shift.to(xb.device)[:, None, None]
             xb = xb + offset * vb
         out = m(xb, quant_step=stage.quant_step, sample_posterior=not decoder_only)
-        return loss(out.sample, xb, out.latent_dist, mask=vb, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
+        seen = box["trainer"].counters.samples_seen
+        return loss(out.sample, xb, out.latent_dist, mask=vb, samples_seen=seen)["total"].mean()
 
     data = PatchDataset(x, valid, tuple(stage.patch), seed=cfg.train.seed)
     # The decoder stage keeps its final weights (see train_autoencoder): validation only logs.
