@@ -439,7 +439,8 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
             times = times.with_z_mean(predict_mean(base.regression, times, cfg.eval_batch_size, progress=False))
         truth = physical_targets(d.targets.sel(time=times.time), ae.variables)
         ae, record["decoder_refinement"] = refine_decoder(
-            ae, whole_field(net), times, truth, d.scale, cfg.decoder_refinement, Path(cfg.out_dir) / "decoder_refinement", cfg.train,
+            ae, whole_field(net), times, truth, d.scale, cfg.decoder_refinement,
+            Path(cfg.out_dir) / "decoder_refinement", cfg.train,
             validate_fn=(lambda m: score(net, m)) if d.val is not None else None,
             run_config=to_dict(cfg))
     bundle_path = Path(cfg.out_dir) / "bundle"
