@@ -63,7 +63,8 @@ def test_vae_points_with_tail_offsets_count_their_bytes():
     model.set_latent_stats([0.0, 0.0], [1.0, 1.0])
     rng = np.random.default_rng(0)
     x = (280 + 3 * rng.standard_normal((4, 16, 24))).astype(np.float32)
-    knots = {"tails": {}, "tails4": {"probs": (0.0, 0.001, 0.01, 0.99, 0.999, 1.0), "anchors": (0.1, 0.9)}}
+    tails4 = {"probs": (0.0, 0.001, 0.01, 0.99, 0.999, 1.0), "anchors": (0.1, 0.9)}
+    knots = {"tails": {}, "tails4": tails4}
     pts = cb.run_vae(model, {"config": "tiny"}, x, None, 0, steps=(0.1,), time_delta=False,
                      tail_resolution=0.01, tail_knots=knots)
     by = {p["latent_coding"]: p for p in pts if p["quant_step"] == 0.1}

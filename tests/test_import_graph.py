@@ -88,7 +88,8 @@ def component_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for name, targets in graph.items():
         edges = out.setdefault(component(name), set())
-        edges.update(component(t) for t in targets if t != PACKAGE and component(t) != component(name))
+        edges.update(component(t) for t in targets
+                     if t != PACKAGE and component(t) != component(name))
     return out
 
 

@@ -158,7 +158,8 @@ def test_prepare_real_era5_uk(real_data, tmp_path):
     res = prepare(str(src / "era5_uk_t2m_20190301-24.nc"), tmp_path / "uk",
                   predictors=str(src / "era5_uk_t2m_20190301-24.grib"),
                   static=str(real_data / "static" / "ukv_orography.nc"),
-                  options=PrepareOptions(train_period=ERA5_UK_SPLITS["train"], chunk_time=192), progress=False)
+                  options=PrepareOptions(train_period=ERA5_UK_SPLITS["train"], chunk_time=192),
+                  progress=False)
     tgt = open_store(res.stores["targets"], kind="targets")
     assert tgt.t2m.shape == (576, 33, 49)
     assert res.stats["targets"].variables["t2m"]["count"] == 480 * 33 * 49

@@ -52,7 +52,7 @@ class AutoencoderOutput:
     """What :meth:`Autoencoder.forward` (the training pass) returns."""
 
     sample: torch.Tensor  # reconstruction, standardized (B, C, *spatial)
-    latent_dist: Any = None  # q(z|x) of a variational model (DiagonalGaussianDistribution), else None
+    latent_dist: Any = None  # q(z|x) of a variational model (a DiagonalGaussianDistribution)
 
 
 class Autoencoder(ModelMixin, ConfigMixin):

@@ -33,9 +33,9 @@ def _tiling_args(p: argparse.ArgumentParser) -> None:
                         "factor); 'auto' tiles only fields larger than one default tile "
                         "(kmscale.autoencoders.tiling.Tiling); 'none' never tiles")
     p.add_argument("--overlap", type=int, default=None, metavar="N",
-                   help="pixel overlap between tiles (default: Tiling.overlap); 3/8 of it is discarded "
-                        "at tile edges, which must cover the receptive radius (112 px for the default "
-                        "VAE) for tiles to match the untiled result")
+                   help="pixel overlap between tiles (default: Tiling.overlap); 3/8 of it is "
+                        "discarded at tile edges, which must cover the receptive radius (112 px "
+                        "for the default VAE) for tiles to match the untiled result")
     p.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles/fields per network call")
     p.add_argument("--chunk", type=int, default=8, metavar="N", help="time steps per zarr chunk (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")

@@ -21,7 +21,9 @@ def register(name: str):
             raise TypeError(f"@register({name!r}): expected an Autoencoder subclass, found {cls!r}")
         existing = REGISTRY.get(name)
         if existing is not None and existing is not cls:
-            raise ValueError(f"autoencoder name {name!r} is already taken by {existing.__qualname__}")
+            raise ValueError(
+                f"autoencoder name {name!r} is already taken by {existing.__qualname__}"
+            )
         cls.registry_name = name
         REGISTRY[name] = cls
         return cls

@@ -264,8 +264,9 @@ class Tiling:
     overlap: int = 320
 
 
-def auto_tiling(shape: Sequence[int], factor: int, tile: int = Tiling.tile, overlap: int = Tiling.overlap
-                ) -> tuple[tuple[int, int] | None, tuple[int, int]]:
+def auto_tiling(
+    shape: Sequence[int], factor: int, tile: int = Tiling.tile, overlap: int = Tiling.overlap
+) -> tuple[tuple[int, int] | None, tuple[int, int]]:
     """Tiling for a field of ``shape``: None (whole field) when it fits in one ``tile``,
     else tiles of at most ``tile`` px (multiples of ``factor``) with ``overlap`` (see
     :class:`Tiling`)."""

@@ -292,7 +292,8 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
             offset = offset * shift.to(xb.device).reshape(1, -1, *(1,) * (xb.ndim - 2))
             xb = xb + offset * vb
         out = m(xb, quant_step=stage.quant_step, sample_posterior=not decoder_only)
-        return loss(out.sample, xb, out.latent_dist, mask=vb, samples_seen=box["trainer"].counters.samples_seen)["total"].mean()
+        seen = box["trainer"].counters.samples_seen
+        return loss(out.sample, xb, out.latent_dist, mask=vb, samples_seen=seen)["total"].mean()
 
     data = (FieldDataset(x, valid, seed=cfg.train.seed) if x.ndim == 3
             else PatchDataset(x, valid, tuple(stage.patch), seed=cfg.train.seed))

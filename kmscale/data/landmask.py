@@ -29,7 +29,7 @@ def default_mask_file() -> Path:
     importing it, since its import decompresses the whole mask."""
     spec = importlib.util.find_spec("global_land_mask")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("expected the global-land-mask package (a kmscale dependency), found none")
+        raise FileNotFoundError("expected the global-land-mask package (a dependency), found none")
     return Path(next(iter(spec.submodule_search_locations))) / "globe_combined_mask_compressed.npz"
 
 

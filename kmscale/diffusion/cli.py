@@ -58,13 +58,17 @@ def register(subparsers) -> None:
                    help="predictor file(s): NetCDF/GRIB/zarr, canonical variables (time, lat, lon)")
     p.add_argument("--out", required=True, help="output ensemble store (.zarr)")
     d = SamplerSettings()
-    p.add_argument("--members", type=int, default=d.members, help=f"ensemble size M (default {d.members})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"EDM noise levels N (default {d.steps})")
+    p.add_argument("--members", type=int, default=d.members,
+                   help=f"ensemble size M (default {d.members})")
+    p.add_argument("--steps", type=int, default=d.steps,
+                   help=f"EDM noise levels N (default {d.steps})")
     p.add_argument("--solver", choices=SOLVERS, default=d.solver,
                    help=f"{HEUN}: EDM Algorithm 2; {EULER}: first order, few-step option "
                         f"(default {d.solver})")
-    p.add_argument("--churn", type=float, default=d.S_churn, help=f"S_churn stochasticity (default {d.S_churn:g})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"member m uses seed SEED+m (default {d.seed})")
+    p.add_argument("--churn", type=float, default=d.S_churn,
+                   help=f"S_churn stochasticity (default {d.S_churn:g})")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help=f"member m uses seed SEED+m (default {d.seed})")
     p.add_argument("--center-residuals", action="store_true",
                    help="re-centre the members on the regression mean: remove their mean latent residual, "
                         "keep its variance (members then depend on M and on every seed)")

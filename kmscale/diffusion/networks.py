@@ -114,8 +114,9 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         pad_mode: str = "replicate",
     ) -> None:
         super().__init__()
-        block_out_channels = tuple(int(c) for c in block_out_channels or UNetSettings().block_out_channels)
-        self.register_to_config(block_out_channels=block_out_channels)  # the config names the widths
+        widths = block_out_channels or UNetSettings().block_out_channels
+        block_out_channels = tuple(int(c) for c in widths)
+        self.register_to_config(block_out_channels=block_out_channels)  # the config names them
         levels = len(block_out_channels)
         if levels < 1 or in_channels < 1 or out_channels < 1:
             raise ConfigError(
@@ -271,8 +272,9 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
         pad_mode: str = "replicate",
     ) -> None:
         super().__init__()
-        block_out_channels = tuple(int(c) for c in block_out_channels or UNetSettings().block_out_channels)
-        self.register_to_config(block_out_channels=block_out_channels)  # the config names the widths
+        widths = block_out_channels or UNetSettings().block_out_channels
+        block_out_channels = tuple(int(c) for c in widths)
+        self.register_to_config(block_out_channels=block_out_channels)  # the config names them
         levels = len(block_out_channels)
         if not 0 < cond_channels < in_channels:
             raise ConfigError(describe(f"0 < cond_channels < in_channels={in_channels}", cond_channels,

@@ -102,7 +102,7 @@ def edm_sampler(
     emb: torch.Tensor | None = None,
     num_steps: int = SamplerSettings.steps,  # N noise levels (Heun: 2N - 1 network evaluations)
     sigma_min: float = NoiseSchedule.sigma_min,  # lowest noise level of the schedule (Eq. 5)
-    sigma_max: float = NoiseSchedule.sigma_max,  # highest noise level; the start is noise * sigma_max
+    sigma_max: float = NoiseSchedule.sigma_max,  # highest noise level; the start: noise * sigma_max
     rho: float = NoiseSchedule.rho,  # schedule curvature (Eq. 5); larger: more steps at low sigma
     S_churn: float = 0.0,  # total stochasticity; 0 gives the deterministic ODE sampler
     S_min: float = 0.0,  # churn only for sigma in [S_min, S_max]

@@ -47,7 +47,7 @@ class SamplerSettings:
     rho: float = NoiseSchedule.rho
     seed: int = 0  # member m uses member seed ``seed + m``
     member_batch: int = 8  # members denoised together (memory); does not change results
-    patch: list[int] | None = None  # latent tile (th, tw) for patch-wise sampling; None: whole field
+    patch: list[int] | None = None  # latent tile (th, tw) of patch-wise sampling; None: whole field
     overlap: list[int] | None = None  # latent tile overlap (oh, ow); default: a quarter of the tile
     time_chunk: int = 1  # valid times per store chunk (the unit of resume)
     # remove the members' mean residual in latent space (variance kept): the ensemble is

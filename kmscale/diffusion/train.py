@@ -340,7 +340,7 @@ def out_of_fold_means(cfg: LDMConfig, base: ModelBundle, data: TrainingData, tar
 class LDMData:
     """What stage 2 trains and validates on (see :func:`ldm_data`)."""
 
-    train: DownscalingDataset  # training examples with "z_mean" (cross-fitted with residual_folds > 1)
+    train: DownscalingDataset  # training examples with "z_mean" (cross-fitted: residual_folds > 1)
     val: DownscalingDataset | None  # held-out examples with "z_mean" and the physical truth "x"
     targets: xr.Dataset  # physical targets of the training period
     scale: list[float]  # per-channel std of the training residual z - ẑ
@@ -397,15 +397,17 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
     if cfg.decoder_refinement.total_samples > 0:
         cfg.decoder_refinement.check(ae)  # before hours of diffusion training, not after
     if cfg.context_size is not None and cfg.patch is None:
-        raise ConfigError("context_size: expected patch training (set patch: [th, tw]), found patch: null")
+        raise ConfigError("context_size: expected patch training (set patch: [th, tw]), "
+                          "found patch: null")
     d = ldm_data(cfg, base, data or TrainingData.open(cfg.data))
     edm = EDMSettings(sigma_data=cfg.edm.sigma_data, residual_scale=d.scale, train_patch=cfg.patch,
                       context_size=cfg.context_size)
     C_z = ae.latent_channels
     C_c = C_z + spec.cond_channels  # [ẑ, cond]
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
-    C_in = C_c + context_channels(C_c, cfg.context_size)  # every conditioning channel of the denoiser
-    backbone = build_unet(C_z + C_in, C_z, spec.emb_dim, cfg.unet, C_in if cfg.cross_attention else None)
+    C_in = C_c + context_channels(C_c, cfg.context_size)  # every conditioning channel
+    backbone = build_unet(C_z + C_in, C_z, spec.emb_dim, cfg.unet,
+                          C_in if cfg.cross_attention else None)
     field_shape = tuple(d.train.z.shape[-2:])
 
     def whole_field(net):
@@ -413,11 +415,13 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
 
     def score(net, autoencoder):
         v = cfg.validation
-        return ensemble_scores(whole_field(net), d.val, autoencoder, d.scale, members=v.members, steps=v.steps,
-                               solver=v.solver, seed=v.seed, center_residuals=v.center_residuals)
+        return ensemble_scores(whole_field(net), d.val, autoencoder, d.scale, members=v.members,
+                               steps=v.steps, solver=v.solver, seed=v.seed,
+                               center_residuals=v.center_residuals)
 
     trainer = Trainer(
-        build_denoiser(backbone, edm), residual_loss(cfg, d.scale, field_shape), d.train, cfg.out_dir, cfg.train,
+        build_denoiser(backbone, edm), residual_loss(cfg, d.scale, field_shape), d.train,
+        cfg.out_dir, cfg.train,
         validate_fn=(lambda net: score(net, ae)) if d.val is not None else None,
         best_metric="crps" if d.val is not None else None,
         export_fn=lambda m, path: m.backbone.save_pretrained(path),
@@ -433,10 +437,12 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
         times = d.train.subset(pick_times(len(d.train), cfg.decoder_refinement.max_times))
         if cfg.decoder_refinement.regression_mean == "full":
             times = times.with_z_mean(predict_mean(base.regression, times, cfg.eval_batch_size, progress=False))
+        truth = physical_targets(d.targets.sel(time=times.time), ae.variables)
         ae, record["decoder_refinement"] = refine_decoder(
-            ae, whole_field(net), times, physical_targets(d.targets.sel(time=times.time), ae.variables), d.scale,
-            cfg.decoder_refinement, Path(cfg.out_dir) / "decoder_refinement", cfg.train,
-            validate_fn=(lambda m: score(net, m)) if d.val is not None else None, run_config=to_dict(cfg))
+            ae, whole_field(net), times, truth, d.scale, cfg.decoder_refinement,
+            Path(cfg.out_dir) / "decoder_refinement", cfg.train,
+            validate_fn=(lambda m: score(net, m)) if d.val is not None else None,
+            run_config=to_dict(cfg))
     bundle_path = Path(cfg.out_dir) / "bundle"
     if trainer.accelerator.is_main_process:
         base.autoencoder, base.diffusion, base.edm = ae, backbone, edm
