@@ -30,7 +30,9 @@ def predictors_for(truth: xr.Dataset, rng, variables=("t2m", "tp")) -> xr.Datase
 def test_baseline_is_the_regridded_predictor_and_its_crps_is_its_mae(rng):
     fc, truth = datasets(rng)
     pred = predictors_for(truth, rng)
-    base = baseline_forecasts(pred, truth, ["bilinear", "bicubic"], ["t2m", "tp"], fc["time"].values)
+    base = baseline_forecasts(
+        pred, truth, ["bilinear", "bicubic"], ["t2m", "tp"], fc["time"].values
+    )
     assert set(base) == {"bilinear", "bicubic"}
     want = regrid(pred[["t2m"]], grid_of(truth), "bilinear")["t2m"]
     np.testing.assert_allclose(base["bilinear"]["t2m"].isel(member=0), want)
@@ -39,7 +41,9 @@ def test_baseline_is_the_regridded_predictor_and_its_crps_is_its_mae(rng):
     ds = score({"model": fc, **base}, truth, ScoreOptions(ssim=False, quantiles=()), progress=False)
     assert list(ds["forecast_kind"].values) == ["model", "baseline", "baseline"]
     crps = ds["crps_fair"].sel(forecast="bilinear", region="all")
-    np.testing.assert_allclose(crps, ds["ensmean_mae"].sel(forecast="bilinear", region="all"), rtol=1e-6)
+    np.testing.assert_allclose(
+        crps, ds["ensmean_mae"].sel(forecast="bilinear", region="all"), rtol=1e-6
+    )
 
 
 def test_requested_baseline_needs_the_variable_default_fills_nan(rng):
@@ -52,7 +56,9 @@ def test_requested_baseline_needs_the_variable_default_fills_nan(rng):
     ds = score({"model": fc, **base}, truth, ScoreOptions(ssim=False, quantiles=()), progress=False)
     assert np.isnan(ds["summary_crps_fair"].sel(forecast="bilinear", variable="tp")).all()
     assert int(ds["n_valid"].sel(forecast="bilinear", variable="tp").sum()) == 0
-    assert np.isfinite(ds["summary_crps_fair"].sel(forecast="bilinear", variable="t2m", region="all")).all()
+    assert np.isfinite(
+        ds["summary_crps_fair"].sel(forecast="bilinear", variable="t2m", region="all")
+    ).all()
     bad = pred.copy()
     bad["t2m"].attrs["units"] = "degC"
     with pytest.raises(UnitsError, match="expected units 'K'"):
@@ -68,8 +74,8 @@ def test_cli_scores_baselines_and_report_ranks_them(tmp_path, rng, capsys):
     truth.to_netcdf(tmp_path / "truth.nc", engine=netcdf_engine())
     predictors_for(truth, rng).to_netcdf(tmp_path / "pred.nc", engine=netcdf_engine())
     out = tmp_path / "m.nc"
-    common = ["score", "--forecast", f"ldm={tmp_path / 'ens.zarr'}", "--truth", str(tmp_path / "truth.nc"),
-              "--no-progress", "--no-ssim"]  # fmt: skip
+    common = ["score", "--forecast", f"ldm={tmp_path / 'ens.zarr'}",
+              "--truth", str(tmp_path / "truth.nc"), "--no-progress", "--no-ssim"]  # fmt: skip
     assert main([*common, "--predictors", str(tmp_path / "pred.nc"), "--out", str(out)]) == 0
     ds = xr.open_dataset(out, engine=netcdf_engine())
     assert list(ds["forecast"].values) == ["ldm", "bilinear", "bicubic"]
@@ -77,7 +83,9 @@ def test_cli_scores_baselines_and_report_ranks_them(tmp_path, rng, capsys):
     assert "expected --predictors" in capsys.readouterr().err
     assert main([*common, "--predictors", str(tmp_path / "pred.nc"), "--baseline", "none",
                  "--out", str(tmp_path / "n.nc")]) == 0  # fmt: skip
-    assert list(xr.open_dataset(tmp_path / "n.nc", engine=netcdf_engine())["forecast"].values) == ["ldm"]
+    assert list(xr.open_dataset(tmp_path / "n.nc", engine=netcdf_engine())["forecast"].values) == [
+        "ldm"
+    ]
 
     header, rows = ranking_rows(load_metrics([out]))
     t2m = [r for r in rows if r[0].startswith("t2m")]

@@ -35,7 +35,10 @@ def parse_baselines(text: str | None) -> list[str] | None:
         return []
     bad = [n for n in names if n not in BASELINES]
     if bad or not names:
-        raise SchemaError(f"--baseline: expected 'none' or a comma-separated subset of {BASELINES}, found {text!r}")
+        raise SchemaError(
+            f"--baseline: expected 'none' or a comma-separated subset of {BASELINES}, "
+            f"found {text!r}"
+        )
     return names
 
 
@@ -79,7 +82,8 @@ def baseline_forecasts(
     missing = [v for v in variables if v not in predictors.data_vars]
     if missing and strict:
         raise SchemaError(
-            f"baseline {', '.join(methods)}: expected the predictors to hold the target variable(s) "
+            f"baseline {', '.join(methods)}: expected the predictors to hold the target "
+            "variable(s) "
             f"{missing}, found predictors {list(predictors.data_vars)} (drop --baseline, or score "
             f"only --variables {have})"
         )
@@ -88,11 +92,14 @@ def baseline_forecasts(
     for v in have:
         pu, tu = predictors[v].attrs.get("units"), truth[v].attrs.get("units")
         if (normalize_units(pu) or pu) != (normalize_units(tu) or tu):
-            raise UnitsError(f"baseline: predictor {v!r} expected units {tu!r} (the truth's), found {pu!r}")
+            raise UnitsError(
+                f"baseline: predictor {v!r} expected units {tu!r} (the truth's), found {pu!r}"
+            )
     absent = np.setdiff1d(times, predictors["time"].values)
     if absent.size:
         raise AlignmentError(
-            f"baseline: expected the predictors at every forecast time, found {absent.size} missing (first {absent[0]})"
+            f"baseline: expected the predictors at every forecast time, found {absent.size} "
+            f"missing (first {absent[0]})"
         )
     coarse = predictors[have].sel(time=times)
     coarse = coarse.drop_vars([c for c in coarse.coords if c not in coarse.dims and c != "time"])
@@ -102,12 +109,20 @@ def baseline_forecasts(
         ds = regrid(coarse, target, method, where=f"baseline {method}")
         ds = ds.expand_dims({MEMBER_DIM: 1}, axis=1)
         for v in have:
-            ds[v].attrs = {"units": truth[v].attrs["units"], "long_name": f"{method} interpolation of the predictor {v}"}
+            ds[v].attrs = {
+                "units": truth[v].attrs["units"],
+                "long_name": f"{method} interpolation of the predictor {v}",
+            }
         for v in missing:  # lazy NaN field: scored as "not available"
             like = truth[v].sel(time=times)
             like = like.drop_vars([c for c in like.coords if c not in like.dims])
             nan = xr.full_like(like, np.nan, dtype=np.float32).expand_dims({MEMBER_DIM: 1}, axis=1)
-            ds[v] = nan.assign_attrs(units=truth[v].attrs["units"], long_name=f"{v} not in the predictors")
-        ds.attrs = {KIND_ATTR: "baseline", "title": f"{method} interpolation of the coarse predictors"}
+            ds[v] = nan.assign_attrs(
+                units=truth[v].attrs["units"], long_name=f"{v} not in the predictors"
+            )
+        ds.attrs = {
+            KIND_ATTR: "baseline",
+            "title": f"{method} interpolation of the coarse predictors",
+        }
         out[method] = ds
     return out

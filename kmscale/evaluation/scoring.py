@@ -103,9 +103,13 @@ class ScoreOptions:
 # inputs
 # ---------------------------------------------------------------------------------------
 def open_input(path: str | Path, *, kind: str | None) -> xr.Dataset:
-    """Open a kmscale store (checking its kind), or a plain zarr/NetCDF file of a user."""
+    """Open a kmscale store (checking its kind), a plain zarr/NetCDF file of a user, or a
+    directory/glob of HRCLDAS files (one per variable and hour, :mod:`kmscale.data.hrcldas`)."""
+    from kmscale.data import hrcldas
     from kmscale.data.store import KIND_KEY, open_store
 
+    if hrcldas.is_hrcldas(path):
+        return hrcldas.open_hrcldas(path)
     path = Path(path)
     if not path.exists():
         raise SchemaError(f"{path}: expected a zarr store or NetCDF file, found nothing")
