@@ -155,7 +155,7 @@ def spatial_mean(
     ok = field.notnull()
     if mask is not None:
         ok = ok & mask.astype(bool)
-    w = ok.astype(field.dtype if np.issubdtype(field.dtype, np.floating) else float)
+    w = ok.astype(np.float64)  # sums in float64: float32 km-scale fields have ~10^7 points
     if weights is not None:
         w = w * weights
     num = (field.fillna(0.0) * w).sum(list(dims))
@@ -191,6 +191,25 @@ class Metric:
             area_weighted: cos(lat) weights on regular lat-lon grids.
         """
         check_aligned(forecast, truth, where=type(self).__name__)
+        return self.reduce(
+            self.pointwise(forecast, truth), truth,
+            reduce_dims=reduce_dims, mask=mask, area_weighted=area_weighted,
+        )  # fmt: skip
+
+    def reduce(
+        self,
+        field: xr.DataArray,
+        truth: xr.DataArray,
+        *,
+        reduce_dims: Sequence[Hashable] | None = None,
+        mask: xr.DataArray | None = None,
+        area_weighted: bool = True,
+    ) -> xr.DataArray:
+        """The spatial mean :meth:`compute` takes of a :meth:`pointwise` field.
+
+        Lets a caller reduce one point-wise field over several regions (masks) without
+        computing it again; ``truth`` gives the grid (dims, cos(lat) weights).
+        """
         dims = list(reduce_dims) if reduce_dims is not None else list(spatial_dims(truth))
         weights = area_weights(truth) if area_weighted else None
-        return spatial_mean(self.pointwise(forecast, truth), dims, weights=weights, mask=mask)
+        return spatial_mean(field, dims, weights=weights, mask=mask)
