@@ -150,17 +150,35 @@ def spatial_mean(
 ) -> xr.DataArray:
     """Weighted mean of ``field`` over ``dims``, leaving out NaN and masked points.
 
-    ``sum(w * f) / sum(w)`` over valid points; NaN where no point is valid.
+    ``sum(w * f) / sum(w)`` over valid points, summed in float64; NaN where no point
+    is valid.
     """
-    ok = field.notnull()
-    if mask is not None:
-        ok = ok & mask.astype(bool)
-    w = ok.astype(np.float64)  # sums in float64: float32 km-scale fields have ~10^7 points
-    if weights is not None:
-        w = w * weights
-    num = (field.fillna(0.0) * w).sum(list(dims))
-    den = w.sum(list(dims))
-    return num / den.where(den > 0)
+    dims = list(dims)
+    ok = mask.astype(bool) if mask is not None else xr.DataArray(True)
+    w = weights if weights is not None else xr.DataArray(1.0)
+    if any(a.chunks is not None for a in (field, ok, w)):
+        valid = field.notnull() & ok
+        wv = valid.astype(np.float64) * w
+        num = (field.fillna(0.0) * wv).sum(dims)
+        den = wv.sum(dims)
+        return num / den.where(den > 0)
+    # In memory: one numpy kernel instead of ~10 xarray operations (their overhead
+    # dominates on small fields scored many times), on broadcast views (no copies).
+    field, ok, w = xr.broadcast(field, ok, w)
+    return xr.apply_ufunc(
+        _weighted_mean, field, ok, w,
+        input_core_dims=[dims, dims, dims], kwargs={"n_axes": len(dims)},
+    )  # fmt: skip
+
+
+def _weighted_mean(f: np.ndarray, ok: np.ndarray, w: np.ndarray, n_axes: int) -> np.ndarray:
+    axes = tuple(range(-n_axes, 0))
+    valid = ok & ~np.isnan(f)
+    wv = np.where(valid, w, 0.0).astype(np.float64, copy=False)
+    num = (np.where(valid, f, 0.0) * wv).sum(axis=axes)
+    den = wv.sum(axis=axes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
 
 
 @dataclasses.dataclass

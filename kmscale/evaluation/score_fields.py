@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from kmscale.evaluation.base import MEMBER_DIM, area_weights, spatial_mean
+from kmscale.evaluation.base import MEMBER_DIM
 from kmscale.evaluation.deterministic import MAE, MSE, SSIM, Bias
 from kmscale.evaluation.precipitation import FSS
 from kmscale.evaluation.probabilistic import (
@@ -92,21 +92,24 @@ def score_field(
         seed: seed of the rank histogram's random tie-breaking.
     """
     m = ensemble.sizes[MEMBER_DIM]
-    aw = settings.area_weighted
     skill, pair_sum = crps_parts_xr(ensemble, truth)
     valid = skill.notnull()
     ensmean = ensemble.mean(MEMBER_DIM, skipna=False)
-    pointwise = {
+    # Point-wise fields, each by its metric's definition; the CRPS composites are linear
+    # in the means of skill and D (crps_from_mean_parts).
+    metrics = {
+        "crps_skill": (CRPSSkill(), skill),
+        "pair_sum": (CRPSSkill(), pair_sum),
         "ensmean_mse": (EnsembleMeanMSE(), EnsembleMeanMSE().pointwise(ensemble, truth)),
         "ensmean_mae": (MAE(), MAE().pointwise(ensmean, truth)),
         "ensmean_bias": (Bias(), Bias().pointwise(ensmean, truth)),
         "ens_variance": (EnsembleVariance(), EnsembleVariance().pointwise(ensemble, truth)),
     }
-    member_err = MSE().pointwise(ensemble, truth)
-    ranks = RankHistogram(seed=seed).pointwise(ensemble, truth)
     thresholds = list(settings.precip_thresholds) if precip else []
-    tw = [ThresholdWeightedCRPS(threshold=t) for t in thresholds]
-    tw_fields = [metric.pointwise(ensemble, truth) for metric in tw]
+    for t in thresholds:
+        tw = ThresholdWeightedCRPS(threshold=t)
+        metrics[f"twcrps_{t}"] = (tw, tw.pointwise(ensemble, truth))
+    ranks = RankHistogram(seed=seed).pointwise(ensemble, truth)
 
     r = len(regions)
     per_time = {k: np.full(r, np.nan) for k in PER_TIME}
@@ -125,23 +128,22 @@ def score_field(
         out.n_valid[ir] = int(ok.sum())
         if not out.n_valid[ir]:
             continue
-        kw = dict(mask=ok, area_weighted=aw)
-        skill_mean = CRPSSkill().reduce(skill, truth, **kw)
-        # D's mean over the same points; CRPSSpread is linear in it.
-        d_mean = spatial_mean(pair_sum, list(truth.dims), weights=area_weights(truth) if aw else None, mask=ok)
-        for k, val in crps_from_mean_parts(float(skill_mean), float(d_mean), m).items():
+        kw = dict(mask=ok, area_weighted=settings.area_weighted)
+        means = {k: float(metric.reduce(field, truth, **kw)) for k, (metric, field) in metrics.items()}
+        for k, val in crps_from_mean_parts(means["crps_skill"], means["pair_sum"], m).items():
             per_time[k][ir] = val
-        for k, (metric, field) in pointwise.items():
-            per_time[k][ir] = float(metric.reduce(field, truth, **kw))
+        for k in ("ensmean_mse", "ensmean_mae", "ensmean_bias", "ens_variance"):
+            per_time[k][ir] = means[k]
+        out.twcrps[ir] = [means[f"twcrps_{t}"] for t in thresholds]
         if settings.ssim:
             per_time["ssim_ensmean"][ir] = float(SSIM().compute(ensmean, truth, mask=ok))
-        out.member_mse[ir] = MSE().reduce(member_err, truth, **kw).transpose(MEMBER_DIM).values
+        for j in range(m):  # member by member: an (M, H, W) float64 temporary is GBs on km grids
+            member = ensemble.isel({MEMBER_DIM: j})
+            out.member_mse[ir, j] = float(MSE().reduce(MSE().pointwise(member, truth), truth, **kw))
         out.rank_counts[ir] = RankHistogram.counts(ranks, m, truth, mask=ok).values
         if len(settings.quantiles):
             qe = QuantileError(quantiles=settings.quantiles).compute(ensemble, truth, mask=ok)
             out.quantile_error[ir] = qe.values
-        for a, (metric, field) in enumerate(zip(tw, tw_fields, strict=True)):
-            out.twcrps[ir, a] = float(metric.reduce(field, truth, **kw))
         if thresholds:
             fss = FSS(thresholds=thresholds, windows=settings.fss_windows).compute(ensemble, truth, mask=ok)
             out.fss[ir] = fss.values

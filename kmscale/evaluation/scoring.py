@@ -124,8 +124,8 @@ def score(
     acc = ScoreAccumulator(layout)
     grid = truth[variables[0]].isel(time=0, drop=True).transpose(ydim, xdim)
     grid = grid.drop_vars([c for c in grid.coords if c not in (ydim, xdim, "lat", "lon")])
-    regions = {"all": xr.ones_like(grid, dtype=bool)}
-    regions |= {k: grid.copy(data=m) for k, m in masks.items()}
+    grid = grid.copy(data=np.ones(grid.shape, bool))  # in memory: the grid's coordinates only
+    regions = {"all": grid} | {k: grid.copy(data=m) for k, m in masks.items()}
     settings = FieldSettings(
         area_weighted=opts.area_weighted,
         ssim=opts.ssim,
