@@ -12,12 +12,15 @@ dimensionless number (``crps`` is the metric the Trainer minimizes for ``best/``
 - ``power_ratio_1/2``: predicted / true power at the two smallest zonal scales of
   the windowed (detrended + Hann) zonal spectrum
 
-All from :mod:`kmscale.evaluation.torch_metrics`.
+The members are decoded on the CPU, so the scores are those of ``kmscale score``: the
+numpy kernels and metric classes of :mod:`kmscale.evaluation` (one definition of each).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import xarray as xr
 
 from kmscale.data import transforms
 from kmscale.diffusion import residual
@@ -40,13 +43,34 @@ def smallest_scale_power_ratio(ens: torch.Tensor, truth: torch.Tensor) -> torch.
     Args:
         ens: (M, N, ..., W) members; truth: (N, ..., W).
     """
-    from kmscale.evaluation.torch_metrics import zonal_power_spectrum
+    from kmscale.evaluation.spectra import zonal_power_spectrum
 
-    p_ens = zonal_power_spectrum(ens.double(), detrend=True, window="hann")
-    p_true = zonal_power_spectrum(truth.double(), detrend=True, window="hann")
-    pe = p_ens.reshape(-1, p_ens.shape[-1]).mean(0) if p_ens.ndim > 1 else p_ens
-    pt = p_true.reshape(-1, p_true.shape[-1]).mean(0) if p_true.ndim > 1 else p_true
-    return (pe[-2:] / pt[-2:]).float()
+    p_ens = zonal_power_spectrum(ens.detach().cpu().double().numpy(), detrend=True, window="hann")
+    p_true = zonal_power_spectrum(truth.detach().cpu().double().numpy(), detrend=True, window="hann")
+    pe = p_ens.reshape(-1, p_ens.shape[-1]).mean(0)
+    pt = p_true.reshape(-1, p_true.shape[-1]).mean(0)
+    return torch.from_numpy(pe[-2:] / pt[-2:]).float()
+
+
+def physical_scores(ens: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """crps, rmse_mean, power_ratio_1/2 and (M > 1) spread_skill of (M, N, C, H, W) members
+    against (N, C, H, W) truth, pooled over every point (NaN points left out of the CRPS)."""
+    from kmscale.evaluation.probabilistic import SpreadSkillRatio, crps_ensemble
+
+    e, t = ens.detach().cpu().double().numpy(), truth.detach().cpu().double().numpy()
+    ratio = smallest_scale_power_ratio(ens, truth)
+    scores = {
+        "crps": float(np.nanmean(crps_ensemble(e, t, fair=True))),
+        "rmse_mean": float(np.sqrt(np.mean((e.mean(0) - t) ** 2))),
+        "power_ratio_1": float(ratio[0]),
+        "power_ratio_2": float(ratio[1]),
+    }
+    if e.shape[0] > 1:
+        dims = (*(f"dim_{i}" for i in range(t.ndim - 2)), "y", "x")  # points pooled: names are labels
+        fc = xr.DataArray(e, dims=("member", *dims))
+        ssr = SpreadSkillRatio().compute(fc, xr.DataArray(t, dims=dims), reduce_dims=dims, area_weighted=False)
+        scores["spread_skill"] = float(ssr)
+    return scores
 
 
 @torch.no_grad()
@@ -96,18 +120,6 @@ def ensemble_scores(
     solver: str = HEUN, seed: int = 0, center_residuals: bool = False,
 ) -> dict[str, float]:
     """Scores of a small ensemble on ``dataset`` (needs "z", "z_mean", "cond", "emb")."""
-    from kmscale.evaluation.torch_metrics import crps_fair, spread_skill_ratio
-
     ens, truth = sample_physical_ensemble(denoiser, dataset, autoencoder, scale, members, steps, solver, seed,
                                           center_residuals=center_residuals)
-    e, t = standardized(ens, autoencoder).double(), standardized(truth, autoencoder).double()
-    ratio = smallest_scale_power_ratio(e, t)
-    scores = {
-        "crps": float(torch.nanmean(crps_fair(e, t))),
-        "rmse_mean": float(torch.sqrt(torch.mean((e.mean(0) - t) ** 2))),
-        "power_ratio_1": float(ratio[0]),
-        "power_ratio_2": float(ratio[1]),
-    }
-    if members > 1:
-        scores["spread_skill"] = float(spread_skill_ratio(e, t))
-    return scores
+    return physical_scores(standardized(ens, autoencoder).double(), standardized(truth, autoencoder).double())

@@ -150,17 +150,35 @@ def spatial_mean(
 ) -> xr.DataArray:
     """Weighted mean of ``field`` over ``dims``, leaving out NaN and masked points.
 
-    ``sum(w * f) / sum(w)`` over valid points; NaN where no point is valid.
+    ``sum(w * f) / sum(w)`` over valid points, summed in float64; NaN where no point
+    is valid.
     """
-    ok = field.notnull()
-    if mask is not None:
-        ok = ok & mask.astype(bool)
-    w = ok.astype(field.dtype if np.issubdtype(field.dtype, np.floating) else float)
-    if weights is not None:
-        w = w * weights
-    num = (field.fillna(0.0) * w).sum(list(dims))
-    den = w.sum(list(dims))
-    return num / den.where(den > 0)
+    dims = list(dims)
+    ok = mask.astype(bool) if mask is not None else xr.DataArray(True)
+    w = weights if weights is not None else xr.DataArray(1.0)
+    if any(a.chunks is not None for a in (field, ok, w)):
+        valid = field.notnull() & ok
+        wv = valid.astype(np.float64) * w
+        num = (field.fillna(0.0) * wv).sum(dims)
+        den = wv.sum(dims)
+        return num / den.where(den > 0)
+    # In memory: one numpy kernel instead of ~10 xarray operations (their overhead
+    # dominates on small fields scored many times), on broadcast views (no copies).
+    field, ok, w = xr.broadcast(field, ok, w)
+    return xr.apply_ufunc(
+        _weighted_mean, field, ok, w,
+        input_core_dims=[dims, dims, dims], kwargs={"n_axes": len(dims)},
+    )  # fmt: skip
+
+
+def _weighted_mean(f: np.ndarray, ok: np.ndarray, w: np.ndarray, n_axes: int) -> np.ndarray:
+    axes = tuple(range(-n_axes, 0))
+    valid = ok & ~np.isnan(f)
+    wv = np.where(valid, w, 0.0).astype(np.float64, copy=False)
+    num = (np.where(valid, f, 0.0) * wv).sum(axis=axes)
+    den = wv.sum(axis=axes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
 
 
 @dataclasses.dataclass
@@ -191,6 +209,25 @@ class Metric:
             area_weighted: cos(lat) weights on regular lat-lon grids.
         """
         check_aligned(forecast, truth, where=type(self).__name__)
+        return self.reduce(
+            self.pointwise(forecast, truth), truth,
+            reduce_dims=reduce_dims, mask=mask, area_weighted=area_weighted,
+        )  # fmt: skip
+
+    def reduce(
+        self,
+        field: xr.DataArray,
+        truth: xr.DataArray,
+        *,
+        reduce_dims: Sequence[Hashable] | None = None,
+        mask: xr.DataArray | None = None,
+        area_weighted: bool = True,
+    ) -> xr.DataArray:
+        """The spatial mean :meth:`compute` takes of a :meth:`pointwise` field.
+
+        Lets a caller reduce one point-wise field over several regions (masks) without
+        computing it again; ``truth`` gives the grid (dims, cos(lat) weights).
+        """
         dims = list(reduce_dims) if reduce_dims is not None else list(spatial_dims(truth))
         weights = area_weights(truth) if area_weighted else None
-        return spatial_mean(self.pointwise(forecast, truth), dims, weights=weights, mask=mask)
+        return spatial_mean(field, dims, weights=weights, mask=mask)

@@ -200,9 +200,19 @@ def rank_of_truth(
 # ---------------------------------------------------------------------------------------
 # xarray metrics (weatherbench2 style)
 # ---------------------------------------------------------------------------------------
-def _crps_parts_xr(forecast: xr.DataArray, truth: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+def crps_parts_xr(forecast: xr.DataArray, truth: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """:func:`crps_parts` over named dims: (skill, pair_sum), dims of ``truth``.
+
+    In-memory inputs go to the kernel member-first without a copy (a member-last
+    transpose would copy the whole ensemble); dask inputs run block-wise.
+    """
     require_member_dim(forecast)
     fc, tr = xr.align(forecast, truth, join="exact")
+    if fc.chunks is None and tr.chunks is None:
+        dims = [d for d in fc.dims if d != MEMBER_DIM]
+        tr = tr.broadcast_like(fc.isel({MEMBER_DIM: 0}, drop=True)).transpose(*dims)
+        skill, pair_sum = crps_parts(fc.transpose(MEMBER_DIM, *dims).values, tr.values, axis=0)
+        return tr.copy(data=skill), tr.copy(data=pair_sum)
     skill, pair_sum = xr.apply_ufunc(
         lambda e, y: crps_parts(e, y, axis=-1),
         fc,
@@ -220,7 +230,7 @@ class CRPSSkill(Metric):
     """skill = E|X - y| = (1/M) sum_i |x_i - y|, the first part of the CRPS (units of x)."""
 
     def pointwise(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.DataArray:
-        return _crps_parts_xr(forecast, truth)[0]
+        return crps_parts_xr(forecast, truth)[0]
 
 
 @dataclasses.dataclass
@@ -231,7 +241,7 @@ class CRPSSpread(Metric):
 
     def pointwise(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.DataArray:
         m = require_member_dim(forecast)
-        _, pair_sum = _crps_parts_xr(forecast, truth)
+        _, pair_sum = crps_parts_xr(forecast, truth)
         return spread_from_pair_sum(pair_sum, m, fair=self.fair)
 
 
@@ -247,7 +257,7 @@ class CRPS(Metric):
 
     def pointwise(self, forecast: xr.DataArray, truth: xr.DataArray) -> xr.DataArray:
         m = require_member_dim(forecast)
-        skill, pair_sum = _crps_parts_xr(forecast, truth)
+        skill, pair_sum = crps_parts_xr(forecast, truth)
         return skill - 0.5 * spread_from_pair_sum(pair_sum, m, fair=self.fair)
 
 
@@ -341,7 +351,11 @@ class RankHistogram(Metric):
     def compute(self, forecast, truth, *, reduce_dims=None, mask=None, area_weighted=False):
         check_aligned(forecast, truth, where="RankHistogram")
         m = require_member_dim(forecast)
-        ranks = self.pointwise(forecast, truth)
+        return self.counts(self.pointwise(forecast, truth), m, truth, reduce_dims=reduce_dims, mask=mask)
+
+    @staticmethod
+    def counts(ranks: xr.DataArray, m: int, truth: xr.DataArray, *, reduce_dims=None, mask=None) -> xr.DataArray:
+        """Counts of each rank 0..M of a :meth:`pointwise` field over ``reduce_dims`` (dim ``rank``)."""
         if mask is not None:
             ranks = ranks.where(mask.astype(bool))
         dims = list(reduce_dims) if reduce_dims is not None else list(spatial_dims(truth))
@@ -366,19 +380,25 @@ def crps_summary(
     m = require_member_dim(forecast)
     dims = list(reduce_dims) if reduce_dims is not None else list(spatial_dims(truth))
     weights = area_weights(truth) if area_weighted else None
-    skill, pair_sum = _crps_parts_xr(forecast, truth)
-    mean = lambda f: spatial_mean(f, dims, weights=weights, mask=mask)  # noqa: E731
-    s = mean(skill)
+    skill, pair_sum = crps_parts_xr(forecast, truth)
     # The means of the parts come from the same points: pair_sum is NaN wherever skill is.
-    d = mean(pair_sum)
-    fair = spread_from_pair_sum(d, m, fair=True)
-    std = spread_from_pair_sum(d, m, fair=False)
-    return xr.Dataset(
-        {
-            "crps_fair": s - 0.5 * fair,
-            "crps_standard": s - 0.5 * std,
-            "crps_skill": s,
-            "crps_spread_fair": fair,
-            "crps_spread_standard": std,
-        }
-    )
+    s = spatial_mean(skill, dims, weights=weights, mask=mask)
+    d = spatial_mean(pair_sum, dims, weights=weights, mask=mask)
+    return xr.Dataset(crps_from_mean_parts(s, d, m))
+
+
+def crps_from_mean_parts(skill, pair_sum, m: int) -> dict:
+    """CRPS composites from the (spatial) means of skill and D: fair/standard CRPS and spreads.
+
+    CRPS = skill - spread / 2 is linear in the parts, so the mean CRPS is built from
+    the mean parts. Works on numbers, numpy arrays and DataArrays.
+    """
+    fair = spread_from_pair_sum(pair_sum, m, fair=True)
+    std = spread_from_pair_sum(pair_sum, m, fair=False)
+    return {
+        "crps_fair": skill - 0.5 * fair,
+        "crps_standard": skill - 0.5 * std,
+        "crps_skill": skill,
+        "crps_spread_fair": fair,
+        "crps_spread_standard": std,
+    }

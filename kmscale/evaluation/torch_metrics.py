@@ -1,7 +1,10 @@
-"""Torch versions of the core metrics, for validation inside training loops.
+"""Torch versions of the core metrics: on an accelerator, or as a differentiable loss.
 
-Same definitions as the numpy/xarray versions (``probabilistic.py``, ``spectra.py``);
-``tests/test_eval_torch.py`` checks they agree. They run on any device, keep the input
+Training validation scores decoded members on the CPU with the numpy kernels of
+``probabilistic.py`` and ``spectra.py`` (``kmscale.diffusion.validation``), as ``kmscale
+score`` does; these torch versions follow the same definitions and reuse their sorting
+network, and ``tests/test_eval_torch.py`` / ``tests/test_validation_scores.py`` check them
+against the numpy/xarray versions on the same arrays. They run on any device, keep the input
 dtype (compute in float32 or float64), and do not track gradients unless the caller
 does (the CRPS here is differentiable almost everywhere and can serve as a loss).
 
