@@ -286,7 +286,7 @@ def main(argv=None) -> int:
     # cores and run several times slower.
     torch.set_num_threads(1)
     from kmscale.data.datasets import era5_uk_predictors, era5_uk_static, era5_uk_t2m
-    from kmscale.diffusion.demo import fit_vae
+    from kmscale.autoencoders.train import fit_vae
     from kmscale.diffusion.train import TrainingData
 
     budgets = QUICK_BUDGETS if args.quick else BUDGETS

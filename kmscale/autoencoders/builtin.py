@@ -4,6 +4,7 @@ Add a line here for each new built-in implementation.
 """
 
 from kmscale.autoencoders import (
+    grouped,  # noqa: F401
     identity,  # noqa: F401
     vae,  # noqa: F401
 )
