@@ -197,13 +197,18 @@ def test_train_groups(tmp_path):
     ds = xr.Dataset({v: (("time", "lat", "lon"), x[:, c]) for c, v in enumerate(VARS)},
                     coords={"time": pd.date_range("2023-07-01", periods=6, freq="h"),
                             "lat": np.linspace(29, 29.15, 16), "lon": np.linspace(100, 100.23, 24)})
-    groups = [GroupConfig(["t2m", "tp"], ModelConfig(block_out_channels=[8, 8], latent_channels=2, norm_num_groups=8)),
-              GroupConfig(["u10", "v10"], ModelConfig(block_out_channels=[8, 8, 8], latent_channels=2,
-                                                      norm_num_groups=8), budget_factor=0.5)]
-    cfg = vae_config(tmp_path / "run", [16, 24], [8], 1, 8, batch=4, groups=groups)
+    groups = [GroupConfig(["t2m", "tp"], ModelConfig(block_out_channels=[8, 8], latent_channels=2, norm_num_groups=8),
+                          budget_factor=0.5),
+              GroupConfig(["u10", "v10"], ModelConfig(autoencoder="identity"))]
+    cfg = vae_config(tmp_path / "run", [16, 24], [8], 1, 8, batch=4, groups=groups, group_factor=4)
     model = train_autoencoder(cfg, ds)
     assert model.groups == [["t2m", "tp"], ["u10", "v10"]] and model.variables == tuple(VARS)
-    assert model.group_channels() == [8, 2] and model.downsample_factor == 4
+    # the 2x VAE group folded by 2 (2 x 4 channels), the pixel-space wind by 4 (2 x 16)
+    assert model.group_channels() == [8, 32] and model.downsample_factor == 4
+    with torch.no_grad():
+        wind = model.decode_group(model.encode(torch.from_numpy(x)), 1)
+    torch.testing.assert_close(wind, torch.from_numpy(x[:, 1:3]), rtol=0, atol=1e-4)
     loaded = load_autoencoder(tmp_path / "run" / "autoencoder")
     assert loaded.fingerprint() == model.fingerprint()
-    assert (tmp_path / "run" / "1_u10_v10" / "stage1" / "final" / "config.json").is_file()
+    assert (tmp_path / "run" / "0_t2m_tp" / "stage1" / "final" / "config.json").is_file()
+    assert (tmp_path / "run" / "1_u10_v10" / "autoencoder" / "config.json").is_file()

@@ -11,7 +11,7 @@ latents concatenated along channels; decoding splits it again and decodes per gr
     z_g (B, c_g, H/f_g, W/f_g) ──fold k_g = F / f_g──► (B, c_g k_g², H/F, W/F)
         │ concatenate the groups in order
         ▼
-    z (B, Σ_g c_g k_g², H/F, W/F),   F = max_g f_g (the coarsest group's factor)
+    z (B, Σ_g c_g k_g², H/F, W/F),   F = max_g f_g (the coarsest group's), or a set multiple
 
 A group with a finer latent grid than the coarsest is folded into channels
 (space-to-depth, ``einops.rearrange``): every latent value is kept, and the common
@@ -20,7 +20,7 @@ grid is the one the U-Nets run on. Decoding unfolds and calls each part's decode
 On disk::
 
     autoencoder/
-      config.json        variables (the bundle's order) and the groups
+      config.json        variables (the bundle's order), the groups, the common factor F
       0_t2m/             each part's own save_pretrained directory (loadable alone)
       1_u10_v10/
       2_tp/
@@ -83,6 +83,10 @@ class GroupedAutoencoder(Autoencoder):
         parts: the trained autoencoders, one per group, in latent-channel order.
         variables: the physical variables in channel order (default: the parts'
             variables in order); every variable in exactly one part.
+        downsample_factor: F of the common latent grid, a multiple of every part's
+            factor (default: the coarsest part's). A larger F folds every group, e.g.
+            pixel-space (identity) groups with F = 2 give 4 channels per variable on a
+            grid of half the resolution, which the U-Nets process four times faster.
 
     Example::
 
@@ -91,7 +95,8 @@ class GroupedAutoencoder(Autoencoder):
         x_hat = ae.decode(z)   # per group, back in the order of ``variables``
     """
 
-    def __init__(self, parts: Sequence[Autoencoder], variables: Sequence[str] | None = None):
+    def __init__(self, parts: Sequence[Autoencoder], variables: Sequence[str] | None = None,
+                 downsample_factor: int | None = None):
         super().__init__()
         parts = list(parts)
         if not parts:
@@ -102,17 +107,17 @@ class GroupedAutoencoder(Autoencoder):
         dims = {p.spatial_dims for p in parts}
         if dims != {2}:
             raise ConfigError(f"grouped autoencoder: expected parts on (H, W) grids, found spatial dims {dims}")
-        factor = max(p.downsample_factor for p in parts)
+        factor = int(downsample_factor or max(p.downsample_factor for p in parts))
         bad = [g for g, p in zip(groups, parts, strict=True) if factor % p.downsample_factor]
         if bad:
             raise ConfigError(
-                f"grouped autoencoder: expected downsample factors dividing the coarsest ({factor}), "
+                f"grouped autoencoder: expected part downsample factors dividing the common factor {factor}, "
                 f"found groups {bad} with factors {[p.downsample_factor for p in parts]}"
             )
         self.parts = torch.nn.ModuleList(parts)
         stats = {v: s for p in parts for v, s in (p.config.input_stats or {}).items()}
-        self.register_to_config(variables=variables, groups=groups, input_stats=stats or None,
-                                latent_mean=None, latent_std=None)
+        self.register_to_config(variables=variables, groups=groups, downsample_factor=factor,
+                                input_stats=stats or None, latent_mean=None, latent_std=None)
         self._factor = factor
         self._index = [[variables.index(v) for v in g] for g in groups]
 
@@ -189,7 +194,7 @@ class GroupedAutoencoder(Autoencoder):
             m.requires_grad_(True)
 
     def _fingerprint_config(self) -> dict:
-        return {"variables": list(self.variables), "groups": self.groups,
+        return {"variables": list(self.variables), "groups": self.groups, "downsample_factor": self._factor,
                 "parts": [p._fingerprint_config() for p in self.parts]}
 
     # ---- save / load ---------------------------------------------------------------------
@@ -224,4 +229,4 @@ class GroupedAutoencoder(Autoencoder):
                 raise SchemaError(f"{path / group_dir(i, g)}: expected an autoencoder for variables {g}, "
                                   f"found one for {list(part.variables)}")
             parts.append(part)
-        return cls(parts, variables)
+        return cls(parts, variables, cfg.get("downsample_factor"))

@@ -62,6 +62,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    # "vae" (trained here) or "identity" (pixel space: standardized fields, nothing to train)
+    autoencoder: str = "vae"
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # 8x down
     layers_per_block: int = 1
     latent_channels: int = 4
@@ -132,6 +134,8 @@ class AutoencoderConfig:
     # data.variables and model), written to out_dir/<i>_<variables> and assembled into
     # out_dir/autoencoder; the groups must cover data.variables (or every target variable).
     groups: list[GroupConfig] = field(default_factory=list)
+    # common latent grid factor F of the grouped autoencoder; 0 = the coarsest group's
+    group_factor: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(
@@ -294,7 +298,7 @@ def _train_groups(cfg: AutoencoderConfig, ds: xr.Dataset, names: list[str]):
             data=dataclasses.replace(cfg.data, variables=list(group.variables)),
             stage1=scaled(cfg.stage1), stage2=scaled(cfg.stage2), decoder=scaled(cfg.decoder))
         parts.append(_train_one(sub, ds, list(group.variables)))
-    model = GroupedAutoencoder(parts, names)
+    model = GroupedAutoencoder(parts, names, cfg.group_factor or None)
     model.save_pretrained(out / "autoencoder")
     log.info("grouped autoencoder %s written to %s", model.groups, out / "autoencoder")
     return model
@@ -312,6 +316,12 @@ def _train_one(cfg: AutoencoderConfig, ds: xr.Dataset, names: list[str]):
         return load_autoencoder(final)
     train = _period(ds, cfg.data.train_period, "data.train_period")
     stats = _input_stats(cfg.data, train, names)
+    if cfg.model.autoencoder == "identity":
+        model = get_autoencoder_class("identity")(variables=names, input_stats=stats)
+        model.save_pretrained(final)
+        return model
+    if cfg.model.autoencoder != "vae":
+        raise ConfigError(f"model.autoencoder: expected 'vae' or 'identity', found {cfg.model.autoencoder!r}")
     torch.manual_seed(cfg.train.seed)
     cls = get_autoencoder_class("vae")
     model = cls(variables=names, input_stats=stats, block_out_channels=tuple(cfg.model.block_out_channels),
@@ -375,6 +385,7 @@ def vae_config(
     batch: int = 16, seed: int = 0, spectral_weight: float = 0.1, lr: float = 1e-3, shift_augment: float = 0.0,
     spectral_mode: str = "log_amplitude", small_patch: list[int] | None = None, small_fraction: float = 0.5,
     decoder_samples: int = 0, decoder_spectral_weight: float = 0.3, groups: list[GroupConfig] | None = None,
+    group_factor: int = 0,
 ) -> AutoencoderConfig:
     """The config of a short VAE run on whole fields of ``field_shape`` (the demo's and
     the benchmarks'): one stage on whole fields, or, with ``small_patch``, two stages
@@ -391,6 +402,7 @@ def vae_config(
         model=ModelConfig(block_out_channels=list(widths), latent_channels=latent_channels,
                           norm_num_groups=min(16, *widths)),
         groups=list(groups or []),
+        group_factor=group_factor,
         loss=LossConfig(kl_weight=1e-6, kl_warmup_samples=max(1, samples // 4), spectral_weight=spectral_weight,
                         spectral_mode=spectral_mode),
         stage1=StageConfig(patch=list(small_patch or field_shape), total_samples=n_small, lr=lr),
