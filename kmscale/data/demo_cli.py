@@ -16,6 +16,10 @@ outputs (under --out):
   predictors.zarr  coarse 0.25 deg forecast: t2m u10 v10 tp msl t850 u850 v850 z500 q850, lead_time coordinate
   static.zarr      orography (m), land_sea_mask (1 = land, real GLOBE mask)
   (.nc files with --format netcdf). Zarr stores are atomic and resume after an interruption.
+  hrcldas/         with --layout hrcldas: the targets also as HRCLDAS GRIB2 files, one per
+                   variable and hour (VAR = TAIR, UWIN, VWIN, PRE), named
+                   Z_NAFP_C_BABJ_<production>_P_HRCLDAS_RT_CHN_0P01_HOR-<VAR>-<YYYYMMDDHH>.GRB2;
+                   `kmscale prepare` and `kmscale score --truth` read the folder
 
 regions: 'small' (256 x 256 px around Taiwan), 'full' (4384 x 6880 px, 15-58.8N 75-143.8E),
   or LAT0,LON0,NY,NX (lower-left corner in degrees, size in 0.01 deg pixels), e.g. 27,97,512,512.
@@ -23,6 +27,7 @@ regions: 'small' (256 x 256 px around Taiwan), 'full' (4384 x 6880 px, 15-58.8N 
 examples:
   kmscale demo-data --out data/demo
   kmscale demo-data --out /scratch/demo_full --region full --times 2023-07-01T00/2023-07-01T03
+  kmscale demo-data --out data/demo --layout hrcldas
 """
 
 
@@ -63,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=512,
         help="spatial chunk in pixels for computing and storing (default: 512)",
     )
+    p.add_argument(
+        "--layout",
+        choices=("stores", "hrcldas"),
+        default="stores",
+        help="'hrcldas' also writes the targets as HRCLDAS GRIB2 files, one per variable and hour",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=run)
 
@@ -101,6 +112,15 @@ def run(args: argparse.Namespace) -> int:
         chunk=args.chunk,
         overwrite=args.overwrite,
     )
+    if args.layout == "hrcldas":
+        from kmscale.data.hrcldas import write_hrcldas
+        from kmscale.data.store import open_store
+
+        paths["targets"] = write_hrcldas(
+            open_store(paths["targets"], kind="targets"),
+            paths["targets"].parent / "hrcldas",
+            if_exists="replace" if args.overwrite else "keep",
+        )
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0

@@ -391,7 +391,8 @@ def open_dataset(
     """Open NetCDF / GRIB / zarr file(s) lazily in the canonical form.
 
     Several files (a list or a glob) are concatenated along ``time`` (files holding
-    different variables on the same times are merged).
+    different variables on the same times are merged). A directory or glob of HRCLDAS
+    files (one per variable and hour) is read by :func:`kmscale.data.hrcldas.open_hrcldas`.
 
     Args:
         path_or_paths: a path, a glob pattern, or a list of them.
@@ -408,6 +409,10 @@ def open_dataset(
         CorruptFileError: unreadable/truncated file (named).
         SchemaError, UnitsError, CoordinateError: see :func:`canonicalize`.
     """
+    from kmscale.data import hrcldas  # imported here: hrcldas builds on this module
+
+    if hrcldas.is_hrcldas(path_or_paths):  # one file per variable and hour
+        return hrcldas.open_hrcldas(path_or_paths, variables, units=dict(units or {}), chunks=chunks)
     paths = expand_paths(path_or_paths)
     chunks = {} if chunks is None else chunks
     parts = []

@@ -29,8 +29,16 @@ spread, spread-skill ratio (sqrt((M+1)/M) corrected), SSIM, member MSE, rank
 histogram, 99/99.9 % quantile errors, zonal spectra (km wavelengths), densities; for
 precipitation (units mm h-1) also threshold-weighted CRPS and fractions skill score.
 
+Baselines: with --predictors (the coarse forecast the models were given), the
+bilinear and bicubic interpolation of each target variable onto the truth's grid is
+scored beside the models (one member: fair CRPS = MAE); this is on by default when the
+predictors hold a scored variable. --baseline bilinear,bicubic asks for them
+explicitly (then a variable the predictors lack is an error); --baseline none skips them.
+
 examples:
   kmscale score --forecast ens.zarr --truth truth.zarr --out metrics.nc
+  kmscale score --forecast ens.zarr --truth truth.zarr --predictors predictors.zarr \
+      --baseline bilinear,bicubic --out metrics.nc
   kmscale score --forecast ldm=ens.zarr --forecast unet=ens_reg.zarr \\
       --truth truth.zarr --variables t2m,tp --mask land_sea_mask --out metrics.nc
 """
@@ -79,6 +87,9 @@ def register(subparsers) -> None:
                    help="ensemble store or file; repeat for several methods (NAME defaults to the file stem)")  # fmt: skip
     p.add_argument("--truth", required=True, help="truth store or file (same grid)")
     p.add_argument("--out", required=True, help="metrics NetCDF to write")
+    p.add_argument("--predictors", help="coarse predictors (zarr/NetCDF, time x lat x lon) for the baselines")
+    p.add_argument("--baseline", metavar="LIST",
+                   help="interpolation baselines: bilinear,bicubic (default with --predictors) or none")  # fmt: skip
     p.add_argument("--variables", type=lambda s: [v for v in s.split(",") if v], help="comma-separated variables (default: all shared)")
     p.add_argument("--mask", action="append", default=None, metavar="VAR",
                    help="truth variable defining an extra region (value > 0.5 = inside), e.g. land_sea_mask; repeatable")  # fmt: skip
@@ -121,6 +132,7 @@ def run_score(args: argparse.Namespace) -> int:
             raise SchemaError(f"--forecast: expected distinct method names, found {name!r} twice (use NAME=PATH)")
         forecasts[name] = open_input(path, kind="ensemble")
     truth = open_input(args.truth, kind="targets")
+    forecasts.update(_baselines(args, forecasts, truth))
     given = {
         "variables": args.variables,
         "masks": args.mask,
@@ -149,6 +161,33 @@ def run_score(args: argparse.Namespace) -> int:
         vals = ", ".join(f"{v}={float(head.sel(forecast=m, variable=v)):.4g} {ds['variable_units'].sel(variable=v).item()}" for v in head["variable"].values)
         print(f"  {m}: {vals}")
     return 0
+
+
+def _baselines(args: argparse.Namespace, forecasts: dict, truth) -> dict:
+    """Baseline forecasts asked for (or on by default) by --predictors / --baseline."""
+    import logging
+
+    from kmscale.errors import SchemaError
+    from kmscale.evaluation.baselines import BASELINES, baseline_forecasts, parse_baselines
+    from kmscale.evaluation.scoring import open_input, shared_variables
+
+    asked = parse_baselines(args.baseline)
+    if args.predictors is None:
+        if asked:
+            raise SchemaError(f"--baseline {args.baseline}: expected --predictors to interpolate, found none")
+        return {}
+    if asked == []:
+        return {}
+    predictors = open_input(args.predictors, kind="predictors")
+    variables = args.variables or shared_variables(forecasts, truth)
+    if asked is None and not any(v in predictors.data_vars for v in variables):
+        logging.getLogger(__name__).info("no baselines: the predictors hold none of %s", variables)
+        return {}
+    clash = [m for m in (asked or BASELINES) if m in forecasts]
+    if clash:
+        raise SchemaError(f"--forecast: expected names other than the baselines', found {clash} (use NAME=PATH)")
+    times = next(iter(forecasts.values()))["time"].values
+    return baseline_forecasts(predictors, truth, asked or BASELINES, variables, times, strict=asked is not None)
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -21,14 +21,31 @@ def _units(ds: xr.Dataset, variable: str) -> str:
     return str(ds["variable_units"].sel(variable=variable).item())
 
 
+def value_range(ds: xr.Dataset, variable: str, percentiles: tuple[float, float] = (1.0, 99.0)) -> tuple[float, float]:
+    """Robust colour range of the maps: percentiles of truth, ensemble means and members pooled.
+
+    A scale taken from the truth alone paints a biased forecast in one flat colour.
+    """
+    parts = [ds[k].sel(variable=variable).values.ravel() for k in ("map_truth", "map_ensmean", "map_members")]
+    pooled = np.concatenate(parts)
+    pooled = pooled[np.isfinite(pooled)]
+    if not pooled.size:
+        return 0.0, 1.0
+    lo, hi = np.percentile(pooled, percentiles)
+    return (float(lo), float(hi)) if hi > lo else (float(lo) - 0.5, float(lo) + 0.5)
+
+
 def maps(ds: xr.Dataset, variable: str) -> plt.Figure:
-    """Truth, ensemble mean, two members and the ensemble-mean error, one row per method."""
+    """Truth, ensemble mean, two members and the ensemble-mean error, one row per method.
+
+    Fields share one colour scale covering truth and forecasts (:func:`value_range`);
+    the error has its own symmetric diverging scale (99th percentile of |error|).
+    """
     methods = list(ds["forecast"].values)
     truth = ds["map_truth"].sel(variable=variable).values
     cols = ["truth", "ensemble mean", "member 0", "member 1", "ens. mean - truth"]
     fig, axes = plt.subplots(len(methods), 5, figsize=(16, 3.2 * len(methods)), squeeze=False, layout="constrained")
-    finite = truth[np.isfinite(truth)]
-    vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0, 1))
+    vmin, vmax = value_range(ds, variable)
     err_all = [ds["map_ensmean"].sel(forecast=m, variable=variable).values - truth for m in methods]
     emax = max([np.nanpercentile(np.abs(e), 99) for e in err_all if np.isfinite(e).any()] or [1.0]) or 1.0
     for i, m in enumerate(methods):
@@ -39,6 +56,8 @@ def maps(ds: xr.Dataset, variable: str) -> plt.Figure:
             ds["map_members"].sel(forecast=m, variable=variable, map_member=1).values,
         ]
         for j, f in enumerate(fields):
+            if j == 3 and not np.isfinite(f).any():  # a one-member forecast (e.g. a baseline)
+                axes[i, j].text(0.5, 0.5, "one member", ha="center", va="center", transform=axes[i, j].transAxes)
             im = axes[i, j].imshow(f, origin="lower", vmin=vmin, vmax=vmax, cmap="viridis")
             axes[i, j].set_title(f"{m}: {cols[j]}" if j else cols[j], fontsize=9)
         fig.colorbar(im, ax=axes[i, 3], shrink=0.8, label=_units(ds, variable))

@@ -1,7 +1,8 @@
 """HTML or Markdown report of one or more metrics files, with PNG figures.
 
 ``write_report(load_metrics(["metrics.nc"]), "report/")`` writes ``report/index.html``
-(or ``report.md``) and ``report/figures/*.png``: a summary table per region and, per
+(or ``report.md``) and ``report/figures/*.png``: a ranking of every forecast (models and
+interpolation baselines) by fair CRPS per variable, a summary table per region and, per
 variable, maps, CRPS/spread-skill by lead time, box plots of MSE and SSIM by lead time,
 zonal spectra, rank histograms and log-density plots. Methods appear side by side.
 """
@@ -61,8 +62,45 @@ def _cell(ds: xr.Dataset, key: str, method, variable, region: str, fmt: str) -> 
         da = da.sel(region=region)
     if "lead_time_group" in da.dims:
         da = da.isel(lead_time_group=0)
-    v = float(da)
-    return "NaN" if not np.isfinite(v) else fmt.format(v)
+    return _fmt(float(da), fmt)
+
+
+def forecast_kinds(ds: xr.Dataset) -> dict[str, str]:
+    """``{forecast: "model" | "baseline"}`` (files without ``forecast_kind``: all models)."""
+    names = [str(m) for m in ds["forecast"].values]
+    if "forecast_kind" not in ds.coords:
+        return dict.fromkeys(names, "model")
+    return {n: str(k) for n, k in zip(names, ds["forecast_kind"].values, strict=True)}
+
+
+def ranking_rows(ds: xr.Dataset, region: str = "all") -> tuple[list[str], list[list[str]]]:
+    """The headline table: per variable, every forecast ranked by fair CRPS (all times).
+
+    ``vs best baseline`` is the forecast's fair CRPS over that of the best (lowest)
+    baseline of the variable (below 1: better than interpolating the predictors).
+    """
+    header = ["variable", "rank", "forecast", "kind", "CRPS fair", "MAE ens. mean", "vs best baseline"]
+    kinds = forecast_kinds(ds)
+    crps = ds["summary_crps_fair"].sel(region=region).isel(lead_time_group=0)
+    rows = []
+    for v in map(str, ds["variable"].values):
+        vals = {str(m): float(crps.sel(forecast=m, variable=v)) for m in ds["forecast"].values}
+        base = [x for m, x in vals.items() if kinds[m] == "baseline" and np.isfinite(x)]
+        best = min(base) if base else float("nan")
+        order = sorted(vals, key=lambda m: (not np.isfinite(vals[m]), vals[m]))
+        units = str(ds["variable_units"].sel(variable=v).item())
+        for rank, m in enumerate(order, 1):
+            ratio = vals[m] / best if np.isfinite(best) and best > 0 and np.isfinite(vals[m]) else float("nan")
+            rows.append([
+                f"{v} ({units})", str(rank), m, kinds[m], _fmt(vals[m], "{:.4g}"),
+                _cell(ds, "summary_ensmean_mae", m, v, region, "{:.4g}"),
+                "" if not np.isfinite(ratio) else f"{ratio:.3f}",
+            ])  # fmt: skip
+    return header, rows
+
+
+def _fmt(x: float, fmt: str) -> str:
+    return "NaN" if not np.isfinite(x) else fmt.format(x)
 
 
 def summary_rows(ds: xr.Dataset, region: str) -> tuple[list[str], list[list[str]]]:
@@ -108,17 +146,24 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, *, fmt: str = "html", titl
         sections.append((v, figs))
 
     tables = [(r, *summary_rows(ds, r)) for r in map(str, ds["region"].values)]
+    ranking = ranking_rows(ds, "all")
+    if "baseline" not in forecast_kinds(ds).values():
+        ranking_note = "No baseline was scored (give `kmscale score --predictors` to score interpolation)."
+    else:
+        ranking_note = ("Every forecast ranked by fair CRPS (all times, region all); 'vs best baseline' is its "
+                        "fair CRPS over the best interpolation baseline's (below 1 = better than interpolating "
+                        "the coarse predictors).")
     meta = {k: ds.attrs.get(k, "") for k in ("history", "forecasts", "truth", "source")}
     if fmt == "html":
         page = out / "index.html"
-        page.write_text(_html(title, tables, sections, meta))
+        page.write_text(_html(title, ranking, ranking_note, tables, sections, meta))
     else:
         page = out / "report.md"
-        page.write_text(_markdown(title, tables, sections, meta))
+        page.write_text(_markdown(title, ranking, ranking_note, tables, sections, meta))
     return page
 
 
-def _html(title, tables, sections, meta) -> str:
+def _html(title, ranking, note, tables, sections, meta) -> str:
     e = html.escape
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -127,10 +172,14 @@ def _html(title, tables, sections, meta) -> str:
         "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "th{background:#eee}img{max-width:100%}figcaption{color:#444;margin-bottom:1.5em}</style></head><body>",
         f"<h1>{e(title)}</h1>",
-        "<p>Summary over all times. Fair CRPS is the headline (unbiased for the ensemble size); "
+        "<p>Scores over all times. Fair CRPS is the headline (unbiased for the ensemble size); "
         "the standard CRPS of the empirical distribution is shown for comparison with tools that report it.</p>",
     ]
     parts.append("<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(str(v))}</li>" for k, v in meta.items() if v) + "</ul>")
+    header, rows = ranking
+    parts.append(f"<h2>Ranking</h2><p>{e(note)}</p><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+    parts.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    parts.append("</table><h2>Summary</h2>")
     for region, header, rows in tables:
         parts.append(f"<h3>Region: {e(region)}</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
         parts.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -142,9 +191,12 @@ def _html(title, tables, sections, meta) -> str:
     return "\n".join(parts)
 
 
-def _markdown(title, tables, sections, meta) -> str:
-    lines = [f"# {title}", "", "Summary over all times; fair CRPS is the headline.", ""]
+def _markdown(title, ranking, note, tables, sections, meta) -> str:
+    lines = [f"# {title}", "", "Scores over all times; fair CRPS is the headline.", ""]
     lines += [f"- **{k}**: {v}" for k, v in meta.items() if v] + [""]
+    header, rows = ranking
+    lines += ["## Ranking", "", note, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows] + ["", "## Summary", ""]
     for region, header, rows in tables:
         lines += [f"### Region: {region}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from kmscale import __version__
 from kmscale.errors import AlignmentError, SchemaError, UnitsError
 from kmscale.evaluation.base import LATLON_DIMS, MEMBER_DIM, check_aligned, spatial_dims
+from kmscale.evaluation.baselines import KIND_ATTR
 from kmscale.evaluation.density import DensityHistogram, log_density_error, shared_edges
 from kmscale.evaluation.deterministic import ssim_field
 from kmscale.evaluation.precipitation import DEFAULT_WINDOWS, fss_field
@@ -102,9 +103,13 @@ class ScoreOptions:
 # inputs
 # ---------------------------------------------------------------------------------------
 def open_input(path: str | Path, *, kind: str | None) -> xr.Dataset:
-    """Open a kmscale store (checking its kind), or a plain zarr/NetCDF file of a user."""
+    """Open a kmscale store (checking its kind), a plain zarr/NetCDF file of a user, or a
+    directory/glob of HRCLDAS files (one per variable and hour, :mod:`kmscale.data.hrcldas`)."""
+    from kmscale.data import hrcldas
     from kmscale.data.store import KIND_KEY, open_store
 
+    if hrcldas.is_hrcldas(path):
+        return hrcldas.open_hrcldas(path)
     path = Path(path)
     if not path.exists():
         raise SchemaError(f"{path}: expected a zarr store or NetCDF file, found nothing")
@@ -139,18 +144,22 @@ def _units_match(a: str, b: str) -> bool:
     return (na or a.strip()) == (nb or b.strip())
 
 
+def shared_variables(forecasts: Mapping[str, xr.Dataset], truth: xr.Dataset) -> list[str]:
+    """Time-dependent truth variables that every forecast holds (what ``score`` scores by default)."""
+    names = [v for v in truth.data_vars if "time" in truth[v].dims and all(v in f.data_vars for f in forecasts.values())]
+    if not names:
+        raise SchemaError(
+            f"score: expected variables shared by forecast(s) and truth, found truth {list(truth.data_vars)} "
+            f"and forecasts {[list(f.data_vars) for f in forecasts.values()]}"
+        )
+    return names
+
+
 def _prepare(forecasts: Mapping[str, xr.Dataset], truth: xr.Dataset, opts: ScoreOptions):
     """Check inputs, pick variables, select truth times; return (variables, truth, units)."""
     if not forecasts:
         raise SchemaError("score: expected at least one forecast, found none")
-    names = opts.variables
-    if names is None:
-        names = [v for v in truth.data_vars if "time" in truth[v].dims and all(v in f.data_vars for f in forecasts.values())]
-        if not names:
-            raise SchemaError(
-                f"score: expected variables shared by forecast(s) and truth, found truth {list(truth.data_vars)} "
-                f"and forecasts {[list(f.data_vars) for f in forecasts.values()]}"
-            )
+    names = opts.variables if opts.variables is not None else shared_variables(forecasts, truth)
     units = {}
     for v in names:
         if v not in truth.data_vars:
@@ -356,7 +365,8 @@ def score(forecasts: Mapping[str, xr.Dataset], truth: xr.Dataset, opts: ScoreOpt
         methods, variables, list(regions), truth, units, sizes, per_time, n_valid, member_mse, qerr, tw, fss,
         ranks, spec, spec_cnt, spec_truth, spec_truth_cnt, hists, maps, precip, opts, ydim, xdim,
     )  # fmt: skip
-    return ds
+    kinds = [forecasts[m].attrs.get(KIND_ATTR, "model") for m in methods]
+    return ds.assign_coords(forecast_kind=("forecast", kinds, {"long_name": "model or baseline"}))
 
 
 def _mean_var(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
