@@ -11,8 +11,10 @@ Stages (each writes its artifact under ``out``; a re-run reuses finished stages)
     ldm/           the EDM residual diffusion model on cross-fitted residuals (bundle)
     ensemble.zarr  the validation hours sampled (members with recorded seeds), and
                    regression_mean.zarr, the deterministic reference (ẑ decoded)
-    bilinear.nc    the baseline: the coarse predictors interpolated bilinearly
-    metrics.nc     fair CRPS, spread-skill, spectra, ... of all three forecasts
+    data/hrcldas_validation/  the validation truth as HRCLDAS GRIB2 files (one per variable
+                   and hour), read back through the HRCLDAS reader for scoring
+    metrics.nc     fair CRPS, spread-skill, spectra, ... of the ensemble, the regression
+                   and the bilinear and bicubic interpolation baselines
     report/        report with tables and figures
     summary.json   timings per stage, the headline scores and ``demo_checks``
 
@@ -190,20 +192,6 @@ def sample(bundle: Path, predictors: xr.Dataset, out: Path, members: int, steps:
     return pipe.run(predictors, out, settings, progress=False, resolved_config={"demo": str(bundle)})
 
 
-def bilinear_baseline(predictors: xr.Dataset, truth: xr.Dataset, variables: list[str]) -> xr.Dataset:
-    """The coarse predictors of ``variables`` interpolated bilinearly onto the truth's grid:
-    (time, lat, lon) per variable, units of the truth."""
-    from kmscale.conditioning.predictors import interpolate_regular
-
-    lat, lon = truth["lat"].values, truth["lon"].values
-    out = xr.Dataset(coords={"time": truth["time"], "lat": truth["lat"], "lon": truth["lon"]})
-    for name in variables:
-        field = interpolate_regular(np.asarray(predictors[name].values, np.float32), predictors["lat"].values,
-                                    predictors["lon"].values, lat, lon, mode="bilinear").numpy()
-        out[name] = (("time", "lat", "lon"), field, dict(truth[name].attrs))
-    return out
-
-
 def score_and_report(forecasts: dict[str, xr.Dataset], truth: xr.Dataset, out: Path, title: str) -> Path:
     """metrics.nc and report/ (markdown) for ``forecasts`` against ``truth``."""
     from kmscale.evaluation.report import load_metrics, write_report
@@ -214,9 +202,22 @@ def score_and_report(forecasts: dict[str, xr.Dataset], truth: xr.Dataset, out: P
     return metrics
 
 
-def _as_ensemble(ds: xr.Dataset) -> xr.Dataset:
-    """A deterministic (time, lat, lon) forecast as a one-member ensemble."""
-    return ds.expand_dims(member=[0], axis=1)
+def hrcldas_truth(targets: xr.Dataset, out: Path, variables: list[str]) -> xr.Dataset:
+    """The validation targets written as HRCLDAS GRIB2 files (one per variable and hour, as
+    users hold the analyses) under ``out`` and read back through the HRCLDAS reader."""
+    from kmscale.data.hrcldas import write_hrcldas
+    from kmscale.data.readers import open_dataset
+
+    from kmscale.errors import GridError
+
+    write_hrcldas(targets[variables], out, if_exists="keep")
+    truth = open_dataset(out, variables=variables).load()
+    # GRIB2 stores coordinates in micro-degrees: the same grid, up to that rounding
+    for c in ("lat", "lon"):
+        if truth.sizes[c] != targets.sizes[c] or not np.allclose(truth[c], targets[c], atol=1e-5):
+            raise GridError(f"{out}: expected the targets' {c} ({targets.sizes[c]} values from "
+                            f"{float(targets[c][0]):.5f}), found {truth.sizes[c]} from {float(truth[c][0]):.5f}")
+    return truth.assign_coords(lat=targets["lat"], lon=targets["lon"])
 
 
 def run_demo(out: str | Path, size: str = "small", device: str = "cpu", fresh: bool = False,
@@ -233,6 +234,7 @@ def run_demo(out: str | Path, size: str = "small", device: str = "cpu", fresh: b
     from kmscale.data.readers import open_dataset
     from kmscale.diffusion.demo_checks import demo_checks
     from kmscale.diffusion.train import TrainingData
+    from kmscale.evaluation.baselines import BASELINES, baseline_forecasts
 
     if size not in SIZES:
         raise ConfigError(f"--size: expected one of {sorted(SIZES)}, found {size!r}")
@@ -262,19 +264,18 @@ def run_demo(out: str | Path, size: str = "small", device: str = "cpu", fresh: b
     data = TrainingData(targets, predictors, static)
     reg_bundle, ldm_bundle = train_models(s, data, ae_path, latents, out, periods)
     stages.done("train_models")
-    truth = targets.sel(time=val_t)
+    truth = hrcldas_truth(targets.sel(time=val_t), out / "data" / "hrcldas_validation", s.variables)
     pred_val = predictors.sel(time=val_t)
     ens_path = sample(ldm_bundle, pred_val, out / "ensemble.zarr", s.members, s.steps, device)
     reg_path = sample(reg_bundle, pred_val, out / "regression_mean.zarr", 1, s.steps, device)
     stages.done("sample")
     ensemble = xr.open_zarr(ens_path, consolidated=False).load()
     regression = xr.open_zarr(reg_path, consolidated=False).load()
-    bilinear = bilinear_baseline(pred_val, truth, s.variables)
-    bilinear.to_netcdf(out / "bilinear.nc")
-    metrics = score_and_report({"ldm": ensemble, "regression": regression, "bilinear": _as_ensemble(bilinear)},
-                               truth, out, f"kmscale demo ({size})")
+    baselines = baseline_forecasts(pred_val, truth, list(BASELINES), s.variables, truth["time"].values)
+    metrics = score_and_report({"ldm": ensemble, "regression": regression, **baselines}, truth, out,
+                               f"kmscale demo ({size})")
     stages.done("score_report")
-    checks = demo_checks(ensemble, regression, bilinear, truth, s.variables, criteria)
+    checks = demo_checks(ensemble, regression, baselines["bilinear"], truth, s.variables, criteria)
     summary = {
         "size": size, "seconds": round(time.perf_counter() - stages.start, 1), "stages": stages.timings,
         "region": [s.ny, s.nx], "variables": s.variables, "groups": [g.variables for g in s.groups],

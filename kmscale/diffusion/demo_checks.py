@@ -94,16 +94,15 @@ def demo_checks(ensemble: xr.Dataset, regression: xr.Dataset, bilinear: xr.Datas
     """The checks of every variable: ``{variable: variable_checks(...), "all_passed": bool,
     "failed": ["<variable>: <check> (value ..., limit ...)", ...]}``.
 
-    ``regression`` may carry a member dim of size 1 (a regression-only ensemble store).
+    ``regression`` and ``bilinear`` may carry a member dim of size 1 (one-member ensembles).
     """
     criteria = criteria or DemoCriteria()
     out: dict = {}
     failed = []
     for name in variables:
-        reg = regression[name]
-        if "member" in reg.dims:
-            reg = reg.isel(member=0, drop=True)
-        res = variable_checks(ensemble[name], reg, bilinear[name], truth[name], name, criteria)
+        reg, bil = (ds[name].isel(member=0, drop=True) if "member" in ds[name].dims else ds[name]
+                    for ds in (regression, bilinear))
+        res = variable_checks(ensemble[name], reg, bil, truth[name], name, criteria)
         out[name] = res
         failed += [f"{name}: {c['check']} (value {c['value']:g}, limit {c['limit']})"
                    for c in res["checks"] if not c["passed"]]
