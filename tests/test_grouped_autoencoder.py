@@ -212,3 +212,16 @@ def test_train_groups(tmp_path):
     assert loaded.fingerprint() == model.fingerprint()
     assert (tmp_path / "run" / "0_t2m_tp" / "stage1" / "final" / "config.json").is_file()
     assert (tmp_path / "run" / "1_u10_v10" / "autoencoder" / "config.json").is_file()
+
+
+def test_groups_recipe_config_resolves():
+    from pathlib import Path
+
+    from kmscale.autoencoders.train import AutoencoderConfig
+    from kmscale.config import load_config
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "autoencoder_groups.yaml"
+    cfg = load_config(AutoencoderConfig, str(path), [])
+    assert [g.variables for g in cfg.groups] == [["t2m"], ["u10", "v10"], ["tp"]]
+    assert cfg.groups[2].model.autoencoder == "identity" and cfg.group_factor == 4
+    check_groups(cfg.data.variables, [g.variables for g in cfg.groups])

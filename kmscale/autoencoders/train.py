@@ -288,15 +288,11 @@ def _train_groups(cfg: AutoencoderConfig, ds: xr.Dataset, names: list[str]):
     out = Path(cfg.out_dir)
     parts = []
     for i, group in enumerate(cfg.groups):
-        scale = group.budget_factor
-
-        def scaled(stage: StageConfig) -> StageConfig:
-            return dataclasses.replace(stage, total_samples=int(round(stage.total_samples * scale)))
-
+        stages = {name: dataclasses.replace(stage, total_samples=int(round(stage.total_samples * group.budget_factor)))
+                  for name, stage in (("stage1", cfg.stage1), ("stage2", cfg.stage2), ("decoder", cfg.decoder))}
         sub = dataclasses.replace(
             cfg, out_dir=str(out / group_dir(i, group.variables)), groups=[], model=group.model,
-            data=dataclasses.replace(cfg.data, variables=list(group.variables)),
-            stage1=scaled(cfg.stage1), stage2=scaled(cfg.stage2), decoder=scaled(cfg.decoder))
+            data=dataclasses.replace(cfg.data, variables=list(group.variables)), **stages)
         parts.append(_train_one(sub, ds, list(group.variables)))
     model = GroupedAutoencoder(parts, names, cfg.group_factor or None)
     model.save_pretrained(out / "autoencoder")

@@ -89,8 +89,8 @@ class DemoSize:
     vae_patch: list[int] = field(default_factory=lambda: [32, 32])  # VAE training patches (px)
     unet: UNetSettings = field(default_factory=lambda: UNetSettings(block_out_channels=[32, 64],
                                                                     norm_num_groups=16))
-    regression_samples: int = 3_200
-    ldm_samples: int = 4_800
+    regression_samples: int = 1_600
+    ldm_samples: int = 3_200
     residual_folds: int = 2  # cross-fitted residuals: two more regressions on half the hours each
     batch: int = 16
     lr: float = 1e-3
@@ -160,7 +160,13 @@ def train_autoencoders(size: DemoSize, targets: xr.Dataset, out: Path) -> Path:
 def train_models(size: DemoSize, data, autoencoder: Path, latents: Path, out: Path,
                  periods: tuple[list[str], list[str]]) -> tuple[Path, Path]:
     """The regression (regression-only bundle) and the diffusion model (full bundle)."""
-    from kmscale.diffusion.train import DataSettings, LDMConfig, RegressionConfig, train_ldm, train_regression
+    from kmscale.diffusion.train import (
+        DataSettings,
+        LDMConfig,
+        RegressionConfig,
+        train_ldm,
+        train_regression,
+    )
 
     train_period, val_period = periods
     settings = DataSettings(train_period=train_period, val_period=val_period, latents=str(latents))
@@ -207,7 +213,6 @@ def hrcldas_truth(targets: xr.Dataset, out: Path, variables: list[str]) -> xr.Da
     users hold the analyses) under ``out`` and read back through the HRCLDAS reader."""
     from kmscale.data.hrcldas import write_hrcldas
     from kmscale.data.readers import open_dataset
-
     from kmscale.errors import GridError
 
     write_hrcldas(targets[variables], out, if_exists="keep")
