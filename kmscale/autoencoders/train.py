@@ -305,11 +305,6 @@ def _train_one(cfg: AutoencoderConfig, ds: xr.Dataset, names: list[str]):
     from kmscale.autoencoders import get_autoencoder_class
 
     final = Path(cfg.out_dir) / "autoencoder"
-    if (final / "config.json").is_file():
-        from kmscale.autoencoders import load_autoencoder
-
-        log.info("%s already trained: kept", final)
-        return load_autoencoder(final)
     train = _period(ds, cfg.data.train_period, "data.train_period")
     stats = _input_stats(cfg.data, train, names)
     if cfg.model.autoencoder == "identity":
