@@ -110,7 +110,7 @@ def test_kmscale_sample_command(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_every_stage(tmp_path):
+def test_demo_runs_every_stage(tmp_path, capsys):
     """`kmscale demo --size tiny`: prepare ... report, on the built-in demo data (~1 min)."""
     import json
 
@@ -118,9 +118,17 @@ def test_demo_runs_every_stage(tmp_path):
 
     assert main(["demo", "--out", str(tmp_path / "demo"), "--size", "tiny", "--threads", "1"]) == 0
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert list(summary["stages"]) == ["prepare", "train_autoencoder", "encode", "train_regression",
-                                       "train_diffusion", "sample", "score", "report"]
+    assert list(summary["stages"]) == ["prepare", "train_autoencoder", "encode", "train_models", "sample",
+                                       "score_report"]
     assert (tmp_path / "demo" / "report" / "report.md").is_file()
+    assert summary["groups"] == [["t2m"], ["u10", "v10"], ["tp"]]
+    checks = summary["demo_checks"]  # tiny budgets: the checks are reported, pass or fail
+    assert set(checks["tp"]["values"]) == {"crps_fair", "regression_mae", "bilinear_mae", "spread_skill",
+                                           "wet_fraction_ratio", "q99_ratio"}
+    assert isinstance(checks["all_passed"], bool)
+    assert "demo checks on the validation hours" in capsys.readouterr().out
+    # the validation truth went through the HRCLDAS files
+    assert len(list((tmp_path / "demo" / "data" / "hrcldas_validation").glob("*HOR-TAIR-*.GRB2"))) == 2
     assert open_store(tmp_path / "demo" / "ensemble.zarr", kind="ensemble")["t2m"].sizes["member"] == 2
 
 

@@ -6,6 +6,7 @@ Add a line here for each new built-in implementation.
 from kmscale.autoencoders import (
     face_vae,  # noqa: F401
     fsae,  # noqa: F401
+    grouped,  # noqa: F401
     hyperprior,  # noqa: F401
     identity,  # noqa: F401
     pseudo_precip,  # noqa: F401

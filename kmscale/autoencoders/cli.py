@@ -10,6 +10,11 @@ examples:
       --out latents/era5_uk_t2m.zarr
   kmscale decode --autoencoder runs/vae_t2m/best --input latents/era5_uk_t2m.zarr \\
       --out decoded/era5_uk_t2m.zarr
+  kmscale decode --autoencoder runs/demo/vae/autoencoder --input runs/demo/latents.zarr \\
+      --out decoded/wind.zarr --variables u10,v10     # one group of a grouped autoencoder
+
+A grouped autoencoder (one model per variable group, config.json listing the groups)
+encodes to one concatenated latent store; the groups come from its directory.
   kmscale compress --autoencoder runs/vae_t2m/best --input prepared/era5_uk/targets.zarr \\
       --out archive/era5_uk_t2m.zarr --quantize 0.05 --verify 24
   kmscale compress --codec hyperprior --autoencoder runs/hyperprior_t2m --input era5.nc \\
@@ -66,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
     p.add_argument("--input", required=True, metavar="PATH", help="latent store (.zarr)")
     p.add_argument("--out", required=True, metavar="PATH", help="targets store to write (.zarr)")
+    p.add_argument("--variables", default=None, metavar="V1,V2",
+                   help="decode only the variable groups holding these variables (a grouped autoencoder "
+                        "decodes each group with its own part); default: every variable")
     _tiling_args(p)
     p.set_defaults(func=run_decode)
 
@@ -159,8 +167,9 @@ def run_decode(args: argparse.Namespace) -> int:
 
     shape = json.loads(ds.attrs["field_shape"])
     tile, overlap = _tiling(args, shape, model.downsample_factor)
+    variables = [v for v in args.variables.split(",") if v] if args.variables else None
     out = decode_store(args.input, model, args.out, chunk=args.chunk, tile=tile, overlap=overlap,
-                       batch_size=args.batch_size, overwrite=args.overwrite,
+                       batch_size=args.batch_size, variables=variables, overwrite=args.overwrite,
                        progress=not args.no_progress)
     print(f"wrote {out}")
     return 0

@@ -9,8 +9,8 @@ Layout of a latent store (kind ``"latents"``)::
                 that restore the extremes (:mod:`kmscale.autoencoders.tails`), in steps
                 of the attribute ``tail_resolution`` (one per variable, physical units)
     time, <Y>, <X> (+ 2-D lat/lon, lead_time ...)  the targets' coordinates
-    attrs: autoencoder_fingerprint, encoder_fingerprint, autoencoder_class, variables, latent_mean/std,
-           downsample_factor, field_shape, quantization_step, target_attrs (CF), ...
+    attrs: autoencoder_fingerprint, encoder_fingerprint, autoencoder_class, variables, groups (variables and
+           latent channels of each group), latent_mean/std, downsample_factor, field_shape, quantization_step, target_attrs (CF), ...
 
 ``<Y>, <X>`` are the targets' spatial dims (``lat, lon`` or ``y, x``). The store is
 chunked by time and written with :class:`kmscale.data.store.StoreWriter`, so it is
@@ -34,10 +34,12 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
+import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
 from kmscale.autoencoders.base import Autoencoder
+from kmscale.autoencoders.grouped import GroupedAutoencoder
 from kmscale.autoencoders.quantize import DEFAULT_ZSTD_LEVEL, dequantize, quantize, zarr_compressors
 from kmscale.autoencoders.tails import ANCHORS, TAIL_PROBS, correct_tails, tail_offsets
 from kmscale.autoencoders.tiling import padded_shape, tiled_decode, tiled_encode
@@ -172,6 +174,7 @@ def encode_to_store(
         "encoder_fingerprint": autoencoder.encoder_fingerprint(),
         "autoencoder_class": type(autoencoder).registry_name,
         "variables": json.dumps(variables),
+        "groups": json.dumps(group_layout(autoencoder)),
         "latent_mean": json.dumps(autoencoder.config.latent_mean),
         "latent_std": json.dumps(autoencoder.config.latent_std),
         "downsample_factor": f,
@@ -273,15 +276,65 @@ def read_mask(ds: xr.Dataset, sl: slice, path: str | Path = "latent store") -> n
     return _read(ds, MASK_VAR, sl, path).astype(bool)
 
 
+def group_layout(autoencoder: Autoencoder) -> list[dict]:
+    """The variable groups of ``autoencoder`` and their latent channels (one group unless grouped)."""
+    if isinstance(autoencoder, GroupedAutoencoder):
+        return autoencoder.layout()
+    return [{"variables": list(autoencoder.variables), "autoencoder": type(autoencoder).registry_name,
+             "downsample_factor": autoencoder.downsample_factor, "latent_channels": autoencoder.latent_channels,
+             "channels": [0, autoencoder.latent_channels]}]
+
+
+def decoded_variables(autoencoder: Autoencoder, variables: Sequence[str] | None = None) -> list[str]:
+    """The variables decoding ``variables`` yields: every variable of each group holding one of
+    them, in the autoencoder's order (all of them for None).
+
+    Raises:
+        SchemaError: a requested variable the autoencoder does not hold.
+    """
+    names = list(autoencoder.variables)
+    if variables is None:
+        return names
+    unknown = [v for v in variables if v not in names]
+    if unknown:
+        raise SchemaError(f"decode: expected variables among {names}, found {unknown}")
+    groups = [g["variables"] for g in group_layout(autoencoder)]
+    chosen = {v for g in groups if set(g) & set(variables) for v in g}
+    return [v for v in names if v in chosen]
+
+
+def _decode_groups(autoencoder: Autoencoder, z: np.ndarray, shape: tuple[int, int], mask: np.ndarray,
+                   variables: list[str], **tiling) -> np.ndarray:
+    """(T, len(variables), H, W): each group holding ``variables`` decoded by its own part."""
+    if not isinstance(autoencoder, GroupedAutoencoder) or variables == list(autoencoder.variables):
+        fields = tiled_decode(autoencoder, z, shape=shape, mask=mask, **tiling).numpy()
+        return fields[:, [list(autoencoder.variables).index(v) for v in variables]]
+    names = list(autoencoder.variables)
+    full = padded_shape(shape, autoencoder.downsample_factor)
+    out = np.empty((z.shape[0], len(variables)) + tuple(shape), np.float32)
+    for i, (group, sl) in enumerate(zip(autoencoder.groups, autoencoder.group_slices(), strict=True)):
+        if group[0] not in variables:
+            continue
+        z_g = autoencoder.unfold(torch.from_numpy(np.ascontiguousarray(z[:, sl])), i)
+        rec = tiled_decode(autoencoder.parts[i], z_g, shape=full, **tiling).numpy()[..., :shape[0], :shape[1]]
+        for j, v in enumerate(group):
+            valid = mask[:, names.index(v)]
+            out[:, variables.index(v)] = np.where(valid, rec[:, j], np.nan)
+    return out
+
+
 def decode_times(ds: xr.Dataset, autoencoder: Autoencoder, sl: slice, path: str | Path = "latent store", *,
-                 tile: int | Sequence[int] | None = None, overlap: int | Sequence[int] = 0,
-                 batch_size: int = 4) -> np.ndarray:
+                 variables: Sequence[str] | None = None, tile: int | Sequence[int] | None = None,
+                 overlap: int | Sequence[int] = 0, batch_size: int = 4) -> np.ndarray:
     """Physical fields (T, C, H, W) of the times ``sl`` of an open latent store: decoded,
-    NaN where the targets were masked, tails restored where the store has offsets."""
+    NaN where the targets were masked, tails restored where the store has offsets.
+    ``variables``: decode only the groups holding them (C = :func:`decoded_variables`)."""
     path = Path(path)
     shape = tuple(_attr_json(ds, "field_shape", path))
-    fields = tiled_decode(autoencoder, read_latents(ds, sl, path), shape=shape, tile=tile, overlap=overlap,
-                          mask=read_mask(ds, sl, path), batch_size=batch_size).numpy()
+    names = list(autoencoder.variables)
+    wanted = decoded_variables(autoencoder, variables)
+    fields = _decode_groups(autoencoder, read_latents(ds, sl, path), shape, read_mask(ds, sl, path), wanted,
+                            tile=tile, overlap=overlap, batch_size=batch_size)
     tails = _attr_json(ds, "tail_resolution", path) if "tail_resolution" in ds.attrs else None
     if tails is None:
         return fields
@@ -291,8 +344,9 @@ def decode_times(ds: xr.Dataset, autoencoder: Autoencoder, sl: slice, path: str 
     probs = tuple(float(p) for p in ds["tail_prob"].values)
     anchors = tuple(_attr_json(ds, "tail_anchors", path))
     offsets = _read(ds, TAIL_VAR, sl, path)
-    return np.stack([correct_tails(fields[:, c], offsets[:, c], probs=probs, anchors=anchors, resolution=r)
-                     for c, r in enumerate(tails)], axis=1)
+    return np.stack([correct_tails(fields[:, c], offsets[:, names.index(v)], probs=probs, anchors=anchors,
+                                   resolution=tails[names.index(v)])
+                     for c, v in enumerate(wanted)], axis=1)
 
 
 def decode_store(
@@ -304,17 +358,23 @@ def decode_store(
     tile: int | Sequence[int] | None = None,
     overlap: int | Sequence[int] = 0,
     batch_size: int = 4,
+    variables: Sequence[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
     """Decode a latent store back to a CF ``"targets"`` store (time, Y, X per variable).
 
-    Masked points of the original come back as NaN. Raises StoreError for a store of
-    another autoencoder or a corrupt store; nothing is written to ``latents``.
+    Masked points of the original come back as NaN. ``variables``: decode only the
+    groups of a grouped autoencoder that hold them (all their variables are written).
+    Raises StoreError for a store of another autoencoder or a corrupt store; nothing is
+    written to ``latents``.
     """
     latents = Path(latents)
     ds = open_latents(latents, autoencoder)
-    variables = _attr_json(ds, "variables", latents)
+    stored = _attr_json(ds, "variables", latents)
+    if stored != list(autoencoder.variables):
+        raise StoreError(f"{latents}: expected variables {list(autoencoder.variables)}, found {stored}")
+    variables = decoded_variables(autoencoder, variables)
     ydim, xdim = _attr_json(ds, "spatial_dims", latents)
     shape = tuple(_attr_json(ds, "field_shape", latents))
     target_attrs = _attr_json(ds, "target_attrs", latents)
@@ -335,12 +395,13 @@ def decode_store(
         "Conventions": "CF-1.10",
     })
     writer = StoreWriter(out, template, kind=TARGET_KIND,
-                         fingerprint=f"decoded:{ds.attrs['autoencoder_fingerprint']}",
+                         fingerprint=f"decoded:{ds.attrs['autoencoder_fingerprint']}:{variables}",
                          dim="time", chunk=chunk, attrs=attrs, overwrite=overwrite)
     autoencoder.eval()
     for i in tqdm(writer.pending(), desc=f"decode {Path(out).name}", unit="chunk", disable=not progress):
         sl = writer.chunk_slice(i)
-        fields = decode_times(ds, autoencoder, sl, latents, tile=tile, overlap=overlap, batch_size=batch_size)
+        fields = decode_times(ds, autoencoder, sl, latents, variables=variables, tile=tile, overlap=overlap,
+                              batch_size=batch_size)
         part = xr.Dataset(
             {v: (("time", ydim, xdim), fields[:, c]) for c, v in enumerate(variables)},
             coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},

@@ -27,6 +27,7 @@ weights of stage 2 become the autoencoder.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "vae"  # registered autoencoder; "fsae" / "face_vae" train on HEALPix stores
+    # A registered autoencoder: "vae" (trained here in stages), "identity" (pixel space:
+    # standardized fields, nothing to train), "fsae" / "face_vae" on HEALPix stores, ...
+    name: str = "vae"
     latent_channels: int = 4
     # "vae" only:
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # 8x down
@@ -116,10 +119,30 @@ class DecoderStageConfig(StageConfig):
 
 
 @dataclass
+class GroupConfig:
+    """One variable group of a grouped autoencoder: its variables and its own network.
+
+    Every group trains with the config's data, loss, stages and loop settings; the
+    groups' latents are concatenated (:class:`kmscale.autoencoders.grouped.GroupedAutoencoder`).
+    """
+
+    variables: list[str] = field(default_factory=list)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # multiplies every stage's total_samples for this group (e.g. 2.0 for a harder group)
+    budget_factor: float = 1.0
+
+
+@dataclass
 class AutoencoderConfig:
     out_dir: str = "runs/autoencoder"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    # Non-empty: one autoencoder per group (each group's variables and model replace
+    # data.variables and model), written to out_dir/<i>_<variables> and assembled into
+    # out_dir/autoencoder; the groups must cover data.variables (or every target variable).
+    groups: list[GroupConfig] = field(default_factory=list)
+    # common latent grid factor F of the grouped autoencoder; 0 = the coarsest group's
+    group_factor: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(
@@ -315,14 +338,47 @@ def train_autoencoder(cfg: AutoencoderConfig, targets: xr.Dataset | None = None)
             ``cfg.data.targets``. ``stage2.total_samples = 0`` trains one stage only
             (then validation, if any, runs in stage 1); ``decoder.total_samples > 0``
             adds the decoder stage, started from the best weights of the last one (its
-            final weights become the autoencoder).
+            final weights become the autoencoder). With ``cfg.groups`` every group is
+            trained this way on its own and the result is a grouped autoencoder.
     """
     if targets is None:
         ds, names = _open(cfg.data)
     else:
         ds, names = targets, _target_names(targets, cfg.data.variables, "targets (in memory)")
+    if cfg.groups:
+        return _train_groups(cfg, ds, names)
+    return _train_one(cfg, ds, names)
+
+
+def _train_groups(cfg: AutoencoderConfig, ds: xr.Dataset, names: list[str]):
+    """One autoencoder per group (each trained by :func:`_train_one`), assembled."""
+    from kmscale.autoencoders.grouped import GroupedAutoencoder, check_groups, group_dir
+
+    check_groups(names, [g.variables for g in cfg.groups])
+    out = Path(cfg.out_dir)
+    parts = []
+    for i, group in enumerate(cfg.groups):
+        stages = {name: dataclasses.replace(stage, total_samples=int(round(stage.total_samples * group.budget_factor)))
+                  for name, stage in (("stage1", cfg.stage1), ("stage2", cfg.stage2), ("decoder", cfg.decoder))}
+        sub = dataclasses.replace(
+            cfg, out_dir=str(out / group_dir(i, group.variables)), groups=[], model=group.model,
+            data=dataclasses.replace(cfg.data, variables=list(group.variables)), **stages)
+        parts.append(_train_one(sub, ds, list(group.variables)))
+    model = GroupedAutoencoder(parts, names, cfg.group_factor or None)
+    model.save_pretrained(out / "autoencoder")
+    log.info("grouped autoencoder %s written to %s", model.groups, out / "autoencoder")
+    return model
+
+
+def _train_one(cfg: AutoencoderConfig, ds: xr.Dataset, names: list[str]):
+    """The staged training of one autoencoder on ``names`` (see :func:`train_autoencoder`)."""
+    final = Path(cfg.out_dir) / "autoencoder"
     train = _period(ds, cfg.data.train_period, "data.train_period")
     stats = _input_stats(cfg.data, train, names)
+    if cfg.model.name == "identity":
+        model = get_autoencoder_class("identity")(variables=names, input_stats=stats)
+        model.save_pretrained(final)
+        return model
     torch.manual_seed(cfg.train.seed)
     cls, model = _build_model(cfg.model, ds, names, stats)
     raw = torch.from_numpy(_fields(train, names))
@@ -374,3 +430,52 @@ def _validator(fields: np.ndarray, names: list[str], stats: dict):
         return out
 
     return validate
+
+
+def vae_config(
+    out: str | Path, field_shape: list[int], widths: list[int], latent_channels: int, samples: int, *,
+    batch: int = 16, seed: int = 0, spectral_weight: float = 0.1, lr: float = 1e-3, shift_augment: float = 0.0,
+    spectral_mode: str = "log_amplitude", small_patch: list[int] | None = None, small_fraction: float = 0.5,
+    decoder_samples: int = 0, decoder_spectral_weight: float = 0.3, groups: list[GroupConfig] | None = None,
+    group_factor: int = 0,
+) -> AutoencoderConfig:
+    """The config of a short VAE run on whole fields of ``field_shape`` (the demo's and
+    the benchmarks'): one stage on whole fields, or, with ``small_patch``, two stages
+    (``small_fraction`` of the ``samples`` on cheap small patches, then whole fields;
+    ``small_fraction=1`` trains on small patches only), then, with ``decoder_samples``
+    > 0, the decoder stage on whole fields (encoder frozen, batch-mean spectrum term of
+    weight ``decoder_spectral_weight``). ``groups``: one VAE per group (their own
+    widths and channels; ``widths`` and ``latent_channels`` are then unused).
+    ``shift_augment``: see :class:`DataConfig`; ``spectral_mode``: see :class:`VAELoss`."""
+    n_small = max(1, int(round(samples * small_fraction))) if small_patch else samples
+    return AutoencoderConfig(
+        out_dir=str(out),
+        data=DataConfig(shift_augment=shift_augment),
+        model=ModelConfig(block_out_channels=list(widths), latent_channels=latent_channels,
+                          norm_num_groups=min(16, *widths)),
+        groups=list(groups or []),
+        group_factor=group_factor,
+        loss=LossConfig(kl_weight=1e-6, kl_warmup_samples=max(1, samples // 4), spectral_weight=spectral_weight,
+                        spectral_mode=spectral_mode),
+        stage1=StageConfig(patch=list(small_patch or field_shape), total_samples=n_small, lr=lr),
+        stage2=StageConfig(patch=list(field_shape), total_samples=samples - n_small, lr=lr),
+        decoder=DecoderStageConfig(patch=list(field_shape), total_samples=decoder_samples,
+                                   spectral_weight=decoder_spectral_weight),
+        train=TrainingSettings(global_batch_size=batch, warmup_samples=min(200, samples), lr_decay="cosine",
+                               ema_decay=0.99, checkpoint_every_samples=max(batch, samples // 2),
+                               log_every_samples=max(batch, samples // 10), seed=seed),
+    )
+
+
+def fit_vae(targets: xr.Dataset, out: str | Path, widths: list[int], latent_channels: int, samples: int,
+            **kwargs) -> Path:
+    """Train on ``targets`` (time, lat, lon per variable; all of them are training fields)
+    with :func:`vae_config` (``kwargs``) and :func:`train_autoencoder`; returns
+    ``out/autoencoder`` (kept if already there). Input statistics come from the
+    targets, latent statistics from encoding them afterwards."""
+    out = Path(out)
+    final = out / "autoencoder"
+    if not (final / "config.json").is_file():
+        shape = [int(targets.sizes["lat"]), int(targets.sizes["lon"])]
+        train_autoencoder(vae_config(out, shape, widths, latent_channels, samples, **kwargs), targets)
+    return final

@@ -145,18 +145,21 @@ def write_demo(
         raise ConfigError(f"--format: expected one of {FORMATS}, found {fmt!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Generators, called only for outputs not already complete (small regions are
+    # computed eagerly, which costs as much as writing them).
     parts = {
-        "static": demo_static(region, chunk=chunk),
-        "targets": demo_targets(region, times, seed, chunk=chunk),
-        "predictors": demo_predictors(
+        "static": lambda: demo_static(region, chunk=chunk),
+        "targets": lambda: demo_targets(region, times, seed, chunk=chunk),
+        "predictors": lambda: demo_predictors(
             region, times, lead_time_hours, seed, chunk=max(500, (chunk // 25) * 25)
         ),
     }
     paths = {}
-    for kind, ds in parts.items():
+    for kind, make in parts.items():
         fp = demo_fingerprint(kind, region, times, seed, lead_time_hours)
-        ds.attrs["kmscale_demo_fingerprint"] = fp
         if fmt == "netcdf":
+            ds = make()
+            ds.attrs["kmscale_demo_fingerprint"] = fp
             paths[kind] = _write_netcdf(
                 ds, out_dir / f"{kind}.nc", desc=f"demo {kind}", overwrite=overwrite
             )
@@ -173,5 +176,7 @@ def write_demo(
             logger.info("%s: already complete, kept", path)
             paths[kind] = path
             continue
+        ds = make()
+        ds.attrs["kmscale_demo_fingerprint"] = fp
         paths[kind] = write_zarr_store(ds, path, kind, fp, chunk, overwrite)
     return paths

@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from kmscale import __version__
+from kmscale.autoencoders.latent_store import group_layout
 from kmscale.autoencoders.registry import load_autoencoder
 from kmscale.conditioning.dataset import ConditioningSpec, latent_grid
 from kmscale.conditioning.embeddings import lead_times_of
@@ -127,7 +128,8 @@ class ModelBundle:
             "latent_grid": {"shape": [int(lat.size) // self.spec.factor, int(lon.size) // self.spec.factor],
                             "channels": int(self.autoencoder.latent_channels)},
             "autoencoder": {"name": type(self.autoencoder).registry_name,
-                            "fingerprint": self.autoencoder.fingerprint()},
+                            "fingerprint": self.autoencoder.fingerprint(),
+                            "groups": group_layout(self.autoencoder)},
             "conditioning": self.spec.to_dict(),
             "static_fields": list(self.spec.static_variables),
             "predictors": list(self.spec.predictors.variables),

@@ -146,6 +146,10 @@ def run_demo(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # Accelerate logs every checkpoint file at INFO; the demo's own progress is enough.
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    from kmscale.diffusion.demo_checks import format_checks
+
     summary = demo(args.out, size=args.size, device=_device(args.device), fresh=args.fresh)
-    print(json.dumps(summary, indent=2, default=str))
+    print(json.dumps({k: v for k, v in summary.items() if k != "demo_checks"}, indent=2, default=str))
+    print(f"\ndemo checks on the validation hours ({args.out}/summary.json, demo_checks):")
+    print(format_checks(summary["demo_checks"]))
     return 0
