@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,7 +50,6 @@ from kmscale.diffusion.face_net import FaceDenoiser
 from kmscale.diffusion.samplers import edm_sampler, member_generators, member_noise
 from kmscale.evaluation.probabilistic import crps_ensemble, spread_skill_from_parts
 from kmscale.evaluation.sphere_spectra import angular_power_spectrum, high_degree_power
-from kmscale.paths import data_dir
 from kmscale.sphere import (
     coarsen,
     open_healpix_store,
@@ -57,6 +57,9 @@ from kmscale.sphere import (
     upsample,
     write_healpix_store,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kmscale_testdata.py
+from kmscale_testdata import data_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "fsae.json"

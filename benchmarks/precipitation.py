@@ -41,6 +41,7 @@ import xarray as xr
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # kmscale_testdata.py sits at the repository root
 
 
 @dataclass
@@ -148,7 +149,7 @@ def telangana_data(t: Telangana):
     """Targets (tp mm h-1 + rain_edge_distance) on the cropped 0.25 deg grid, block means."""
     from kmscale.data import moisture
     from kmscale.data.readers import open_dataset
-    from kmscale.paths import data_file
+    from kmscale_testdata import data_file
 
     ds = open_dataset(data_file("era5_telangana_tp_2023", "era5_telangana_tp_20230601-0731.nc"))
     ds = ds.isel(lat=slice(0, t.size), lon=slice(0, t.size)).load()
@@ -232,8 +233,8 @@ def train_space(t: Telangana, out: Path, name: str, autoencoder: str, data, vari
 
 def sample(bundle: Path, coarse: xr.Dataset, members: int, steps: int, store: Path) -> np.ndarray:
     """tp members (M, T, H, W) in mm h-1 (a store under ``store``, reused when complete)."""
-    from kmscale.bundle import ModelBundle
     from kmscale.data.store import open_store
+    from kmscale.diffusion.bundle import ModelBundle
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
 
     if not store.exists():

@@ -48,9 +48,11 @@ from kmscale.autoencoders.archive import compress_dataset, decompress_archive
 from kmscale.autoencoders.hyperprior import HyperpriorAutoencoder, fit_hyperprior
 from kmscale.config import load_config
 from kmscale.data.readers import open_dataset
-from kmscale.paths import data_dir
 from kmscale.sphere import HealpixGrid, latlon_to_healpix
 from kmscale.sphere.regrid import healpix_coords
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kmscale_testdata.py
+from kmscale_testdata import data_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes/configs/benchmarks/sphere_codec.yaml"

@@ -40,8 +40,10 @@ import numpy as np
 import xarray as xr
 from scipy.interpolate import RegularGridInterpolator
 
-from kmscale.paths import data_dir
 from kmscale.sphere import HealpixGrid, healpix_to_latlon, latlon_to_healpix
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kmscale_testdata.py
+from kmscale_testdata import data_dir  # noqa: E402
 
 VARIABLES = ("t2m", "msl", "u10", "v10")
 RESULTS = Path(__file__).parent / "results" / "sphere_codec.json"

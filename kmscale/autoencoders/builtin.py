@@ -1,14 +1,27 @@
-"""Imports every built-in autoencoder module so that their @register decorators run.
+"""The built-in autoencoder modules, imported by name when the registry is first asked.
 
-Add a line here for each new built-in implementation.
+Importing a module runs its ``@register`` decorators. The modules are named here as
+strings and imported with :mod:`importlib` (as :mod:`kmscale.cli` finds its subcommand
+modules), so that a built-in which loads other autoencoders (``grouped``) can use the
+registry without an import cycle. Add a line here for each new built-in implementation.
 """
 
-from kmscale.autoencoders import (
-    face_vae,  # noqa: F401
-    fsae,  # noqa: F401
-    grouped,  # noqa: F401
-    hyperprior,  # noqa: F401
-    identity,  # noqa: F401
-    pseudo_precip,  # noqa: F401
-    vae,  # noqa: F401
+from __future__ import annotations
+
+import importlib
+
+MODULES = (
+    "kmscale.autoencoders.face_vae",
+    "kmscale.autoencoders.fsae",
+    "kmscale.autoencoders.grouped",
+    "kmscale.autoencoders.hyperprior",
+    "kmscale.autoencoders.identity",
+    "kmscale.autoencoders.pseudo_precip",
+    "kmscale.autoencoders.vae",
 )
+
+
+def load() -> None:
+    """Import every built-in module (once; later calls cost a dict lookup each)."""
+    for name in MODULES:
+        importlib.import_module(name)

@@ -39,7 +39,8 @@ import torch
 from einops import rearrange
 
 from kmscale.autoencoders.base import Autoencoder
-from kmscale.autoencoders.registry import load_autoencoder, register
+from kmscale.autoencoders.registration import register
+from kmscale.autoencoders.registry import load_autoencoder
 from kmscale.errors import CheckpointError, ConfigError, SchemaError
 
 

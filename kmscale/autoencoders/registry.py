@@ -16,7 +16,7 @@ import json
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from kmscale.autoencoders import builtin  # noqa: F401  (its imports run the @register decorators)
+from kmscale.autoencoders import builtin
 from kmscale.autoencoders.base import Autoencoder
 from kmscale.autoencoders.registration import REGISTRY as _REGISTRY
 from kmscale.autoencoders.registration import check_class, register
@@ -33,11 +33,13 @@ def _plugins() -> dict:
 
 def available() -> list[str]:
     """Names of all registered and plugged-in autoencoders."""
+    builtin.load()
     return sorted(set(_REGISTRY) | set(_plugins()))
 
 
 def get_autoencoder_class(name: str) -> type:
     """The class registered (or plugged in) under ``name``."""
+    builtin.load()
     if name in _REGISTRY:
         return _REGISTRY[name]
     plugins = _plugins()
@@ -57,6 +59,7 @@ def get_autoencoder_class(name: str) -> type:
 
 
 def _class_by_config_name(class_name: str) -> type | None:
+    builtin.load()
     for cls in _REGISTRY.values():
         if cls.__name__ == class_name:
             return cls

@@ -188,7 +188,7 @@ def train_models(size: DemoSize, data, autoencoder: Path, latents: Path, out: Pa
 
 def sample(bundle: Path, predictors: xr.Dataset, out: Path, members: int, steps: int, device: str) -> Path:
     """An ensemble store of ``bundle`` for every time of ``predictors`` (kept if complete)."""
-    from kmscale.bundle import ModelBundle
+    from kmscale.diffusion.bundle import ModelBundle
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
 
     if out.exists():
