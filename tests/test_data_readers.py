@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from kmscale.data import units
 from kmscale.data import variables as cat
 from kmscale.data.readers import check_grib_messages, open_dataset, schema_problems, validate
 from kmscale.errors import (
@@ -129,7 +130,7 @@ def test_catalogue_aliases_and_units():
     assert cat.canonical_name("whatever", {"standard_name": "surface_altitude"}) == "orography"
     assert cat.canonical_name("t850") == "t850" and cat.lookup("z500").units == "m2 s-2"
     assert cat.conversion("degC", cat.lookup("t2m")) == (1.0, 273.15)
-    assert cat.conversion("m", cat.lookup("tp")) == (1000.0, 0.0)
+    assert units.conversion("m", "tp", period="1h") == (1000.0, 0.0)
     assert cat.conversion("m s**-1", cat.lookup("u10")) == (1.0, 0.0)
     with pytest.raises(UnitsError, match="unknown units 'furlongs'"):
         cat.conversion("furlongs", cat.lookup("t2m"))

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from kmscale.data import units as unit_conv
 from kmscale.data import variables as cat
 from kmscale.data.formats import GRIB_SUFFIXES, check_grib_messages, detect_engine, open_raw  # noqa: F401 (re-exported)
 from kmscale.errors import (
@@ -44,6 +45,10 @@ from kmscale.errors import (
 
 SOURCE_ATTR = "kmscale_source"
 NETCDF_DEFAULT_FILL_THRESHOLD = 9.9e36  # netCDF default float fill is 9.969209968386869e36
+# A precipitation amount (m, mm, kg m-2) whose file states no accumulation period is read
+# as an hourly amount: ERA5 ``tp``, Stage IV 1 h and RADOLAN RW are; other periods come
+# from the field's attributes or the ``accumulation_period`` argument (see units.py).
+FILE_ACCUMULATION_PERIOD = "1h"
 
 _TIME_NAMES = ("time", "valid_time", "Time", "t", "XTIME")
 _LAT_NAMES = ("lat", "latitude", "nav_lat", "XLAT", "XLAT_M", "LAT")
@@ -260,6 +265,7 @@ def canonicalize(
     variables: Sequence[str] | None = None,
     rename: Mapping[str, str] | None = None,
     units: Mapping[str, str] | None = None,
+    accumulation_period: str | None = None,
 ) -> xr.Dataset:
     """Turn a raw dataset into kmscale's canonical form (module docstring).
 
@@ -271,6 +277,8 @@ def canonicalize(
         rename: file name -> canonical name, overriding the alias catalogue.
         units: canonical name -> units of the file's values, overriding the file's
             ``units`` attributes (e.g. ``{"t2m": "degC"}``).
+        accumulation_period: period of precipitation amounts (``"5min"``), overriding
+            the file's attributes (default: theirs, else ``FILE_ACCUMULATION_PERIOD``).
     """
     where = source or ds.attrs.get(SOURCE_ATTR, "<dataset>")
     rename = dict(rename or {})
@@ -305,7 +313,8 @@ def canonicalize(
                     f"{where}: expected one source for variable {canon!r}, found two "
                     f"({out[canon].attrs.get('source_name')!r} and {name!r}); pass rename= to choose"
                 )
-            out[canon] = _to_canonical_units(part, canon, name, units.get(canon), where)
+            out[canon] = _to_canonical_units(
+                part, canon, name, units.get(canon), accumulation_period, where)
 
     if variables is not None:
         missing = [v for v in variables if v not in out]
@@ -326,10 +335,14 @@ def canonicalize(
     return result.transpose(*order, ...)
 
 
-def _to_canonical_units(da: xr.DataArray, canon: str, source_name: str, override: str | None, where: str) -> xr.DataArray:
+def _to_canonical_units(da: xr.DataArray, canon: str, source_name: str, override: str | None,
+                        period: str | None, where: str) -> xr.DataArray:
     var = cat.lookup(canon)
     declared = override if override is not None else da.attrs.get("units", da.attrs.get("GRIB_units"))
-    scale, offset = cat.conversion(declared, var, where=f"{where} (file variable {source_name!r})")
+    where_var = f"{where} (file variable {source_name!r})"
+    if period is None and canon == "tp":
+        period = unit_conv.declared_period(da.attrs) or FILE_ACCUMULATION_PERIOD
+    scale, offset = unit_conv.conversion(declared, canon, period=period, where=where_var)
     if var.static:
         # static fields repeated along time in model output (WRF HGT): keep the first
         for d in ("time", "Time"):
@@ -387,6 +400,7 @@ def open_dataset(
     *,
     units: Mapping[str, str] | None = None,
     chunks: Mapping | str | None = None,
+    accumulation_period: str | None = None,
 ) -> xr.Dataset:
     """Open NetCDF / GRIB / zarr file(s) lazily in the canonical form.
 
@@ -400,6 +414,7 @@ def open_dataset(
         rename: file variable name -> canonical name.
         units: canonical name -> units of the file values (overrides attributes).
         chunks: dask chunks (default ``{}``: the file's own chunks, lazily).
+        accumulation_period: period of precipitation amounts (see :func:`canonicalize`).
 
     Returns:
         canonical dataset (see module docstring), lazy (dask-backed).
@@ -415,7 +430,8 @@ def open_dataset(
         eng = engine or detect_engine(path)
         raw = open_raw(path, eng, chunks)
         raw.attrs[SOURCE_ATTR] = str(path)
-        ds = canonicalize(raw, source=str(path), variables=variables, rename=rename, units=units)
+        ds = canonicalize(raw, source=str(path), variables=variables, rename=rename, units=units,
+                          accumulation_period=accumulation_period)
         _probe(ds, str(path))
         parts.append(ds)
     if len(parts) == 1:

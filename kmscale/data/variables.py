@@ -85,18 +85,14 @@ _UNIT_SPELLINGS: dict[str, str] = {
 }
 
 # (from, to) -> (scale, offset): canonical = value * scale + offset.
-# Precipitation amounts (m, mm) are read as hourly amounts: ERA5 ``tp`` and the Stage IV
-# and RADOLAN products are accumulated over one hour, which is what kmscale trains on.
+# Precipitation (rates, and amounts over an accumulation period) is converted by
+# kmscale.data.units, which needs the period as well as the units.
 _G = 9.80665
 _CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
     ("degC", "K"): (1.0, 273.15),
     ("degF", "K"): (5.0 / 9.0, 273.15 - 32.0 * 5.0 / 9.0),
     ("km h-1", "m s-1"): (1.0 / 3.6, 0.0),
     ("kt", "m s-1"): (0.514444, 0.0),
-    ("m", "mm h-1"): (1000.0, 0.0),
-    ("mm", "mm h-1"): (1.0, 0.0),
-    ("mm s-1", "mm h-1"): (3600.0, 0.0),
-    ("m s-1", "mm h-1"): (3.6e6, 0.0),
     ("hPa", "Pa"): (100.0, 0.0),
     ("kPa", "Pa"): (1000.0, 0.0),
     ("gpm", "m2 s-2"): (_G, 0.0),
