@@ -62,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="allow NaNs outside a fixed footprint (radar composites); stored as the 'mask' coordinate")
     p.add_argument("--rename", nargs="+", metavar="FILE_NAME=CANONICAL", help="map file variable names")
     p.add_argument("--units", nargs="+", metavar="VAR=UNITS", help="override units attributes (e.g. t2m=degC)")
+    p.add_argument("--no-range-check", action="store_true",
+                   help="accept values outside the variables' plausible ranges (exotic data)")
     p.add_argument("--overwrite", action="store_true", help="replace stores written from other inputs/options")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_prepare)
@@ -92,6 +94,7 @@ def _prepare(args: argparse.Namespace) -> int:
         mask_nans=args.mask_nans,
         rename=_key_values(args.rename, "--rename"),
         units=_key_values(args.units, "--units"),
+        check_range=not args.no_range_check,
         overwrite=args.overwrite,
     )
     for key in ("chunk_time", "chunk_space", "static_method"):
@@ -111,7 +114,9 @@ def _inspect(args: argparse.Namespace) -> int:
     from kmscale.data.readers import open_dataset, schema_problems
     from kmscale.errors import GridError
 
-    ds = open_dataset(args.files, rename=_key_values(args.rename, "--rename"), units=_key_values(args.units, "--units"))
+    # values out of range are listed with the other problems below, not raised on opening
+    ds = open_dataset(args.files, rename=_key_values(args.rename, "--rename"), units=_key_values(args.units, "--units"),
+                      check_range=False)
     print(ds)
     try:
         print(f"grid: {grid_of(ds)!r}")

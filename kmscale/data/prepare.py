@@ -65,6 +65,7 @@ class PrepareOptions:
             the footprint is stored as the ``mask`` coordinate.
         rename: file variable name -> canonical name.
         units: canonical name -> units of the file values.
+        check_range: refuse physically impossible values (see kmscale.data.ranges).
         overwrite: replace complete stores written with other inputs/options.
         in_memory_gb: inputs smaller than this are read once into memory (GRIB files
             in particular are decoded whole by every lazy read); larger ones stay lazy
@@ -81,6 +82,7 @@ class PrepareOptions:
     mask_nans: bool = False
     rename: dict[str, str] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
+    check_range: bool = True
     overwrite: bool = False
     in_memory_gb: float = 2.0
 
@@ -200,22 +202,23 @@ def load_inputs(
     options: PrepareOptions,
 ) -> tuple[xr.Dataset, xr.Dataset | None, xr.Dataset | None]:
     """Open, canonicalise, validate and align the inputs (lazy)."""
-    tgt = _maybe_load(open_dataset(targets, variables=options.variables, rename=options.rename, units=options.units), options)
+    read = {"rename": options.rename, "units": options.units, "check_range": options.check_range}
+    tgt = _maybe_load(open_dataset(targets, variables=options.variables, **read), options)
     if not tgt.data_vars:
         raise ConfigError(f"{tgt.attrs.get('kmscale_source')}: expected target variables, found none kmscale knows")
     if options.mask_nans:
         mask = xr.concat([tgt[v].notnull().all("time") for v in tgt.data_vars], "v").all("v").compute()
         mask.attrs = {"long_name": "valid footprint of the targets (True = data)"}
         tgt = tgt.assign_coords(mask=mask)
-    validate(tgt)
+    validate(tgt, check_range=options.check_range)
     pred = None
     if predictors:
-        pred = open_dataset(predictors, variables=options.predictor_variables, rename=options.rename, units=options.units)
+        pred = open_dataset(predictors, variables=options.predictor_variables, **read)
         pred = _maybe_load(pred, options)
-        validate(pred, check_range=True)
+        validate(pred, check_range=options.check_range)
     stat = None
     if static:
-        stat = open_dataset(static, rename=options.rename, units=options.units)
+        stat = open_dataset(static, **read)
         stat = stat[[v for v in stat.data_vars if "time" not in stat[v].dims]]
         if not stat.data_vars:
             raise ConfigError(f"{stat.attrs.get('kmscale_source')}: expected static fields (orography, land_sea_mask), found none")
@@ -226,7 +229,7 @@ def load_inputs(
             for c in ("mask",):
                 if c in tgt.coords:
                     stat = stat.assign_coords({c: tgt[c]})
-        validate(stat, allow_nan="mask" in tgt.coords)
+        validate(stat, allow_nan="mask" in tgt.coords, check_range=options.check_range)
     paired = pair(tgt, pred, stat, lead_time=options.lead_time)
     return paired.targets, paired.predictors, paired.static
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from kmscale.data import ranges
 from kmscale.data import units as unit_conv
 from kmscale.data import variables as cat
 from kmscale.data.formats import GRIB_SUFFIXES, check_grib_messages, detect_engine, open_raw  # noqa: F401 (re-exported)
@@ -39,6 +40,7 @@ from kmscale.errors import (
     CorruptFileError,
     KmscaleError,
     MissingValueError,
+    RangeError,
     SchemaError,
     UnitsError,
 )
@@ -266,6 +268,7 @@ def canonicalize(
     rename: Mapping[str, str] | None = None,
     units: Mapping[str, str] | None = None,
     accumulation_period: str | None = None,
+    check_range: bool = True,
 ) -> xr.Dataset:
     """Turn a raw dataset into kmscale's canonical form (module docstring).
 
@@ -279,6 +282,8 @@ def canonicalize(
             ``units`` attributes (e.g. ``{"t2m": "degC"}``).
         accumulation_period: period of precipitation amounts (``"5min"``), overriding
             the file's attributes (default: theirs, else ``FILE_ACCUMULATION_PERIOD``).
+        check_range: refuse values outside the catalogue's plausible ranges (checked
+            lazily, as the values are read: :func:`kmscale.data.ranges.guard`).
     """
     where = source or ds.attrs.get(SOURCE_ATTR, "<dataset>")
     rename = dict(rename or {})
@@ -315,6 +320,8 @@ def canonicalize(
                 )
             out[canon] = _to_canonical_units(
                 part, canon, name, units.get(canon), accumulation_period, where)
+            if check_range:
+                out[canon] = ranges.guard(out[canon], canon, where=f"{where} (file variable {name!r})")
 
     if variables is not None:
         missing = [v for v in variables if v not in out]
@@ -401,6 +408,7 @@ def open_dataset(
     units: Mapping[str, str] | None = None,
     chunks: Mapping | str | None = None,
     accumulation_period: str | None = None,
+    check_range: bool = True,
 ) -> xr.Dataset:
     """Open NetCDF / GRIB / zarr file(s) lazily in the canonical form.
 
@@ -415,6 +423,8 @@ def open_dataset(
         units: canonical name -> units of the file values (overrides attributes).
         chunks: dask chunks (default ``{}``: the file's own chunks, lazily).
         accumulation_period: period of precipitation amounts (see :func:`canonicalize`).
+        check_range: refuse physically impossible values (RangeError naming variable,
+            range, value and location) as they are read.
 
     Returns:
         canonical dataset (see module docstring), lazy (dask-backed).
@@ -422,6 +432,8 @@ def open_dataset(
     Raises:
         CorruptFileError: unreadable/truncated file (named).
         SchemaError, UnitsError, CoordinateError: see :func:`canonicalize`.
+        RangeError: a physically impossible value (here for the probed last time step;
+            elsewhere when the values are computed).
     """
     paths = expand_paths(path_or_paths)
     chunks = {} if chunks is None else chunks
@@ -431,7 +443,7 @@ def open_dataset(
         raw = open_raw(path, eng, chunks)
         raw.attrs[SOURCE_ATTR] = str(path)
         ds = canonicalize(raw, source=str(path), variables=variables, rename=rename, units=units,
-                          accumulation_period=accumulation_period)
+                          accumulation_period=accumulation_period, check_range=check_range)
         _probe(ds, str(path))
         parts.append(ds)
     if len(parts) == 1:
@@ -552,18 +564,18 @@ def schema_problems(
             bad_nan = (isnan & m.astype(bool)).sum()
         else:
             bad_nan = isnan.sum()
-        vmin, vmax, nbad = dask.compute(da.min(), da.max(), bad_nan)
-        vmin, vmax, nbad = float(vmin), float(vmax), int(nbad)
+        try:  # (a numpy-backed ``da`` is range-checked by guard() itself, dask ones on compute)
+            checked = ranges.guard(da, name, where=where) if check_range else da
+            _, nbad = dask.compute(checked.min(), bad_nan)
+        except RangeError as err:
+            problems.append(err)
+            continue
+        nbad = int(nbad)
         if nbad and not allow_nan:
             place = "inside the mask" if mask is not None else "and no mask allows them"
             problems.append(MissingValueError(
                 f"{where}: variable {name!r}: expected finite values{' inside the mask' if mask is not None else ''}, "
                 f"found {nbad} NaNs {place}"))
-        if check_range and np.isfinite(vmin):
-            try:
-                cat.check_range(name, vmin, vmax, where=where)
-            except UnitsError as err:
-                problems.append(err)
     return problems
 
 

@@ -76,6 +76,8 @@ def register(subparsers) -> None:
                         "checked against the bundle's target grid before sampling")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace a complete store at --out")
+    p.add_argument("--no-range-check", action="store_true",
+                   help="accept predictor values outside the variables' plausible ranges (exotic data)")
     p.set_defaults(func=run_sample)
 
     d = subparsers.add_parser(
@@ -107,7 +109,8 @@ def run_sample(args: argparse.Namespace) -> int:
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
 
     bundle = ModelBundle.load(args.bundle)
-    predictors = open_dataset(args.predictors, variables=bundle.spec.predictors.variables)
+    predictors = open_dataset(args.predictors, variables=bundle.spec.predictors.variables,
+                              check_range=not args.no_range_check)
     if args.start or args.end:
         sl = slice(None if args.start is None else np.datetime64(args.start),
                    None if args.end is None else np.datetime64(args.end))
