@@ -33,7 +33,13 @@ import xarray as xr
 from kmscale.data import ranges
 from kmscale.data import units as unit_conv
 from kmscale.data import variables as cat
-from kmscale.data.formats import GRIB_SUFFIXES, check_grib_messages, detect_engine, open_raw  # noqa: F401 (re-exported)
+from kmscale.data.formats import (  # noqa: F401 (re-exported)
+    GRIB_SUFFIXES,
+    PARSER_ERRORS,
+    check_grib_messages,
+    detect_engine,
+    open_raw,
+)
 from kmscale.errors import (
     AlignmentError,
     CoordinateError,
@@ -452,12 +458,22 @@ def open_dataset(
 
 
 def _probe(ds: xr.Dataset, where: str) -> None:
-    """Read the last time step of each variable: a truncated file fails here, not later."""
+    """Read the last time step of each variable: a truncated file fails here, not later.
+
+    Raises:
+        SchemaError: a variable has an empty dim (no time step, no grid point).
+        CorruptFileError: the file cannot be read to its end.
+    """
     for name, da in ds.data_vars.items():
+        empty = [d for d in da.dims if da.sizes[d] == 0]
+        if empty:
+            raise SchemaError(
+                f"{where}: variable {name!r}: expected at least one element along every dim, "
+                f"found empty dims {empty} (sizes {dict(da.sizes)})")
         sel = {d: -1 for d in da.dims if d in ("time", "member")}
         try:
             np.asarray(da.isel(sel).values)
-        except (OSError, ValueError, RuntimeError, EOFError, KeyError) as err:
+        except PARSER_ERRORS as err:
             if isinstance(err, KmscaleError):
                 raise
             raise CorruptFileError(
