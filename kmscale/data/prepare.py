@@ -39,6 +39,7 @@ from kmscale.data.store import (
     STATUS_KEY,
     VERSION_KEY,
     StoreWriter,
+    consolidate,
     open_store,
     partial_path,
 )
@@ -182,6 +183,7 @@ def _write_static_store(path: Path, ds: xr.Dataset, fp: str, options: PrepareOpt
     import zarr
 
     zarr.open_group(str(tmp), mode="r+").attrs[STATUS_KEY] = "complete"
+    consolidate(tmp)
     os.replace(tmp, path)
 
 

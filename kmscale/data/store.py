@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,6 +40,20 @@ STATUS_KEY = "kmscale_status"
 KIND_KEY = "kmscale_kind"
 FINGERPRINT_KEY = "kmscale_fingerprint"
 VERSION_KEY = "kmscale_version"
+
+
+def consolidate(path: str | Path) -> None:
+    """Write the store's consolidated metadata: one read opens it, and xarray does not warn.
+
+    Called on complete stores only (a store still being written would carry stale
+    consolidated metadata).
+    """
+    with warnings.catch_warnings():
+        # zarr 3 notes that consolidated metadata is not yet in the v3 specification;
+        # xarray and zarr-python read it, and a reader without it falls back to the files
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
+                                category=UserWarning)
+        zarr.consolidate_metadata(str(path))
 
 
 def partial_path(path: str | Path) -> Path:
@@ -195,6 +210,7 @@ class StoreWriter:
                 f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}"
             )
         self.update_attrs({STATUS_KEY: "complete"})
+        consolidate(self.partial)
         if self.path.exists():
             shutil.rmtree(self.path)
         os.replace(self.partial, self.path)
@@ -231,7 +247,7 @@ def open_store(
         hint = " (an interrupted run left a .partial store: run again to resume)" if partial_path(path).exists() else ""
         raise StoreError(f"{path}: expected a kmscale zarr store, found nothing{hint}")
     try:
-        ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks=chunks)
+        ds = xr.open_zarr(path, zarr_format=3, consolidated=None, chunks=chunks)
     except (FileNotFoundError, ValueError, KeyError, OSError) as err:
         raise StoreError(f"{path}: expected a zarr v3 store, found an unreadable one ({err})") from err
     status = ds.attrs.get(STATUS_KEY)
