@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kmscale.distributed import add_scheduler_argument
+
 PREPARE_EPILOG = """\
 example (the shared ERA5 UK data):
   kmscale prepare \\
@@ -66,6 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="accept values outside the variables' plausible ranges (exotic data)")
     p.add_argument("--overwrite", action="store_true", help="replace stores written from other inputs/options")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_scheduler_argument(p)
     p.set_defaults(func=_prepare)
 
     q = subparsers.add_parser(
@@ -95,6 +98,7 @@ def _prepare(args: argparse.Namespace) -> int:
         rename=_key_values(args.rename, "--rename"),
         units=_key_values(args.units, "--units"),
         check_range=not args.no_range_check,
+        scheduler=args.scheduler,
         overwrite=args.overwrite,
     )
     for key in ("chunk_time", "chunk_space", "static_method"):

@@ -43,6 +43,7 @@ from kmscale.data.store import (
     open_store,
     partial_path,
 )
+from kmscale.distributed import run_chunks
 from kmscale.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class PrepareOptions:
         in_memory_gb: inputs smaller than this are read once into memory (GRIB files
             in particular are decoded whole by every lazy read); larger ones stay lazy
             and are streamed chunk by chunk.
+        scheduler: dask.distributed workers for the time chunks (``local:N`` or an
+            address, :mod:`kmscale.distributed`); None: this process.
     """
 
     variables: list[str] | None = None
@@ -86,6 +89,7 @@ class PrepareOptions:
     check_range: bool = True
     overwrite: bool = False
     in_memory_gb: float = 2.0
+    scheduler: str | None = None
 
 
 def _file_identity(paths: Sequence[Path]) -> list[list]:
@@ -97,6 +101,7 @@ def fingerprint(inputs: Mapping[str, Sequence[Path]], options: PrepareOptions) -
     opts = asdict(options)
     opts.pop("overwrite")
     opts.pop("in_memory_gb")  # how, not what: does not change the stores
+    opts.pop("scheduler")
     blob = json.dumps({k: _file_identity(v) for k, v in inputs.items()} | {"options": opts}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -142,9 +147,8 @@ def _write_time_store(path: Path, ds: xr.Dataset, kind: str, fp: str, options: P
     writer = StoreWriter(path, template, kind=kind, fingerprint=fp, dim="time", chunk=options.chunk_time,
                          attrs=attrs, encoding=enc)
     bar.update(writer.n_chunks - len(writer.pending()))
-    for i in writer.pending():
-        writer.write(i, ds.isel(time=writer.chunk_slice(i)).compute())
-        bar.update(1)
+    run_chunks(writer, lambda _, sl: ds.isel(time=sl).compute(), scheduler=options.scheduler,
+               on_done=lambda _: bar.update(1))
     writer.finalize()
 
 

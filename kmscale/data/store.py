@@ -183,16 +183,15 @@ class StoreWriter:
 
     def write(self, index: int, ds: xr.Dataset) -> None:
         """Write chunk ``index``: ``ds`` covers exactly ``chunk_slice(index)`` along ``dim``."""
-        sl = self.chunk_slice(index)
-        if ds.sizes.get(self.dim) != sl.stop - sl.start:
-            raise StoreError(
-                f"{self.path}: chunk {index} expected {sl.stop - sl.start} steps along "
-                f"{self.dim!r}, found {ds.sizes.get(self.dim)}"
-            )
-        keep = [n for n, v in ds.data_vars.items() if self.dim in v.dims]
-        part = ds[keep]
-        part = part.drop_vars([c for c in part.coords if self.dim not in part[c].dims])
-        part.to_zarr(self.partial, region={self.dim: sl}, mode="r+", zarr_format=3, consolidated=False)
+        write_region(self.partial, ds, self.dim, self.chunk_slice(index), where=f"{self.path}: chunk {index}")
+        self.mark_done(index)
+
+    def mark_done(self, index: int) -> None:
+        """Record chunk ``index`` as written (after :func:`write_region` returned for it).
+
+        Only the process that owns the writer records progress; workers of a distributed
+        run write their regions and report back (``kmscale.distributed``).
+        """
         self._done.add(index)
         _atomic_write_text(self.progress_file, json.dumps({"done": sorted(self._done)}))
 
@@ -216,6 +215,23 @@ class StoreWriter:
         os.replace(self.partial, self.path)
         self.progress_file.unlink(missing_ok=True)
         return self.path
+
+
+def write_region(partial: str | Path, ds: xr.Dataset, dim: str, sl: slice, *, where: str = "") -> None:
+    """Write ``ds`` (covering exactly ``sl`` along ``dim``) into the store at ``partial``.
+
+    Regions of different chunks touch different zarr chunks, so writers in several
+    processes (or machines sharing the file system) can fill one store together.
+    """
+    if ds.sizes.get(dim) != sl.stop - sl.start:
+        raise StoreError(
+            f"{where or partial}: expected {sl.stop - sl.start} steps along {dim!r}, "
+            f"found {ds.sizes.get(dim)}"
+        )
+    keep = [n for n, v in ds.data_vars.items() if dim in v.dims]
+    part = ds[keep]
+    part = part.drop_vars([c for c in part.coords if dim not in part[c].dims])
+    part.to_zarr(partial, region={dim: sl}, mode="r+", zarr_format=3, consolidated=False)
 
 
 def _jsonable(attrs: Mapping) -> dict:

@@ -11,6 +11,8 @@ import json
 import logging
 import sys
 
+from kmscale.distributed import add_scheduler_argument
+
 SAMPLE_HELP = """\
 Downscale coarse predictors with a trained model bundle into an ensemble store.
 
@@ -78,6 +80,7 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a complete store at --out")
     p.add_argument("--no-range-check", action="store_true",
                    help="accept predictor values outside the variables' plausible ranges (exotic data)")
+    add_scheduler_argument(p)
     p.set_defaults(func=run_sample)
 
     d = subparsers.add_parser(
@@ -123,7 +126,8 @@ def run_sample(args: argparse.Namespace) -> int:
     )
     resolved = {k: v for k, v in vars(args).items() if k != "func"}
     pipe = DownscalingPipeline(bundle, device=_device(args.device))
-    path = pipe.run(predictors, args.out, settings, overwrite=args.overwrite, resolved_config=resolved)
+    path = pipe.run(predictors, args.out, settings, overwrite=args.overwrite, resolved_config=resolved,
+                    scheduler=args.scheduler)
     print(json.dumps({"store": str(path), "members": args.members, "times": int(predictors.sizes["time"])}),
           file=sys.stdout)
     return 0
