@@ -131,8 +131,10 @@ def run_chunks(
         from distributed import as_completed
 
         run = uuid.uuid4().hex[:8]  # task keys unique per run on a long-lived cluster
+        # ship ``compute`` (models, lazy inputs) to every worker once, not once per task
+        shared = client.scatter(compute, broadcast=True, hash=False)
         futures = [
-            client.submit(_compute_and_write, compute, str(writer.partial), writer.dim, i,
+            client.submit(_compute_and_write, shared, str(writer.partial), writer.dim, i,
                           writer.chunk_slice(i), key=f"kmscale-{writer.partial.name}-{run}-{i}")
             for i in pending
         ]
