@@ -80,6 +80,71 @@ def distributed_sampling(times: int, members: int, steps: int, work: Path) -> di
     }
 
 
+_STREAM_PROBE = """
+import resource, sys, time, torch
+from torch.utils.data import DataLoader
+from kmscale.data.loader import PatchDataset
+torch.set_num_threads(1)
+ds = PatchDataset(sys.argv[1], ["z0", "z1", "z2", "z3"], patch=(64, 64), samples_per_epoch=512, seed=0)
+start = time.perf_counter()
+n = 0
+for batch in DataLoader(ds, batch_size=16, num_workers=2):
+    n += batch["x"].shape[0]
+wall = time.perf_counter() - start
+kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(kib / 2**20, n / wall)
+"""
+
+
+def _latent_like_store(path: Path, n_time: int, shape: tuple[int, int]) -> None:
+    """Hourly store of 4 float16 channels (a latent store's layout, one variable per channel),
+    24 hours per chunk, written in one pass by dask (a synthetic store: no per-chunk resume)."""
+    import dask.array as da
+    import pandas as pd
+    import xarray as xr
+
+    from kmscale.data.store import KIND_KEY, STATUS_KEY, consolidate
+
+    h, w = shape
+    yy, xx = np.meshgrid(np.linspace(0, 6, h), np.linspace(0, 6, w), indexing="ij")
+
+    def block(c, block_info=None):
+        (t0, t1), _, _ = block_info[None]["array-location"]
+        t = np.arange(t0, t1)[:, None, None]
+        return (np.sin(xx + 0.01 * t) * np.cos(yy - 0.02 * t) + c).astype("float16")
+
+    data = {f"z{c}": (("time", "y", "x"), da.map_blocks(block, c, dtype="float16", chunks=(
+        (24,) * (n_time // 24), (h,), (w,)))) for c in range(4)}
+    ds = xr.Dataset(data, coords={"time": pd.date_range("2021-01-01", periods=n_time, freq="h"),
+                                  "y": np.arange(h, dtype="float32"), "x": np.arange(w, dtype="float32")},
+                    attrs={STATUS_KEY: "complete", KIND_KEY: "latents_streaming_test"})
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+    consolidate(path)
+
+
+def streaming(work: Path, shape: tuple[int, int]) -> dict:
+    """Peak RSS (main + 2 DataLoader workers) of streaming 512 random patches from 1 month
+    vs 1 year of hourly latent-like fields: PatchDataset's lazy zarr reads."""
+    import subprocess
+
+    out = {"grid": list(shape), "what": "kmscale.data.loader.PatchDataset, 512 patches of 64 x 64 "
+           "from 4 float16 channels, 2 DataLoader workers; peak RSS = max RSS of the main process "
+           "+ max RSS of the largest worker"}
+    for label, n_time in (("month", 24 * 30), ("year", 24 * 365)):
+        path = work / f"stream_{label}.zarr"
+        start = time.perf_counter()
+        _latent_like_store(path, n_time, shape)
+        write_s = time.perf_counter() - start
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.run([sys.executable, "-c", _STREAM_PROBE, str(path)], capture_output=True,
+                              text=True, env=env, check=True)
+        rss, rate = map(float, proc.stdout.split())
+        out[f"rss_{label}_gib"] = round(rss, 3)
+        out[f"patches_per_s_{label}"] = round(rate, 1)
+        out[f"store_write_s_{label}"] = round(write_s, 1)
+    return out
+
+
 def fuzz(examples: int) -> dict:
     from _fuzz_readers import cases, run_in_tempdir
     from hypothesis import HealthCheck, given, settings
@@ -113,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fault-stages", default=",".join(("prepare", "encode", "compress", "sample", "score",
                                                         "train")))
     p.add_argument("--fuzz-examples", type=int, default=500, help="fuzzed reader inputs (default 500)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: distributed,fault_injection,fuzz")
+    p.add_argument("--stream-grid", default="274,430", help="latent grid of the streaming stores "
+                   "(default 274,430: a quarter of the full demo grid's 548 x 860 latents at 8x down)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: "
+                   "distributed,fault_injection,fuzz,streaming")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -127,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": os.getloadavg(),
         "command": "nice python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "split": "n/a: synthetic inputs, no settings chosen from results",
-        "not_measured": ["full_grid_sampling", "streaming"],
+        "not_measured": ["full_grid_sampling"],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # parts run separately (--skip) accumulate in one file
+        result = json.loads(out.read_text()) | result
 
     def save():
         out.write_text(json.dumps(result, indent=2, default=str))
@@ -156,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
                 result["fault_injection"][name] = r | {"stage_wall_s": round(time.perf_counter() - start, 1)}
                 print(name, result["fault_injection"][name], flush=True)
                 save()
+        if "streaming" not in skip:
+            grid = tuple(int(v) for v in args.stream_grid.split(","))
+            result["streaming"] = streaming(Path(tmp), grid)
+            print("streaming", result["streaming"], flush=True)
     result["load_after"] = os.getloadavg()
     save()
     return 0
