@@ -106,13 +106,13 @@ def test_units_argument_overrides_attribute_and_float64_kept():
 def test_reader_reads_amounts_with_their_period(tmp_path):
     coords = {"time": pd.date_range("2020-01-01", periods=2, freq="5min"),
               "lat": [50.0, 51.0], "lon": [0.0, 1.0]}
-    tp = np.ones((2, 2, 2), "float32")
-    for name, attrs, kwargs, expected in (
-        ("five.nc", {"units": "mm", "accumulation_period": "5 minutes"}, {}, 12.0),
-        ("hourly.nc", {"units": "m"}, {}, 1000.0),  # no period stated: the file default (1 h)
-        ("arg.nc", {"units": "mm"}, {"accumulation_period": "10min"}, 6.0),
+    for name, value, attrs, kwargs, expected in (
+        ("five.nc", 1.0, {"units": "mm", "accumulation_period": "5 minutes"}, {}, 12.0),
+        ("hourly.nc", 1e-3, {"units": "m"}, {}, 1.0),  # no period stated: the file default (1 h)
+        ("arg.nc", 1.0, {"units": "mm"}, {"accumulation_period": "10min"}, 6.0),
     ):
         path = tmp_path / name
+        tp = np.full((2, 2, 2), value, "float32")
         xr.Dataset({"tp": (("time", "lat", "lon"), tp, attrs)}, coords=coords).to_netcdf(path)
         ds = open_dataset(path, **kwargs)
         assert ds.tp.attrs["units"] == "mm h-1"
