@@ -21,6 +21,10 @@ class UnitsError(KmscaleError, ValueError):
     """Units are missing, unknown, or disagree with the variable."""
 
 
+class RangeError(UnitsError):
+    """A value lies outside its variable's plausible physical range (often a unit mix-up)."""
+
+
 class CoordinateError(KmscaleError, ValueError):
     """Coordinates are non-monotonic, duplicated or otherwise unusable."""
 

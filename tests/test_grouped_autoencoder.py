@@ -168,8 +168,8 @@ def test_bundle_with_grouped_autoencoder(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from _downscaling_data import synthetic
 
-    from kmscale.diffusion.bundle import EDMSettings, ModelBundle, grid_dataset
     from kmscale.conditioning.dataset import ConditioningSpec
+    from kmscale.diffusion.bundle import EDMSettings, ModelBundle, grid_dataset
     from kmscale.diffusion.regression import UNetSettings, build_unet
 
     targets, coarse, static = synthetic(n=4)

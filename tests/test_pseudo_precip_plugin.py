@@ -102,9 +102,9 @@ def _write_data(folder: Path, n: int = 48, size: int = 16) -> dict[str, Path]:
 
 @pytest.mark.slow
 def test_whole_pipeline_with_the_plugin_selected_by_name(plugin, tmp_path):
-    from kmscale.diffusion.bundle import ModelBundle
     from kmscale.data.readers import open_dataset
     from kmscale.data.store import open_store
+    from kmscale.diffusion.bundle import ModelBundle
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
 
     files = _write_data(tmp_path / "data")

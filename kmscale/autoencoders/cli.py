@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kmscale.distributed import add_scheduler_argument
+
 EPILOG = """\
 examples:
   kmscale encode --autoencoder runs/vae_t2m/best --input prepared/era5_uk/targets.zarr \\
@@ -46,6 +48,7 @@ def _tiling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")
     p.add_argument("--overwrite", action="store_true", help="replace a complete store at --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_scheduler_argument(p)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -148,7 +151,7 @@ def _encode(args, quantize):
     tile, overlap = _tiling(args, (ds.sizes[ydim], ds.sizes[xdim]), model.downsample_factor)
     out = encode_to_store(model, ds, args.out, chunk=args.chunk, quantization_step=quantize,
                           tile=tile, overlap=overlap, batch_size=args.batch_size, tail_resolution=args.tails,
-                          overwrite=args.overwrite, progress=not args.no_progress)
+                          overwrite=args.overwrite, progress=not args.no_progress, scheduler=args.scheduler)
     return model, ds, out
 
 
@@ -170,7 +173,7 @@ def run_decode(args: argparse.Namespace) -> int:
     variables = [v for v in args.variables.split(",") if v] if args.variables else None
     out = decode_store(args.input, model, args.out, chunk=args.chunk, tile=tile, overlap=overlap,
                        batch_size=args.batch_size, variables=variables, overwrite=args.overwrite,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, scheduler=args.scheduler)
     print(f"wrote {out}")
     return 0
 

@@ -44,6 +44,7 @@ from kmscale.autoencoders.quantize import DEFAULT_ZSTD_LEVEL, dequantize, quanti
 from kmscale.autoencoders.tails import ANCHORS, TAIL_PROBS, correct_tails, tail_offsets
 from kmscale.autoencoders.tiling import padded_shape, tiled_decode, tiled_encode
 from kmscale.data.store import StoreWriter, open_store
+from kmscale.distributed import run_chunks
 from kmscale.errors import SchemaError, StoreError
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ def encode_to_store(
     tail_resolution: float | Sequence[float] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    scheduler: str | None = None,
 ) -> Path:
     """Encode ``targets`` (time, Y, X per variable, physical units) into a latent store.
 
@@ -124,6 +126,7 @@ def encode_to_store(
             chunk is decoded once more while encoding, and :func:`decode_store` restores
             each field's quantiles (0.05 to 99.95 %) and its extremes
             (:mod:`kmscale.autoencoders.tails`). 24 int8 per field.
+        scheduler: dask.distributed workers for the time chunks (:mod:`kmscale.distributed`).
     Returns:
         the final store path.
     Raises:
@@ -196,8 +199,8 @@ def encode_to_store(
     writer = StoreWriter(out, template, kind=LATENT_KIND, fingerprint=fingerprint, dim="time",
                          chunk=chunk, attrs=attrs, encoding=encoding, overwrite=overwrite)
     autoencoder.eval()
-    for i in tqdm(writer.pending(), desc=f"encode {Path(out).name}", unit="chunk", disable=not progress):
-        sl = writer.chunk_slice(i)
+
+    def compute(i: int, sl: slice) -> xr.Dataset:
         x = _read_fields(targets, variables, sl)
         z = tiled_encode(autoencoder, x, tile=tile, overlap=overlap, batch_size=batch_size).numpy()
         if steps is None and not np.abs(z).max() <= np.finfo(np.float16).max:
@@ -219,7 +222,11 @@ def encode_to_store(
                                batch_size=batch_size).numpy()
             part[TAIL_VAR] = (("time", "variable", "tail_prob"), np.stack(
                 [tail_offsets(x[:, c], rec[:, c], resolution=r) for c, r in enumerate(tails)], axis=1))
-        writer.write(i, part)
+        return part
+
+    with tqdm(total=len(writer.pending()), desc=f"encode {Path(out).name}", unit="chunk",
+              disable=not progress) as bar:
+        run_chunks(writer, compute, scheduler=scheduler, on_done=lambda _: bar.update())
     return writer.finalize()
 
 
@@ -361,13 +368,15 @@ def decode_store(
     variables: Sequence[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    scheduler: str | None = None,
 ) -> Path:
     """Decode a latent store back to a CF ``"targets"`` store (time, Y, X per variable).
 
     Masked points of the original come back as NaN. ``variables``: decode only the
     groups of a grouped autoencoder that hold them (all their variables are written).
     Raises StoreError for a store of another autoencoder or a corrupt store; nothing is
-    written to ``latents``.
+    written to ``latents``. With ``scheduler``, dask.distributed workers decode the time
+    chunks (:mod:`kmscale.distributed`).
     """
     latents = Path(latents)
     ds = open_latents(latents, autoencoder)
@@ -398,13 +407,16 @@ def decode_store(
                          fingerprint=f"decoded:{ds.attrs['autoencoder_fingerprint']}:{variables}",
                          dim="time", chunk=chunk, attrs=attrs, overwrite=overwrite)
     autoencoder.eval()
-    for i in tqdm(writer.pending(), desc=f"decode {Path(out).name}", unit="chunk", disable=not progress):
-        sl = writer.chunk_slice(i)
-        fields = decode_times(ds, autoencoder, sl, latents, variables=variables, tile=tile, overlap=overlap,
-                              batch_size=batch_size)
-        part = xr.Dataset(
+
+    def compute(i: int, sl: slice) -> xr.Dataset:
+        fields = decode_times(ds, autoencoder, sl, latents, variables=variables, tile=tile,
+                              overlap=overlap, batch_size=batch_size)
+        return xr.Dataset(
             {v: (("time", ydim, xdim), fields[:, c]) for c, v in enumerate(variables)},
             coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},
         )
-        writer.write(i, part)
+
+    with tqdm(total=len(writer.pending()), desc=f"decode {Path(out).name}", unit="chunk",
+              disable=not progress) as bar:
+        run_chunks(writer, compute, scheduler=scheduler, on_done=lambda _: bar.update())
     return writer.finalize()

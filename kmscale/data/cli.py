@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kmscale.distributed import add_scheduler_argument
+
 PREPARE_EPILOG = """\
 example (the shared ERA5 UK data):
   kmscale prepare \\
@@ -62,8 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="allow NaNs outside a fixed footprint (radar composites); stored as the 'mask' coordinate")
     p.add_argument("--rename", nargs="+", metavar="FILE_NAME=CANONICAL", help="map file variable names")
     p.add_argument("--units", nargs="+", metavar="VAR=UNITS", help="override units attributes (e.g. t2m=degC)")
+    p.add_argument("--no-range-check", action="store_true",
+                   help="accept values outside the variables' plausible ranges (exotic data)")
     p.add_argument("--overwrite", action="store_true", help="replace stores written from other inputs/options")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_scheduler_argument(p)
     p.set_defaults(func=_prepare)
 
     q = subparsers.add_parser(
@@ -92,6 +97,8 @@ def _prepare(args: argparse.Namespace) -> int:
         mask_nans=args.mask_nans,
         rename=_key_values(args.rename, "--rename"),
         units=_key_values(args.units, "--units"),
+        check_range=not args.no_range_check,
+        scheduler=args.scheduler,
         overwrite=args.overwrite,
     )
     for key in ("chunk_time", "chunk_space", "static_method"):
@@ -111,7 +118,9 @@ def _inspect(args: argparse.Namespace) -> int:
     from kmscale.data.readers import open_dataset, schema_problems
     from kmscale.errors import GridError
 
-    ds = open_dataset(args.files, rename=_key_values(args.rename, "--rename"), units=_key_values(args.units, "--units"))
+    # values out of range are listed with the other problems below, not raised on opening
+    ds = open_dataset(args.files, rename=_key_values(args.rename, "--rename"), units=_key_values(args.units, "--units"),
+                      check_range=False)
     print(ds)
     try:
         print(f"grid: {grid_of(ds)!r}")

@@ -7,6 +7,7 @@ anything that must open kmscale's own outputs with the right xarray engine.
 from __future__ import annotations
 
 import importlib.util
+import struct
 import warnings
 from pathlib import Path
 
@@ -102,6 +103,13 @@ def check_grib_messages(path: Path) -> int:
     return count
 
 
+# What the file parsers raise on corrupt or truncated bytes: besides OSError and
+# ValueError, scipy's NetCDF-3 parser lets IndexError, TypeError, struct.error and even
+# SyntaxError (from numpy parsing a garbled dtype string) escape.
+PARSER_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, IndexError, TypeError,
+                 SyntaxError, struct.error, OverflowError)
+
+
 def open_raw(path: Path, engine: str, chunks) -> xr.Dataset:
     """``xr.open_dataset`` with the engine options kmscale needs; unreadable -> CorruptFileError."""
     kwargs: dict = {"engine": engine, "chunks": chunks}
@@ -116,5 +124,5 @@ def open_raw(path: Path, engine: str, chunks) -> xr.Dataset:
             # zarr without consolidated metadata (what StoreWriter writes) is fine
             warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated", category=RuntimeWarning)
             return xr.open_dataset(path, **kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as err:
+    except PARSER_ERRORS as err:
         raise CorruptFileError(f"{path}: expected a readable {engine} file, found an unreadable one ({err})") from err

@@ -39,9 +39,11 @@ from kmscale.data.store import (
     STATUS_KEY,
     VERSION_KEY,
     StoreWriter,
+    consolidate,
     open_store,
     partial_path,
 )
+from kmscale.distributed import run_chunks
 from kmscale.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
@@ -65,10 +67,13 @@ class PrepareOptions:
             the footprint is stored as the ``mask`` coordinate.
         rename: file variable name -> canonical name.
         units: canonical name -> units of the file values.
+        check_range: refuse physically impossible values (see kmscale.data.ranges).
         overwrite: replace complete stores written with other inputs/options.
         in_memory_gb: inputs smaller than this are read once into memory (GRIB files
             in particular are decoded whole by every lazy read); larger ones stay lazy
             and are streamed chunk by chunk.
+        scheduler: dask.distributed workers for the time chunks (``local:N`` or an
+            address, :mod:`kmscale.distributed`); None: this process.
     """
 
     variables: list[str] | None = None
@@ -81,8 +86,10 @@ class PrepareOptions:
     mask_nans: bool = False
     rename: dict[str, str] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
+    check_range: bool = True
     overwrite: bool = False
     in_memory_gb: float = 2.0
+    scheduler: str | None = None
 
 
 def _file_identity(paths: Sequence[Path]) -> list[list]:
@@ -94,6 +101,7 @@ def fingerprint(inputs: Mapping[str, Sequence[Path]], options: PrepareOptions) -
     opts = asdict(options)
     opts.pop("overwrite")
     opts.pop("in_memory_gb")  # how, not what: does not change the stores
+    opts.pop("scheduler")
     blob = json.dumps({k: _file_identity(v) for k, v in inputs.items()} | {"options": opts}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -139,9 +147,8 @@ def _write_time_store(path: Path, ds: xr.Dataset, kind: str, fp: str, options: P
     writer = StoreWriter(path, template, kind=kind, fingerprint=fp, dim="time", chunk=options.chunk_time,
                          attrs=attrs, encoding=enc)
     bar.update(writer.n_chunks - len(writer.pending()))
-    for i in writer.pending():
-        writer.write(i, ds.isel(time=writer.chunk_slice(i)).compute())
-        bar.update(1)
+    run_chunks(writer, lambda _, sl: ds.isel(time=sl).compute(), scheduler=options.scheduler,
+               on_done=lambda _: bar.update(1))
     writer.finalize()
 
 
@@ -180,6 +187,7 @@ def _write_static_store(path: Path, ds: xr.Dataset, fp: str, options: PrepareOpt
     import zarr
 
     zarr.open_group(str(tmp), mode="r+").attrs[STATUS_KEY] = "complete"
+    consolidate(tmp)
     os.replace(tmp, path)
 
 
@@ -200,22 +208,23 @@ def load_inputs(
     options: PrepareOptions,
 ) -> tuple[xr.Dataset, xr.Dataset | None, xr.Dataset | None]:
     """Open, canonicalise, validate and align the inputs (lazy)."""
-    tgt = _maybe_load(open_dataset(targets, variables=options.variables, rename=options.rename, units=options.units), options)
+    read = {"rename": options.rename, "units": options.units, "check_range": options.check_range}
+    tgt = _maybe_load(open_dataset(targets, variables=options.variables, **read), options)
     if not tgt.data_vars:
         raise ConfigError(f"{tgt.attrs.get('kmscale_source')}: expected target variables, found none kmscale knows")
     if options.mask_nans:
         mask = xr.concat([tgt[v].notnull().all("time") for v in tgt.data_vars], "v").all("v").compute()
         mask.attrs = {"long_name": "valid footprint of the targets (True = data)"}
         tgt = tgt.assign_coords(mask=mask)
-    validate(tgt)
+    validate(tgt, check_range=options.check_range)
     pred = None
     if predictors:
-        pred = open_dataset(predictors, variables=options.predictor_variables, rename=options.rename, units=options.units)
+        pred = open_dataset(predictors, variables=options.predictor_variables, **read)
         pred = _maybe_load(pred, options)
-        validate(pred, check_range=True)
+        validate(pred, check_range=options.check_range)
     stat = None
     if static:
-        stat = open_dataset(static, rename=options.rename, units=options.units)
+        stat = open_dataset(static, **read)
         stat = stat[[v for v in stat.data_vars if "time" not in stat[v].dims]]
         if not stat.data_vars:
             raise ConfigError(f"{stat.attrs.get('kmscale_source')}: expected static fields (orography, land_sea_mask), found none")
@@ -226,7 +235,7 @@ def load_inputs(
             for c in ("mask",):
                 if c in tgt.coords:
                     stat = stat.assign_coords({c: tgt[c]})
-        validate(stat, allow_nan="mask" in tgt.coords)
+        validate(stat, allow_nan="mask" in tgt.coords, check_range=options.check_range)
     paired = pair(tgt, pred, stat, lead_time=options.lead_time)
     return paired.targets, paired.predictors, paired.static
 

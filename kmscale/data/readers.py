@@ -30,20 +30,33 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from kmscale.data import ranges
+from kmscale.data import units as unit_conv
 from kmscale.data import variables as cat
-from kmscale.data.formats import GRIB_SUFFIXES, check_grib_messages, detect_engine, open_raw  # noqa: F401 (re-exported)
+from kmscale.data.formats import (  # noqa: F401 (re-exported)
+    GRIB_SUFFIXES,
+    PARSER_ERRORS,
+    check_grib_messages,
+    detect_engine,
+    open_raw,
+)
 from kmscale.errors import (
     AlignmentError,
     CoordinateError,
     CorruptFileError,
     KmscaleError,
     MissingValueError,
+    RangeError,
     SchemaError,
     UnitsError,
 )
 
 SOURCE_ATTR = "kmscale_source"
 NETCDF_DEFAULT_FILL_THRESHOLD = 9.9e36  # netCDF default float fill is 9.969209968386869e36
+# A precipitation amount (m, mm, kg m-2) whose file states no accumulation period is read
+# as an hourly amount: ERA5 ``tp``, Stage IV 1 h and RADOLAN RW are; other periods come
+# from the field's attributes or the ``accumulation_period`` argument (see units.py).
+FILE_ACCUMULATION_PERIOD = "1h"
 
 _TIME_NAMES = ("time", "valid_time", "Time", "t", "XTIME")
 _LAT_NAMES = ("lat", "latitude", "nav_lat", "XLAT", "XLAT_M", "LAT")
@@ -260,6 +273,8 @@ def canonicalize(
     variables: Sequence[str] | None = None,
     rename: Mapping[str, str] | None = None,
     units: Mapping[str, str] | None = None,
+    accumulation_period: str | None = None,
+    check_range: bool = True,
 ) -> xr.Dataset:
     """Turn a raw dataset into kmscale's canonical form (module docstring).
 
@@ -271,6 +286,10 @@ def canonicalize(
         rename: file name -> canonical name, overriding the alias catalogue.
         units: canonical name -> units of the file's values, overriding the file's
             ``units`` attributes (e.g. ``{"t2m": "degC"}``).
+        accumulation_period: period of precipitation amounts (``"5min"``), overriding
+            the file's attributes (default: theirs, else ``FILE_ACCUMULATION_PERIOD``).
+        check_range: refuse values outside the catalogue's plausible ranges (checked
+            lazily, as the values are read: :func:`kmscale.data.ranges.guard`).
     """
     where = source or ds.attrs.get(SOURCE_ATTR, "<dataset>")
     rename = dict(rename or {})
@@ -305,7 +324,10 @@ def canonicalize(
                     f"{where}: expected one source for variable {canon!r}, found two "
                     f"({out[canon].attrs.get('source_name')!r} and {name!r}); pass rename= to choose"
                 )
-            out[canon] = _to_canonical_units(part, canon, name, units.get(canon), where)
+            out[canon] = _to_canonical_units(
+                part, canon, name, units.get(canon), accumulation_period, where)
+            if check_range:
+                out[canon] = ranges.guard(out[canon], canon, where=f"{where} (file variable {name!r})")
 
     if variables is not None:
         missing = [v for v in variables if v not in out]
@@ -326,10 +348,14 @@ def canonicalize(
     return result.transpose(*order, ...)
 
 
-def _to_canonical_units(da: xr.DataArray, canon: str, source_name: str, override: str | None, where: str) -> xr.DataArray:
+def _to_canonical_units(da: xr.DataArray, canon: str, source_name: str, override: str | None,
+                        period: str | None, where: str) -> xr.DataArray:
     var = cat.lookup(canon)
     declared = override if override is not None else da.attrs.get("units", da.attrs.get("GRIB_units"))
-    scale, offset = cat.conversion(declared, var, where=f"{where} (file variable {source_name!r})")
+    where_var = f"{where} (file variable {source_name!r})"
+    if period is None and canon == "tp":
+        period = unit_conv.declared_period(da.attrs) or FILE_ACCUMULATION_PERIOD
+    scale, offset = unit_conv.conversion(declared, canon, period=period, where=where_var)
     if var.static:
         # static fields repeated along time in model output (WRF HGT): keep the first
         for d in ("time", "Time"):
@@ -387,6 +413,8 @@ def open_dataset(
     *,
     units: Mapping[str, str] | None = None,
     chunks: Mapping | str | None = None,
+    accumulation_period: str | None = None,
+    check_range: bool = True,
 ) -> xr.Dataset:
     """Open NetCDF / GRIB / zarr file(s) lazily in the canonical form.
 
@@ -401,6 +429,9 @@ def open_dataset(
         rename: file variable name -> canonical name.
         units: canonical name -> units of the file values (overrides attributes).
         chunks: dask chunks (default ``{}``: the file's own chunks, lazily).
+        accumulation_period: period of precipitation amounts (see :func:`canonicalize`).
+        check_range: refuse physically impossible values (RangeError naming variable,
+            range, value and location) as they are read.
 
     Returns:
         canonical dataset (see module docstring), lazy (dask-backed).
@@ -408,6 +439,8 @@ def open_dataset(
     Raises:
         CorruptFileError: unreadable/truncated file (named).
         SchemaError, UnitsError, CoordinateError: see :func:`canonicalize`.
+        RangeError: a physically impossible value (here for the probed last time step;
+            elsewhere when the values are computed).
     """
     from kmscale.data import hrcldas  # imported here: hrcldas builds on this module
 
@@ -420,7 +453,8 @@ def open_dataset(
         eng = engine or detect_engine(path)
         raw = open_raw(path, eng, chunks)
         raw.attrs[SOURCE_ATTR] = str(path)
-        ds = canonicalize(raw, source=str(path), variables=variables, rename=rename, units=units)
+        ds = canonicalize(raw, source=str(path), variables=variables, rename=rename, units=units,
+                          accumulation_period=accumulation_period, check_range=check_range)
         _probe(ds, str(path))
         parts.append(ds)
     if len(parts) == 1:
@@ -429,12 +463,22 @@ def open_dataset(
 
 
 def _probe(ds: xr.Dataset, where: str) -> None:
-    """Read the last time step of each variable: a truncated file fails here, not later."""
+    """Read the last time step of each variable: a truncated file fails here, not later.
+
+    Raises:
+        SchemaError: a variable has an empty dim (no time step, no grid point).
+        CorruptFileError: the file cannot be read to its end.
+    """
     for name, da in ds.data_vars.items():
+        empty = [d for d in da.dims if da.sizes[d] == 0]
+        if empty:
+            raise SchemaError(
+                f"{where}: variable {name!r}: expected at least one element along every dim, "
+                f"found empty dims {empty} (sizes {dict(da.sizes)})")
         sel = {d: -1 for d in da.dims if d in ("time", "member")}
         try:
             np.asarray(da.isel(sel).values)
-        except (OSError, ValueError, RuntimeError, EOFError, KeyError) as err:
+        except PARSER_ERRORS as err:
             if isinstance(err, KmscaleError):
                 raise
             raise CorruptFileError(
@@ -541,18 +585,18 @@ def schema_problems(
             bad_nan = (isnan & m.astype(bool)).sum()
         else:
             bad_nan = isnan.sum()
-        vmin, vmax, nbad = dask.compute(da.min(), da.max(), bad_nan)
-        vmin, vmax, nbad = float(vmin), float(vmax), int(nbad)
+        try:  # (a numpy-backed ``da`` is range-checked by guard() itself, dask ones on compute)
+            checked = ranges.guard(da, name, where=where) if check_range else da
+            _, nbad = dask.compute(checked.min(), bad_nan)
+        except RangeError as err:
+            problems.append(err)
+            continue
+        nbad = int(nbad)
         if nbad and not allow_nan:
             place = "inside the mask" if mask is not None else "and no mask allows them"
             problems.append(MissingValueError(
                 f"{where}: variable {name!r}: expected finite values{' inside the mask' if mask is not None else ''}, "
                 f"found {nbad} NaNs {place}"))
-        if check_range and np.isfinite(vmin):
-            try:
-                cat.check_range(name, vmin, vmax, where=where)
-            except UnitsError as err:
-                problems.append(err)
     return problems
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,6 +40,20 @@ STATUS_KEY = "kmscale_status"
 KIND_KEY = "kmscale_kind"
 FINGERPRINT_KEY = "kmscale_fingerprint"
 VERSION_KEY = "kmscale_version"
+
+
+def consolidate(path: str | Path) -> None:
+    """Write the store's consolidated metadata: one read opens it, and xarray does not warn.
+
+    Called on complete stores only (a store still being written would carry stale
+    consolidated metadata).
+    """
+    with warnings.catch_warnings():
+        # zarr 3 notes that consolidated metadata is not yet in the v3 specification;
+        # xarray and zarr-python read it, and a reader without it falls back to the files
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
+                                category=UserWarning)
+        zarr.consolidate_metadata(str(path))
 
 
 def partial_path(path: str | Path) -> Path:
@@ -168,16 +183,15 @@ class StoreWriter:
 
     def write(self, index: int, ds: xr.Dataset) -> None:
         """Write chunk ``index``: ``ds`` covers exactly ``chunk_slice(index)`` along ``dim``."""
-        sl = self.chunk_slice(index)
-        if ds.sizes.get(self.dim) != sl.stop - sl.start:
-            raise StoreError(
-                f"{self.path}: chunk {index} expected {sl.stop - sl.start} steps along "
-                f"{self.dim!r}, found {ds.sizes.get(self.dim)}"
-            )
-        keep = [n for n, v in ds.data_vars.items() if self.dim in v.dims]
-        part = ds[keep]
-        part = part.drop_vars([c for c in part.coords if self.dim not in part[c].dims])
-        part.to_zarr(self.partial, region={self.dim: sl}, mode="r+", zarr_format=3, consolidated=False)
+        write_region(self.partial, ds, self.dim, self.chunk_slice(index), where=f"{self.path}: chunk {index}")
+        self.mark_done(index)
+
+    def mark_done(self, index: int) -> None:
+        """Record chunk ``index`` as written (after :func:`write_region` returned for it).
+
+        Only the process that owns the writer records progress; workers of a distributed
+        run write their regions and report back (``kmscale.distributed``).
+        """
         self._done.add(index)
         _atomic_write_text(self.progress_file, json.dumps({"done": sorted(self._done)}))
 
@@ -195,11 +209,29 @@ class StoreWriter:
                 f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}"
             )
         self.update_attrs({STATUS_KEY: "complete"})
+        consolidate(self.partial)
         if self.path.exists():
             shutil.rmtree(self.path)
         os.replace(self.partial, self.path)
         self.progress_file.unlink(missing_ok=True)
         return self.path
+
+
+def write_region(partial: str | Path, ds: xr.Dataset, dim: str, sl: slice, *, where: str = "") -> None:
+    """Write ``ds`` (covering exactly ``sl`` along ``dim``) into the store at ``partial``.
+
+    Regions of different chunks touch different zarr chunks, so writers in several
+    processes (or machines sharing the file system) can fill one store together.
+    """
+    if ds.sizes.get(dim) != sl.stop - sl.start:
+        raise StoreError(
+            f"{where or partial}: expected {sl.stop - sl.start} steps along {dim!r}, "
+            f"found {ds.sizes.get(dim)}"
+        )
+    keep = [n for n, v in ds.data_vars.items() if dim in v.dims]
+    part = ds[keep]
+    part = part.drop_vars([c for c in part.coords if dim not in part[c].dims])
+    part.to_zarr(partial, region={dim: sl}, mode="r+", zarr_format=3, consolidated=False)
 
 
 def _jsonable(attrs: Mapping) -> dict:
@@ -231,7 +263,7 @@ def open_store(
         hint = " (an interrupted run left a .partial store: run again to resume)" if partial_path(path).exists() else ""
         raise StoreError(f"{path}: expected a kmscale zarr store, found nothing{hint}")
     try:
-        ds = xr.open_zarr(path, zarr_format=3, consolidated=False, chunks=chunks)
+        ds = xr.open_zarr(path, zarr_format=3, consolidated=None, chunks=chunks)
     except (FileNotFoundError, ValueError, KeyError, OSError) as err:
         raise StoreError(f"{path}: expected a zarr v3 store, found an unreadable one ({err})") from err
     status = ds.attrs.get(STATUS_KEY)

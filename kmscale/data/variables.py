@@ -15,8 +15,9 @@ Units are compared after normalising their spelling (``m/s``, ``m s**-1`` and ``
 are one unit). A unit that is known but belongs to another quantity (``m s-1`` for
 ``t2m``) or that is unknown (``furlongs``) is a :class:`~kmscale.errors.UnitsError`.
 Values outside a variable's plausible range (``t2m`` labelled K but holding -5..20) are
-reported by :func:`check_range` as a UnitsError, since that is almost always a unit
-mix-up (Celsius where Kelvin is expected).
+refused by :mod:`kmscale.data.ranges` with a RangeError (a UnitsError: that is almost
+always a unit mix-up, Celsius where Kelvin is expected); :mod:`kmscale.data.units`
+converts the units a file declares.
 """
 
 from __future__ import annotations
@@ -85,18 +86,14 @@ _UNIT_SPELLINGS: dict[str, str] = {
 }
 
 # (from, to) -> (scale, offset): canonical = value * scale + offset.
-# Precipitation amounts (m, mm) are read as hourly amounts: ERA5 ``tp`` and the Stage IV
-# and RADOLAN products are accumulated over one hour, which is what kmscale trains on.
+# Precipitation (rates, and amounts over an accumulation period) is converted by
+# kmscale.data.units, which needs the period as well as the units.
 _G = 9.80665
 _CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
     ("degC", "K"): (1.0, 273.15),
     ("degF", "K"): (5.0 / 9.0, 273.15 - 32.0 * 5.0 / 9.0),
     ("km h-1", "m s-1"): (1.0 / 3.6, 0.0),
     ("kt", "m s-1"): (0.514444, 0.0),
-    ("m", "mm h-1"): (1000.0, 0.0),
-    ("mm", "mm h-1"): (1.0, 0.0),
-    ("mm s-1", "mm h-1"): (3600.0, 0.0),
-    ("m s-1", "mm h-1"): (3.6e6, 0.0),
     ("hPa", "Pa"): (100.0, 0.0),
     ("kPa", "Pa"): (1000.0, 0.0),
     ("gpm", "m2 s-2"): (_G, 0.0),
@@ -148,14 +145,14 @@ def _v(*args, **kwargs) -> Variable:
 CATALOGUE: dict[str, Variable] = {
     v.name: v
     for v in (
-        _v("t2m", "K", "air_temperature", "2 metre temperature", (180.0, 340.0),
+        _v("t2m", "K", "air_temperature", "2 metre temperature", (150.0, 350.0),
            ("T2", "2t", "t2m", "TMP_2maboveground", "TMP_P0_L103_GLL0", "tas", "2m_temperature",
             "air_temperature_2m", "t2", "T_2M")),
-        _v("d2m", "K", "dew_point_temperature", "2 metre dewpoint temperature", (170.0, 320.0),
+        _v("d2m", "K", "dew_point_temperature", "2 metre dewpoint temperature", (150.0, 350.0),
            ("2d", "d2m", "DPT_2maboveground", "tdps", "2m_dewpoint_temperature", "TD_2M")),
-        _v("u10", "m s-1", "eastward_wind", "10 metre U wind component", (-120.0, 120.0),
+        _v("u10", "m s-1", "eastward_wind", "10 metre U wind component", (-150.0, 150.0),
            ("U10", "10u", "u10", "UGRD_10maboveground", "uas", "10m_u_component_of_wind", "U_10M")),
-        _v("v10", "m s-1", "northward_wind", "10 metre V wind component", (-120.0, 120.0),
+        _v("v10", "m s-1", "northward_wind", "10 metre V wind component", (-150.0, 150.0),
            ("V10", "10v", "v10", "VGRD_10maboveground", "vas", "10m_v_component_of_wind", "V_10M")),
         _v("tp", "mm h-1", "lwe_precipitation_rate", "hourly precipitation", (0.0, 500.0),
            ("tp", "precipitation", "pr", "precip", "APCP_surface", "tprate", "rainrate", "RW",
@@ -243,22 +240,3 @@ def canonical_name(name: str, attrs: dict | None = None) -> str | None:
     if std in _STANDARD_NAME_INDEX:
         return _STANDARD_NAME_INDEX[std]
     return None
-
-
-def check_range(name: str, vmin: float, vmax: float, *, where: str = "") -> None:
-    """Raise UnitsError when values fall outside the variable's plausible range.
-
-    A field labelled K but holding -5..20 is Celsius mislabelled as Kelvin; a wind of
-    3000 m s-1 is cm s-1; both are unit mix-ups rather than weather.
-    """
-    var = lookup(name)
-    low, high = var.valid_range
-    if vmin < low or vmax > high:
-        prefix = f"{where}: " if where else ""
-        hint = ""
-        if var.units == "K" and -100 < vmin and vmax < 60:
-            hint = " (these look like degC: set units='degC' so they are converted)"
-        raise UnitsError(
-            f"{prefix}variable {name!r}: expected values in {low:g}..{high:g} {var.units}, "
-            f"found {vmin:g}..{vmax:g}{hint}"
-        )

@@ -38,6 +38,7 @@ from kmscale.conditioning.dataset import ConditioningSpec, latent_grid
 from kmscale.conditioning.embeddings import lead_times_of
 from kmscale.conditioning.predictors import fractional_index
 from kmscale.conditioning.static import grid_coords
+from kmscale.data.store import consolidate
 from kmscale.data.variables import lookup
 from kmscale.diffusion.edm import EDMPrecond
 from kmscale.diffusion.regression import load_backbone
@@ -162,6 +163,7 @@ class ModelBundle:
         if self.diffusion is not None:
             self.diffusion.save_pretrained(tmp / "diffusion")
         self.grid.to_zarr(tmp / GRID_STORE, mode="w", zarr_format=3, consolidated=False)
+        consolidate(tmp / GRID_STORE)
         desc = self.description()
         desc["fingerprint"] = self.fingerprint()
         (tmp / BUNDLE_FILE).write_text(json.dumps(desc, indent=2, default=str))

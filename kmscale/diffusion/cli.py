@@ -13,6 +13,7 @@ import logging
 import sys
 
 from kmscale.diffusion.settings import EULER, HEUN, SOLVERS, SamplerSettings
+from kmscale.distributed import add_scheduler_argument
 
 SAMPLE_HELP = """\
 Downscale coarse predictors with a trained model bundle into an ensemble store.
@@ -87,6 +88,9 @@ def register(subparsers) -> None:
                         "checked against the bundle's target grid before sampling")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--overwrite", action="store_true", help="replace a complete store at --out")
+    p.add_argument("--no-range-check", action="store_true",
+                   help="accept predictor values outside the variables' plausible ranges (exotic data)")
+    add_scheduler_argument(p)
     p.set_defaults(func=run_sample)
 
     d = subparsers.add_parser(
@@ -118,7 +122,8 @@ def run_sample(args: argparse.Namespace) -> int:
     from kmscale.diffusion.pipeline import DownscalingPipeline
 
     bundle = ModelBundle.load(args.bundle)
-    predictors = open_dataset(args.predictors, variables=bundle.spec.predictors.variables)
+    predictors = open_dataset(args.predictors, variables=bundle.spec.predictors.variables,
+                              check_range=not args.no_range_check)
     if args.start or args.end:
         sl = slice(None if args.start is None else np.datetime64(args.start),
                    None if args.end is None else np.datetime64(args.end))
@@ -131,7 +136,8 @@ def run_sample(args: argparse.Namespace) -> int:
     )
     resolved = {k: v for k, v in vars(args).items() if k != "func"}
     pipe = DownscalingPipeline(bundle, device=_device(args.device))
-    path = pipe.run(predictors, args.out, settings, overwrite=args.overwrite, resolved_config=resolved)
+    path = pipe.run(predictors, args.out, settings, overwrite=args.overwrite, resolved_config=resolved,
+                    scheduler=args.scheduler)
     print(json.dumps({"store": str(path), "members": args.members, "times": int(predictors.sizes["time"])}),
           file=sys.stdout)
     return 0

@@ -170,6 +170,7 @@ class DownscalingPipeline:
         progress: bool = True,
         resolved_config: Mapping | None = None,
         max_chunks: int | None = None,
+        scheduler: str | None = None,
     ) -> Path | None:
         """Sample an ensemble for every valid time of ``predictors`` into ``out``.
 
@@ -181,11 +182,14 @@ class DownscalingPipeline:
             resolved_config: the command's resolved settings, stored as provenance.
             max_chunks: stop after writing this many chunks (tests of resume); the store
                 then stays ``.partial`` and None is returned.
+            scheduler: dask.distributed workers for the time chunks (``local:N`` or an
+                address; see :mod:`kmscale.distributed`); None: this process.
         Returns:
             The path of the complete store, or None if stopped early.
         """
         from kmscale.conditioning.embeddings import lead_times_of
         from kmscale.data.store import StoreWriter
+        from kmscale.distributed import run_chunks
 
         if settings.members < 1:
             raise ConfigError(f"members: expected >= 1, found {settings.members}")
@@ -222,20 +226,23 @@ class DownscalingPipeline:
         denoiser = self._denoiser_for(settings) if self.denoiser is not None else None
         bar = tqdm(total=len(dataset) * settings.members, unit="member", desc="sample", disable=not progress,
                    initial=(writer.n_chunks - len(writer.pending())) * settings.time_chunk * settings.members)
-        for index in pending:
-            sl = writer.chunk_slice(index)
+
+        def compute(index: int, sl: slice) -> xr.Dataset:
             part = dataset.subset(np.arange(sl.start, sl.stop))
             z_mean = predict_mean(self.regression, part, progress=False)
-            fields = []
-            for j in range(len(part)):
-                seeds = time_seeds(member_seeds, part.time[j])
-                fields.append(self.sample_time(part[j], z_mean[j], seeds, settings, denoiser))
-                bar.update(settings.members)
+            fields = [self.sample_time(part[j], z_mean[j], time_seeds(member_seeds, part.time[j]), settings,
+                                       denoiser) for j in range(len(part))]
             arr = torch.stack(fields).numpy()  # (t, M, C, H, W)
             chunk = template.isel(time=sl).copy()
             for c, name in enumerate(b.variables):
                 chunk[name] = (("time", "member", "lat", "lon"), arr[:, :, c], template[name].attrs)
-            writer.write(index, chunk)
+            return chunk
+
+        def done(index: int) -> None:
+            sl = writer.chunk_slice(index)
+            bar.update((sl.stop - sl.start) * settings.members)
+
+        run_chunks(writer, compute, scheduler=scheduler, pending=pending, on_done=done)
         bar.close()
         if writer.pending():
             return None
