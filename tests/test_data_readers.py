@@ -289,7 +289,7 @@ def test_forecast_lead_times(tmp_path, rng):
 
 
 def test_grib_style_step_dims_become_valid_time():
-    from kmscale.data.readers import canonicalize
+    from kmscale.data.canonical import canonicalize
 
     init = pd.date_range("2020-01-01", periods=3, freq="12h")
     step = pd.to_timedelta([6, 12, 18, 24], unit="h")

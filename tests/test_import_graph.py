@@ -1,7 +1,8 @@
 """The package's import graph: no cycles, and data flows one way (ARCHITECTURE.md).
 
 The graph is built from the source with ``ast`` (nothing is imported): an edge
-``a -> b`` for every ``import`` in module ``a``, at module level or inside a function,
+``a -> b`` for every ``import`` in module ``a``, at module level or inside a function
+(not under ``if TYPE_CHECKING:``, which never runs),
 that names module ``b`` or a name defined in it; importing ``kmscale.x.y`` also runs the
 package ``kmscale.x``, so that is an edge too, except from a module inside ``kmscale.x``
 (the package is already initialising then). ``kmscale.cli`` finds its subcommand
@@ -42,11 +43,31 @@ def _parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (never run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if _is_type_checking(child):
+                todo.extend(child.orelse)
+            else:
+                todo.append(child)
+
+
 def imported(name: str, path: Path, known: set[str]) -> set[str]:
     """Modules of the package that ``name`` imports anywhere in its source."""
     is_package = path.name == "__init__.py"
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), filename=str(path))):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]

@@ -44,7 +44,7 @@ from kmscale.autoencoders.quantize import DEFAULT_ZSTD_LEVEL, dequantize, quanti
 from kmscale.autoencoders.tails import ANCHORS, TAIL_PROBS, correct_tails, tail_offsets
 from kmscale.autoencoders.tiling import padded_shape, tiled_decode, tiled_encode
 from kmscale.data.store import StoreWriter, open_store
-from kmscale.distributed import run_chunks
+from kmscale.data.distributed import run_chunks
 from kmscale.errors import SchemaError, StoreError
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def encode_to_store(
             chunk is decoded once more while encoding, and :func:`decode_store` restores
             each field's quantiles (0.05 to 99.95 %) and its extremes
             (:mod:`kmscale.autoencoders.tails`). 24 int8 per field.
-        scheduler: dask.distributed workers for the time chunks (:mod:`kmscale.distributed`).
+        scheduler: dask.distributed workers for the time chunks (:mod:`kmscale.data.distributed`).
     Returns:
         the final store path.
     Raises:
@@ -376,7 +376,7 @@ def decode_store(
     groups of a grouped autoencoder that hold them (all their variables are written).
     Raises StoreError for a store of another autoencoder or a corrupt store; nothing is
     written to ``latents``. With ``scheduler``, dask.distributed workers decode the time
-    chunks (:mod:`kmscale.distributed`).
+    chunks (:mod:`kmscale.data.distributed`).
     """
     latents = Path(latents)
     ds = open_latents(latents, autoencoder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kmscale.distributed import add_scheduler_argument
+from kmscale.data.distributed import add_scheduler_argument
 
 PREPARE_EPILOG = """\
 example (the shared ERA5 UK data):

@@ -10,7 +10,7 @@ one of :data:`HRCLDAS_VARIABLES` (TAIR 2 m temperature, UWIN/VWIN 10 m wind, PRE
 hourly precipitation, PRS surface pressure, QAIR 2 m specific humidity, ...).
 
 :func:`open_hrcldas` reads a directory, a glob or a list of such files lazily (dask)
-into kmscale's canonical form (:mod:`kmscale.data.readers`): variables ``t2m``, ``u10``,
+into kmscale's canonical form (:mod:`kmscale.data.canonical`): variables ``t2m``, ``u10``,
 ``v10``, ``tp``, ``sp`` with canonical units, dims (time, lat, lon), ``time`` the valid
 hour of the file name. Rules:
 
@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from kmscale.data.canonical import SOURCE_ATTR, canonicalize
 from kmscale.errors import AlignmentError, GridError, SchemaError
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,6 @@ def check_hours(chosen: dict[tuple[str, np.datetime64], HrcldasFile], where: str
 def _open_one(f: HrcldasFile, chunks, units: str | None = None) -> xr.DataArray:
     """One file as a canonical (time=1, lat, lon) DataArray, time from the file name."""
     from kmscale.data.formats import detect_engine, open_raw
-    from kmscale.data.readers import SOURCE_ATTR, canonicalize
 
     spec = HRCLDAS_VARIABLES[f.var]
     raw = open_raw(f.path, detect_engine(f.path), chunks)
@@ -277,8 +277,6 @@ def open_hrcldas(
         CorruptFileError: a truncated or unreadable file (named).
         GridError: files on different grids.
     """
-    from kmscale.data.readers import SOURCE_ATTR
-
     where = str(path_or_paths)
     files = find_files(path_or_paths)
     skipped = sorted({f.var for f in files if f.var not in HRCLDAS_VARIABLES})

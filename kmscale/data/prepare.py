@@ -43,7 +43,7 @@ from kmscale.data.store import (
     open_store,
     partial_path,
 )
-from kmscale.distributed import run_chunks
+from kmscale.data.distributed import run_chunks
 from kmscale.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class PrepareOptions:
             in particular are decoded whole by every lazy read); larger ones stay lazy
             and are streamed chunk by chunk.
         scheduler: dask.distributed workers for the time chunks (``local:N`` or an
-            address, :mod:`kmscale.distributed`); None: this process.
+            address, :mod:`kmscale.data.distributed`); None: this process.
     """
 
     variables: list[str] | None = None

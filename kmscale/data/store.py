@@ -190,7 +190,7 @@ class StoreWriter:
         """Record chunk ``index`` as written (after :func:`write_region` returned for it).
 
         Only the process that owns the writer records progress; workers of a distributed
-        run write their regions and report back (``kmscale.distributed``).
+        run write their regions and report back (``kmscale.data.distributed``).
         """
         self._done.add(index)
         _atomic_write_text(self.progress_file, json.dumps({"done": sorted(self._done)}))

@@ -13,7 +13,7 @@ import logging
 import sys
 
 from kmscale.diffusion.settings import EULER, HEUN, SOLVERS, SamplerSettings
-from kmscale.distributed import add_scheduler_argument
+from kmscale.data.distributed import add_scheduler_argument
 
 SAMPLE_HELP = """\
 Downscale coarse predictors with a trained model bundle into an ensemble store.

@@ -183,13 +183,13 @@ class DownscalingPipeline:
             max_chunks: stop after writing this many chunks (tests of resume); the store
                 then stays ``.partial`` and None is returned.
             scheduler: dask.distributed workers for the time chunks (``local:N`` or an
-                address; see :mod:`kmscale.distributed`); None: this process.
+                address; see :mod:`kmscale.data.distributed`); None: this process.
         Returns:
             The path of the complete store, or None if stopped early.
         """
         from kmscale.conditioning.embeddings import lead_times_of
         from kmscale.data.store import StoreWriter
-        from kmscale.distributed import run_chunks
+        from kmscale.data.distributed import run_chunks
 
         if settings.members < 1:
             raise ConfigError(f"members: expected >= 1, found {settings.members}")
