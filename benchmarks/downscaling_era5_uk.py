@@ -23,7 +23,8 @@ a validation block, choose every setting on the validation block (best checkpoin
 re-centring of the members, the spread calibration factor), score the test block once;
 both spaces side by side; the median over blocks is the result::
 
-    python benchmarks/downscaling_era5_uk.py --rolling recipes/configs/benchmarks/era5_uk_rolling.yaml
+    python benchmarks/downscaling_era5_uk.py \
+        --rolling recipes/configs/benchmarks/era5_uk_rolling.yaml
 
 Both write ``benchmarks/results/downscaling_era5_uk.json`` (the rolling run under its key
 ``rolling``, keeping the rest; ``--quick`` writes under --out only). Re-running with the
@@ -47,13 +48,24 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "benchmarks"
-METHODS = ("bilinear", "regression_pixel", "regression_latent", "diffusion_pixel", "diffusion_latent")
+METHODS = (
+    "bilinear",
+    "regression_pixel",
+    "regression_latent",
+    "diffusion_pixel",
+    "diffusion_latent",
+)
 SCORE_KEYS = ("rmse", "mae", "crps_fair", "spread_skill", "power_ratio_smallest")
 # --quick: a smoke run of the headline mode with tiny budgets (dotted overrides per stage)
 QUICK = {
-    "vae": ["stage1.total_samples=32", "stage2.total_samples=32", "decoder.total_samples=16",
-            "loss.kl_warmup_samples=16"],
-    "regression_pixel": ["train.total_samples=32"], "regression_latent": ["train.total_samples=32"],
+    "vae": [
+        "stage1.total_samples=32",
+        "stage2.total_samples=32",
+        "decoder.total_samples=16",
+        "loss.kl_warmup_samples=16",
+    ],
+    "regression_pixel": ["train.total_samples=32"],
+    "regression_latent": ["train.total_samples=32"],
     "diffusion_pixel": ["train.total_samples=32"],
     "diffusion_latent": ["train.total_samples=32", "decoder_refinement.total_samples=32"],
 }
@@ -130,7 +142,9 @@ def _write_json(path: Path, payload: dict) -> None:
 def published_speedup() -> float | None:
     """The latent-vs-pixel speed-up of benchmarks/sampling_speed.py."""
     path = RESULTS / "sampling_speed.json"
-    return json.loads(path.read_text())["sampling_speedup_latent_vs_pixel"] if path.is_file() else None
+    return (
+        json.loads(path.read_text())["sampling_speedup_latent_vs_pixel"] if path.is_file() else None
+    )
 
 
 def interpolation_baseline(pred, target, method: str) -> np.ndarray:
@@ -138,8 +152,12 @@ def interpolation_baseline(pred, target, method: str) -> np.ndarray:
     from kmscale.conditioning.predictors import interpolate_regular
 
     return interpolate_regular(
-        np.asarray(pred["t2m"].values, np.float32), pred["lat"].values, pred["lon"].values,
-        target["lat"].values, target["lon"].values, mode=method,
+        np.asarray(pred["t2m"].values, np.float32),
+        pred["lat"].values,
+        pred["lon"].values,
+        target["lat"].values,
+        target["lon"].values,
+        mode=method,
     ).numpy()
 
 
@@ -174,8 +192,15 @@ def public(s: dict) -> dict:
     return {k: v for k, v in s.items() if not k.startswith("_")}
 
 
-def sample(bundle_path: Path, preds, members: int, store: Path, steps: int, center: bool = False,
-           autoencoder: Path | None = None) -> tuple[np.ndarray, float]:
+def sample(
+    bundle_path: Path,
+    preds,
+    members: int,
+    store: Path,
+    steps: int,
+    center: bool = False,
+    autoencoder: Path | None = None,
+) -> tuple[np.ndarray, float]:
     """Sample ``preds``' times with a bundle into ``store``; (M, T, H, W) in K and seconds.
     ``autoencoder`` replaces the bundle's (the same latents decoded by another decoder)."""
     from kmscale.autoencoders import load_autoencoder
@@ -188,8 +213,14 @@ def sample(bundle_path: Path, preds, members: int, store: Path, steps: int, cent
         bundle = ModelBundle.load(bundle_path)
         if autoencoder is not None:
             bundle.autoencoder = load_autoencoder(autoencoder).eval()
-        DownscalingPipeline(bundle).run(preds, store, SamplerSettings(
-            members=members, steps=steps, member_batch=16, time_chunk=8, center_residuals=center), progress=False)
+        DownscalingPipeline(bundle).run(
+            preds,
+            store,
+            SamplerSettings(
+                members=members, steps=steps, member_batch=16, time_chunk=8, center_residuals=center
+            ),
+            progress=False,
+        )
     seconds = time.perf_counter() - t0
     ds = open_store(store, kind="ensemble").load()
     return np.asarray(ds["t2m"].transpose("member", "time", "lat", "lon").values), seconds
@@ -201,7 +232,9 @@ def stage_config(stage: str, configs: StageConfigs, overrides: list[str], extra:
     from kmscale.config import load_config
     from kmscale.diffusion.train import LDMConfig, RegressionConfig
 
-    cls = {"vae": AutoencoderConfig, "regression": RegressionConfig, "diffusion": LDMConfig}[stage.split("_")[0]]
+    cls = {"vae": AutoencoderConfig, "regression": RegressionConfig, "diffusion": LDMConfig}[
+        stage.split("_")[0]
+    ]
     return load_config(cls, getattr(configs, stage), [*overrides, *extra])
 
 
@@ -209,8 +242,13 @@ def _period(values: list[str]) -> str:
     return f"[{values[0]},{values[1]}]"
 
 
-def train_chain(out: Path, data, configs: StageConfigs, overrides: StageOverrides,
-                periods: dict[str, list[str]] | None) -> tuple[dict[str, Path], dict[str, float]]:
+def train_chain(
+    out: Path,
+    data,
+    configs: StageConfigs,
+    overrides: StageOverrides,
+    periods: dict[str, list[str]] | None,
+) -> tuple[dict[str, Path], dict[str, float]]:
     """VAE, then regression and residual diffusion in pixel and latent space (reused when
     finished). ``periods`` ({"train": [a, b], "validation": [a, b]}) replaces the configs'
     periods; None keeps them. Returns the bundles (and ``vae``) and the wall seconds."""
@@ -226,15 +264,23 @@ def train_chain(out: Path, data, configs: StageConfigs, overrides: StageOverride
 
     paths, wall = {}, {}
     cfg = stage_config("vae", configs, overrides.vae, extra("vae"))
-    paths["vae"], wall["vae"] = _timed(cfg.out_dir, lambda: (train_autoencoder(cfg, data.targets),
-                                                             Path(cfg.out_dir) / "autoencoder")[1])
+    paths["vae"], wall["vae"] = _timed(
+        cfg.out_dir,
+        lambda: (train_autoencoder(cfg, data.targets), Path(cfg.out_dir) / "autoencoder")[1],
+    )
     for space, ae in (("pixel", "identity"), ("latent", str(paths["vae"]))):
         name = f"regression_{space}"
-        cfg = stage_config(name, configs, getattr(overrides, name), extra(name, f"autoencoder={ae}"))
+        cfg = stage_config(
+            name, configs, getattr(overrides, name), extra(name, f"autoencoder={ae}")
+        )
         paths[name], wall[name] = _timed(cfg.out_dir, lambda c=cfg: train_regression(c, data)[1])
         name = f"diffusion_{space}"
-        cfg = stage_config(name, configs, getattr(overrides, name),
-                           extra(name, f"regression_bundle={paths[f'regression_{space}']}"))
+        cfg = stage_config(
+            name,
+            configs,
+            getattr(overrides, name),
+            extra(name, f"regression_bundle={paths[f'regression_{space}']}"),
+        )
         paths[name], wall[name] = _timed(cfg.out_dir, lambda c=cfg: train_ldm(c, data)[1])
     return paths, wall
 
@@ -252,10 +298,14 @@ def write_data(folder: Path) -> None:
     """The benchmark's data as the zarr stores the recipe configs read (atomic per store)."""
     data = load_data()
     folder.mkdir(parents=True, exist_ok=True)
-    for name, ds in (("targets", data.targets), ("predictors", data.predictors), ("static", data.static)):
+    for name, ds in (
+        ("targets", data.targets),
+        ("predictors", data.predictors),
+        ("static", data.static),
+    ):
         final, tmp = folder / f"{name}.zarr", folder / f".{name}.zarr.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        ds.to_zarr(tmp, mode="w")
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         print(f"wrote {final}")
@@ -270,7 +320,10 @@ def vae_reconstruction(vae_path: Path, targets) -> dict:
     truth = np.asarray(targets["t2m"].values, np.float64)
     with torch.no_grad():
         recon = vae.decode(encode_targets(vae, targets, progress=False))[:, 0].numpy()
-    return {"rmse": float(np.sqrt(np.mean((recon - truth) ** 2))), "mae": float(np.mean(np.abs(recon - truth)))}
+    return {
+        "rmse": float(np.sqrt(np.mean((recon - truth) ** 2))),
+        "mae": float(np.mean(np.abs(recon - truth))),
+    }
 
 
 # ---- rolling-origin evaluation ---------------------------------------------------------
@@ -295,9 +348,11 @@ def choose_on_validation(candidates: dict[bool, np.ndarray], truth: np.ndarray) 
         cal = SpreadCalibration.fit(ens, truth)
         crps = float(crps_ensemble(cal.apply(ens), truth, axis=0, fair=True).mean())
         record[f"center_residuals={center}"] = {
-            "alpha": cal.alpha, "crps_fair_calibrated": crps,
+            "alpha": cal.alpha,
+            "crps_fair_calibrated": crps,
             "crps_fair_raw": float(crps_ensemble(ens, truth, axis=0, fair=True).mean()),
-            "spread_skill_raw": spread_skill_ratio(ens, truth)}
+            "spread_skill_raw": spread_skill_ratio(ens, truth),
+        }
         if best is None or crps < best[2]:
             best = (center, cal.alpha, crps)
     return Choice(best[0], best[1], record)
@@ -314,17 +369,25 @@ def diagnosis(val: dict, test: dict, ae: dict, choices: dict) -> dict:
     out = {"autoencoder_rmse": {k: ae[k]["rmse"] for k in ("validation", "test")}}
     for split, s in (("validation", val), ("test", test)):
         b = s["bilinear"]["rmse"]
-        out.setdefault("regression_latent_rmse_vs_bilinear", {})[split] = s["regression_latent"]["rmse"] / b
-        out.setdefault("regression_pixel_rmse_vs_bilinear", {})[split] = s["regression_pixel"]["rmse"] / b
+        out.setdefault("regression_latent_rmse_vs_bilinear", {})[split] = (
+            s["regression_latent"]["rmse"] / b
+        )
+        out.setdefault("regression_pixel_rmse_vs_bilinear", {})[split] = (
+            s["regression_pixel"]["rmse"] / b
+        )
         # share of the latent regression's squared error that the autoencoder's floor accounts for
         out.setdefault("autoencoder_share_of_latent_mse", {})[split] = (
-            ae[split]["rmse"] ** 2 / s["regression_latent"]["rmse"] ** 2)
+            ae[split]["rmse"] ** 2 / s["regression_latent"]["rmse"] ** 2
+        )
     for space in ("latent", "pixel"):
         name = f"diffusion_{space}"
         c = choices[name]
         out[f"{name}_residual_spread"] = {
-            "alpha": c.alpha, "center_residuals": c.center_residuals,
-            "spread_skill_raw_validation": c.record[f"center_residuals={c.center_residuals}"]["spread_skill_raw"],
+            "alpha": c.alpha,
+            "center_residuals": c.center_residuals,
+            "spread_skill_raw_validation": c.record[f"center_residuals={c.center_residuals}"][
+                "spread_skill_raw"
+            ],
             "spread_skill_raw_test": test[f"_{name}_raw"]["spread_skill"],
             "spread_skill_calibrated_test": test[name]["spread_skill"],
         }
@@ -332,37 +395,63 @@ def diagnosis(val: dict, test: dict, ae: dict, choices: dict) -> dict:
 
 
 def run_origin(rc: RollingConfig, origin, data, out: Path) -> dict:
-    """Train the chain on ``origin.train``, choose on ``origin.validation``, score ``origin.test``."""
+    """Train on ``origin.train``, choose on ``origin.validation``, score ``origin.test`` once."""
     from kmscale.diffusion.calibration import SpreadCalibration
 
-    paths, wall = train_chain(out, data, rc.configs, rc.overrides,
-                              {"train": origin.train, "validation": origin.validation})
+    paths, wall = train_chain(
+        out,
+        data,
+        rc.configs,
+        rc.overrides,
+        {"train": origin.train, "validation": origin.validation},
+    )
     blocks = {}
     for split in ("validation", "test"):
         t, p = data.period(getattr(origin, split))
         every = slice(0, None, rc.eval_every_hours)
         blocks[split] = (t.isel(time=every), p.isel(time=every))
     truth = {k: np.asarray(t["t2m"].values, np.float64) for k, (t, _) in blocks.items()}
-    res = {k: {"bilinear": deterministic_scores(interpolation_baseline(p, t, "bilinear"), truth[k])}
-           for k, (t, p) in blocks.items()}
+    res = {
+        k: {"bilinear": deterministic_scores(interpolation_baseline(p, t, "bilinear"), truth[k])}
+        for k, (t, p) in blocks.items()
+    }
     seconds = {}
     for space in ("pixel", "latent"):
         name = f"regression_{space}"
         for split, (_, p) in blocks.items():
-            ens, seconds[f"{name}_{split}"] = sample(paths[name], p, 1, out / f"{name}_{split}.zarr", rc.steps)
+            ens, seconds[f"{name}_{split}"] = sample(
+                paths[name], p, 1, out / f"{name}_{split}.zarr", rc.steps
+            )
             res[split][name] = deterministic_scores(ens[0], truth[split])
     choices = {}
     for space in ("pixel", "latent"):
         name = f"diffusion_{space}"
         p_val, p_test = blocks["validation"][1], blocks["test"][1]
-        cands = {c: sample(paths[name], p_val, rc.members, out / f"{name}_validation_centred{int(c)}.zarr",
-                           rc.steps, center=c)[0] for c in (False, True)}
+        cands = {
+            c: sample(
+                paths[name],
+                p_val,
+                rc.members,
+                out / f"{name}_validation_centred{int(c)}.zarr",
+                rc.steps,
+                center=c,
+            )[0]
+            for c in (False, True)
+        }
         choice = choices[name] = choose_on_validation(cands, truth["validation"])
         cal = SpreadCalibration(choice.alpha)
-        res["validation"][name] = public(scores(cal.apply(cands[choice.center_residuals]), truth["validation"]))
+        res["validation"][name] = public(
+            scores(cal.apply(cands[choice.center_residuals]), truth["validation"])
+        )
         # the test block, sampled and scored once with the settings chosen above
-        ens, seconds[f"{name}_test"] = sample(paths[name], p_test, rc.members, out / f"{name}_test.zarr", rc.steps,
-                                              center=choice.center_residuals)
+        ens, seconds[f"{name}_test"] = sample(
+            paths[name],
+            p_test,
+            rc.members,
+            out / f"{name}_test.zarr",
+            rc.steps,
+            center=choice.center_residuals,
+        )
         res["test"][name] = public(scores(cal.apply(ens), truth["test"]))
         res["test"][f"_{name}_raw"] = public(scores(ens, truth["test"]))
     ae = {k: vae_reconstruction(paths["vae"], t) for k, (t, _) in blocks.items()}
@@ -371,10 +460,17 @@ def run_origin(rc: RollingConfig, origin, data, out: Path) -> dict:
         "scored_times": {k: int(t.sizes["time"]) for k, (t, _) in blocks.items()},
         "test_scores": {m: res["test"][m] for m in METHODS},
         "validation_scores": {m: res["validation"][m] for m in METHODS},
-        "choices": {k: {"center_residuals": c.center_residuals, "spread_alpha": c.alpha, "candidates": c.record}
-                    for k, c in choices.items()},
+        "choices": {
+            k: {
+                "center_residuals": c.center_residuals,
+                "spread_alpha": c.alpha,
+                "candidates": c.record,
+            }
+            for k, c in choices.items()
+        },
         "diagnosis": diagnosis(res["validation"], res["test"], ae, choices),
-        "training_seconds": wall, "sampling_seconds": seconds,
+        "training_seconds": wall,
+        "sampling_seconds": seconds,
     }
 
 
@@ -406,23 +502,45 @@ def run_rolling(config: Path, out: Path, machine: str) -> dict:
         block["wall_seconds"] = time.perf_counter() - t0
         blocks.append(block)
         rolling = {
-            "complete": len(blocks) == len(origins), "budget": rc.budget, "split_of_figures": "test blocks",
-            "median": median_over_blocks(blocks), "blocks": blocks, "config": str(config),
-            "resolved_config": to_dict(rc), "machine": machine, "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(["python", *sys.argv]), "torch_threads": torch.get_num_threads(),
+            "complete": len(blocks) == len(origins),
+            "budget": rc.budget,
+            "split_of_figures": "test blocks",
+            "median": median_over_blocks(blocks),
+            "blocks": blocks,
+            "config": str(config),
+            "resolved_config": to_dict(rc),
+            "machine": machine,
+            "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["python", *sys.argv]),
+            "torch_threads": torch.get_num_threads(),
             "load_average": os.getloadavg(),
         }
         payload = json.loads(dest.read_text()) if dest.is_file() else {}
         payload["rolling"] = rolling
         _write_json(dest, payload)
-        print(json.dumps({"origin": origin.origin, "test": block["test_scores"],
-                          "diagnosis": block["diagnosis"]}, indent=1), flush=True)
+        print(
+            json.dumps(
+                {
+                    "origin": origin.origin,
+                    "test": block["test_scores"],
+                    "diagnosis": block["diagnosis"],
+                },
+                indent=1,
+            ),
+            flush=True,
+        )
     return rolling
 
 
 # ---- headline run -----------------------------------------------------------------------
-def sampling_speed(pixel_bundle: Path, latent_bundle: Path, pred_val, steps: int, members: int = 16,
-                   repeats: int = 5) -> dict:
+def sampling_speed(
+    pixel_bundle: Path,
+    latent_bundle: Path,
+    pred_val,
+    steps: int,
+    members: int = 16,
+    repeats: int = 5,
+) -> dict:
     """Seconds per member, pixel vs latent diffusion, same steps and width, side by side."""
     from kmscale.bundle import ModelBundle
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
@@ -430,7 +548,10 @@ def sampling_speed(pixel_bundle: Path, latent_bundle: Path, pred_val, steps: int
 
     settings = SamplerSettings(members=members, steps=steps, member_batch=members)
     times = {"pixel": [], "latent": []}
-    pipes = {k: DownscalingPipeline(ModelBundle.load(p)) for k, p in (("pixel", pixel_bundle), ("latent", latent_bundle))}
+    pipes = {
+        k: DownscalingPipeline(ModelBundle.load(p))
+        for k, p in (("pixel", pixel_bundle), ("latent", latent_bundle))
+    }
     data = {k: p.conditioning(pred_val.isel(time=slice(0, 1))) for k, p in pipes.items()}
     z_mean = {k: predict_mean(p.regression, data[k], progress=False) for k, p in pipes.items()}
     seeds = list(range(members))
@@ -440,8 +561,13 @@ def sampling_speed(pixel_bundle: Path, latent_bundle: Path, pred_val, steps: int
             p.sample_time(data[k][0], z_mean[k][0], seeds, settings)
             times[k].append((time.perf_counter() - t0) / members)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"seconds_per_member": med, "speedup": med["pixel"] / med["latent"], "steps": steps,
-            "members": members, "repeats": repeats}
+    return {
+        "seconds_per_member": med,
+        "speedup": med["pixel"] / med["latent"],
+        "steps": steps,
+        "members": members,
+        "repeats": repeats,
+    }
 
 
 def plot_spectra(results: dict, path: Path, nlon: int, title: str) -> None:
@@ -484,46 +610,87 @@ def run_headline(args) -> dict:
     t_val, p_val = t_val.isel(time=every), p_val.isel(time=every)
     truth = np.asarray(t_val["t2m"].values, np.float64)
     bundles, wall = train_chain(out, data, configs, overrides, None)
-    results = {m: scores(interpolation_baseline(p_val, t_val, m)[None], truth) for m in ("bilinear", "bicubic")}
+    results = {
+        m: scores(interpolation_baseline(p_val, t_val, m)[None], truth)
+        for m in ("bilinear", "bicubic")
+    }
     centred = {"latent": ["latent"], "none": [], "both": ["pixel", "latent"]}[args.center_residuals]
     sample_seconds, variants = {}, {}
     for name in ("regression_pixel", "diffusion_pixel", "regression_latent", "diffusion_latent"):
         m = members if name.startswith("diffusion") else 1
         center = m > 1 and name.split("_")[-1] in centred
-        ens, sample_seconds[name] = sample(bundles[name], p_val, m, out / f"{name}_val{'_centred' * center}.zarr",
-                                           steps, center=center)
+        ens, sample_seconds[name] = sample(
+            bundles[name],
+            p_val,
+            m,
+            out / f"{name}_val{'_centred' * center}.zarr",
+            steps,
+            center=center,
+        )
         results[name] = scores(ens, truth)
         if m > 1:  # the same bundle with the other centring setting
-            other = sample(bundles[name], p_val, m, out / f"{name}_val{'_centred' * (not center)}.zarr", steps,
-                           center=not center)[0]
+            other = sample(
+                bundles[name],
+                p_val,
+                m,
+                out / f"{name}_val{'_centred' * (not center)}.zarr",
+                steps,
+                center=not center,
+            )[0]
             variants[name] = {"center_residuals": not center, **public(scores(other, truth))}
-    refinement = ModelBundle.load(bundles["diffusion_latent"]).extra["ldm"].get("decoder_refinement")
+    refinement = (
+        ModelBundle.load(bundles["diffusion_latent"]).extra["ldm"].get("decoder_refinement")
+    )
     if refinement is not None:  # the headline latent ensemble decoded by the VAE before refinement
-        before = sample(bundles["diffusion_latent"], p_val, members, out / "diffusion_latent_val_vae.zarr", steps,
-                        center="latent" in centred, autoencoder=bundles["vae"])[0]
+        before = sample(
+            bundles["diffusion_latent"],
+            p_val,
+            members,
+            out / "diffusion_latent_val_vae.zarr",
+            steps,
+            center="latent" in centred,
+            autoencoder=bundles["vae"],
+        )[0]
         refinement = {"without_refinement": public(scores(before, truth)), **refinement}
     speed = sampling_speed(bundles["diffusion_pixel"], bundles["diffusion_latent"], p_val, steps)
     dest = out if args.quick else RESULTS
     dest.mkdir(parents=True, exist_ok=True)
-    plot_spectra(results, dest / "downscaling_era5_uk_spectra.png", truth.shape[-1],
-                 f"ERA5 UK t2m x4, {val_period[0][:10]} to {val_period[1][:10]}")
+    plot_spectra(
+        results,
+        dest / "downscaling_era5_uk_spectra.png",
+        truth.shape[-1],
+        f"ERA5 UK t2m x4, {val_period[0][:10]} to {val_period[1][:10]}",
+    )
     path = dest / "downscaling_era5_uk.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     payload = {
         **{k: public(v) for k, v in results.items()},
-        # benchmarks/sampling_speed.py's headline (256 x 256, 8x VAE); this grid's own figure is in details
+        # benchmarks/sampling_speed.py's headline (256 x 256, 8x VAE); this grid's own: details
         "sampling_speedup_latent_vs_pixel": published_speedup() or speed["speedup"],
         "details": {
-            "split_of_figures": "validation (the days the best checkpoints are chosen on; no test split)",
-            "vae_reconstruction": vae_reconstruction(bundles["vae"], t_val),  # floor of every latent method
-            "decoder_refinement": refinement, "center_residuals": centred, "other_centring": variants,
+            # the days the best checkpoints are chosen on; no test split
+            "split_of_figures": "validation",
+            "vae_reconstruction": vae_reconstruction(
+                bundles["vae"], t_val
+            ),  # floor of every latent method
+            "decoder_refinement": refinement,
+            "center_residuals": centred,
+            "other_centring": variants,
             "configs": {k: getattr(configs, k) for k in StageConfigs.__dataclass_fields__},
             "overrides": {k: v for k, v in QUICK.items()} if args.quick else {},
-            "training_seconds": wall, "sampling_seconds_val": sample_seconds, "members": members,
-            "steps": steps, "solver": "heun", "sampling_speed": speed, "train_period": train_period,
-            "val_period": val_period, "scored_times": int(t_val.sizes["time"]),
-            "scored_every_hours": RollingConfig.eval_every_hours, "machine": args.machine,
-            "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
+            "training_seconds": wall,
+            "sampling_seconds_val": sample_seconds,
+            "members": members,
+            "steps": steps,
+            "solver": "heun",
+            "sampling_speed": speed,
+            "train_period": train_period,
+            "val_period": val_period,
+            "scored_times": int(t_val.sizes["time"]),
+            "scored_every_hours": RollingConfig.eval_every_hours,
+            "machine": args.machine,
+            "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["python", *sys.argv]),
             "torch_threads": torch.get_num_threads(),
         },
     }
@@ -534,18 +701,39 @@ def run_headline(args) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench_era5_uk"))
-    parser.add_argument("--rolling", type=Path, default=None, metavar="CONFIG",
-                        help="rolling-origin evaluation with this RollingConfig YAML")
-    parser.add_argument("--quick", action="store_true", help="headline mode with tiny budgets; results under --out")
-    parser.add_argument("--write-data", type=Path, default=None, metavar="DIR",
-                        help="write targets/predictors/static zarr stores for the recipe configs, then stop")
-    parser.add_argument("--center-residuals", choices=["latent", "none", "both"], default="latent",
-                        help="headline mode: spaces whose ensembles are re-centred on the regression mean "
-                             "(SamplerSettings.center_residuals); the other setting is scored under details")
-    parser.add_argument("--machine", default="2-core shared dev VM, no GPU; one core (taskset), torch 1 thread",
-                        help="where it ran, recorded in the JSON")
+    parser.add_argument(
+        "--rolling",
+        type=Path,
+        default=None,
+        metavar="CONFIG",
+        help="rolling-origin evaluation with this RollingConfig YAML",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="headline mode with tiny budgets; results under --out"
+    )
+    parser.add_argument(
+        "--write-data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write targets/predictors/static zarr stores for the recipe configs, then stop",
+    )
+    parser.add_argument(
+        "--center-residuals",
+        choices=["latent", "none", "both"],
+        default="latent",
+        help="headline mode: spaces whose ensembles are re-centred on the regression mean "
+        "(SamplerSettings.center_residuals); the other setting is scored under details",
+    )
+    parser.add_argument(
+        "--machine",
+        default="2-core shared dev VM, no GPU; one core (taskset), torch 1 thread",
+        help="where it ran, recorded in the JSON",
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     # One thread: on a shared 2-core machine two threads per process oversubscribe the cores.

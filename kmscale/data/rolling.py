@@ -47,11 +47,21 @@ class RollingOrigin:
     test: list[str]
 
     def as_dict(self) -> dict:
-        return {"origin": self.origin, "train": self.train, "validation": self.validation, "test": self.test}
+        return {
+            "origin": self.origin,
+            "train": self.train,
+            "validation": self.validation,
+            "test": self.test,
+        }
 
 
-def rolling_origins(first_day: str, test_starts: Sequence[str], test_days: int, val_days: int,
-                    min_train_days: int = 1) -> list[RollingOrigin]:
+def rolling_origins(
+    first_day: str,
+    test_starts: Sequence[str],
+    test_days: int,
+    val_days: int,
+    min_train_days: int = 1,
+) -> list[RollingOrigin]:
     """The rolling-origin splits of the module docstring, one per test block start.
 
     Args:
@@ -64,14 +74,17 @@ def rolling_origins(first_day: str, test_starts: Sequence[str], test_days: int, 
         ConfigError: lengths < 1, unordered or overlapping blocks, or too little training.
     """
     if test_days < 1 or val_days < 1:
-        raise ConfigError(f"rolling: expected test_days and val_days >= 1, found {test_days} and {val_days}")
+        raise ConfigError(
+            f"rolling: expected test_days and val_days >= 1, found {test_days} and {val_days}"
+        )
     if not test_starts:
         raise ConfigError("rolling: expected at least one test block start, found none")
     first = _day(first_day, "rolling.first_day")
     starts = [_day(s, "rolling.origins") for s in test_starts]
     if any(b < a + test_days * _DAY for a, b in zip(starts, starts[1:], strict=False)):
         raise ConfigError(
-            f"rolling.origins: expected ascending starts at least test_days={test_days} apart, found {list(test_starts)}"
+            f"rolling.origins: expected ascending starts at least test_days={test_days} apart, "
+            f"found {list(test_starts)}"
         )
     out = []
     for start in starts:
@@ -79,11 +92,16 @@ def rolling_origins(first_day: str, test_starts: Sequence[str], test_days: int, 
         train_days = int((val_first - first) / _DAY)
         if train_days < min_train_days:
             raise ConfigError(
-                f"rolling origin {start}: expected at least {min_train_days} training days before its "
+                f"rolling origin {start}: expected at least {min_train_days} training days before "
+                f"its "
                 f"{val_days}-day validation block, found {train_days}"
             )
-        out.append(RollingOrigin(
-            origin=str(start), train=_hours(first, val_first - _DAY), validation=_hours(val_first, start - _DAY),
-            test=_hours(start, start + (test_days - 1) * _DAY),
-        ))
+        out.append(
+            RollingOrigin(
+                origin=str(start),
+                train=_hours(first, val_first - _DAY),
+                validation=_hours(val_first, start - _DAY),
+                test=_hours(start, start + (test_days - 1) * _DAY),
+            )
+        )
     return out

@@ -41,11 +41,13 @@ def _check(ens: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ens, truth = np.asarray(ens, np.float64), np.asarray(truth, np.float64)
     if ens.ndim < 1 or ens.shape[0] < 2 or ens.shape[1:] != truth.shape:
         raise ConfigError(
-            f"spread calibration: expected members-first ensemble (M >= 2, ...) and truth (...), found "
-            f"{ens.shape} and {truth.shape}"
+            "spread calibration: expected members-first ensemble (M >= 2, ...) and truth (...), "
+            f"found {ens.shape} and {truth.shape}"
         )
     if not (np.isfinite(ens).all() and np.isfinite(truth).all()):
-        raise ConfigError("spread calibration: expected finite ensemble and truth, found NaN or inf")
+        raise ConfigError(
+            "spread calibration: expected finite ensemble and truth, found NaN or inf"
+        )
     return ens, truth
 
 
@@ -58,16 +60,19 @@ class SpreadCalibration:
     alpha_max: float = 3.0
 
     @classmethod
-    def fit(cls, ens: np.ndarray, truth: np.ndarray, alpha_min: float = 0.5,
-            alpha_max: float = 3.0) -> SpreadCalibration:
+    def fit(
+        cls, ens: np.ndarray, truth: np.ndarray, alpha_min: float = 0.5, alpha_max: float = 3.0
+    ) -> SpreadCalibration:
         """α making the spread-skill ratio of ``ens`` against ``truth`` 1, clipped.
 
         Args:
             ens: (M, ...) validation ensemble (members first), any units; truth: (...).
         """
         if not 0 < alpha_min <= 1 <= alpha_max:
-            raise ConfigError(f"spread calibration: expected 0 < alpha_min <= 1 <= alpha_max, found "
-                              f"{alpha_min} and {alpha_max}")
+            raise ConfigError(
+                f"spread calibration: expected 0 < alpha_min <= 1 <= alpha_max, found "
+                f"{alpha_min} and {alpha_max}"
+            )
         ratio = spread_skill_ratio(ens, truth)
         alpha = 1.0 / ratio if ratio > 0 else alpha_max
         return cls(float(np.clip(alpha, alpha_min, alpha_max)), alpha_min, alpha_max)
