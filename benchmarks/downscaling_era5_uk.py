@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CONFIGS = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "benchmarks"
+ROOT = Path(__file__).resolve().parent.parent  # relative config paths: from here if not from cwd
 METHODS = (
     "bilinear",
     "regression_pixel",
@@ -58,16 +58,17 @@ METHODS = (
 SCORE_KEYS = ("rmse", "mae", "crps_fair", "spread_skill", "power_ratio_smallest")
 # --quick: a smoke run of the headline mode with tiny budgets (dotted overrides per stage)
 QUICK = {
-    "vae": [
-        "stage1.total_samples=32",
-        "stage2.total_samples=32",
-        "decoder.total_samples=16",
-        "loss.kl_warmup_samples=16",
-    ],
-    "regression_pixel": ["train.total_samples=32"],
-    "regression_latent": ["train.total_samples=32"],
-    "diffusion_pixel": ["train.total_samples=32"],
-    "diffusion_latent": ["train.total_samples=32", "decoder_refinement.total_samples=32"],
+    "vae": ["stage1.total_samples=35", "stage2.total_samples=29", "decoder.total_samples=16",
+            "loss.kl_warmup_samples=16", "train.warmup_samples=64",
+            "train.checkpoint_every_samples=32", "train.log_every_samples=16"],
+    "regression_pixel": ["train.total_samples=32", "train.checkpoint_every_samples=16",
+                         "train.validate_every_samples=8"],
+    "regression_latent": ["train.total_samples=32", "train.checkpoint_every_samples=16",
+                          "train.validate_every_samples=8"],
+    "diffusion_pixel": ["train.total_samples=32", "train.checkpoint_every_samples=16",
+                        "train.validate_every_samples=16"],
+    "diffusion_latent": ["train.total_samples=32", "train.checkpoint_every_samples=16",
+                         "train.validate_every_samples=16", "decoder_refinement.total_samples=32"],
 }
 
 
@@ -235,7 +236,10 @@ def stage_config(stage: str, configs: StageConfigs, overrides: list[str], extra:
     cls = {"vae": AutoencoderConfig, "regression": RegressionConfig, "diffusion": LDMConfig}[
         stage.split("_")[0]
     ]
-    return load_config(cls, getattr(configs, stage), [*overrides, *extra])
+    path = Path(getattr(configs, stage))
+    if not path.is_absolute() and not path.exists():
+        path = ROOT / path
+    return load_config(cls, path, [*overrides, *extra])
 
 
 def _period(values: list[str]) -> str:
