@@ -58,17 +58,36 @@ METHODS = (
 SCORE_KEYS = ("rmse", "mae", "crps_fair", "spread_skill", "power_ratio_smallest")
 # --quick: a smoke run of the headline mode with tiny budgets (dotted overrides per stage)
 QUICK = {
-    "vae": ["stage1.total_samples=35", "stage2.total_samples=29", "decoder.total_samples=16",
-            "loss.kl_warmup_samples=16", "train.warmup_samples=64",
-            "train.checkpoint_every_samples=32", "train.log_every_samples=16"],
-    "regression_pixel": ["train.total_samples=32", "train.checkpoint_every_samples=16",
-                         "train.validate_every_samples=8"],
-    "regression_latent": ["train.total_samples=32", "train.checkpoint_every_samples=16",
-                          "train.validate_every_samples=8"],
-    "diffusion_pixel": ["train.total_samples=32", "train.checkpoint_every_samples=16",
-                        "train.validate_every_samples=16"],
-    "diffusion_latent": ["train.total_samples=32", "train.checkpoint_every_samples=16",
-                         "train.validate_every_samples=16", "decoder_refinement.total_samples=32"],
+    "vae": [
+        "stage1.total_samples=35",
+        "stage2.total_samples=29",
+        "decoder.total_samples=16",
+        "loss.kl_warmup_samples=16",
+        "train.warmup_samples=64",
+        "train.checkpoint_every_samples=32",
+        "train.log_every_samples=16",
+    ],
+    "regression_pixel": [
+        "train.total_samples=32",
+        "train.checkpoint_every_samples=16",
+        "train.validate_every_samples=8",
+    ],
+    "regression_latent": [
+        "train.total_samples=32",
+        "train.checkpoint_every_samples=16",
+        "train.validate_every_samples=8",
+    ],
+    "diffusion_pixel": [
+        "train.total_samples=32",
+        "train.checkpoint_every_samples=16",
+        "train.validate_every_samples=16",
+    ],
+    "diffusion_latent": [
+        "train.total_samples=32",
+        "train.checkpoint_every_samples=16",
+        "train.validate_every_samples=16",
+        "decoder_refinement.total_samples=32",
+    ],
 }
 
 
@@ -106,6 +125,9 @@ class RollingConfig:
     members: int = 16
     steps: int = 12  # EDM Heun noise levels (2N - 1 network evaluations per member)
     budget: str = "full"  # "full" or "reduced": a label recorded with the figures
+    # re-centring settings (SamplerSettings.center_residuals) tried on the validation block
+    center_pixel: list[bool] = field(default_factory=lambda: [False, True])
+    center_latent: list[bool] = field(default_factory=lambda: [False, True])
     configs: StageConfigs = field(default_factory=StageConfigs)
     overrides: StageOverrides = field(default_factory=StageOverrides)
 
@@ -440,7 +462,7 @@ def run_origin(rc: RollingConfig, origin, data, out: Path) -> dict:
                 rc.steps,
                 center=c,
             )[0]
-            for c in (False, True)
+            for c in getattr(rc, f"center_{space}")
         }
         choice = choices[name] = choose_on_validation(cands, truth["validation"])
         cal = SpreadCalibration(choice.alpha)
@@ -490,49 +512,65 @@ def median_over_blocks(blocks: list[dict]) -> dict:
     return out
 
 
-def run_rolling(config: Path, out: Path, machine: str) -> dict:
-    """Every origin of ``config`` (RollingConfig YAML); the JSON is rewritten after each block."""
+def _merged(previous: dict | None, blocks: list[dict], resolved: dict) -> list[dict]:
+    """This run's blocks plus a previous run's other origins when it had the same config
+    (origins run by separate processes end in one result), sorted by origin."""
+    keep = {}
+    if previous is not None and previous.get("resolved_config") == resolved:
+        keep = {b["origin"]: b for b in previous["blocks"]}
+    keep.update({b["origin"]: b for b in blocks})
+    return [keep[k] for k in sorted(keep)]
+
+
+def run_rolling(config: Path, out: Path, machine: str, only: list[str] | None = None) -> dict:
+    """The origins of ``config`` (RollingConfig YAML; ``only``: a subset of them). The JSON is
+    rewritten after each block, merged with the other origins of an earlier run of the same
+    config."""
     from kmscale.config import load_config, to_dict
     from kmscale.data.rolling import rolling_origins
 
     rc = load_config(RollingConfig, config)
     origins = rolling_origins(rc.first_day, rc.origins, rc.test_days, rc.val_days)
+    if only:
+        unknown = sorted(set(only) - set(rc.origins))
+        if unknown:
+            raise SystemExit(
+                f"--origins: expected origins of {config} ({rc.origins}), found {unknown}"
+            )
+        origins = [o for o in origins if o.origin in only]
+    resolved = to_dict(rc)
     data = load_data()
     dest = RESULTS / "downscaling_era5_uk.json"
     blocks = []
     for origin in origins:
         t0 = time.perf_counter()
         block = run_origin(rc, origin, data, out / f"origin_{origin.origin}")
-        block["wall_seconds"] = time.perf_counter() - t0
+        block["wall_seconds_this_run"] = time.perf_counter() - t0
         blocks.append(block)
+        payload = json.loads(dest.read_text()) if dest.is_file() else {}
+        merged = _merged(payload.get("rolling"), blocks, resolved)
         rolling = {
-            "complete": len(blocks) == len(origins),
+            "complete": [b["origin"] for b in merged] == sorted(rc.origins),
             "budget": rc.budget,
             "split_of_figures": "test blocks",
-            "median": median_over_blocks(blocks),
-            "blocks": blocks,
+            "median": median_over_blocks(merged),
+            "blocks": merged,
             "config": str(config),
-            "resolved_config": to_dict(rc),
+            "resolved_config": resolved,
             "machine": machine,
             "date": time.strftime("%Y-%m-%d"),
             "command": " ".join(["python", *sys.argv]),
             "torch_threads": torch.get_num_threads(),
             "load_average": os.getloadavg(),
         }
-        payload = json.loads(dest.read_text()) if dest.is_file() else {}
         payload["rolling"] = rolling
         _write_json(dest, payload)
-        print(
-            json.dumps(
-                {
-                    "origin": origin.origin,
-                    "test": block["test_scores"],
-                    "diagnosis": block["diagnosis"],
-                },
-                indent=1,
-            ),
-            flush=True,
-        )
+        summary = {
+            "origin": origin.origin,
+            "test": block["test_scores"],
+            "diagnosis": block["diagnosis"],
+        }
+        print(json.dumps(summary, indent=1), flush=True)
     return rolling
 
 
@@ -717,6 +755,12 @@ def main(argv=None) -> int:
         help="rolling-origin evaluation with this RollingConfig YAML",
     )
     parser.add_argument(
+        "--origins",
+        nargs="+",
+        default=None,
+        help="--rolling: run only these origins of the config (runs of the same config merge)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="headline mode with tiny budgets; results under --out"
     )
     parser.add_argument(
@@ -746,7 +790,7 @@ def main(argv=None) -> int:
         write_data(args.write_data)
         return 0
     if args.rolling is not None:
-        rolling = run_rolling(args.rolling, args.out, args.machine)
+        rolling = run_rolling(args.rolling, args.out, args.machine, args.origins)
         print(json.dumps(rolling["median"], indent=2))
         return 0
     print(json.dumps(run_headline(args), indent=2))
