@@ -149,6 +149,18 @@ def test_deterministic_scores_and_median_over_blocks(rng):
     assert med["bilinear"]["power_ratio_smallest"] == [2.0, 20.0]
 
 
+def test_blocks_of_one_config_merge_and_another_config_replaces_them():
+    b = bench()
+    cfg = {"origins": ["a", "b"]}
+    earlier = {"resolved_config": cfg, "blocks": [{"origin": "b", "v": 1}, {"origin": "a", "v": 1}]}
+    merged = b._merged(earlier, [{"origin": "a", "v": 2}], cfg)
+    assert merged == [{"origin": "a", "v": 2}, {"origin": "b", "v": 1}]
+    assert b._merged(earlier, [{"origin": "a", "v": 2}], {"origins": ["a"]}) == [
+        {"origin": "a", "v": 2}
+    ]
+    assert b._merged(None, [{"origin": "a"}], cfg) == [{"origin": "a"}]
+
+
 # ---- the committed recipe configs ----------------------------------------------------------------
 @pytest.mark.parametrize(
     ("recipe", "config"),
