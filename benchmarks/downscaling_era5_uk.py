@@ -1,75 +1,139 @@
-"""ERA5 UK 2 m temperature x4 downscaling benchmark (issue 4).
+"""ERA5 UK 2 m temperature x4 downscaling benchmark: headline run and rolling-origin evaluation.
 
-Setup: target ERA5 t2m at 0.25 deg (32 x 48), predictors its 4 x 4 block means
-(1 deg, 8 x 12), static UKV orography + land fraction averaged onto the target grid,
-train 2019-03-01..20, validate 2019-03-21..24 (96 hourly fields; the numbers below are
-on these validation days; the best checkpoint is also chosen on them, there is no
-test split).
+Setup: target ERA5 t2m at 0.25 deg (32 x 48), predictors its 4 x 4 block means (1 deg,
+8 x 12), static UKV orography + land fraction averaged onto the target grid. Every model
+is trained from the committed recipe configs ``recipes/configs/benchmarks/era5_uk_*.yaml``
+(the same files ``accelerate launch recipes/train_*.py --config ...`` reads); this script
+only sets the periods and run directories.
 
-Methods: bilinear and bicubic interpolation of the predictors; the regression U-Net
-in pixel space (IdentityAutoencoder) and in the latent space of a VAE (4x, 8
-channels, Charbonnier + log-power spectral loss, then a decoder stage matching the
-batch-mean windowed spectrum) trained here; residual diffusion
-(EDM) in pixel and latent space sampled with 16 members, trained on cross-fitted
-residuals (``residual_folds=2``: two more regression U-Nets, each trained on half of
-the training days, give every training time an out-of-sample regression mean); the latent ensemble is
-re-centred on the regression mean (``SamplerSettings.center_residuals``,
-``--center-residuals``) and every diffusion bundle is also scored with the other
-setting. Scores: RMSE and MAE of the (ensemble) mean, fair CRPS, spread-skill
-ratio, rank histogram, and predicted/true power at the two smallest resolved scales
-of the windowed zonal spectrum (linear detrend + Hann window along each latitude line,
-``kmscale.evaluation.spectra``). Also the per-member sampling speed of latent vs pixel
-diffusion with the same number of steps and the same network width, side by side.
+Methods: bilinear and bicubic interpolation of the predictors; the regression U-Net in
+pixel space (IdentityAutoencoder) and in the latent space of a VAE (4x, 8 channels);
+residual diffusion (EDM) on cross-fitted residuals in both spaces, sampled with several
+members. Scores: RMSE and MAE of the (ensemble) mean, fair CRPS, spread-skill ratio, rank
+histogram, and predicted/true power at the two smallest resolved scales of the windowed
+zonal spectrum (``kmscale.evaluation.spectra``).
 
-Fixed CPU training budgets (samples seen, the Trainer's unit; wall time is recorded):
-see BUDGETS. On one development core each pixel-space training takes about 8 minutes
-(the whole run about 40), latent-space ones about one. Re-running with the same --out
-reuses finished runs.
+Headline run (periods of the configs: train March 1-20, the scored days March 21-24 are
+also the days the best checkpoints are chosen on; there is no test split)::
 
-    python benchmarks/downscaling_era5_uk.py --out runs/bench_era5_uk \\
-        [--demo-summary runs/demo/summary.json] [--quick]
+    python benchmarks/downscaling_era5_uk.py --out runs/bench_era5_uk [--quick]
 
-Writes benchmarks/results/downscaling_era5_uk.json and
-benchmarks/results/downscaling_era5_uk_spectra.png (``--quick`` writes under --out
-only: a smoke run with tiny budgets).
+Rolling-origin evaluation (``kmscale.data.rolling``): per origin, train on March 1 up to
+a validation block, choose every setting on the validation block (best checkpoints,
+re-centring of the members, the spread calibration factor), score the test block once;
+both spaces side by side; the median over blocks is the result::
+
+    python benchmarks/downscaling_era5_uk.py \
+        --rolling recipes/configs/benchmarks/era5_uk_rolling.yaml
+
+Both write ``benchmarks/results/downscaling_era5_uk.json`` (the rolling run under its key
+``rolling``, keeping the rest; ``--quick`` writes under --out only). Re-running with the
+same --out reuses finished runs. ``--write-data DIR`` writes the benchmark's data as the
+zarr stores the recipe configs read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-# Fixed CPU training budgets, in samples seen (global batch 16), 1 torch thread pinned to
-# one core: about 8 minutes each in pixel space (the issue's orientation: a U-Net trained
-# 8 minutes on 2 cores), a few in latent space. The wall times are in the JSON
-# ("training_seconds").
-BUDGETS = {
-    "vae": 144_000,  # 55 % on 16 x 16 patches: about 10 minutes
-    "vae_decoder": 80_000,  # decoder stage on whole fields, encoder frozen: about 7.5 minutes
-    "regression": 20_000,
-    "ldm": 20_000,
-    # latent space only: the decoder fine-tuned on generated latents after the diffusion
-    # model (LDMConfig.decoder_refinement; 4 generated members per time, spectrum weight
-    # 1.0): about 34 minutes (64,000 samples left the smallest scale at 0.849, BENCHMARKS.md)
-    "decoder_refinement": 128_000,
-}
-QUICK_BUDGETS = {"vae": 64, "vae_decoder": 16, "regression": 32, "ldm": 32, "decoder_refinement": 32}
-UNET = [32, 64, 64]  # block_out_channels of every U-Net (1.1 M parameters in pixel space)
-MEMBERS = 16
-STEPS = 12  # EDM Heun noise levels (23 network evaluations per member)
-EVAL_EVERY_HOURS = 4  # scored validation times: 00, 04, ..., 20 UTC of March 21-24 (24 fields)
-TRAIN = ["2019-03-01T00", "2019-03-20T23"]
-VAL = ["2019-03-21T00", "2019-03-24T23"]
 RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(RESULTS.parent.parent))  # kmscale_testdata.py, the shared real data
+ROOT = Path(__file__).resolve().parent.parent  # relative config paths: from here if not from cwd
+sys.path.insert(0, str(ROOT))  # kmscale_testdata.py, the shared real data
+METHODS = (
+    "bilinear",
+    "regression_pixel",
+    "regression_latent",
+    "diffusion_pixel",
+    "diffusion_latent",
+)
+SCORE_KEYS = ("rmse", "mae", "crps_fair", "spread_skill", "power_ratio_smallest")
+# --quick: a smoke run of the headline mode with tiny budgets (dotted overrides per stage)
+QUICK = {
+    "vae": [
+        "stage1.total_samples=35",
+        "stage2.total_samples=29",
+        "decoder.total_samples=16",
+        "loss.kl_warmup_samples=16",
+        "train.warmup_samples=64",
+        "train.checkpoint_every_samples=32",
+        "train.log_every_samples=16",
+    ],
+    "regression_pixel": [
+        "train.total_samples=32",
+        "train.checkpoint_every_samples=16",
+        "train.validate_every_samples=8",
+    ],
+    "regression_latent": [
+        "train.total_samples=32",
+        "train.checkpoint_every_samples=16",
+        "train.validate_every_samples=8",
+    ],
+    "diffusion_pixel": [
+        "train.total_samples=32",
+        "train.checkpoint_every_samples=16",
+        "train.validate_every_samples=16",
+    ],
+    "diffusion_latent": [
+        "train.total_samples=32",
+        "train.checkpoint_every_samples=16",
+        "train.validate_every_samples=16",
+        "decoder_refinement.total_samples=32",
+    ],
+}
 
 
+@dataclass
+class StageConfigs:
+    """Recipe config of every trained stage (YAML paths, relative to the repository root)."""
+
+    vae: str = "recipes/configs/benchmarks/era5_uk_vae.yaml"
+    regression_pixel: str = "recipes/configs/benchmarks/era5_uk_regression_pixel.yaml"
+    regression_latent: str = "recipes/configs/benchmarks/era5_uk_regression_latent.yaml"
+    diffusion_pixel: str = "recipes/configs/benchmarks/era5_uk_ldm_pixel.yaml"
+    diffusion_latent: str = "recipes/configs/benchmarks/era5_uk_ldm_latent.yaml"
+
+
+@dataclass
+class StageOverrides:
+    """Dotted overrides per stage (e.g. smaller budgets), applied after the YAML."""
+
+    vae: list[str] = field(default_factory=list)
+    regression_pixel: list[str] = field(default_factory=list)
+    regression_latent: list[str] = field(default_factory=list)
+    diffusion_pixel: list[str] = field(default_factory=list)
+    diffusion_latent: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RollingConfig:
+    """``--rolling CONFIG`` (recipes/configs/benchmarks/era5_uk_rolling*.yaml)."""
+
+    first_day: str = "2019-03-01"  # every training period starts here
+    origins: list[str] = field(default_factory=lambda: ["2019-03-13", "2019-03-17", "2019-03-21"])
+    test_days: int = 4  # test block length from each origin
+    val_days: int = 4  # validation block: the days just before the test block
+    eval_every_hours: int = 4  # scored times: every 4th hour of a block
+    members: int = 16
+    steps: int = 12  # EDM Heun noise levels (2N - 1 network evaluations per member)
+    budget: str = "full"  # "full" or "reduced": a label recorded with the figures
+    # re-centring settings (SamplerSettings.center_residuals) tried on the validation block
+    center_pixel: list[bool] = field(default_factory=lambda: [False, True])
+    center_latent: list[bool] = field(default_factory=lambda: [False, True])
+    configs: StageConfigs = field(default_factory=StageConfigs)
+    overrides: StageOverrides = field(default_factory=StageOverrides)
+
+
+# ---- shared helpers ------------------------------------------------------------------
 def _reuse(run_dir: str | Path) -> Path | None:
     """The bundle (or autoencoder) of a finished run: re-running reuses trained models."""
     for name, marker in (("bundle", "bundle.json"), ("autoencoder", "config.json")):
@@ -87,14 +151,24 @@ def _timed(run_dir: str | Path, train) -> tuple[Path, float]:
     t0 = time.perf_counter()
     bundle = bundle or train()
     seconds = time.perf_counter() - t0
+    record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"seconds": seconds}))
     return bundle, seconds
 
 
+def _write_json(path: Path, payload: dict) -> None:
+    """Atomic write (temp name + rename): a killed run never leaves half a results file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
 def published_speedup() -> float | None:
-    """The latent-vs-pixel speed-up of benchmarks/sampling_speed.py (issue 4's headline)."""
+    """The latent-vs-pixel speed-up of benchmarks/sampling_speed.py."""
     path = RESULTS / "sampling_speed.json"
-    return json.loads(path.read_text())["sampling_speedup_latent_vs_pixel"] if path.is_file() else None
+    return (
+        json.loads(path.read_text())["sampling_speedup_latent_vs_pixel"] if path.is_file() else None
+    )
 
 
 def interpolation_baseline(pred, target, method: str) -> np.ndarray:
@@ -102,21 +176,26 @@ def interpolation_baseline(pred, target, method: str) -> np.ndarray:
     from kmscale.conditioning.predictors import interpolate_regular
 
     return interpolate_regular(
-        np.asarray(pred["t2m"].values, np.float32), pred["lat"].values, pred["lon"].values,
-        target["lat"].values, target["lon"].values, mode=method,
+        np.asarray(pred["t2m"].values, np.float32),
+        pred["lat"].values,
+        pred["lon"].values,
+        target["lat"].values,
+        target["lon"].values,
+        mode=method,
     ).numpy()
 
 
 def scores(ens: np.ndarray, truth: np.ndarray) -> dict:
     """ens (M, T, H, W) in K (M = 1 for deterministic), truth (T, H, W)."""
+    from kmscale.diffusion.calibration import spread_skill_ratio
     from kmscale.evaluation.probabilistic import crps_ensemble, rank_of_truth
     from kmscale.evaluation.spectra import zonal_power_spectrum
 
     m = ens.shape[0]
-    mean = ens.mean(0)
-    err = mean - truth
-    p_true = zonal_power_spectrum(truth.astype(np.float64)).reshape(-1, truth.shape[-1] // 2).mean(0)
-    p_pred = zonal_power_spectrum(ens.astype(np.float64)).reshape(-1, truth.shape[-1] // 2).mean(0)
+    err = ens.mean(0) - truth
+    half = truth.shape[-1] // 2
+    p_true = zonal_power_spectrum(truth.astype(np.float64)).reshape(-1, half).mean(0)
+    p_pred = zonal_power_spectrum(ens.astype(np.float64)).reshape(-1, half).mean(0)
     out = {
         "rmse": float(np.sqrt(np.mean(err**2))),
         "mae": float(np.mean(np.abs(err))),
@@ -125,41 +204,386 @@ def scores(ens: np.ndarray, truth: np.ndarray) -> dict:
         "_spectrum_truth": p_true.tolist(),
     }
     if m > 1:
-        var = ens.var(0, ddof=1).mean()
         out["crps_fair"] = float(crps_ensemble(ens, truth, axis=0, fair=True).mean())
-        out["spread_skill"] = float(np.sqrt((m + 1) / m * var) / np.sqrt(np.mean(err**2)))
+        out["spread_skill"] = spread_skill_ratio(ens, truth)
         ranks = rank_of_truth(ens, truth, axis=0)
         hist = np.bincount(ranks.astype(int).ravel(), minlength=m + 1)
         out["rank_histogram"] = (hist / hist.sum()).round(4).tolist()  # frequency of rank 0..M
     return out
 
 
-def sample_val(bundle_path: Path, pred_val, members: int, out: Path, steps: int,
-               center: bool = False, autoencoder: Path | None = None) -> tuple[np.ndarray, float]:
-    """Sample the validation period with a bundle into a store; (M, T, H, W) and seconds.
+def public(s: dict) -> dict:
+    return {k: v for k, v in s.items() if not k.startswith("_")}
+
+
+def sample(
+    bundle_path: Path,
+    preds,
+    members: int,
+    store: Path,
+    steps: int,
+    center: bool = False,
+    autoencoder: Path | None = None,
+) -> tuple[np.ndarray, float]:
+    """Sample ``preds``' times with a bundle into ``store``; (M, T, H, W) in K and seconds.
     ``autoencoder`` replaces the bundle's (the same latents decoded by another decoder)."""
     from kmscale.autoencoders import load_autoencoder
     from kmscale.data.store import open_store
     from kmscale.diffusion.bundle import ModelBundle
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
 
-    name = f"{bundle_path.parent.name}_val{'_centred' if center else ''}{'_' + autoencoder.name if autoencoder else ''}"
-    store = out / f"{name}.zarr"
     t0 = time.perf_counter()
     if not store.exists():
         bundle = ModelBundle.load(bundle_path)
         if autoencoder is not None:
             bundle.autoencoder = load_autoencoder(autoencoder).eval()
-        pipe = DownscalingPipeline(bundle)
-        pipe.run(pred_val, store, SamplerSettings(members=members, steps=steps, member_batch=16, time_chunk=8,
-                                                  center_residuals=center), progress=False)
+        DownscalingPipeline(bundle).run(
+            preds,
+            store,
+            SamplerSettings(
+                members=members, steps=steps, member_batch=16, time_chunk=8, center_residuals=center
+            ),
+            progress=False,
+        )
     seconds = time.perf_counter() - t0
     ds = open_store(store, kind="ensemble").load()
     return np.asarray(ds["t2m"].transpose("member", "time", "lat", "lon").values), seconds
 
 
-def sampling_speed(pixel_bundle: Path, latent_bundle: Path, pred_val, steps: int, members: int = 16,
-                   repeats: int = 5) -> dict:
+def stage_config(stage: str, configs: StageConfigs, overrides: list[str], extra: list[str]):
+    """The recipe config of ``stage`` (its YAML, then ``overrides``, then ``extra``)."""
+    from kmscale.autoencoders.train import AutoencoderConfig
+    from kmscale.config import load_config
+    from kmscale.diffusion.train import LDMConfig, RegressionConfig
+
+    cls = {"vae": AutoencoderConfig, "regression": RegressionConfig, "diffusion": LDMConfig}[
+        stage.split("_")[0]
+    ]
+    path = Path(getattr(configs, stage))
+    if not path.is_absolute() and not path.exists():
+        path = ROOT / path
+    return load_config(cls, path, [*overrides, *extra])
+
+
+def _period(values: list[str]) -> str:
+    return f"[{values[0]},{values[1]}]"
+
+
+def train_chain(
+    out: Path,
+    data,
+    configs: StageConfigs,
+    overrides: StageOverrides,
+    periods: dict[str, list[str]] | None,
+) -> tuple[dict[str, Path], dict[str, float]]:
+    """VAE, then regression and residual diffusion in pixel and latent space (reused when
+    finished). ``periods`` ({"train": [a, b], "validation": [a, b]}) replaces the configs'
+    periods; None keeps them. Returns the bundles (and ``vae``) and the wall seconds."""
+    from kmscale.autoencoders.train import train_autoencoder
+    from kmscale.diffusion.train import train_ldm, train_regression
+
+    def extra(stage: str, *more: str) -> list[str]:
+        keys = [f"out_dir={out / stage}", *more]
+        if periods is not None:
+            keys.append(f"data.train_period={_period(periods['train'])}")
+            keys.append(f"data.val_period={_period(periods['validation'])}")
+        return keys
+
+    paths, wall = {}, {}
+    cfg = stage_config("vae", configs, overrides.vae, extra("vae"))
+    paths["vae"], wall["vae"] = _timed(
+        cfg.out_dir,
+        lambda: (train_autoencoder(cfg, data.targets), Path(cfg.out_dir) / "autoencoder")[1],
+    )
+    for space, ae in (("pixel", "identity"), ("latent", str(paths["vae"]))):
+        name = f"regression_{space}"
+        cfg = stage_config(
+            name, configs, getattr(overrides, name), extra(name, f"autoencoder={ae}")
+        )
+        paths[name], wall[name] = _timed(cfg.out_dir, lambda c=cfg: train_regression(c, data)[1])
+        name = f"diffusion_{space}"
+        cfg = stage_config(
+            name,
+            configs,
+            getattr(overrides, name),
+            extra(name, f"regression_bundle={paths[f'regression_{space}']}"),
+        )
+        paths[name], wall[name] = _timed(cfg.out_dir, lambda c=cfg: train_ldm(c, data)[1])
+    return paths, wall
+
+
+def load_data():
+    """The benchmark's TrainingData: ERA5 UK target, 4 x 4 block-mean predictors, static."""
+    from kmscale.diffusion.train import TrainingData
+    from kmscale_testdata import era5_uk_predictors, era5_uk_static, era5_uk_t2m
+
+    target = era5_uk_t2m().load()
+    return TrainingData(target, era5_uk_predictors(target).load(), era5_uk_static(target).load())
+
+
+def write_data(folder: Path) -> None:
+    """The benchmark's data as the zarr stores the recipe configs read (atomic per store)."""
+    data = load_data()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, ds in (
+        ("targets", data.targets),
+        ("predictors", data.predictors),
+        ("static", data.static),
+    ):
+        final, tmp = folder / f"{name}.zarr", folder / f".{name}.zarr.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        print(f"wrote {final}")
+
+
+def vae_reconstruction(vae_path: Path, targets) -> dict:
+    """RMSE/MAE (K) of the autoencoder's reconstruction of ``targets``: the latent floor."""
+    from kmscale.autoencoders import load_autoencoder
+    from kmscale.conditioning.dataset import encode_targets
+
+    vae = load_autoencoder(vae_path).eval()
+    truth = np.asarray(targets["t2m"].values, np.float64)
+    with torch.no_grad():
+        recon = vae.decode(encode_targets(vae, targets, progress=False))[:, 0].numpy()
+    return {
+        "rmse": float(np.sqrt(np.mean((recon - truth) ** 2))),
+        "mae": float(np.mean(np.abs(recon - truth))),
+    }
+
+
+# ---- rolling-origin evaluation ---------------------------------------------------------
+@dataclass
+class Choice:
+    """Settings of one diffusion bundle chosen on a validation block."""
+
+    center_residuals: bool
+    alpha: float  # SpreadCalibration factor, applied unchanged to the test block
+    record: dict  # per candidate: raw and calibrated validation scores
+
+
+def choose_on_validation(candidates: dict[bool, np.ndarray], truth: np.ndarray) -> Choice:
+    """Per re-centring setting (``SamplerSettings.center_residuals``), fit the spread
+    calibration on the validation ensemble ``candidates[center]`` (M, T, H, W) against
+    ``truth`` (T, H, W); keep the setting whose calibrated ensemble has the lowest fair CRPS."""
+    from kmscale.diffusion.calibration import SpreadCalibration, spread_skill_ratio
+    from kmscale.evaluation.probabilistic import crps_ensemble
+
+    record, best = {}, None
+    for center, ens in candidates.items():
+        cal = SpreadCalibration.fit(ens, truth)
+        crps = float(crps_ensemble(cal.apply(ens), truth, axis=0, fair=True).mean())
+        record[f"center_residuals={center}"] = {
+            "alpha": cal.alpha,
+            "crps_fair_calibrated": crps,
+            "crps_fair_raw": float(crps_ensemble(ens, truth, axis=0, fair=True).mean()),
+            "spread_skill_raw": spread_skill_ratio(ens, truth),
+        }
+        if best is None or crps < best[2]:
+            best = (center, cal.alpha, crps)
+    return Choice(best[0], best[1], record)
+
+
+def deterministic_scores(field: np.ndarray, truth: np.ndarray) -> dict:
+    """Scores of a single field (T, H, W): fair CRPS of one member is its MAE, spread 0."""
+    s = public(scores(field[None], truth))
+    return {**s, "crps_fair": s["mae"], "spread_skill": 0.0}
+
+
+def diagnosis(val: dict, test: dict, ae: dict, choices: dict) -> dict:
+    """Which part of the chain loses skill from the validation to the test block (K, ratios)."""
+    out = {"autoencoder_rmse": {k: ae[k]["rmse"] for k in ("validation", "test")}}
+    for split, s in (("validation", val), ("test", test)):
+        b = s["bilinear"]["rmse"]
+        out.setdefault("regression_latent_rmse_vs_bilinear", {})[split] = (
+            s["regression_latent"]["rmse"] / b
+        )
+        out.setdefault("regression_pixel_rmse_vs_bilinear", {})[split] = (
+            s["regression_pixel"]["rmse"] / b
+        )
+        # share of the latent regression's squared error that the autoencoder's floor accounts for
+        out.setdefault("autoencoder_share_of_latent_mse", {})[split] = (
+            ae[split]["rmse"] ** 2 / s["regression_latent"]["rmse"] ** 2
+        )
+    for space in ("latent", "pixel"):
+        name = f"diffusion_{space}"
+        c = choices[name]
+        out[f"{name}_residual_spread"] = {
+            "alpha": c.alpha,
+            "center_residuals": c.center_residuals,
+            "spread_skill_raw_validation": c.record[f"center_residuals={c.center_residuals}"][
+                "spread_skill_raw"
+            ],
+            "spread_skill_raw_test": test[f"_{name}_raw"]["spread_skill"],
+            "spread_skill_calibrated_test": test[name]["spread_skill"],
+        }
+    return out
+
+
+def run_origin(rc: RollingConfig, origin, data, out: Path) -> dict:
+    """Train on ``origin.train``, choose on ``origin.validation``, score ``origin.test`` once."""
+    from kmscale.diffusion.calibration import SpreadCalibration
+
+    paths, wall = train_chain(
+        out,
+        data,
+        rc.configs,
+        rc.overrides,
+        {"train": origin.train, "validation": origin.validation},
+    )
+    blocks = {}
+    for split in ("validation", "test"):
+        t, p = data.period(getattr(origin, split))
+        every = slice(0, None, rc.eval_every_hours)
+        blocks[split] = (t.isel(time=every), p.isel(time=every))
+    truth = {k: np.asarray(t["t2m"].values, np.float64) for k, (t, _) in blocks.items()}
+    res = {
+        k: {"bilinear": deterministic_scores(interpolation_baseline(p, t, "bilinear"), truth[k])}
+        for k, (t, p) in blocks.items()
+    }
+    seconds = {}
+    for space in ("pixel", "latent"):
+        name = f"regression_{space}"
+        for split, (_, p) in blocks.items():
+            ens, seconds[f"{name}_{split}"] = sample(
+                paths[name], p, 1, out / f"{name}_{split}.zarr", rc.steps
+            )
+            res[split][name] = deterministic_scores(ens[0], truth[split])
+    choices = {}
+    for space in ("pixel", "latent"):
+        name = f"diffusion_{space}"
+        p_val, p_test = blocks["validation"][1], blocks["test"][1]
+        cands = {
+            c: sample(
+                paths[name],
+                p_val,
+                rc.members,
+                out / f"{name}_validation_centred{int(c)}.zarr",
+                rc.steps,
+                center=c,
+            )[0]
+            for c in getattr(rc, f"center_{space}")
+        }
+        choice = choices[name] = choose_on_validation(cands, truth["validation"])
+        cal = SpreadCalibration(choice.alpha)
+        res["validation"][name] = public(
+            scores(cal.apply(cands[choice.center_residuals]), truth["validation"])
+        )
+        # the test block, sampled and scored once with the settings chosen above
+        ens, seconds[f"{name}_test"] = sample(
+            paths[name],
+            p_test,
+            rc.members,
+            out / f"{name}_test.zarr",
+            rc.steps,
+            center=choice.center_residuals,
+        )
+        res["test"][name] = public(scores(cal.apply(ens), truth["test"]))
+        res["test"][f"_{name}_raw"] = public(scores(ens, truth["test"]))
+    ae = {k: vae_reconstruction(paths["vae"], t) for k, (t, _) in blocks.items()}
+    return {
+        **origin.as_dict(),
+        "scored_times": {k: int(t.sizes["time"]) for k, (t, _) in blocks.items()},
+        "test_scores": {m: res["test"][m] for m in METHODS},
+        "validation_scores": {m: res["validation"][m] for m in METHODS},
+        "choices": {
+            k: {
+                "center_residuals": c.center_residuals,
+                "spread_alpha": c.alpha,
+                "candidates": c.record,
+            }
+            for k, c in choices.items()
+        },
+        "diagnosis": diagnosis(res["validation"], res["test"], ae, choices),
+        "training_seconds": wall,
+        "sampling_seconds": seconds,
+    }
+
+
+def median_over_blocks(blocks: list[dict]) -> dict:
+    """Per method and score: the median of the blocks' test scores (element-wise for lists)."""
+    out = {}
+    for method in METHODS:
+        out[method] = {}
+        for key in SCORE_KEYS:
+            values = [b["test_scores"][method][key] for b in blocks]
+            med = np.median(np.asarray(values, np.float64), axis=0)
+            out[method][key] = med.tolist() if med.ndim else float(med)
+    return out
+
+
+def _merged(previous: dict | None, blocks: list[dict], resolved: dict) -> list[dict]:
+    """This run's blocks plus a previous run's other origins when it had the same config
+    (origins run by separate processes end in one result), sorted by origin."""
+    keep = {}
+    if previous is not None and previous.get("resolved_config") == resolved:
+        keep = {b["origin"]: b for b in previous["blocks"]}
+    keep.update({b["origin"]: b for b in blocks})
+    return [keep[k] for k in sorted(keep)]
+
+
+def run_rolling(config: Path, out: Path, machine: str, only: list[str] | None = None) -> dict:
+    """The origins of ``config`` (RollingConfig YAML; ``only``: a subset of them). The JSON is
+    rewritten after each block, merged with the other origins of an earlier run of the same
+    config."""
+    from kmscale.config import load_config, to_dict
+    from kmscale.data.rolling import rolling_origins
+
+    rc = load_config(RollingConfig, config)
+    origins = rolling_origins(rc.first_day, rc.origins, rc.test_days, rc.val_days)
+    if only:
+        unknown = sorted(set(only) - set(rc.origins))
+        if unknown:
+            raise SystemExit(
+                f"--origins: expected origins of {config} ({rc.origins}), found {unknown}"
+            )
+        origins = [o for o in origins if o.origin in only]
+    resolved = to_dict(rc)
+    data = load_data()
+    dest = RESULTS / "downscaling_era5_uk.json"
+    blocks = []
+    for origin in origins:
+        t0 = time.perf_counter()
+        block = run_origin(rc, origin, data, out / f"origin_{origin.origin}")
+        block["wall_seconds_this_run"] = time.perf_counter() - t0
+        blocks.append(block)
+        payload = json.loads(dest.read_text()) if dest.is_file() else {}
+        merged = _merged(payload.get("rolling"), blocks, resolved)
+        rolling = {
+            "complete": [b["origin"] for b in merged] == sorted(rc.origins),
+            "budget": rc.budget,
+            "split_of_figures": "test blocks",
+            "median": median_over_blocks(merged),
+            "blocks": merged,
+            "config": str(config),
+            "resolved_config": resolved,
+            "machine": machine,
+            "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["python", *sys.argv]),
+            "torch_threads": torch.get_num_threads(),
+            "load_average": os.getloadavg(),
+        }
+        payload["rolling"] = rolling
+        _write_json(dest, payload)
+        summary = {
+            "origin": origin.origin,
+            "test": block["test_scores"],
+            "diagnosis": block["diagnosis"],
+        }
+        print(json.dumps(summary, indent=1), flush=True)
+    return rolling
+
+
+# ---- headline run -----------------------------------------------------------------------
+def sampling_speed(
+    pixel_bundle: Path,
+    latent_bundle: Path,
+    pred_val,
+    steps: int,
+    members: int = 16,
+    repeats: int = 5,
+) -> dict:
     """Seconds per member, pixel vs latent diffusion, same steps and width, side by side."""
     from kmscale.diffusion.bundle import ModelBundle
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
@@ -167,7 +591,10 @@ def sampling_speed(pixel_bundle: Path, latent_bundle: Path, pred_val, steps: int
 
     settings = SamplerSettings(members=members, steps=steps, member_batch=members)
     times = {"pixel": [], "latent": []}
-    pipes = {k: DownscalingPipeline(ModelBundle.load(p)) for k, p in (("pixel", pixel_bundle), ("latent", latent_bundle))}
+    pipes = {
+        k: DownscalingPipeline(ModelBundle.load(p))
+        for k, p in (("pixel", pixel_bundle), ("latent", latent_bundle))
+    }
     data = {k: p.conditioning(pred_val.isel(time=slice(0, 1))) for k, p in pipes.items()}
     z_mean = {k: predict_mean(p.regression, data[k], progress=False) for k, p in pipes.items()}
     seeds = list(range(members))
@@ -177,41 +604,16 @@ def sampling_speed(pixel_bundle: Path, latent_bundle: Path, pred_val, steps: int
             p.sample_time(data[k][0], z_mean[k][0], seeds, settings)
             times[k].append((time.perf_counter() - t0) / members)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"seconds_per_member": med, "speedup": med["pixel"] / med["latent"], "steps": steps,
-            "members": members, "repeats": repeats}
+    return {
+        "seconds_per_member": med,
+        "speedup": med["pixel"] / med["latent"],
+        "steps": steps,
+        "members": members,
+        "repeats": repeats,
+    }
 
 
-def _train_space(args, out: Path, space: str, autoencoder: str, budgets: dict, data, wall: dict,
-                 bundles: dict) -> int:
-    """Train (or reuse) the regression and residual diffusion models of one space."""
-    from kmscale.config import load_config
-    from kmscale.diffusion.train import LDMConfig, RegressionConfig, train_ldm, train_regression
-
-    common = [f"data.train_period=[{TRAIN[0]},{TRAIN[1]}]", f"data.val_period=[{VAL[0]},{VAL[1]}]",
-              f"unet.block_out_channels={UNET}", "unet.norm_num_groups=16", "train.global_batch_size=16",
-              "train.lr=1e-3", "train.warmup_samples=500", "train.lr_decay=cosine", "train.ema_decay=0.99",
-              "train.log_every_samples=800"]
-    factor = args.latent_budget_factor if space == "latent" else 1.0
-    n = int(budgets["regression"] * factor)
-    cfg = load_config(RegressionConfig, None, common + [
-        f"out_dir={out / f'regression_{space}'}", f"autoencoder={autoencoder}", f"train.total_samples={n}",
-        f"train.checkpoint_every_samples={n // 2}", f"train.validate_every_samples={n // 4}"])
-    bundles[f"regression_{space}"], wall[f"regression_{space}"] = _timed(
-        cfg.out_dir, lambda: train_regression(cfg, data)[1])
-    n = int(budgets["ldm"] * factor)
-    cfg = load_config(LDMConfig, None, common + [
-        f"out_dir={out / f'diffusion_{space}'}", f"regression_bundle={bundles[f'regression_{space}']}",
-        f"train.total_samples={n}", f"train.checkpoint_every_samples={n // 2}",
-        f"train.validate_every_samples={n // 2}", "validation.members=4", "validation.steps=6",
-        "validation.max_times=4", f"residual_folds={args.residual_folds}"]
-        + ([f"decoder_refinement.total_samples={budgets['decoder_refinement']}",
-            f"decoder_refinement.spectral_weight={args.decoder_refinement_weight}"]
-           if space == "latent" and args.decoder_refinement else []))
-    bundles[f"diffusion_{space}"], wall[f"diffusion_{space}"] = _timed(cfg.out_dir, lambda: train_ldm(cfg, data)[1])
-    return 0
-
-
-def plot_spectra(results: dict, path: Path, nlon: int) -> None:
+def plot_spectra(results: dict, path: Path, nlon: int, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,175 +629,172 @@ def plot_spectra(results: dict, path: Path, nlon: int) -> None:
     ax.invert_xaxis()
     ax.set_xlabel("zonal wavelength (deg longitude)")
     ax.set_ylabel("power (K$^2$), detrended + Hann")
-    ax.set_title("ERA5 UK t2m x4, validation 21-24 March 2019")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_era5_uk"))
-    parser.add_argument("--quick", action="store_true", help="tiny budgets (smoke test); results under --out")
-    parser.add_argument("--demo-summary", type=Path, default=None, help="summary.json of a `kmscale demo` run")
-    # VAE recipe defaults: the 4x model of benchmarks/compression.py (widths, learning rate,
-    # 16 x 16 patches before whole fields, level shifts), chosen there on its validation
-    # split (train March 1-17, evaluate 18-20), with 8 latent channels and the log-power
-    # spectral term of this benchmark.
-    parser.add_argument("--vae-widths", default="16,32,32", help="VAE block_out_channels (len-1 halvings)")
-    parser.add_argument("--vae-channels", type=int, default=8, help="VAE latent channels")
-    parser.add_argument("--vae-spectral", default="log_power", choices=["log_amplitude", "log_power"],
-                        help="VAE spectral loss (log_power keeps the smallest scales' power)")
-    parser.add_argument("--vae-spectral-weight", type=float, default=0.1, help="weight of the VAE spectral loss")
-    parser.add_argument("--vae-lr", type=float, default=2e-3, help="VAE learning rate (warm-up, cosine decay)")
-    parser.add_argument("--vae-small-patch", type=int, default=16,
-                        help="side of the square patches of the VAE's first stage (0 = whole fields only)")
-    parser.add_argument("--vae-small-fraction", type=float, default=0.55,
-                        help="fraction of the VAE's samples on the small patches")
-    parser.add_argument("--vae-shift", type=float, default=0.25, help="VAE level-shift augmentation (std units)")
-    parser.add_argument("--vae-decoder-samples", type=int, default=BUDGETS["vae_decoder"],
-                        help="samples of the VAE's decoder stage (encoder frozen, batch-mean spectrum loss; "
-                             "0 = none)")
-    parser.add_argument("--vae-decoder-spectral-weight", type=float, default=0.3,
-                        help="weight of the decoder stage's batch-mean spectrum loss")
-    parser.add_argument("--latent-budget-factor", type=float, default=1.0,
-                        help="latent-space regression and diffusion train on this many times the pixel-space "
-                             "samples (a latent sample costs several times less CPU)")
-    parser.add_argument("--residual-folds", type=int, default=2,
-                        help="cross-fitted regressions for the diffusion residuals (0 = in-sample)")
-    parser.add_argument("--center-residuals", choices=["latent", "none", "both"], default="latent",
-                        help="which spaces' headline ensembles are re-centred on the regression mean "
-                             "(SamplerSettings.center_residuals); the other setting is scored too, under details. "
-                             "Default latent: there the members' mean is worse than the regression's (the fold "
-                             "regressions' extrapolation errors); in pixel space the members' shared small-scale "
-                             "structure improves on the regression and centring would remove it")
-    parser.add_argument("--decoder-refinement", type=int, choices=[0, 1], default=1,
-                        help="1: the latent LDM run ends with the decoder refined on generated latents "
-                             "(LDMConfig.decoder_refinement, BUDGETS); the same ensemble decoded by the VAE "
-                             "before refinement is scored under details.without_refinement. 0: none")
-    parser.add_argument("--decoder-refinement-weight", type=float, default=1.0,
-                        help="spectral_weight of the decoder refinement")
-    parser.add_argument("--train-only", choices=["pixel", "latent"], default=None,
-                        help="train only this space's models (the VAE belongs to latent) and stop before scoring: "
-                             "two processes, one per core, can share --out; a last run without it scores")
-    parser.add_argument("--machine", default="2-core dev VM, one core (taskset), torch 1 thread",
-                        help="where it ran, recorded in the JSON")
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    # One thread: on a shared 2-core machine two threads per process oversubscribe the
-    # cores and run several times slower.
-    torch.set_num_threads(1)
-    from kmscale.autoencoders.train import fit_vae
-    from kmscale.diffusion.train import TrainingData
-    from kmscale_testdata import era5_uk_predictors, era5_uk_static, era5_uk_t2m
+def run_headline(args) -> dict:
+    """The headline run on the configs' own periods (module docstring)."""
+    from kmscale.bundle import ModelBundle
 
-    budgets = QUICK_BUDGETS if args.quick else BUDGETS
-    steps = 4 if args.quick else STEPS
-    members = 4 if args.quick else MEMBERS
+    configs = StageConfigs()
+    overrides = StageOverrides(**QUICK) if args.quick else StageOverrides()
+    steps, members = (4, 4) if args.quick else (RollingConfig.steps, RollingConfig.members)
+    reg_cfg = stage_config("regression_pixel", configs, [], [])
+    val_period, train_period = reg_cfg.data.val_period, reg_cfg.data.train_period
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    target = era5_uk_t2m().load()
-    pred = era5_uk_predictors(target).load()
-    static = era5_uk_static(target).load()
-    data = TrainingData(target, pred, static)
-    t_val, p_val = data.period(VAL)
-    t_val = t_val.isel(time=slice(0, None, EVAL_EVERY_HOURS))
-    p_val = p_val.isel(time=slice(0, None, EVAL_EVERY_HOURS))
-    t_tr, _ = data.period(TRAIN)
+    data = load_data()
+    t_val, p_val = data.period(val_period)
+    every = slice(0, None, RollingConfig.eval_every_hours)
+    t_val, p_val = t_val.isel(time=every), p_val.isel(time=every)
     truth = np.asarray(t_val["t2m"].values, np.float64)
-    wall = {}
-    results = {}
-    for method in ("bilinear", "bicubic"):
-        results[method] = scores(interpolation_baseline(p_val, t_val, method)[None], truth)
-
-    vae_widths = [int(w) for w in args.vae_widths.split(",")]
-    # not the headline setting: results stay under --out
-    supplementary = any(getattr(args, k) != parser.get_default(k) for k in (
-        "vae_widths", "vae_channels", "vae_spectral", "vae_spectral_weight", "vae_lr", "vae_small_patch",
-        "vae_small_fraction", "vae_shift", "vae_decoder_samples", "vae_decoder_spectral_weight", "residual_folds",
-        "latent_budget_factor", "center_residuals", "decoder_refinement", "decoder_refinement_weight"))
-    small = [args.vae_small_patch] * 2 if args.vae_small_patch else None
-    spaces = [args.train_only] if args.train_only else ["pixel", "latent"]
-    if "latent" not in spaces:
-        return _train_space(args, out, "pixel", "identity", budgets, data, wall, {})
-    vae_path, wall["vae"] = _timed(out / "vae", lambda: fit_vae(
-        t_tr, out / "vae", vae_widths, args.vae_channels, budgets["vae"], lr=args.vae_lr,
-        shift_augment=args.vae_shift, spectral_mode=args.vae_spectral, spectral_weight=args.vae_spectral_weight,
-        small_patch=small, small_fraction=args.vae_small_fraction,
-        decoder_samples=budgets["vae_decoder"] if args.quick else args.vae_decoder_samples,
-        decoder_spectral_weight=args.vae_decoder_spectral_weight))
-    from kmscale.autoencoders import load_autoencoder
-    from kmscale.conditioning.dataset import encode_targets
-
-    vae = load_autoencoder(vae_path)
-    recon = vae.decode(encode_targets(vae, t_val, progress=False))[:, 0].detach().numpy()
-    vae_recon = {"rmse": float(np.sqrt(np.mean((recon - truth) ** 2))), "mae": float(np.mean(np.abs(recon - truth)))}
-    if args.train_only:
-        return _train_space(args, out, "latent", str(vae_path), budgets, data, wall, {})
-    bundles = {}
-    for space, ae in (("pixel", "identity"), ("latent", str(vae_path))):
-        _train_space(args, out, space, ae, budgets, data, wall, bundles)
-
-    sample_seconds = {}
-    variants = {}  # the diffusion ensembles with the other centring setting
+    bundles, wall = train_chain(out, data, configs, overrides, None)
+    results = {
+        m: scores(interpolation_baseline(p_val, t_val, m)[None], truth)
+        for m in ("bilinear", "bicubic")
+    }
     centred = {"latent": ["latent"], "none": [], "both": ["pixel", "latent"]}[args.center_residuals]
-    for name, path in bundles.items():
+    sample_seconds, variants = {}, {}
+    for name in ("regression_pixel", "diffusion_pixel", "regression_latent", "diffusion_latent"):
         m = members if name.startswith("diffusion") else 1
         center = m > 1 and name.split("_")[-1] in centred
-        ens, sample_seconds[name] = sample_val(path, p_val, m, out, steps, center=center)
+        ens, sample_seconds[name] = sample(
+            bundles[name],
+            p_val,
+            m,
+            out / f"{name}_val{'_centred' * center}.zarr",
+            steps,
+            center=center,
+        )
         results[name] = scores(ens, truth)
-        if m > 1:
-            other = sample_val(path, p_val, m, out, steps, center=not center)[0]
-            variants[name] = {"center_residuals": not center,
-                              **{k: v for k, v in scores(other, truth).items() if not k.startswith("_")}}
-    refinement = None
-    if args.decoder_refinement:
-        from kmscale.diffusion.bundle import ModelBundle
-
-        # The headline latent ensemble decoded by the VAE as it was before the refinement.
-        before = sample_val(bundles["diffusion_latent"], p_val, members, out, steps, center="latent" in centred,
-                            autoencoder=vae_path)[0]
-        refinement = {"without_refinement": {k: v for k, v in scores(before, truth).items() if not k.startswith("_")},
-                      **ModelBundle.load(bundles["diffusion_latent"]).extra["ldm"]["decoder_refinement"]}
+        if m > 1:  # the same bundle with the other centring setting
+            other = sample(
+                bundles[name],
+                p_val,
+                m,
+                out / f"{name}_val{'_centred' * (not center)}.zarr",
+                steps,
+                center=not center,
+            )[0]
+            variants[name] = {"center_residuals": not center, **public(scores(other, truth))}
+    refinement = (
+        ModelBundle.load(bundles["diffusion_latent"]).extra["ldm"].get("decoder_refinement")
+    )
+    if refinement is not None:  # the headline latent ensemble decoded by the VAE before refinement
+        before = sample(
+            bundles["diffusion_latent"],
+            p_val,
+            members,
+            out / "diffusion_latent_val_vae.zarr",
+            steps,
+            center="latent" in centred,
+            autoencoder=bundles["vae"],
+        )[0]
+        refinement = {"without_refinement": public(scores(before, truth)), **refinement}
     speed = sampling_speed(bundles["diffusion_pixel"], bundles["diffusion_latent"], p_val, steps)
-
-    demo_seconds = None
-    if args.demo_summary is not None and args.demo_summary.is_file():
-        demo_seconds = json.loads(args.demo_summary.read_text()).get("seconds")
-    dest = out if args.quick or supplementary else RESULTS
+    dest = out if args.quick else RESULTS
     dest.mkdir(parents=True, exist_ok=True)
-    plot_spectra(results, dest / "downscaling_era5_uk_spectra.png", truth.shape[-1])
-    public = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()}
+    plot_spectra(
+        results,
+        dest / "downscaling_era5_uk_spectra.png",
+        truth.shape[-1],
+        f"ERA5 UK t2m x4, {val_period[0][:10]} to {val_period[1][:10]}",
+    )
+    path = dest / "downscaling_era5_uk.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
     payload = {
-        **public,
-        # The headline number of benchmarks/sampling_speed.py (256 x 256 fields, 8x VAE);
-        # this benchmark's own side-by-side figure on the tiny 32 x 48 ERA5 grid is in details.
+        **{k: public(v) for k, v in results.items()},
+        # benchmarks/sampling_speed.py's headline (256 x 256, 8x VAE); this grid's own: details
         "sampling_speedup_latent_vs_pixel": published_speedup() or speed["speedup"],
-        "demo_seconds": demo_seconds,
         "details": {
-            "vae_reconstruction": vae_recon,  # the floor of every latent-space method
-            "vae": {"block_out_channels": vae_widths, "latent_channels": args.vae_channels,
-                    "spectral_loss": args.vae_spectral, "spectral_weight": args.vae_spectral_weight,
-                    "lr": args.vae_lr, "small_patch": small, "small_fraction": args.vae_small_fraction if small else 0,
-                    "shift_augment": args.vae_shift, "decoder_samples": args.vae_decoder_samples,
-                    "decoder_spectral_weight": args.vae_decoder_spectral_weight},
-            # the latent LDM's decoder refinement: its record (settings, seconds, validation scores
-            # before/after on the LDM's 4 validation times) and the headline ensemble without it
+            # the days the best checkpoints are chosen on; no test split
+            "split_of_figures": "validation",
+            "vae_reconstruction": vae_reconstruction(
+                bundles["vae"], t_val
+            ),  # floor of every latent method
             "decoder_refinement": refinement,
-            "center_residuals": centred,  # spaces whose headline ensembles are re-centred
-            "other_centring": variants,  # the same bundles sampled with the other setting
-            "residual_folds": args.residual_folds, "latent_budget_factor": args.latent_budget_factor,
-            "budgets_samples": budgets, "training_seconds": wall, "sampling_seconds_val": sample_seconds,
-            "members": members, "steps": steps, "solver": "heun", "sampling_speed": speed,
-            "train_period": TRAIN, "val_period": VAL, "scored_times": int(t_val.sizes["time"]),
-            "scored_every_hours": EVAL_EVERY_HOURS, "unet_block_out_channels": UNET, "machine": args.machine,
-            "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
+            "center_residuals": centred,
+            "other_centring": variants,
+            "configs": {k: getattr(configs, k) for k in StageConfigs.__dataclass_fields__},
+            "overrides": {k: v for k, v in QUICK.items()} if args.quick else {},
+            "training_seconds": wall,
+            "sampling_seconds_val": sample_seconds,
+            "members": members,
+            "steps": steps,
+            "solver": "heun",
+            "sampling_speed": speed,
+            "train_period": train_period,
+            "val_period": val_period,
+            "scored_times": int(t_val.sizes["time"]),
+            "scored_every_hours": RollingConfig.eval_every_hours,
+            "machine": args.machine,
+            "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(["python", *sys.argv]),
             "torch_threads": torch.get_num_threads(),
         },
     }
-    (dest / "downscaling_era5_uk.json").write_text(json.dumps(payload, indent=2))
-    print(json.dumps(payload, indent=2))
+    if "rolling" in previous:
+        payload["rolling"] = previous["rolling"]
+    _write_json(path, payload)
+    return payload
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_era5_uk"))
+    parser.add_argument(
+        "--rolling",
+        type=Path,
+        default=None,
+        metavar="CONFIG",
+        help="rolling-origin evaluation with this RollingConfig YAML",
+    )
+    parser.add_argument(
+        "--origins",
+        nargs="+",
+        default=None,
+        help="--rolling: run only these origins of the config (runs of the same config merge)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="headline mode with tiny budgets; results under --out"
+    )
+    parser.add_argument(
+        "--write-data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write targets/predictors/static zarr stores for the recipe configs, then stop",
+    )
+    parser.add_argument(
+        "--center-residuals",
+        choices=["latent", "none", "both"],
+        default="latent",
+        help="headline mode: spaces whose ensembles are re-centred on the regression mean "
+        "(SamplerSettings.center_residuals); the other setting is scored under details",
+    )
+    parser.add_argument(
+        "--machine",
+        default="2-core shared dev VM, no GPU; one core (taskset), torch 1 thread",
+        help="where it ran, recorded in the JSON",
+    )
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    # One thread: on a shared 2-core machine two threads per process oversubscribe the cores.
+    torch.set_num_threads(1)
+    if args.write_data is not None:
+        write_data(args.write_data)
+        return 0
+    if args.rolling is not None:
+        rolling = run_rolling(args.rolling, args.out, args.machine, args.origins)
+        print(json.dumps(rolling["median"], indent=2))
+        return 0
+    print(json.dumps(run_headline(args), indent=2))
     return 0
 
 

@@ -12,8 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_bundle import make_bundle  # noqa: E402
 
-from kmscale.data.store import open_store, partial_path  # noqa: E402
 from kmscale.data.distributed import connect  # noqa: E402
+from kmscale.data.store import open_store, partial_path  # noqa: E402
 from kmscale.errors import ConfigError  # noqa: E402
 
 distributed = pytest.importorskip("distributed")
@@ -72,8 +72,8 @@ def test_encode_and_decode_on_two_workers_are_bit_identical(cluster, tmp_path):
 def test_a_failed_chunk_is_reported_and_the_rest_is_kept(cluster, tmp_path):
     import xarray as xr
 
-    from kmscale.data.store import StoreWriter
     from kmscale.data.distributed import run_chunks
+    from kmscale.data.store import StoreWriter
 
     full = xr.Dataset({"a": (("time",), np.arange(6.0))}, coords={"time": np.arange(6)})
     writer = StoreWriter(tmp_path / "s.zarr", full, kind="test", chunk=2)

@@ -43,8 +43,8 @@ from kmscale.autoencoders.grouped import GroupedAutoencoder
 from kmscale.autoencoders.quantize import DEFAULT_ZSTD_LEVEL, dequantize, quantize, zarr_compressors
 from kmscale.autoencoders.tails import ANCHORS, TAIL_PROBS, correct_tails, tail_offsets
 from kmscale.autoencoders.tiling import padded_shape, tiled_decode, tiled_encode
-from kmscale.data.store import StoreWriter, open_store
 from kmscale.data.distributed import run_chunks
+from kmscale.data.store import StoreWriter, open_store
 from kmscale.errors import SchemaError, StoreError
 
 log = logging.getLogger(__name__)

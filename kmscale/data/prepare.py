@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from kmscale import __version__
+from kmscale.data.distributed import run_chunks
 from kmscale.data.grids import grid_of, regrid
 from kmscale.data.pairing import pair
 from kmscale.data.readers import expand_paths, open_dataset, validate
@@ -43,7 +44,6 @@ from kmscale.data.store import (
     open_store,
     partial_path,
 )
-from kmscale.data.distributed import run_chunks
 from kmscale.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import json
 import logging
 import sys
 
-from kmscale.diffusion.settings import EULER, HEUN, SOLVERS, SamplerSettings
 from kmscale.data.distributed import add_scheduler_argument
+from kmscale.diffusion.settings import EULER, HEUN, SOLVERS, SamplerSettings
 
 SAMPLE_HELP = """\
 Downscale coarse predictors with a trained model bundle into an ensemble store.

@@ -188,8 +188,8 @@ class DownscalingPipeline:
             The path of the complete store, or None if stopped early.
         """
         from kmscale.conditioning.embeddings import lead_times_of
-        from kmscale.data.store import StoreWriter
         from kmscale.data.distributed import run_chunks
+        from kmscale.data.store import StoreWriter
 
         if settings.members < 1:
             raise ConfigError(f"members: expected >= 1, found {settings.members}")
