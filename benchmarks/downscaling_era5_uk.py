@@ -638,7 +638,7 @@ def plot_spectra(results: dict, path: Path, nlon: int, title: str) -> None:
 
 def run_headline(args) -> dict:
     """The headline run on the configs' own periods (module docstring)."""
-    from kmscale.bundle import ModelBundle
+    from kmscale.diffusion.bundle import ModelBundle
 
     configs = StageConfigs()
     overrides = StageOverrides(**QUICK) if args.quick else StageOverrides()

@@ -173,7 +173,7 @@ def test_blocks_of_one_config_merge_and_another_config_replaces_them():
     ],
 )
 def test_recipes_accept_the_benchmark_configs(recipe, config, capsys):
-    from kmscale.data.datasets import ERA5_UK_SPLITS
+    from kmscale_testdata import ERA5_UK_SPLITS
 
     assert _recipe(recipe).main(["--config", str(CONFIGS / f"{config}.yaml"), "--dry-run"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
