@@ -39,6 +39,7 @@ from kmscale.autoencoders.latent_store import _spatial_dims, open_targets
 from kmscale.autoencoders.losses import VAELoss
 from kmscale.autoencoders.registry import get_autoencoder_class
 from kmscale.autoencoders.tiling import auto_tiling, tiled_decode, tiled_encode
+from kmscale.autoencoders.vae import VAESettings
 from kmscale.config import to_dict
 from kmscale.data.patches import random_patch
 from kmscale.data.stats import NormStats
@@ -63,13 +64,7 @@ class DataConfig:
     shift_augment: float = 0.0
 
 
-@dataclass
-class ModelConfig:
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # 8x down
-    layers_per_block: int = 1
-    latent_channels: int = 4
-    norm_num_groups: int = 16
-    norm_type: str = "pixel"  # "pixel": per-pixel norm, tiles exactly; "group": GroupNorm
+ModelConfig = VAESettings  # ``model:`` of the recipe: the VAE's width and depth
 
 
 @dataclass
@@ -114,7 +109,7 @@ class DecoderStageConfig(StageConfig):
 class AutoencoderConfig:
     out_dir: str = "runs/autoencoder"
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: VAESettings = field(default_factory=VAESettings)
     loss: LossConfig = field(default_factory=LossConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(
