@@ -40,6 +40,7 @@ from kmscale.autoencoders.latent_store import _spatial_dims, open_targets
 from kmscale.autoencoders.losses import VAELoss
 from kmscale.autoencoders.registry import get_autoencoder_class
 from kmscale.autoencoders.tiling import auto_tiling, tiled_decode, tiled_encode
+from kmscale.autoencoders.vae import VAESettings
 from kmscale.config import to_dict
 from kmscale.data.patches import random_patch
 from kmscale.data.stats import NormStats
@@ -65,18 +66,15 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
-    # A registered autoencoder: "vae" (trained here in stages), "identity" (pixel space:
-    # standardized fields, nothing to train), "fsae" / "face_vae" on HEALPix stores, ...
+class ModelConfig(VAESettings):
+    """``model:`` of the recipe. ``name`` is a registered autoencoder: "vae" (trained here in
+    stages; its width and depth are the :class:`VAESettings` fields), "identity" (pixel
+    space: standardized fields, nothing to train), "fsae" / "face_vae" on HEALPix stores, ...
+    ``options`` are the constructor arguments of models other than the VAE (e.g. fsae:
+    levels, dim, heads, window); a HEALPix model's nside comes from the targets' cell count.
+    """
+
     name: str = "vae"
-    latent_channels: int = 4
-    # "vae" only:
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # 8x down
-    layers_per_block: int = 1
-    norm_num_groups: int = 16
-    norm_type: str = "pixel"  # "pixel": per-pixel norm, tiles exactly; "group": GroupNorm
-    # Other models: their constructor arguments (e.g. fsae: levels, dim, heads, window);
-    # a HEALPix model's nside comes from the targets' cell count.
     options: dict = field(default_factory=dict)
 
 

@@ -35,6 +35,7 @@ tile exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from diffusers import AutoencoderKL
@@ -47,6 +48,18 @@ from kmscale.autoencoders.registration import register
 from kmscale.errors import ConfigError
 
 NORM_TYPES = ("pixel", "group")
+
+
+@dataclass
+class VAESettings:
+    """Width and depth of a :class:`VAEAutoencoder` (``model:`` of the autoencoder recipe);
+    the variables and statistics come from the data. The constructor's defaults are these."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])  # 8x down
+    layers_per_block: int = 1  # ResNet blocks per level (the decoder uses one more)
+    latent_channels: int = 4  # channels of z
+    norm_num_groups: int = 16  # GroupNorm groups; must divide every block width
+    norm_type: str = "pixel"  # "pixel": per-pixel channel norm (tiles exactly); "group": GroupNorm
 
 
 @register("vae")
@@ -68,15 +81,16 @@ class VAEAutoencoder(Autoencoder):
         input_stats: dict | None = None,  # per-variable transform/mean/std (kmscale.data.stats)
         latent_mean: list[float] | None = None,  # per-channel latent normalization
         latent_std: list[float] | None = None,
-        block_out_channels: Sequence[int] = (32, 64, 128, 128),  # width per level; len-1 downsamplings
-        layers_per_block: int = 1,  # ResNet blocks per level (the decoder uses one more)
-        latent_channels: int = 4,  # channels of z
-        norm_num_groups: int = 16,  # GroupNorm groups; must divide every block width
+        block_out_channels: Sequence[int] | None = None,  # width per level (None: VAESettings')
+        layers_per_block: int = VAESettings.layers_per_block,
+        latent_channels: int = VAESettings.latent_channels,
+        norm_num_groups: int = VAESettings.norm_num_groups,
         mid_block_attention: bool = False,  # global self-attention in the bottleneck (breaks tiling)
-        norm_type: str = "pixel",  # "pixel": per-pixel channel norm (tiles exactly); "group": GroupNorm
+        norm_type: str = VAESettings.norm_type,
     ):
         super().__init__()
-        widths = [int(w) for w in block_out_channels]
+        widths = [int(w) for w in block_out_channels or VAESettings().block_out_channels]
+        self.register_to_config(block_out_channels=tuple(widths))  # the config names the widths
         if not widths:
             raise ConfigError("vae: expected at least one entry in block_out_channels, found none")
         bad = [w for w in widths if w % norm_num_groups]
