@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
 DESCRIPTIONS = {
     "crps_fair": "fair (unbiased) CRPS, skill - spread_fair / 2",
-    "crps_standard": "standard CRPS of the empirical ensemble distribution (properscoring's, biased)",
+    "crps_standard": (
+        "standard CRPS of the empirical ensemble distribution (properscoring's, biased)"
+    ),
     "crps_skill": "CRPS skill part E|X - y|",
     "crps_spread_fair": "CRPS spread part E|X - X'| with 1/(M(M-1))",
     "crps_spread_standard": "CRPS spread part E|X - X'| with 1/M^2",
@@ -115,7 +117,10 @@ class ScoreAccumulator:
     def record(
         self, im: int, iv: int, it: int, fs: FieldScores, e: np.ndarray, y: np.ndarray
     ) -> None:
-        """Store the scores of forecast ``im``, variable ``iv``, time ``it``; e (M, H, W), y (H, W)."""
+        """Store the scores of forecast ``im``, variable ``iv``, time ``it``.
+
+        ``e`` (M, H, W) members and ``y`` (H, W) truth feed the spectra and maps.
+        """
         m = e.shape[0]
         for k, vals in fs.per_time.items():
             self.per_time[k][im, iv, :, it] = vals
@@ -176,8 +181,9 @@ class ScoreAccumulator:
             "source": f"kmscale {__version__}",
             "grid_dims": f"{L.ydim},{L.xdim}",
             "area_weighted": int(L.opts.area_weighted and (L.ydim, L.xdim) == LATLON_DIMS),
-            "comment": "Per-time values are spatial means over valid points; summaries weight times equally. "
-            "Scores are in the units of their variable (coordinate variable_units), or that unit squared where the attribute units says 'squared'.",
+            "comment": "Per-time values are spatial means over valid points; summaries weight "
+            "times equally. Scores are in the units of their variable (coordinate "
+            "variable_units), or that unit squared where the attribute units says 'squared'.",
         }
 
         return ds.assign_coords(
@@ -229,8 +235,13 @@ class ScoreAccumulator:
             )
             ds["threshold"].attrs = {"units": "mm h-1", "long_name": "precipitation threshold"}
             ds["window"].attrs = {"units": "1", "long_name": "FSS neighbourhood width in pixels"}
-        ds["rank_histogram"] = (base + ("rank",), np.where(ds["rank"].values[None, None, None, :] <= np.array([L.sizes[m] for m in L.forecasts])[:, None, None, None], self.ranks, np.nan),
-                                {"long_name": "counts of the rank of the truth among the members (ties broken at random)", "units": "1"})  # fmt: skip
+        sizes = np.array([L.sizes[m] for m in L.forecasts])[:, None, None, None]
+        in_range = ds["rank"].values[None, None, None, :] <= sizes  # rank 0..M of each forecast
+        ds["rank_histogram"] = (
+            base + ("rank",), np.where(in_range, self.ranks, np.nan),
+            {"long_name": "counts of the rank of the truth among the members (ties broken at random)",
+             "units": "1"},
+        )  # fmt: skip
         return ds
 
     def _summaries(self, ds: xr.Dataset, lead: np.ndarray | None) -> xr.Dataset:
@@ -268,8 +279,11 @@ class ScoreAccumulator:
             _attrs("ensemble spread (root of the time-mean unbiased variance)", "same"),
         )
         with np.errstate(invalid="ignore", divide="ignore"):
-            ds["summary_spread_skill_ratio"] = (sdims, np.sqrt((msize + 1) / msize) * np.sqrt(var) / np.sqrt(mse),
-                                                {"long_name": "spread-skill ratio sqrt((M+1)/M) spread / RMSE (1 = calibrated)", "units": "1"})  # fmt: skip
+            ds["summary_spread_skill_ratio"] = (
+                sdims, np.sqrt((msize + 1) / msize) * np.sqrt(var) / np.sqrt(mse),
+                {"long_name": "spread-skill ratio sqrt((M+1)/M) spread / RMSE (1 = calibrated)",
+                 "units": "1"},
+            )  # fmt: skip
         return ds
 
     def _spectra(self, ds: xr.Dataset) -> xr.Dataset:
