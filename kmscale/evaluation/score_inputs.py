@@ -69,7 +69,7 @@ def units_match(a: str, b: str) -> bool:
 
 
 def shared_variables(forecasts: Mapping[str, xr.Dataset], truth: xr.Dataset) -> list[str]:
-    """Time-dependent truth variables that every forecast holds (what ``score`` scores by default)."""
+    """Time-dependent truth variables every forecast holds (what ``score`` scores by default)."""
     names = [
         v
         for v in truth.data_vars
@@ -77,7 +77,8 @@ def shared_variables(forecasts: Mapping[str, xr.Dataset], truth: xr.Dataset) -> 
     ]
     if not names:
         raise SchemaError(
-            f"score: expected variables shared by forecast(s) and truth, found truth {list(truth.data_vars)} "
+            "score: expected variables shared by forecast(s) and truth, found truth "
+            f"{list(truth.data_vars)} "
             f"and forecasts {[list(f.data_vars) for f in forecasts.values()]}"
         )
     return names
@@ -108,7 +109,8 @@ def check_inputs(
             da = f[v]
             if MEMBER_DIM not in da.dims:
                 raise SchemaError(
-                    f"forecast {name!r} variable {v!r}: expected a {MEMBER_DIM!r} dim, found dims {da.dims}"
+                    f"forecast {name!r} variable {v!r}: expected a {MEMBER_DIM!r} dim, "
+                    f"found dims {da.dims}"
                 )
             if "time" not in da.dims:
                 raise SchemaError(
@@ -121,7 +123,8 @@ def check_inputs(
                 )
             if not units_match(fu, tu):
                 raise UnitsError(
-                    f"forecast {name!r} variable {v!r}: expected units {tu!r} (the truth's), found {fu!r}"
+                    f"forecast {name!r} variable {v!r}: expected units {tu!r} (the truth's), "
+                    f"found {fu!r}"
                 )
         units[v] = str(tu)
     first = next(iter(forecasts.values()))
@@ -129,12 +132,14 @@ def check_inputs(
     for name, f in forecasts.items():
         if not np.array_equal(f["time"].values, times):
             raise AlignmentError(
-                f"forecast {name!r}: expected the same times as the first forecast, found {f.sizes['time']} other times"
+                f"forecast {name!r}: expected the same times as the first forecast, found "
+                f"{f.sizes['time']} other times"
             )
     missing = np.setdiff1d(times, truth["time"].values)
     if missing.size:
         raise AlignmentError(
-            f"truth: expected every forecast time, found {missing.size} missing (first {missing[0]})"
+            f"truth: expected every forecast time, found {missing.size} missing "
+            f"(first {missing[0]})"
         )
     truth = truth.sel(time=times)
     lead = None
@@ -142,7 +147,8 @@ def check_inputs(
         if "lead_time" in f.coords and f["lead_time"].dims == ("time",):
             if lead is not None and not np.array_equal(f["lead_time"].values, lead):
                 raise AlignmentError(
-                    f"forecast {name!r}: expected the same lead_time at each time as the other forecasts, found different ones"
+                    f"forecast {name!r}: expected the same lead_time at each time as the "
+                    "other forecasts, found different ones"
                 )
             lead = f["lead_time"].values
     if lead is None and "lead_time" in truth.coords and truth["lead_time"].dims == ("time",):
@@ -172,7 +178,8 @@ def region_masks(
         )
         if src is None:
             raise SchemaError(
-                f"mask {name!r}: expected a variable of the truth (or forecast) store, found {list(truth.variables)}"
+                f"mask {name!r}: expected a variable of the truth (or forecast) store, "
+                f"found {list(truth.variables)}"
             )
         m = src[name]
         if set(m.dims) != {ydim, xdim}:
