@@ -22,7 +22,9 @@ def test_validation_scores_equal_the_metric_classes_and_torch_versions(rng):
 
     dims = ("time", "variable", "y", "x")
     fc, tr = xr.DataArray(ens, dims=("member", *dims)), xr.DataArray(truth, dims=dims)
-    assert got["crps"] == pytest.approx(float(CRPS().compute(fc, tr, reduce_dims=dims, area_weighted=False)))
+    assert got["crps"] == pytest.approx(
+        float(CRPS().compute(fc, tr, reduce_dims=dims, area_weighted=False))
+    )
     assert got["crps"] == pytest.approx(float(torch.nanmean(tm.crps_fair(te, tt))), rel=1e-12)
     ssr = SpreadSkillRatio().compute(fc, tr, reduce_dims=dims, area_weighted=False)
     assert got["spread_skill"] == pytest.approx(float(ssr), rel=1e-12)

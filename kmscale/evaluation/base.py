@@ -80,7 +80,9 @@ def check_aligned(
     fdims = spatial_dims(forecast, where=f"{prefix}forecast")
     tdims = spatial_dims(truth, where=f"{prefix}truth")
     if fdims != tdims:
-        raise GridError(f"{prefix}expected forecast and truth on one grid type, found forecast {fdims} and truth {tdims}")
+        raise GridError(
+            f"{prefix}expected forecast and truth on one grid type, found forecast {fdims} and truth {tdims}"
+        )
     for d in fdims:
         if forecast.sizes[d] != truth.sizes[d]:
             raise GridError(
@@ -90,7 +92,10 @@ def check_aligned(
         if name in forecast.coords and name in truth.coords:
             fc, tc = forecast[name], truth[name]
             if fc.shape != tc.shape or not np.allclose(
-                np.asarray(fc.values, dtype=float), np.asarray(tc.values, dtype=float), rtol=rtol, atol=1e-6
+                np.asarray(fc.values, dtype=float),
+                np.asarray(tc.values, dtype=float),
+                rtol=rtol,
+                atol=1e-6,
             ):
                 raise GridError(
                     f"{prefix}expected forecast and truth on the same grid, found different {name!r} "
@@ -100,9 +105,13 @@ def check_aligned(
         if d in fdims or d == MEMBER_DIM:
             continue
         if d not in truth.dims:
-            raise AlignmentError(f"{prefix}expected truth to have the forecast's dim {d!r}, found dims {tuple(truth.dims)}")
+            raise AlignmentError(
+                f"{prefix}expected truth to have the forecast's dim {d!r}, found dims {tuple(truth.dims)}"
+            )
         if forecast.sizes[d] != truth.sizes[d]:
-            raise AlignmentError(f"{prefix}expected {forecast.sizes[d]} {d!r} steps in truth, found {truth.sizes[d]}")
+            raise AlignmentError(
+                f"{prefix}expected {forecast.sizes[d]} {d!r} steps in truth, found {truth.sizes[d]}"
+            )
         if d in forecast.coords and d in truth.coords:
             fv, tv = forecast[d].values, truth[d].values
             if not np.array_equal(fv, tv):

@@ -59,14 +59,18 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(p) for p in text.split(",") if p.strip()]
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, found {text!r}") from err
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, found {text!r}"
+        ) from err
 
 
 def _ints(text: str) -> list[int]:
     try:
         return [int(p) for p in text.split(",") if p.strip()]
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, found {text!r}") from err
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, found {text!r}"
+        ) from err
 
 
 def _named(text: str) -> tuple[str | None, str]:
@@ -87,20 +91,40 @@ def register(subparsers) -> None:
                    help="ensemble store or file; repeat for several methods (NAME defaults to the file stem)")  # fmt: skip
     p.add_argument("--truth", required=True, help="truth store or file (same grid)")
     p.add_argument("--out", required=True, help="metrics NetCDF to write")
-    p.add_argument("--predictors", help="coarse predictors (zarr/NetCDF, time x lat x lon) for the baselines")
+    p.add_argument(
+        "--predictors", help="coarse predictors (zarr/NetCDF, time x lat x lon) for the baselines"
+    )
     p.add_argument("--baseline", metavar="LIST",
                    help="interpolation baselines: bilinear,bicubic (default with --predictors) or none")  # fmt: skip
-    p.add_argument("--variables", type=lambda s: [v for v in s.split(",") if v], help="comma-separated variables (default: all shared)")
+    p.add_argument(
+        "--variables",
+        type=lambda s: [v for v in s.split(",") if v],
+        help="comma-separated variables (default: all shared)",
+    )
     p.add_argument("--mask", action="append", default=None, metavar="VAR",
                    help="truth variable defining an extra region (value > 0.5 = inside), e.g. land_sea_mask; repeatable")  # fmt: skip
     p.add_argument("--time-chunk", type=int, help="time steps read at once (default 1)")
-    p.add_argument("--no-area-weights", action="store_true", help="do not weight lat-lon grids by cos(lat)")
-    p.add_argument("--quantiles", type=_floats, help="quantile levels of the extreme errors (default 0.99,0.999)")
-    p.add_argument("--precip-thresholds", type=_floats, help="twCRPS/FSS thresholds in mm h-1 (default 0.1,1,5)")
-    p.add_argument("--fss-windows", type=_ints, help="FSS window widths in pixels, odd (default 1,5,11,25)")
+    p.add_argument(
+        "--no-area-weights", action="store_true", help="do not weight lat-lon grids by cos(lat)"
+    )
+    p.add_argument(
+        "--quantiles",
+        type=_floats,
+        help="quantile levels of the extreme errors (default 0.99,0.999)",
+    )
+    p.add_argument(
+        "--precip-thresholds",
+        type=_floats,
+        help="twCRPS/FSS thresholds in mm h-1 (default 0.1,1,5)",
+    )
+    p.add_argument(
+        "--fss-windows", type=_ints, help="FSS window widths in pixels, odd (default 1,5,11,25)"
+    )
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM")
     p.add_argument("--no-spectra", action="store_true", help="skip zonal spectra")
-    p.add_argument("--map-time", type=int, help="index of the time whose maps go in the file (default 0)")
+    p.add_argument(
+        "--map-time", type=int, help="index of the time whose maps go in the file (default 0)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_score)
@@ -109,9 +133,17 @@ def register(subparsers) -> None:
         "report", help="write an HTML/Markdown report with figures from metrics files",
         description=REPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    r.add_argument("--metrics", required=True, action="append", metavar="PATH", help="metrics NetCDF; repeatable")
+    r.add_argument(
+        "--metrics",
+        required=True,
+        action="append",
+        metavar="PATH",
+        help="metrics NetCDF; repeatable",
+    )
     r.add_argument("--out", required=True, help="report directory")
-    r.add_argument("--format", choices=("html", "md"), default="html", help="index.html (default) or report.md")
+    r.add_argument(
+        "--format", choices=("html", "md"), default="html", help="index.html (default) or report.md"
+    )
     r.add_argument("--title", default="kmscale evaluation report", help="report title")
     r.set_defaults(func=run_report)
 
@@ -124,12 +156,16 @@ def run_score(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
-        raise SchemaError(f"{out}: expected no file at --out, found one (pass --overwrite to replace it)")
+        raise SchemaError(
+            f"{out}: expected no file at --out, found one (pass --overwrite to replace it)"
+        )
     forecasts = {}
     for name, path in args.forecast:
         name = name or Path(path).name.split(".")[0]
         if name in forecasts:
-            raise SchemaError(f"--forecast: expected distinct method names, found {name!r} twice (use NAME=PATH)")
+            raise SchemaError(
+                f"--forecast: expected distinct method names, found {name!r} twice (use NAME=PATH)"
+            )
         forecasts[name] = open_input(path, kind="ensemble")
     truth = open_input(args.truth, kind="targets")
     forecasts.update(_baselines(args, forecasts, truth))
@@ -152,13 +188,18 @@ def run_score(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     ds = score(forecasts, truth, opts, progress=not args.no_progress)
     ds.attrs["history"] = " ".join(["kmscale", *sys.argv[1:]]) if sys.argv else "kmscale score"
-    ds.attrs["forecasts"] = ", ".join(f"{n}={p}" for n, p in ((n or Path(p).name.split('.')[0], p) for n, p in args.forecast))
+    ds.attrs["forecasts"] = ", ".join(
+        f"{n}={p}" for n, p in ((n or Path(p).name.split(".")[0], p) for n, p in args.forecast)
+    )
     ds.attrs["truth"] = str(args.truth)
     write_metrics(ds, out)
     head = ds["summary_crps_fair"].sel(region="all").isel(lead_time_group=0)
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s; fair CRPS (all times, region all):")
     for m in head["forecast"].values:
-        vals = ", ".join(f"{v}={float(head.sel(forecast=m, variable=v)):.4g} {ds['variable_units'].sel(variable=v).item()}" for v in head["variable"].values)
+        vals = ", ".join(
+            f"{v}={float(head.sel(forecast=m, variable=v)):.4g} {ds['variable_units'].sel(variable=v).item()}"
+            for v in head["variable"].values
+        )
         print(f"  {m}: {vals}")
     return 0
 
@@ -174,7 +215,9 @@ def _baselines(args: argparse.Namespace, forecasts: dict, truth) -> dict:
     asked = parse_baselines(args.baseline)
     if args.predictors is None:
         if asked:
-            raise SchemaError(f"--baseline {args.baseline}: expected --predictors to interpolate, found none")
+            raise SchemaError(
+                f"--baseline {args.baseline}: expected --predictors to interpolate, found none"
+            )
         return {}
     if asked == []:
         return {}
@@ -185,9 +228,13 @@ def _baselines(args: argparse.Namespace, forecasts: dict, truth) -> dict:
         return {}
     clash = [m for m in (asked or BASELINES) if m in forecasts]
     if clash:
-        raise SchemaError(f"--forecast: expected names other than the baselines', found {clash} (use NAME=PATH)")
+        raise SchemaError(
+            f"--forecast: expected names other than the baselines', found {clash} (use NAME=PATH)"
+        )
     times = next(iter(forecasts.values()))["time"].values
-    return baseline_forecasts(predictors, truth, asked or BASELINES, variables, times, strict=asked is not None)
+    return baseline_forecasts(
+        predictors, truth, asked or BASELINES, variables, times, strict=asked is not None
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:

@@ -21,12 +21,17 @@ def _units(ds: xr.Dataset, variable: str) -> str:
     return str(ds["variable_units"].sel(variable=variable).item())
 
 
-def value_range(ds: xr.Dataset, variable: str, percentiles: tuple[float, float] = (1.0, 99.0)) -> tuple[float, float]:
+def value_range(
+    ds: xr.Dataset, variable: str, percentiles: tuple[float, float] = (1.0, 99.0)
+) -> tuple[float, float]:
     """Robust colour range of the maps: percentiles of truth, ensemble means and members pooled.
 
     A scale taken from the truth alone paints a biased forecast in one flat colour.
     """
-    parts = [ds[k].sel(variable=variable).values.ravel() for k in ("map_truth", "map_ensmean", "map_members")]
+    parts = [
+        ds[k].sel(variable=variable).values.ravel()
+        for k in ("map_truth", "map_ensmean", "map_members")
+    ]
     pooled = np.concatenate(parts)
     pooled = pooled[np.isfinite(pooled)]
     if not pooled.size:
@@ -44,10 +49,15 @@ def maps(ds: xr.Dataset, variable: str) -> plt.Figure:
     methods = list(ds["forecast"].values)
     truth = ds["map_truth"].sel(variable=variable).values
     cols = ["truth", "ensemble mean", "member 0", "member 1", "ens. mean - truth"]
-    fig, axes = plt.subplots(len(methods), 5, figsize=(16, 3.2 * len(methods)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(methods), 5, figsize=(16, 3.2 * len(methods)), squeeze=False, layout="constrained"
+    )
     vmin, vmax = value_range(ds, variable)
     err_all = [ds["map_ensmean"].sel(forecast=m, variable=variable).values - truth for m in methods]
-    emax = max([np.nanpercentile(np.abs(e), 99) for e in err_all if np.isfinite(e).any()] or [1.0]) or 1.0
+    emax = (
+        max([np.nanpercentile(np.abs(e), 99) for e in err_all if np.isfinite(e).any()] or [1.0])
+        or 1.0
+    )
     for i, m in enumerate(methods):
         fields = [
             truth,
@@ -57,7 +67,9 @@ def maps(ds: xr.Dataset, variable: str) -> plt.Figure:
         ]
         for j, f in enumerate(fields):
             if j == 3 and not np.isfinite(f).any():  # a one-member forecast (e.g. a baseline)
-                axes[i, j].text(0.5, 0.5, "one member", ha="center", va="center", transform=axes[i, j].transAxes)
+                axes[i, j].text(
+                    0.5, 0.5, "one member", ha="center", va="center", transform=axes[i, j].transAxes
+                )
             im = axes[i, j].imshow(f, origin="lower", vmin=vmin, vmax=vmax, cmap="viridis")
             axes[i, j].set_title(f"{m}: {cols[j]}" if j else cols[j], fontsize=9)
         fig.colorbar(im, ax=axes[i, 3], shrink=0.8, label=_units(ds, variable))
@@ -79,8 +91,19 @@ def spectra(ds: xr.Dataset, variable: str) -> plt.Figure:
     ax.loglog(lam, ds["spectrum_truth"].sel(variable=variable), color="k", lw=2, label="truth")
     for i, m in enumerate(ds["forecast"].values):
         c = COLORS[i % len(COLORS)]
-        ax.loglog(lam, ds["spectrum_members"].sel(forecast=m, variable=variable), color=c, label=f"{m} members")
-        ax.loglog(lam, ds["spectrum_ensmean"].sel(forecast=m, variable=variable), color=c, ls="--", label=f"{m} ens. mean")
+        ax.loglog(
+            lam,
+            ds["spectrum_members"].sel(forecast=m, variable=variable),
+            color=c,
+            label=f"{m} members",
+        )
+        ax.loglog(
+            lam,
+            ds["spectrum_ensmean"].sel(forecast=m, variable=variable),
+            color=c,
+            ls="--",
+            label=f"{m} ens. mean",
+        )
     ax.invert_xaxis()
     ax.set_xlabel("wavelength (km)")
     ax.set_ylabel(f"power ({_units(ds, variable)})$^2$")
@@ -93,7 +116,9 @@ def spectra(ds: xr.Dataset, variable: str) -> plt.Figure:
 def rank_histograms(ds: xr.Dataset, variable: str, region: str = "all") -> plt.Figure:
     """Rank histograms normalised so that a flat (calibrated) histogram is 1."""
     methods = list(ds["forecast"].values)
-    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.2), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(methods), figsize=(4 * len(methods), 3.2), squeeze=False, layout="constrained"
+    )
     for i, m in enumerate(methods):
         h = ds["rank_histogram"].sel(forecast=m, variable=variable, region=region).values
         h = h[np.isfinite(h)]
@@ -112,7 +137,11 @@ def _lead_labels(ds: xr.Dataset) -> tuple[list[str], list[np.ndarray]]:
     """Time indices of each lead time (or all times when there is none)."""
     if "lead_time" in ds.coords:
         lead = ds["lead_time"].values
-        vals = lead.astype("timedelta64[h]").astype(float) if np.issubdtype(lead.dtype, np.timedelta64) else lead.astype(float)
+        vals = (
+            lead.astype("timedelta64[h]").astype(float)
+            if np.issubdtype(lead.dtype, np.timedelta64)
+            else lead.astype(float)
+        )
         uniq = np.unique(vals[np.isfinite(vals)])
         return [f"{u:g} h" for u in uniq], [np.flatnonzero(vals == u) for u in uniq]
     return ["all"], [np.arange(ds.sizes["time"])]
@@ -122,14 +151,21 @@ def boxplots(ds: xr.Dataset, variable: str, region: str = "all") -> plt.Figure:
     """Box plots over times of ensemble-mean MSE and SSIM, by lead time, methods side by side."""
     labels, groups = _lead_labels(ds)
     methods = list(ds["forecast"].values)
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(labels) * len(methods)), 4), layout="constrained")
+    fig, axes = plt.subplots(
+        1, 2, figsize=(max(8, 1.6 * len(labels) * len(methods)), 4), layout="constrained"
+    )
     width = 0.8 / len(methods)
-    for ax, key, name in ((axes[0], "ensmean_mse", f"MSE of ensemble mean ({_units(ds, variable)})$^2$"), (axes[1], "ssim_ensmean", "SSIM of ensemble mean")):
+    for ax, key, name in (
+        (axes[0], "ensmean_mse", f"MSE of ensemble mean ({_units(ds, variable)})$^2$"),
+        (axes[1], "ssim_ensmean", "SSIM of ensemble mean"),
+    ):
         for i, m in enumerate(methods):
             vals = ds[key].sel(forecast=m, variable=variable, region=region).values
             data = [vals[idx][np.isfinite(vals[idx])] for idx in groups]
             pos = np.arange(len(labels)) + (i - (len(methods) - 1) / 2) * width
-            bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
+            bp = ax.boxplot(
+                data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False
+            )
             for patch in bp["boxes"]:
                 patch.set_facecolor(COLORS[i % len(COLORS)])
                 patch.set_alpha(0.6)
@@ -152,14 +188,30 @@ def by_lead_time(ds: xr.Dataset, variable: str, region: str = "all") -> plt.Figu
     for i, m in enumerate(ds["forecast"].values):
         c = COLORS[i % len(COLORS)]
         sel = dict(forecast=m, variable=variable, region=region)
-        axes[0].plot(x, ds["summary_crps_fair"].sel(sel).values[idx], "o-", color=c, label=f"{m} fair")
-        axes[0].plot(x, ds["summary_crps_standard"].sel(sel).values[idx], "o:", color=c, label=f"{m} standard")
-        axes[1].plot(x, ds["summary_ensmean_rmse"].sel(sel).values[idx], "o-", color=c, label=f"{m} RMSE")
-        axes[1].plot(x, ds["summary_spread"].sel(sel).values[idx], "o--", color=c, label=f"{m} spread")
-        axes[2].plot(x, ds["summary_spread_skill_ratio"].sel(sel).values[idx], "o-", color=c, label=m)
+        axes[0].plot(
+            x, ds["summary_crps_fair"].sel(sel).values[idx], "o-", color=c, label=f"{m} fair"
+        )
+        axes[0].plot(
+            x,
+            ds["summary_crps_standard"].sel(sel).values[idx],
+            "o:",
+            color=c,
+            label=f"{m} standard",
+        )
+        axes[1].plot(
+            x, ds["summary_ensmean_rmse"].sel(sel).values[idx], "o-", color=c, label=f"{m} RMSE"
+        )
+        axes[1].plot(
+            x, ds["summary_spread"].sel(sel).values[idx], "o--", color=c, label=f"{m} spread"
+        )
+        axes[2].plot(
+            x, ds["summary_spread_skill_ratio"].sel(sel).values[idx], "o-", color=c, label=m
+        )
     axes[2].axhline(1.0, color="k", lw=1)
     for ax, t in zip(axes, ("CRPS", "RMSE and spread", "spread-skill ratio"), strict=True):
-        ax.set_title(f"{t} ({_units(ds, variable) if t != 'spread-skill ratio' else '1'})", fontsize=10)
+        ax.set_title(
+            f"{t} ({_units(ds, variable) if t != 'spread-skill ratio' else '1'})", fontsize=10
+        )
         ax.set_xlabel("lead time (h)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -172,9 +224,20 @@ def densities(ds: xr.Dataset, variable: str) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
     x = ds["bin_center"].sel(variable=variable).values
     with np.errstate(divide="ignore"):
-        ax.plot(x, np.log10(ds["density_truth"].sel(variable=variable).values), color="k", lw=2, label="truth")
+        ax.plot(
+            x,
+            np.log10(ds["density_truth"].sel(variable=variable).values),
+            color="k",
+            lw=2,
+            label="truth",
+        )
         for i, m in enumerate(ds["forecast"].values):
-            ax.plot(x, np.log10(ds["density"].sel(forecast=m, variable=variable).values), color=COLORS[i % len(COLORS)], label=str(m))
+            ax.plot(
+                x,
+                np.log10(ds["density"].sel(forecast=m, variable=variable).values),
+                color=COLORS[i % len(COLORS)],
+                label=str(m),
+            )
     ax.set_xlabel(f"{variable} ({_units(ds, variable)})")
     ax.set_ylabel("log10 density")
     ax.set_title(f"{variable}: value distribution")

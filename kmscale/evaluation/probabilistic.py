@@ -102,7 +102,9 @@ def crps_parts(
     ens = np.moveaxis(np.asarray(ensemble), axis, 0)
     truth = np.asarray(truth)
     if ens.shape[1:] != truth.shape:
-        raise ValueError(f"crps: expected truth shape {ens.shape[1:]} (ensemble without members), found {truth.shape}")
+        raise ValueError(
+            f"crps: expected truth shape {ens.shape[1:]} (ensemble without members), found {truth.shape}"
+        )
     m = ens.shape[0]
     if m < 1:
         raise ValueError("crps: expected at least one member, found 0")
@@ -171,7 +173,9 @@ def spread_from_pair_sum(pair_sum: np.ndarray, m: int, *, fair: bool = True) -> 
     return pair_sum / (m * m)
 
 
-def crps_ensemble(ensemble: np.ndarray, truth: np.ndarray, *, axis: int = 0, fair: bool = True) -> np.ndarray:
+def crps_ensemble(
+    ensemble: np.ndarray, truth: np.ndarray, *, axis: int = 0, fair: bool = True
+) -> np.ndarray:
     """Point-wise CRPS of ``ensemble`` (M, ...) against ``truth`` (...); see module doc."""
     m = np.asarray(ensemble).shape[axis]
     skill, pair_sum = crps_parts(ensemble, truth, axis=axis)
@@ -275,7 +279,11 @@ class EnsembleMeanRMSE(Metric):
     """sqrt of the spatial mean of the ensemble-mean squared error."""
 
     def compute(self, forecast, truth, *, reduce_dims=None, mask=None, area_weighted=True):
-        return np.sqrt(EnsembleMeanMSE().compute(forecast, truth, reduce_dims=reduce_dims, mask=mask, area_weighted=area_weighted))
+        return np.sqrt(
+            EnsembleMeanMSE().compute(
+                forecast, truth, reduce_dims=reduce_dims, mask=mask, area_weighted=area_weighted
+            )
+        )
 
 
 @dataclasses.dataclass
@@ -298,7 +306,11 @@ class EnsembleSpread(Metric):
     """sqrt of the spatial mean unbiased ensemble variance (units of x)."""
 
     def compute(self, forecast, truth, *, reduce_dims=None, mask=None, area_weighted=True):
-        return np.sqrt(EnsembleVariance().compute(forecast, truth, reduce_dims=reduce_dims, mask=mask, area_weighted=area_weighted))
+        return np.sqrt(
+            EnsembleVariance().compute(
+                forecast, truth, reduce_dims=reduce_dims, mask=mask, area_weighted=area_weighted
+            )
+        )
 
 
 def spread_skill_from_parts(mean_variance, mean_mse, m: int):
@@ -351,10 +363,14 @@ class RankHistogram(Metric):
     def compute(self, forecast, truth, *, reduce_dims=None, mask=None, area_weighted=False):
         check_aligned(forecast, truth, where="RankHistogram")
         m = require_member_dim(forecast)
-        return self.counts(self.pointwise(forecast, truth), m, truth, reduce_dims=reduce_dims, mask=mask)
+        return self.counts(
+            self.pointwise(forecast, truth), m, truth, reduce_dims=reduce_dims, mask=mask
+        )
 
     @staticmethod
-    def counts(ranks: xr.DataArray, m: int, truth: xr.DataArray, *, reduce_dims=None, mask=None) -> xr.DataArray:
+    def counts(
+        ranks: xr.DataArray, m: int, truth: xr.DataArray, *, reduce_dims=None, mask=None
+    ) -> xr.DataArray:
         """Counts of each rank 0..M of a :meth:`pointwise` field over ``reduce_dims`` (dim ``rank``)."""
         if mask is not None:
             ranks = ranks.where(mask.astype(bool))

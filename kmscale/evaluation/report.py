@@ -41,15 +41,25 @@ def load_metrics(paths: Sequence[str | Path]) -> xr.Dataset:
             raise SchemaError(f"{p}: expected a metrics NetCDF of `kmscale score`, found nothing")
         ds = xr.open_dataset(p, engine=detect_engine(p)).load()
         if "summary_crps_fair" not in ds:
-            raise SchemaError(f"{p}: expected a metrics file of `kmscale score` (summary_crps_fair), found variables {list(ds.data_vars)[:8]}")
+            raise SchemaError(
+                f"{p}: expected a metrics file of `kmscale score` (summary_crps_fair), found variables {list(ds.data_vars)[:8]}"
+            )
         dsets.append(ds)
     if len(dsets) == 1:
         return dsets[0]
     names = [m for d in dsets for m in d["forecast"].values]
     if len(set(names)) != len(names):
-        raise SchemaError(f"report: expected distinct method names across metrics files, found {names}")
+        raise SchemaError(
+            f"report: expected distinct method names across metrics files, found {names}"
+        )
     per_method = [v for v in dsets[0].data_vars if "forecast" in dsets[0][v].dims]
-    merged = xr.concat([d[per_method] for d in dsets], dim="forecast", join="outer", coords="different", compat="equals")
+    merged = xr.concat(
+        [d[per_method] for d in dsets],
+        dim="forecast",
+        join="outer",
+        coords="different",
+        compat="equals",
+    )
     shared = dsets[0].drop_vars(per_method)
     return xr.merge([shared, merged], compat="override", join="outer")
 
@@ -79,7 +89,15 @@ def ranking_rows(ds: xr.Dataset, region: str = "all") -> tuple[list[str], list[l
     ``vs best baseline`` is the forecast's fair CRPS over that of the best (lowest)
     baseline of the variable (below 1: better than interpolating the predictors).
     """
-    header = ["variable", "rank", "forecast", "kind", "CRPS fair", "MAE ens. mean", "vs best baseline"]
+    header = [
+        "variable",
+        "rank",
+        "forecast",
+        "kind",
+        "CRPS fair",
+        "MAE ens. mean",
+        "vs best baseline",
+    ]
     kinds = forecast_kinds(ds)
     crps = ds["summary_crps_fair"].sel(region=region).isel(lead_time_group=0)
     rows = []
@@ -90,7 +108,11 @@ def ranking_rows(ds: xr.Dataset, region: str = "all") -> tuple[list[str], list[l
         order = sorted(vals, key=lambda m: (not np.isfinite(vals[m]), vals[m]))
         units = str(ds["variable_units"].sel(variable=v).item())
         for rank, m in enumerate(order, 1):
-            ratio = vals[m] / best if np.isfinite(best) and best > 0 and np.isfinite(vals[m]) else float("nan")
+            ratio = (
+                vals[m] / best
+                if np.isfinite(best) and best > 0 and np.isfinite(vals[m])
+                else float("nan")
+            )
             rows.append([
                 f"{v} ({units})", str(rank), m, kinds[m], _fmt(vals[m], "{:.4g}"),
                 _cell(ds, "summary_ensmean_mae", m, v, region, "{:.4g}"),
@@ -110,11 +132,20 @@ def summary_rows(ds: xr.Dataset, region: str) -> tuple[list[str], list[list[str]
     for v in ds["variable"].values:
         for m in ds["forecast"].values:
             units = str(ds["variable_units"].sel(variable=v).item())
-            rows.append([str(m), str(v), units] + [_cell(ds, k, m, v, region, f) for k, _, f in SUMMARY_COLUMNS])
+            rows.append(
+                [str(m), str(v), units]
+                + [_cell(ds, k, m, v, region, f) for k, _, f in SUMMARY_COLUMNS]
+            )
     return header, rows
 
 
-def write_report(ds: xr.Dataset, out_dir: str | Path, *, fmt: str = "html", title: str = "kmscale evaluation report") -> Path:
+def write_report(
+    ds: xr.Dataset,
+    out_dir: str | Path,
+    *,
+    fmt: str = "html",
+    title: str = "kmscale evaluation report",
+) -> Path:
     """Write the figures and the report page; returns the page's path."""
     from kmscale.evaluation import plots
 
@@ -136,23 +167,49 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, *, fmt: str = "html", titl
     for v in map(str, ds["variable"].values):
         figs = []
         if "map_truth" in ds:
-            figs.append(("Truth, ensemble mean, two members and ensemble-mean error", save(plots.maps(ds, v), f"{v}_maps")))
-        figs.append(("Fair and standard CRPS, RMSE and spread, spread-skill ratio by lead time", save(plots.by_lead_time(ds, v), f"{v}_lead")))
-        figs.append(("Box plots over times of ensemble-mean MSE and SSIM by lead time", save(plots.boxplots(ds, v), f"{v}_box")))
+            figs.append(
+                (
+                    "Truth, ensemble mean, two members and ensemble-mean error",
+                    save(plots.maps(ds, v), f"{v}_maps"),
+                )
+            )
+        figs.append(
+            (
+                "Fair and standard CRPS, RMSE and spread, spread-skill ratio by lead time",
+                save(plots.by_lead_time(ds, v), f"{v}_lead"),
+            )
+        )
+        figs.append(
+            (
+                "Box plots over times of ensemble-mean MSE and SSIM by lead time",
+                save(plots.boxplots(ds, v), f"{v}_box"),
+            )
+        )
         if "spectrum_truth" in ds:
             figs.append(("Zonal power spectra", save(plots.spectra(ds, v), f"{v}_spectra")))
-        figs.append(("Rank histograms (flat = calibrated; U = under-dispersed)", save(plots.rank_histograms(ds, v), f"{v}_rank")))
-        figs.append(("Log-density of values (extremes)", save(plots.densities(ds, v), f"{v}_density")))
+        figs.append(
+            (
+                "Rank histograms (flat = calibrated; U = under-dispersed)",
+                save(plots.rank_histograms(ds, v), f"{v}_rank"),
+            )
+        )
+        figs.append(
+            ("Log-density of values (extremes)", save(plots.densities(ds, v), f"{v}_density"))
+        )
         sections.append((v, figs))
 
     tables = [(r, *summary_rows(ds, r)) for r in map(str, ds["region"].values)]
     ranking = ranking_rows(ds, "all")
     if "baseline" not in forecast_kinds(ds).values():
-        ranking_note = "No baseline was scored (give `kmscale score --predictors` to score interpolation)."
+        ranking_note = (
+            "No baseline was scored (give `kmscale score --predictors` to score interpolation)."
+        )
     else:
-        ranking_note = ("Every forecast ranked by fair CRPS (all times, region all); 'vs best baseline' is its "
-                        "fair CRPS over the best interpolation baseline's (below 1 = better than interpolating "
-                        "the coarse predictors).")
+        ranking_note = (
+            "Every forecast ranked by fair CRPS (all times, region all); 'vs best baseline' is its "
+            "fair CRPS over the best interpolation baseline's (below 1 = better than interpolating "
+            "the coarse predictors)."
+        )
     meta = {k: ds.attrs.get(k, "") for k in ("history", "forecasts", "truth", "source")}
     if fmt == "html":
         page = out / "index.html"
@@ -175,18 +232,33 @@ def _html(title, ranking, note, tables, sections, meta) -> str:
         "<p>Scores over all times. Fair CRPS is the headline (unbiased for the ensemble size); "
         "the standard CRPS of the empirical distribution is shown for comparison with tools that report it.</p>",
     ]
-    parts.append("<ul>" + "".join(f"<li><b>{e(k)}</b>: {e(str(v))}</li>" for k, v in meta.items() if v) + "</ul>")
+    parts.append(
+        "<ul>"
+        + "".join(f"<li><b>{e(k)}</b>: {e(str(v))}</li>" for k, v in meta.items() if v)
+        + "</ul>"
+    )
     header, rows = ranking
-    parts.append(f"<h2>Ranking</h2><p>{e(note)}</p><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+    parts.append(
+        f"<h2>Ranking</h2><p>{e(note)}</p><table><tr>"
+        + "".join(f"<th>{e(h)}</th>" for h in header)
+        + "</tr>"
+    )
     parts.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
     parts.append("</table><h2>Summary</h2>")
     for region, header, rows in tables:
-        parts.append(f"<h3>Region: {e(region)}</h3><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts.append(
+            f"<h3>Region: {e(region)}</h3><table><tr>"
+            + "".join(f"<th>{e(h)}</th>" for h in header)
+            + "</tr>"
+        )
         parts.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
         parts.append("</table>")
     for heading, figs in sections:
         parts.append(f"<h2>{e(heading)}</h2>")
-        parts.extend(f"<figure><img src='{e(f)}' alt='{e(c)}'><figcaption>{e(c)}</figcaption></figure>" for c, f in figs)
+        parts.extend(
+            f"<figure><img src='{e(f)}' alt='{e(c)}'><figcaption>{e(c)}</figcaption></figure>"
+            for c, f in figs
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -195,10 +267,22 @@ def _markdown(title, ranking, note, tables, sections, meta) -> str:
     lines = [f"# {title}", "", "Scores over all times; fair CRPS is the headline.", ""]
     lines += [f"- **{k}**: {v}" for k, v in meta.items() if v] + [""]
     header, rows = ranking
-    lines += ["## Ranking", "", note, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [
+        "## Ranking",
+        "",
+        note,
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows] + ["", "## Summary", ""]
     for region, header, rows in tables:
-        lines += [f"### Region: {region}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += [
+            f"### Region: {region}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")
     for heading, figs in sections:

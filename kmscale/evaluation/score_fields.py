@@ -129,7 +129,9 @@ def score_field(
         if not out.n_valid[ir]:
             continue
         kw = dict(mask=ok, area_weighted=settings.area_weighted)
-        means = {k: float(metric.reduce(field, truth, **kw)) for k, (metric, field) in metrics.items()}
+        means = {
+            k: float(metric.reduce(field, truth, **kw)) for k, (metric, field) in metrics.items()
+        }
         for k, val in crps_from_mean_parts(means["crps_skill"], means["pair_sum"], m).items():
             per_time[k][ir] = val
         for k in ("ensmean_mse", "ensmean_mae", "ensmean_bias", "ens_variance"):
@@ -145,6 +147,8 @@ def score_field(
             qe = QuantileError(quantiles=settings.quantiles).compute(ensemble, truth, mask=ok)
             out.quantile_error[ir] = qe.values
         if thresholds:
-            fss = FSS(thresholds=thresholds, windows=settings.fss_windows).compute(ensemble, truth, mask=ok)
+            fss = FSS(thresholds=thresholds, windows=settings.fss_windows).compute(
+                ensemble, truth, mask=ok
+            )
             out.fss[ir] = fss.values
     return out

@@ -31,9 +31,15 @@ def open_input(path: str | Path, *, kind: str | None) -> xr.Dataset:
         raise SchemaError(f"{path}: expected a zarr store or NetCDF file, found nothing")
     if path.is_dir():
         try:
-            ds = xr.open_zarr(path, consolidated=False) if (path / "zarr.json").exists() else xr.open_zarr(path)
+            ds = (
+                xr.open_zarr(path, consolidated=False)
+                if (path / "zarr.json").exists()
+                else xr.open_zarr(path)
+            )
         except (ValueError, KeyError, OSError, FileNotFoundError) as err:
-            raise SchemaError(f"{path}: expected a zarr store, found an unreadable directory ({err})") from err
+            raise SchemaError(
+                f"{path}: expected a zarr store, found an unreadable directory ({err})"
+            ) from err
         if KIND_KEY in ds.attrs:
             return open_store(path, kind=kind)
         return ds
@@ -43,7 +49,9 @@ def open_input(path: str | Path, *, kind: str | None) -> xr.Dataset:
     try:
         return xr.open_dataset(path, engine=engine, chunks={})
     except (ValueError, OSError) as err:
-        raise SchemaError(f"{path}: expected a NetCDF file, found an unreadable one ({err})") from err
+        raise SchemaError(
+            f"{path}: expected a NetCDF file, found an unreadable one ({err})"
+        ) from err
 
 
 def netcdf_engine() -> str:
@@ -61,11 +69,16 @@ def units_match(a: str, b: str) -> bool:
 
 
 def shared_variables(forecasts: Mapping[str, xr.Dataset], truth: xr.Dataset) -> list[str]:
-    """Time-dependent truth variables that every forecast holds (what ``score`` scores by default)."""
-    names = [v for v in truth.data_vars if "time" in truth[v].dims and all(v in f.data_vars for f in forecasts.values())]
+    """Time-dependent truth variables every forecast holds (what ``score`` scores by default)."""
+    names = [
+        v
+        for v in truth.data_vars
+        if "time" in truth[v].dims and all(v in f.data_vars for f in forecasts.values())
+    ]
     if not names:
         raise SchemaError(
-            f"score: expected variables shared by forecast(s) and truth, found truth {list(truth.data_vars)} "
+            "score: expected variables shared by forecast(s) and truth, found truth "
+            f"{list(truth.data_vars)} "
             f"and forecasts {[list(f.data_vars) for f in forecasts.values()]}"
         )
     return names
@@ -90,34 +103,53 @@ def check_inputs(
             raise UnitsError(f"truth variable {v!r}: expected a 'units' attribute, found none")
         for name, f in forecasts.items():
             if v not in f.data_vars:
-                raise SchemaError(f"forecast {name!r}: expected variable {v!r}, found {list(f.data_vars)}")
+                raise SchemaError(
+                    f"forecast {name!r}: expected variable {v!r}, found {list(f.data_vars)}"
+                )
             da = f[v]
             if MEMBER_DIM not in da.dims:
-                raise SchemaError(f"forecast {name!r} variable {v!r}: expected a {MEMBER_DIM!r} dim, found dims {da.dims}")
+                raise SchemaError(
+                    f"forecast {name!r} variable {v!r}: expected a {MEMBER_DIM!r} dim, "
+                    f"found dims {da.dims}"
+                )
             if "time" not in da.dims:
-                raise SchemaError(f"forecast {name!r} variable {v!r}: expected a 'time' dim, found dims {da.dims}")
+                raise SchemaError(
+                    f"forecast {name!r} variable {v!r}: expected a 'time' dim, found dims {da.dims}"
+                )
             fu = da.attrs.get("units")
             if not fu:
-                raise UnitsError(f"forecast {name!r} variable {v!r}: expected a 'units' attribute, found none")
+                raise UnitsError(
+                    f"forecast {name!r} variable {v!r}: expected a 'units' attribute, found none"
+                )
             if not units_match(fu, tu):
-                raise UnitsError(f"forecast {name!r} variable {v!r}: expected units {tu!r} (the truth's), found {fu!r}")
+                raise UnitsError(
+                    f"forecast {name!r} variable {v!r}: expected units {tu!r} (the truth's), "
+                    f"found {fu!r}"
+                )
         units[v] = str(tu)
     first = next(iter(forecasts.values()))
     times = first["time"].values
     for name, f in forecasts.items():
         if not np.array_equal(f["time"].values, times):
-            raise AlignmentError(f"forecast {name!r}: expected the same times as the first forecast, found {f.sizes['time']} other times")
+            raise AlignmentError(
+                f"forecast {name!r}: expected the same times as the first forecast, found "
+                f"{f.sizes['time']} other times"
+            )
     missing = np.setdiff1d(times, truth["time"].values)
     if missing.size:
         raise AlignmentError(
-            f"truth: expected every forecast time, found {missing.size} missing (first {missing[0]})"
+            f"truth: expected every forecast time, found {missing.size} missing "
+            f"(first {missing[0]})"
         )
     truth = truth.sel(time=times)
     lead = None
     for name, f in forecasts.items():
         if "lead_time" in f.coords and f["lead_time"].dims == ("time",):
             if lead is not None and not np.array_equal(f["lead_time"].values, lead):
-                raise AlignmentError(f"forecast {name!r}: expected the same lead_time at each time as the other forecasts, found different ones")
+                raise AlignmentError(
+                    f"forecast {name!r}: expected the same lead_time at each time as the "
+                    "other forecasts, found different ones"
+                )
             lead = f["lead_time"].values
     if lead is None and "lead_time" in truth.coords and truth["lead_time"].dims == ("time",):
         lead = truth["lead_time"].values
@@ -130,14 +162,25 @@ def check_inputs(
 
 
 def region_masks(
-    truth: xr.Dataset, forecasts: Mapping[str, xr.Dataset], names: Sequence[str], ydim: str, xdim: str
+    truth: xr.Dataset,
+    forecasts: Mapping[str, xr.Dataset],
+    names: Sequence[str],
+    ydim: str,
+    xdim: str,
 ) -> dict[str, np.ndarray]:
     """``{name: (ny, nx) bool}`` of each mask variable (value > 0.5 = inside; NaN = outside)."""
     out = {}
     for name in names:
-        src = truth if name in truth.variables else next((f for f in forecasts.values() if name in f.variables), None)
+        src = (
+            truth
+            if name in truth.variables
+            else next((f for f in forecasts.values() if name in f.variables), None)
+        )
         if src is None:
-            raise SchemaError(f"mask {name!r}: expected a variable of the truth (or forecast) store, found {list(truth.variables)}")
+            raise SchemaError(
+                f"mask {name!r}: expected a variable of the truth (or forecast) store, "
+                f"found {list(truth.variables)}"
+            )
         m = src[name]
         if set(m.dims) != {ydim, xdim}:
             raise SchemaError(f"mask {name!r}: expected dims ({ydim}, {xdim}), found {m.dims}")
@@ -150,5 +193,9 @@ def line_spacing_km(truth: xr.Dataset, ydim: str, xdim: str) -> float:
     """Grid spacing along the spectra's lines, km (lat-lon: at the mean latitude)."""
     if (ydim, xdim) == LATLON_DIMS:
         lon = truth["lon"].values.astype(float)
-        return float(EARTH_RADIUS_KM * np.cos(np.deg2rad(truth["lat"].values.astype(float).mean())) * np.deg2rad(abs(np.median(np.diff(lon)))))
+        return float(
+            EARTH_RADIUS_KM
+            * np.cos(np.deg2rad(truth["lat"].values.astype(float).mean()))
+            * np.deg2rad(abs(np.median(np.diff(lon))))
+        )
     return grid_spacing_km(truth, xdim)

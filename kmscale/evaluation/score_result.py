@@ -26,6 +26,22 @@ if TYPE_CHECKING:
     from kmscale.evaluation.scoring import ScoreOptions
 
 
+DESCRIPTIONS = {
+    "crps_fair": "fair (unbiased) CRPS, skill - spread_fair / 2",
+    "crps_standard": (
+        "standard CRPS of the empirical ensemble distribution (properscoring's, biased)"
+    ),
+    "crps_skill": "CRPS skill part E|X - y|",
+    "crps_spread_fair": "CRPS spread part E|X - X'| with 1/(M(M-1))",
+    "crps_spread_standard": "CRPS spread part E|X - X'| with 1/M^2",
+    "ensmean_mse": "mean squared error of the ensemble mean",
+    "ensmean_mae": "mean absolute error of the ensemble mean",
+    "ensmean_bias": "mean error (forecast - truth) of the ensemble mean",
+    "ens_variance": "unbiased ensemble variance",
+    "ssim_ensmean": "structural similarity of the ensemble mean to the truth",
+}
+
+
 @dataclasses.dataclass
 class ScoreLayout:
     """What one ``score`` call scores.
@@ -98,8 +114,13 @@ class ScoreAccumulator:
         ht, hfs = self.hists[self.layout.variables[iv]]
         hfs.setdefault(self.layout.forecasts[im], DensityHistogram(ht.edges)).add(e_chunk)
 
-    def record(self, im: int, iv: int, it: int, fs: FieldScores, e: np.ndarray, y: np.ndarray) -> None:
-        """Store the scores of forecast ``im``, variable ``iv``, time ``it``; e (M, H, W), y (H, W)."""
+    def record(
+        self, im: int, iv: int, it: int, fs: FieldScores, e: np.ndarray, y: np.ndarray
+    ) -> None:
+        """Store the scores of forecast ``im``, variable ``iv``, time ``it``.
+
+        ``e`` (M, H, W) members and ``y`` (H, W) truth feed the spectra and maps.
+        """
         m = e.shape[0]
         for k, vals in fs.per_time.items():
             self.per_time[k][im, iv, :, it] = vals
@@ -116,16 +137,20 @@ class ScoreAccumulator:
                 self.spec[key][im, iv] += s
                 self.spec_cnt[key][im, iv] += c
         if it == self.map_t:
-            f, v, size = self.layout.forecasts[im], self.layout.variables[iv], self.layout.opts.map_size
+            f, v, size = (
+                self.layout.forecasts[im],
+                self.layout.variables[iv],
+                self.layout.opts.map_size,
+            )
             self.maps.setdefault("truth", {})[v] = _coarsen(y, size)
             self.maps.setdefault("ensmean", {})[(f, v)] = _coarsen(fs.ensmean, size)
-            self.maps.setdefault("members", {})[(f, v)] = [_coarsen(e[j], size) for j in range(min(2, m))]
+            self.maps.setdefault("members", {})[(f, v)] = [
+                _coarsen(e[j], size) for j in range(min(2, m))
+            ]
 
     def to_dataset(self) -> xr.Dataset:
         """The CF-described metrics Dataset (module doc of :mod:`kmscale.evaluation.scoring`)."""
         L = self.layout
-        base = ("forecast", "variable", "region")
-        nt = L.truth.sizes["time"]
         coords = {
             "forecast": L.forecasts,
             "variable": L.variables,
@@ -138,40 +163,97 @@ class ScoreAccumulator:
         ds = xr.Dataset(coords=coords)
         if "lead_time" in L.truth.coords and L.truth["lead_time"].dims == ("time",):
             lead = np.asarray(L.truth["lead_time"].values)
-        ds = ds.assign_coords(member=np.arange(self.member_mse.shape[-1]), rank=np.arange(self.ranks.shape[-1]))
+        ds = ds.assign_coords(
+            member=np.arange(self.member_mse.shape[-1]), rank=np.arange(self.ranks.shape[-1])
+        )
         if lead is not None:
             ds = ds.assign_coords(lead_time=("time", lead))
-        desc = {
-            "crps_fair": "fair (unbiased) CRPS, skill - spread_fair / 2",
-            "crps_standard": "standard CRPS of the empirical ensemble distribution (properscoring's, biased)",
-            "crps_skill": "CRPS skill part E|X - y|",
-            "crps_spread_fair": "CRPS spread part E|X - X'| with 1/(M(M-1))",
-            "crps_spread_standard": "CRPS spread part E|X - X'| with 1/M^2",
-            "ensmean_mse": "mean squared error of the ensemble mean",
-            "ensmean_mae": "mean absolute error of the ensemble mean",
-            "ensmean_bias": "mean error (forecast - truth) of the ensemble mean",
-            "ens_variance": "unbiased ensemble variance",
-            "ssim_ensmean": "structural similarity of the ensemble mean to the truth",
+        ds = self._per_time(ds)
+        ds = self._summaries(ds, lead)
+        if L.opts.spectra:
+            ds = self._spectra(ds)
+        ds = self._densities(ds)
+        if self.maps:
+            ds = self._maps(ds)
+        ds.attrs = {
+            "Conventions": "CF-1.10",
+            "title": "kmscale ensemble scores",
+            "source": f"kmscale {__version__}",
+            "grid_dims": f"{L.ydim},{L.xdim}",
+            "area_weighted": int(L.opts.area_weighted and (L.ydim, L.xdim) == LATLON_DIMS),
+            "comment": "Per-time values are spatial means over valid points; summaries weight "
+            "times equally. Scores are in the units of their variable (coordinate "
+            "variable_units), or that unit squared where the attribute units says 'squared'.",
         }
+
+        return ds.assign_coords(
+            forecast_kind=("forecast", L.kinds, {"long_name": "model or baseline"})
+        )
+
+    def _per_time(self, ds: xr.Dataset) -> xr.Dataset:
+        """Per-time scores, member MSE, quantile errors, precipitation scores, rank histogram."""
+        L, base, desc = self.layout, ("forecast", "variable", "region"), DESCRIPTIONS
         squared = {"ensmean_mse", "ens_variance"}
         for k, arr in self.per_time.items():
-            ds[k] = (base + ("time",), arr, _attrs(desc[k], "1" if k == "ssim_ensmean" else ("squared" if k in squared else "same")))
-        ds["n_valid"] = (base + ("time",), self.n_valid, {"long_name": "number of valid points scored", "units": "1"})
-        ds["member_mse"] = (base + ("time", "member"), self.member_mse, _attrs("mean squared error of each member", "squared"))
-        ds = ds.assign_coords(quantile=list(L.opts.quantiles), threshold=list(L.opts.precip_thresholds), window=list(L.opts.fss_windows))
-        ds["quantile_error"] = (base + ("time", "quantile"), self.qerr, _attrs("forecast minus truth quantile (members and space pooled)", "same"))
+            ds[k] = (
+                base + ("time",),
+                arr,
+                _attrs(
+                    desc[k], "1" if k == "ssim_ensmean" else ("squared" if k in squared else "same")
+                ),
+            )
+        ds["n_valid"] = (
+            base + ("time",),
+            self.n_valid,
+            {"long_name": "number of valid points scored", "units": "1"},
+        )
+        ds["member_mse"] = (
+            base + ("time", "member"),
+            self.member_mse,
+            _attrs("mean squared error of each member", "squared"),
+        )
+        ds = ds.assign_coords(
+            quantile=list(L.opts.quantiles),
+            threshold=list(L.opts.precip_thresholds),
+            window=list(L.opts.fss_windows),
+        )
+        ds["quantile_error"] = (
+            base + ("time", "quantile"),
+            self.qerr,
+            _attrs("forecast minus truth quantile (members and space pooled)", "same"),
+        )
         if L.precip:
-            ds["twcrps_fair"] = (base + ("time", "threshold"), self.tw, _attrs("fair threshold-weighted CRPS, weight 1{z >= threshold}", "same"))
-            ds["fss"] = (base + ("time", "threshold", "window"), self.fss, {"long_name": "fractions skill score (ensemble event probability)", "units": "1"})
+            ds["twcrps_fair"] = (
+                base + ("time", "threshold"),
+                self.tw,
+                _attrs("fair threshold-weighted CRPS, weight 1{z >= threshold}", "same"),
+            )
+            ds["fss"] = (
+                base + ("time", "threshold", "window"),
+                self.fss,
+                {"long_name": "fractions skill score (ensemble event probability)", "units": "1"},
+            )
             ds["threshold"].attrs = {"units": "mm h-1", "long_name": "precipitation threshold"}
             ds["window"].attrs = {"units": "1", "long_name": "FSS neighbourhood width in pixels"}
-        ds["rank_histogram"] = (base + ("rank",), np.where(ds["rank"].values[None, None, None, :] <= np.array([L.sizes[m] for m in L.forecasts])[:, None, None, None], self.ranks, np.nan),
-                                {"long_name": "counts of the rank of the truth among the members (ties broken at random)", "units": "1"})  # fmt: skip
+        sizes = np.array([L.sizes[m] for m in L.forecasts])[:, None, None, None]
+        in_range = ds["rank"].values[None, None, None, :] <= sizes  # rank 0..M of each forecast
+        ds["rank_histogram"] = (
+            base + ("rank",), np.where(in_range, self.ranks, np.nan),
+            {"long_name": "counts of the rank of the truth among the members (ties broken at random)",
+             "units": "1"},
+        )  # fmt: skip
+        return ds
 
-        # summaries by lead time (or over all times)
+    def _summaries(self, ds: xr.Dataset, lead: np.ndarray | None) -> xr.Dataset:
+        """Time means by lead time (NaN group: all times); spread-skill from the mean parts."""
+        L, base, desc = self.layout, ("forecast", "variable", "region"), DESCRIPTIONS
+        nt = L.truth.sizes["time"]
         groups = _lead_groups(lead, nt)
         ds = ds.assign_coords(lead_time_group=("lead_time_group", [g for g, _ in groups]))
-        ds["lead_time_group"].attrs = {"long_name": "lead time of the summary (hours); NaN = all times", "units": "h"}
+        ds["lead_time_group"].attrs = {
+            "long_name": "lead time of the summary (hours); NaN = all times",
+            "units": "h",
+        }
         sdims = base + ("lead_time_group",)
 
         def tmean(a):
@@ -179,24 +261,64 @@ class ScoreAccumulator:
                 return np.stack([np.nanmean(a[..., idx], axis=-1) for _, idx in groups], axis=-1)
 
         for k in PER_TIME:
-            ds[f"summary_{k}"] = (sdims, tmean(self.per_time[k]), ds[k].attrs | {"long_name": "time mean of " + desc[k]})
+            ds[f"summary_{k}"] = (
+                sdims,
+                tmean(self.per_time[k]),
+                ds[k].attrs | {"long_name": "time mean of " + desc[k]},
+            )
         mse, var = tmean(self.per_time["ensmean_mse"]), tmean(self.per_time["ens_variance"])
         msize = np.array([L.sizes[m] for m in L.forecasts], dtype=float)[:, None, None, None]
-        ds["summary_ensmean_rmse"] = (sdims, np.sqrt(mse), _attrs("RMSE of the ensemble mean (root of the time-mean MSE)", "same"))
-        ds["summary_spread"] = (sdims, np.sqrt(var), _attrs("ensemble spread (root of the time-mean unbiased variance)", "same"))
+        ds["summary_ensmean_rmse"] = (
+            sdims,
+            np.sqrt(mse),
+            _attrs("RMSE of the ensemble mean (root of the time-mean MSE)", "same"),
+        )
+        ds["summary_spread"] = (
+            sdims,
+            np.sqrt(var),
+            _attrs("ensemble spread (root of the time-mean unbiased variance)", "same"),
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
-            ds["summary_spread_skill_ratio"] = (sdims, np.sqrt((msize + 1) / msize) * np.sqrt(var) / np.sqrt(mse),
-                                                {"long_name": "spread-skill ratio sqrt((M+1)/M) spread / RMSE (1 = calibrated)", "units": "1"})  # fmt: skip
+            ds["summary_spread_skill_ratio"] = (
+                sdims, np.sqrt((msize + 1) / msize) * np.sqrt(var) / np.sqrt(mse),
+                {"long_name": "spread-skill ratio sqrt((M+1)/M) spread / RMSE (1 = calibrated)",
+                 "units": "1"},
+            )  # fmt: skip
+        return ds
 
-        if L.opts.spectra:
-            dx = line_spacing_km(L.truth, L.ydim, L.xdim)
-            ds = ds.assign_coords(wavenumber=np.arange(1, self.spec_truth.shape[-1] + 1))
-            ds = ds.assign_coords(wavelength=("wavenumber", wavelengths_km(L.truth.sizes[L.xdim], dx), {"units": "km", "long_name": "wavelength"}))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ds["spectrum_truth"] = (("variable", "wavenumber"), self.spec_truth / self.spec_truth_cnt[:, None], _attrs("zonal power spectrum of the truth (NaN-free lines)", "squared"))
-                ds["spectrum_ensmean"] = (("forecast", "variable", "wavenumber"), self.spec["ensmean"] / self.spec_cnt["ensmean"][..., None], _attrs("zonal power spectrum of the ensemble mean", "squared"))
-                ds["spectrum_members"] = (("forecast", "variable", "wavenumber"), self.spec["members"] / self.spec_cnt["members"][..., None], _attrs("zonal power spectrum of the members (averaged)", "squared"))
+    def _spectra(self, ds: xr.Dataset) -> xr.Dataset:
+        """Zonal spectra of truth, ensemble means and members, with km wavelengths."""
+        L = self.layout
+        dx = line_spacing_km(L.truth, L.ydim, L.xdim)
+        ds = ds.assign_coords(wavenumber=np.arange(1, self.spec_truth.shape[-1] + 1))
+        ds = ds.assign_coords(
+            wavelength=(
+                "wavenumber",
+                wavelengths_km(L.truth.sizes[L.xdim], dx),
+                {"units": "km", "long_name": "wavelength"},
+            )
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ds["spectrum_truth"] = (
+                ("variable", "wavenumber"),
+                self.spec_truth / self.spec_truth_cnt[:, None],
+                _attrs("zonal power spectrum of the truth (NaN-free lines)", "squared"),
+            )
+            ds["spectrum_ensmean"] = (
+                ("forecast", "variable", "wavenumber"),
+                self.spec["ensmean"] / self.spec_cnt["ensmean"][..., None],
+                _attrs("zonal power spectrum of the ensemble mean", "squared"),
+            )
+            ds["spectrum_members"] = (
+                ("forecast", "variable", "wavenumber"),
+                self.spec["members"] / self.spec_cnt["members"][..., None],
+                _attrs("zonal power spectrum of the members (averaged)", "squared"),
+            )
+        return ds
 
+    def _densities(self, ds: xr.Dataset) -> xr.Dataset:
+        """Densities of truth and members on shared bins, log-density error, out-of-range share."""
+        L = self.layout
         nb = L.opts.density_bins
         dens = np.full((len(L.forecasts), len(L.variables), nb), np.nan)
         dtruth = np.full((len(L.variables), nb), np.nan)
@@ -212,39 +334,69 @@ class ScoreAccumulator:
                 lde[im, iv] = log_density_error(hf.density(), ht.density(), np.diff(ht.edges))
                 outside[im, iv] = (hf.below + hf.above) / max(hf.total, 1)
         ds = ds.assign_coords(bin_center=(("variable", "bin"), centers))
-        ds["density_truth"] = (("variable", "bin"), dtruth, {"long_name": "probability density of the truth", "units_note": "1 / units of the variable"})
-        ds["density"] = (("forecast", "variable", "bin"), dens, {"long_name": "probability density of the members", "units_note": "1 / units of the variable"})
-        ds["density_out_of_range"] = (("forecast", "variable"), outside, {"long_name": "share of member values outside the density bins", "units": "1"})
-        ds["log_density_error"] = (("forecast", "variable"), lde, {"long_name": "truth-weighted mean |log10 density ratio|", "units": "1"})
+        ds["density_truth"] = (
+            ("variable", "bin"),
+            dtruth,
+            {
+                "long_name": "probability density of the truth",
+                "units_note": "1 / units of the variable",
+            },
+        )
+        ds["density"] = (
+            ("forecast", "variable", "bin"),
+            dens,
+            {
+                "long_name": "probability density of the members",
+                "units_note": "1 / units of the variable",
+            },
+        )
+        ds["density_out_of_range"] = (
+            ("forecast", "variable"),
+            outside,
+            {"long_name": "share of member values outside the density bins", "units": "1"},
+        )
+        ds["log_density_error"] = (
+            ("forecast", "variable"),
+            lde,
+            {"long_name": "truth-weighted mean |log10 density ratio|", "units": "1"},
+        )
+        return ds
 
-        if self.maps:
-            ref = next(iter(self.maps["truth"].values()))
-            ds = ds.assign_coords(map_member=[0, 1], map_time=L.truth["time"].values[min(max(L.opts.map_time, 0), nt - 1)])
-            shape = ref.shape
-            mt = np.full((len(L.variables), *shape), np.nan)
-            me = np.full((len(L.forecasts), len(L.variables), *shape), np.nan)
-            mm = np.full((len(L.forecasts), len(L.variables), 2, *shape), np.nan)
-            for v, a in self.maps["truth"].items():
-                mt[L.variables.index(v)] = a
-            for (mname, v), a in self.maps["ensmean"].items():
-                me[L.forecasts.index(mname), L.variables.index(v)] = a
-            for (mname, v), lst in self.maps["members"].items():
-                for j, a in enumerate(lst):
-                    mm[L.forecasts.index(mname), L.variables.index(v), j] = a
-            ds["map_truth"] = (("variable", "map_y", "map_x"), mt, _attrs("truth at map_time (block-averaged for display)", "same"))
-            ds["map_ensmean"] = (("forecast", "variable", "map_y", "map_x"), me, _attrs("ensemble mean at map_time", "same"))
-            ds["map_members"] = (("forecast", "variable", "map_member", "map_y", "map_x"), mm, _attrs("two members at map_time", "same"))
-        ds.attrs = {
-            "Conventions": "CF-1.10",
-            "title": "kmscale ensemble scores",
-            "source": f"kmscale {__version__}",
-            "grid_dims": f"{L.ydim},{L.xdim}",
-            "area_weighted": int(L.opts.area_weighted and (L.ydim, L.xdim) == LATLON_DIMS),
-            "comment": "Per-time values are spatial means over valid points; summaries weight times equally. "
-            "Scores are in the units of their variable (coordinate variable_units), or that unit squared where the attribute units says 'squared'.",
-        }
-
-        return ds.assign_coords(forecast_kind=("forecast", L.kinds, {"long_name": "model or baseline"}))
+    def _maps(self, ds: xr.Dataset) -> xr.Dataset:
+        """Display maps at map_time: truth, ensemble means, two members."""
+        L = self.layout
+        nt = L.truth.sizes["time"]
+        ref = next(iter(self.maps["truth"].values()))
+        ds = ds.assign_coords(
+            map_member=[0, 1], map_time=L.truth["time"].values[min(max(L.opts.map_time, 0), nt - 1)]
+        )
+        shape = ref.shape
+        mt = np.full((len(L.variables), *shape), np.nan)
+        me = np.full((len(L.forecasts), len(L.variables), *shape), np.nan)
+        mm = np.full((len(L.forecasts), len(L.variables), 2, *shape), np.nan)
+        for v, a in self.maps["truth"].items():
+            mt[L.variables.index(v)] = a
+        for (mname, v), a in self.maps["ensmean"].items():
+            me[L.forecasts.index(mname), L.variables.index(v)] = a
+        for (mname, v), lst in self.maps["members"].items():
+            for j, a in enumerate(lst):
+                mm[L.forecasts.index(mname), L.variables.index(v), j] = a
+        ds["map_truth"] = (
+            ("variable", "map_y", "map_x"),
+            mt,
+            _attrs("truth at map_time (block-averaged for display)", "same"),
+        )
+        ds["map_ensmean"] = (
+            ("forecast", "variable", "map_y", "map_x"),
+            me,
+            _attrs("ensemble mean at map_time", "same"),
+        )
+        ds["map_members"] = (
+            ("forecast", "variable", "map_member", "map_y", "map_x"),
+            mm,
+            _attrs("two members at map_time", "same"),
+        )
+        return ds
 
 
 def _line_spectra(fields: np.ndarray) -> tuple[np.ndarray, int]:
@@ -286,12 +438,24 @@ class _quiet:
 def _lead_groups(lead: np.ndarray | None, nt: int) -> list[tuple[float, np.ndarray]]:
     groups = [(float("nan"), np.arange(nt))]
     if lead is not None:
-        vals = lead.astype("timedelta64[h]").astype(float) if np.issubdtype(lead.dtype, np.timedelta64) else lead.astype(float)
+        vals = (
+            lead.astype("timedelta64[h]").astype(float)
+            if np.issubdtype(lead.dtype, np.timedelta64)
+            else lead.astype(float)
+        )
         for u in np.unique(vals[np.isfinite(vals)]):
             groups.append((float(u), np.flatnonzero(vals == u)))
     return groups
 
 
 def _attrs(long_name: str, units: str) -> dict:
-    u = {"same": "units of the variable (see variable_units)", "squared": "square of the units of the variable", "1": "1"}[units]
-    return {"long_name": long_name, "units_note": u} if units != "1" else {"long_name": long_name, "units": "1"}
+    u = {
+        "same": "units of the variable (see variable_units)",
+        "squared": "square of the units of the variable",
+        "1": "1",
+    }[units]
+    return (
+        {"long_name": long_name, "units_note": u}
+        if units != "1"
+        else {"long_name": long_name, "units": "1"}
+    )
