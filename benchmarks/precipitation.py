@@ -475,6 +475,10 @@ def main(argv=None) -> int:
         "a last run without it reuses them and scores",
     )
     args = parser.parse_args(argv)
+    from kmscale_testdata import ENV_VAR, data_dir
+
+    # The recipe configs name their data as ${KMSCALE_DATA}/...: the shared folder here.
+    os.environ.setdefault(ENV_VAR, str(data_dir()))
     cfg = load_config(PrecipBenchmarkConfig, args.config, args.overrides)
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,8 +54,8 @@ Z99 = 2.3263478740408408  # Phi^-1(0.99)
 
 @dataclass
 class PPDataConfig:
-    # NetCDF/zarr with tp (and u, v, q, sp for vimd, or the companions); a relative path
-    # that does not exist is looked up in the real-data folder (kmscale.paths, KMSCALE_DATA).
+    # NetCDF/zarr with tp (and u, v, q, sp for vimd, or the companions); environment
+    # variables in it are expanded (e.g. ${KMSCALE_DATA}/era5_.../file.nc)
     source: str = ""
     companions: list[str] = field(default_factory=lambda: ["vimd"])  # fields blended with tp
     tp_units: str = ""  # units of tp in the file; empty: its 'units' attribute
@@ -103,17 +104,9 @@ class PseudoPrecipConfig:
 def _open(path: str) -> xr.Dataset:
     if not path:
         raise ConfigError("data.source: expected a path to a NetCDF or zarr dataset, found nothing")
-    p = Path(path)
-    if not p.exists() and not p.is_absolute():
-        from kmscale.paths import data_dir
-
-        root = data_dir(required=False)
-        p = root / p if root is not None and (root / p).exists() else p
+    p = Path(os.path.expandvars(path)).expanduser()
     if not p.exists():
-        raise ConfigError(
-            f"data.source: expected a dataset at {path} (or, relative, in the real-data folder "
-            f"KMSCALE_DATA), found nothing"
-        )
+        raise ConfigError(f"data.source: expected a dataset at {p}, found nothing")
     engine = "zarr" if p.suffix == ".zarr" or p.is_dir() else "h5netcdf"
     return xr.open_dataset(p, engine=engine)
 
