@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from kmscale.data.variables import CATALOGUE
 from kmscale.errors import AlignmentError, SchemaError, UnitsError
 from kmscale.evaluation.base import MEMBER_DIM
 
@@ -107,6 +108,9 @@ def baseline_forecasts(
     out = {}
     for method in methods:
         ds = regrid(coarse, target, method, where=f"baseline {method}")
+        for v in have:  # bicubic overshoots below 0 near dry cells: tp >= 0 holds here too
+            if v in CATALOGUE and CATALOGUE[v].valid_range[0] == 0:
+                ds[v] = ds[v].clip(min=0)
         ds = ds.expand_dims({MEMBER_DIM: 1}, axis=1)
         for v in have:
             ds[v].attrs = {
