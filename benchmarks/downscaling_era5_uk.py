@@ -285,8 +285,8 @@ def main(argv=None) -> int:
     # One thread: on a shared 2-core machine two threads per process oversubscribe the
     # cores and run several times slower.
     torch.set_num_threads(1)
-    from kmscale.data.datasets import era5_uk_predictors, era5_uk_static, era5_uk_t2m
     from kmscale.autoencoders.train import fit_vae
+    from kmscale.data.datasets import era5_uk_predictors, era5_uk_static, era5_uk_t2m
     from kmscale.diffusion.train import TrainingData
 
     budgets = QUICK_BUDGETS if args.quick else BUDGETS
