@@ -63,9 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--machine", default="2-core shared dev VM, no GPU", help="recorded in the JSON")
     parser.add_argument("--json", type=Path, default=RESULTS / "demo.json", help="where to write the result")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help="record a finished run's summary.json instead of running (its own timing; "
+                             "--load gives the load it ran under)")
+    parser.add_argument("--load", type=float, nargs=2, default=None, metavar=("BEFORE", "AFTER"),
+                        help="with --summary: the 1-minute load average during that run")
+    parser.add_argument("--note", default="", help="recorded in the JSON (how the run was made)")
     args = parser.parse_args(argv)
     runs = []
-    for i in range(args.runs):
+    if args.summary is not None:
+        summary = json.loads(args.summary.read_text())
+        load = list(args.load) if args.load else [None, None]
+        runs.append({"demo_seconds": summary["seconds"], "stages": summary["stages"], "load_before": load[0],
+                     "load_after": load[1], "summary": summary, "table": ""})
+    for i in range(args.runs if args.summary is None else 0):
         runs.append(run_once(args.out, args.size, args.threads))
         print(f"run {i + 1}/{args.runs}: {runs[-1]['demo_seconds']} s (load {runs[-1]['load_before']} -> "
               f"{runs[-1]['load_after']})", flush=True)
@@ -74,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
               for v, res in last["demo_checks"].items() if isinstance(res, dict)}
     result = {
         "command": "python benchmarks/demo_checks.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "demo_command": f"kmscale demo --out {args.out} --size {args.size} --fresh",
+        "demo_command": (f"kmscale demo --out {args.out} --size {args.size} --fresh" if args.summary is None
+                         else f"kmscale demo --size {args.size} (recorded from {args.summary})"),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
         "machine": args.machine, "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "runs": len(runs),
@@ -85,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": {"train": last["train_hours"], "validation": last["validation_hours"],
                   "checks_on": "validation hours (after the training hours)"},
         "checks": checks,
+        "note": args.note,
         "all_passed": last["demo_checks"]["all_passed"],
         "failed": last["demo_checks"]["failed"],
     }

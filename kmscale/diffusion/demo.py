@@ -133,7 +133,7 @@ class _Stages:
         self.timings: dict[str, float] = {}
 
     def done(self, name: str) -> None:
-        self.timings[name] = round(time.perf_counter() - self.start - sum(self.timings.values()), 2)
+        self.timings[name] = max(0.0, round(time.perf_counter() - self.start - sum(self.timings.values()), 2))
         log.info("demo: %s done (%.1f s)", name, self.timings[name])
 
 
