@@ -20,7 +20,9 @@ and ``recipes/configs/autoencoder_fsae.yaml``; figures are on the test split.
 
 Usage::
 
-    nice python benchmarks/fsae.py --models fsae &   nice python benchmarks/fsae.py --models face_vae
+    # one training per process (each model and ratio), then the evaluation
+    for m in fsae face_vae; do for r in 16 64 256; do
+        nice python benchmarks/fsae.py --train-only --models $m --ratios $r & done; done; wait
     nice python benchmarks/fsae.py                   # trains what is missing, then evaluates
 """
 
@@ -220,12 +222,27 @@ def diffusion(cfg: BenchmarkConfig, model, train_x: np.ndarray, test: np.ndarray
             "latent": f"FS-AE {4**levels}x latent, {model.latent_channels} channel"}
 
 
+_PART_KEYS = {"ae": ("fsae", "cnn_vae", "budgets"), "sr": ("zero_shot_sr",),
+              "diffusion": ("diffusion",)}
+
+
+def _keys(parts: set[str]) -> set[str]:
+    """JSON keys a run owns: its parts' keys and the run description."""
+    own = {k for p in parts for k in _PART_KEYS[p]}
+    return own | {"split", "data", "config", "budget_note", "machine", "load_avg_1min", "date",
+                  "command"}
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="recipes/configs/fsae_benchmark.yaml")
     p.add_argument("--models", nargs="+", default=["fsae", "face_vae"])
     p.add_argument("--prepare-only", action="store_true")
     p.add_argument("--train-only", action="store_true")
+    p.add_argument("--parts", nargs="+", default=["ae", "sr", "diffusion"],
+                   choices=["ae", "sr", "diffusion"], help="evaluations to run (JSON keys merged)")
+    p.add_argument("--ratios", nargs="+", type=int, default=None,
+                   help="train only these ratios (parallel runs); default: the config's")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(1)
@@ -234,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.prepare_only:
         print(store)
         return None
-    for ratio in cfg.ratios:
+    for ratio in args.ratios or cfg.ratios:
         for name in args.models:
             run = ROOT / cfg.out_dir / f"{name}_{ratio}"
             if not (run / "budget.json").exists():
@@ -243,29 +260,41 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     ds = open_healpix_store(store, nside=cfg.nside).load()
     train_x, test = split(ds, "train"), split(ds, "test")
-    result: dict = {"fsae": {}, "cnn_vae": {}, "budgets": {}}
-    for ratio in cfg.ratios:
-        for name, key in (("fsae", "fsae"), ("face_vae", "cnn_vae")):
-            run = ROOT / cfg.out_dir / f"{name}_{ratio}"
-            model = load_autoencoder(run / "autoencoder").eval()
-            result[key][str(ratio)] = scores(reconstruct(model, test), test)
-            result["budgets"][f"{key}_{ratio}"] = json.loads((run / "budget.json").read_text())
-    for ratio in cfg.ratios:
-        r = str(ratio)
-        result["fsae"][r]["rmse_vs_cnn_vae"] = result["fsae"][r]["rmse"] / result["cnn_vae"][r]["rmse"]
-    sr_model = load_autoencoder(ROOT / cfg.out_dir / f"fsae_{cfg.sr_ratio}" / "autoencoder").eval()
-    result["zero_shot_sr"] = zero_shot(sr_model, test)
-    dm = load_autoencoder(ROOT / cfg.out_dir / f"fsae_{cfg.diffusion_ratio}" / "autoencoder").eval()
-    result["diffusion"] = diffusion(cfg, dm, train_x, test)
+    parts = set(args.parts)
+    result: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if "ae" in parts:
+        result.update({"fsae": {}, "cnn_vae": {}, "budgets": {}})
+        for ratio in cfg.ratios:
+            for name, key in (("fsae", "fsae"), ("face_vae", "cnn_vae")):
+                run = ROOT / cfg.out_dir / f"{name}_{ratio}"
+                model = load_autoencoder(run / "autoencoder").eval()
+                result[key][str(ratio)] = scores(reconstruct(model, test), test)
+                result["budgets"][f"{key}_{ratio}"] = json.loads((run / "budget.json").read_text())
+        for ratio in cfg.ratios:
+            r = str(ratio)
+            result["fsae"][r]["rmse_vs_cnn_vae"] = result["fsae"][r]["rmse"] / result["cnn_vae"][r]["rmse"]
+    if "sr" in parts:
+        sr_model = load_autoencoder(ROOT / cfg.out_dir / f"fsae_{cfg.sr_ratio}" / "autoencoder")
+        result["zero_shot_sr"] = zero_shot(sr_model.eval(), test)
+    if "diffusion" in parts:
+        dm = load_autoencoder(ROOT / cfg.out_dir / f"fsae_{cfg.diffusion_ratio}" / "autoencoder")
+        result["diffusion"] = diffusion(cfg, dm.eval(), train_x, test)
+    if RESULTS.exists():  # another part may have finished meanwhile: keep its keys
+        done = json.loads(RESULTS.read_text())
+        result = {**done, **{k: v for k, v in result.items() if k in _keys(parts)}}
     result.update({
         "split": "test: 1985-1999, all 8 members (120 fields); train 1890-1969 (640), "
                  "validation 1970-1984 (best recipe checkpoint)",
         "data": f"CCSM3 TREFHT annual mean, T42 -> HEALPix nside {cfg.nside} (conservative)",
         "config": to_dict(cfg),
+        "budget_note": "every autoencoder sees the same train_samples (768 fields, 1.2 epochs; "
+                       "budgets.* give CPU seconds, about a minute each on one thread of the "
+                       "loaded VM); the diffusion model diffusion_samples. Far below what the "
+                       "targets need: see BENCHMARKS.md",
         "machine": "2-core shared dev VM, no GPU, torch 1 thread",
         "load_avg_1min": os.getloadavg()[0],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
-        "command": "nice python benchmarks/fsae.py",
+        "command": "nice python benchmarks/fsae.py --parts " + " ".join(sorted(parts)),
     })
     tmp = RESULTS.with_name(RESULTS.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))

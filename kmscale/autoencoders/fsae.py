@@ -118,6 +118,9 @@ class FieldSpaceAutoencoder(Autoencoder):
                                     for _ in range(levels + 1)])
         nn.init.normal_(self.var_embed, std=0.02)
         nn.init.normal_(self.dec_var_embed, std=0.02)
+        for head in self.out_heads[1:]:  # residual heads start at 0: an untrained decoder
+            nn.init.zeros_(head[1].weight)  # gives the smooth coarse field, not white noise
+            nn.init.zeros_(head[1].bias)
 
     # ---- the contract ---------------------------------------------------------------
     @property
