@@ -185,3 +185,19 @@ def test_vae_archive_round_trip(tmp_path):
     x = torch.from_numpy(np.nan_to_num(ds["t2m"].values[:, None], nan=280.0))
     rec = vae.decompress(vae.compress(x), x.shape[2:])
     assert rec.shape == x.shape and torch.isfinite(rec).all()
+
+
+@pytest.mark.parametrize("smooth", [True, False])
+def test_residual_modes_round_trip_within_the_bound(smooth):
+    rng = np.random.default_rng(1)
+    x = np.cumsum(np.cumsum(rng.normal(0, 0.3, (30, 40)), 0), 1).astype(np.float32) + 280
+    x[3:5, 7:20] = np.nan
+    noise = rng.normal(0, 0.05, x.shape)
+    rec = np.nan_to_num(np.float32(280) if smooth else x + noise, nan=0.0).astype(np.float32)
+    rec = np.broadcast_to(rec, x.shape).copy()
+    data, x_out = error_bound.encode_residual(x, rec, 0.01)
+    assert data[8] == (error_bound.LORENZO if smooth else error_bound.PLAIN)
+    valid = np.isfinite(x)
+    y = error_bound.decode_residual(data, rec, valid)
+    np.testing.assert_array_equal(y, x_out)
+    assert np.nanmax(np.abs(y - x)) <= 0.01 and np.array_equal(np.isnan(y), ~valid)

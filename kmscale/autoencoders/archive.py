@@ -71,6 +71,22 @@ class Grid:
         lat, lon = (np.asarray(self.coords[d]) for d in self.dims)
         return healpix_to_latlon(x, self.nside, lat, lon)
 
+    def image(self, x: np.ndarray) -> np.ndarray:
+        """A field on this grid as an image for the residual's 2-D predictor: HEALPix
+        (npix,) -> the 12 faces (12, nside, nside); other grids as they are."""
+        if self.kind != "healpix":
+            return x
+        from kmscale.sphere import to_faces
+
+        return np.asarray(to_faces(x))
+
+    def from_image(self, x: np.ndarray) -> np.ndarray:
+        if self.kind != "healpix":
+            return x
+        from kmscale.sphere import from_faces
+
+        return np.asarray(from_faces(x))
+
     def model_shape(self) -> tuple[int, ...]:
         return (12 * self.nside**2,) if self.nside else self.shape
 
@@ -159,8 +175,9 @@ def compress_dataset(model: Autoencoder, ds: xr.Dataset, out: str | Path, *,
                 if not valid.all():
                     w.add(f"mask/{v}/{t}", zlib.compress(np.packbits(valid).tobytes()))
                 if need_rec:
-                    data, x_out = error_bound.encode_residual(x[c], rec[c], max_error,
-                                                              where=f"{where}: {v} at {t}")
+                    data, x_out = error_bound.encode_residual(
+                        grid.image(x[c]), grid.image(rec[c]), max_error, where=f"{where}: {v} at {t}")
+                    x_out = grid.from_image(x_out)
                     w.add(f"residual/{v}/{t}", data)
                     worst = max(worst, float(np.nanmax(np.abs(x_out - x[c]), initial=0.0)))
     raw = len(times) * len(variables) * int(np.prod(grid.shape)) * 4
@@ -207,8 +224,8 @@ def decompress_archive(path: str | Path, model: Autoencoder) -> tuple[xr.Dataset
             try:
                 valid = _mask(archive, v, t, grid.shape)
                 if h["max_error"] is not None:
-                    out[i, c] = error_bound.decode_residual(
-                        archive.read(f"residual/{v}/{t}"), rec[c], valid)
+                    out[i, c] = grid.from_image(error_bound.decode_residual(
+                        archive.read(f"residual/{v}/{t}"), grid.image(rec[c]), grid.image(valid)))
                 else:
                     out[i, c] = np.where(valid, rec[c], np.nan)
             except CorruptFileError as err:

@@ -9,10 +9,15 @@ the residual is quantized uniformly with step Delta = 2 (b - m):
 The margin m = max(1e-3 b, 4 float32 spacings of max |x|) absorbs the float32 rounding of
 x_out and the last-bit differences a reconstruction may show on another machine; Delta is
 stored with the residual (float64), so the decoder does not recompute it. The integers q are
-coded with a per-field adaptive table (:func:`kmscale.codecs.coding.encode_adaptive`);
-masked points (NaN in x) are not coded: the decoder knows the mask and skips them.
-This is the uniform scalar quantizer of SZ-type codecs without their predictor: the
-learned reconstruction is the prediction.
+coded with a per-field adaptive table (:func:`kmscale.codecs.coding.encode_adaptive`),
+either as they are (masked points, NaN in x, are then skipped: the decoder knows the
+mask) or, when that is smaller, after the 2-D Lorenzo transform over the last two axes
+(the predictor of SZ-type codecs, applied losslessly to the integers: masked points count
+as 0, and the decoder inverts it with two cumulative sums),
+
+    d[i, j] = q[i, j] - q[i-1, j] - q[i, j-1] + q[i-1, j-1],
+
+which removes what is left of the reconstruction's smooth, spatially coherent error.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from kmscale.errors import ConfigError, SchemaError
 
 MARGIN = 1e-3  # relative reserve of the bound for float32 rounding and decoder noise
 ULPS = 4  # float32 spacings of the largest value also kept in reserve
-_STEP = struct.Struct("<d")
+_HEAD = struct.Struct("<dB")  # step, mode (0: plain, 1: Lorenzo)
+PLAIN, LORENZO = 0, 1
 
 
 def check_bound(bound: float) -> float:
@@ -73,13 +79,34 @@ def encode_residual(x: np.ndarray, x_rec: np.ndarray, bound: float, *,
         raise ConfigError(f"{where}: max error {bound} cannot be met in float32 (found "
                           f"{err:.3g} after rounding; values near {np.nanmax(np.abs(x)):.4g} "
                           f"have a float32 spacing of {np.spacing(np.nanmax(np.abs(x))):.3g})")
-    return _STEP.pack(d) + coding.encode_adaptive(q[None]), x_out
+    plain = coding.encode_adaptive(q[None])
+    if x.ndim >= 2:
+        full = np.zeros(x.shape, np.int64)
+        full[valid] = q
+        lorenzo = coding.encode_adaptive(_lorenzo(full).reshape(1, -1))
+        if len(lorenzo) < len(plain):
+            return _HEAD.pack(d, LORENZO) + lorenzo, x_out
+    return _HEAD.pack(d, PLAIN) + plain, x_out
+
+
+def _lorenzo(q: np.ndarray) -> np.ndarray:
+    """2-D Lorenzo differences over the last two axes (zero outside the array)."""
+    p = np.pad(q, [(0, 0)] * (q.ndim - 2) + [(1, 0), (1, 0)])
+    return p[..., 1:, 1:] - p[..., :-1, 1:] - p[..., 1:, :-1] + p[..., :-1, :-1]
+
+
+def _inverse_lorenzo(dq: np.ndarray) -> np.ndarray:
+    return np.cumsum(np.cumsum(dq, axis=-1), axis=-2)
 
 
 def decode_residual(data: bytes, x_rec: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Bytes + reconstruction + mask of valid points -> x_out (float32, NaN where masked)."""
-    (d,) = _STEP.unpack_from(data)
-    q = coding.decode_adaptive(data[_STEP.size :])[0]
+    d, mode = _HEAD.unpack_from(data)
+    q = coding.decode_adaptive(data[_HEAD.size :])[0]
+    if mode == LORENZO:
+        if q.size != valid.size:
+            raise SchemaError(f"residual: expected {valid.size} Lorenzo values, found {q.size}")
+        q = _inverse_lorenzo(q.reshape(valid.shape))[valid]
     if q.size != int(np.count_nonzero(valid)):
         raise SchemaError(f"residual: expected {int(np.count_nonzero(valid))} values for the "
                           f"unmasked points, found {q.size}")
