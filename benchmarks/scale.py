@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             import fault_injection
 
             stages = fault_injection.build_stages(Path(tmp) / "fault")
-            result["fault_injection"] = {}
+            result.setdefault("fault_injection", {})
             for i, name in enumerate(args.fault_stages.split(",")):
                 start = time.perf_counter()
                 r = fault_injection.run_stage(stages[name], args.fault_trials, seed=i)
