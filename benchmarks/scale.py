@@ -193,14 +193,16 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"2-core shared dev VM, no GPU ({platform.processor() or platform.machine()}, "
                    f"{os.cpu_count()} CPUs)",
         "load_before": os.getloadavg(),
-        "command": "nice python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "split": "n/a: synthetic inputs, no settings chosen from results",
         "not_measured": ["full_grid_sampling"],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    command = "nice python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if out.exists():  # parts run separately (--skip) accumulate in one file
         result = json.loads(out.read_text()) | result
+    earlier = [result.pop("command")] if "command" in result else result.get("commands", [])
+    result["commands"] = [*earlier, f"{result['date']}: {command}"]
 
     def save():
         out.write_text(json.dumps(result, indent=2, default=str))
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             import fault_injection
 
             stages = fault_injection.build_stages(Path(tmp) / "fault")
-            result["fault_injection"] = {}
+            result.setdefault("fault_injection", {})
             for i, name in enumerate(args.fault_stages.split(",")):
                 start = time.perf_counter()
                 r = fault_injection.run_stage(stages[name], args.fault_trials, seed=i)

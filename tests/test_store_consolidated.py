@@ -1,4 +1,5 @@
-"""Stores written by kmscale carry consolidated metadata: xarray opens them without warning."""
+"""Stores written by kmscale carry consolidated metadata (xarray opens them without warning),
+and a run killed while creating a store leaves nothing a later run cannot resume."""
 
 from __future__ import annotations
 
@@ -36,3 +37,15 @@ def test_finalized_store_is_consolidated_and_opens_without_warnings(tmp_path):
     for ds in (plain, strict, ours):
         xr.testing.assert_equal(ds.load().drop_attrs(), full.drop_attrs())
     assert strict.attrs["kmscale_status"] == "complete"
+
+
+def test_a_store_killed_while_being_created_is_created_again(tmp_path):
+    from kmscale.data.store import partial_path
+
+    full = _dataset()
+    path = tmp_path / "s.zarr"
+    creating = partial_path(path).with_name(partial_path(path).name + ".creating")
+    creating.mkdir()  # what a SIGKILL during creation leaves: no attributes, no progress
+    (creating / "zarr.json").write_text("{")
+    writer = StoreWriter(path, full, kind="targets", fingerprint="a", chunk=2)
+    assert not creating.exists() and partial_path(path).exists() and writer.pending() == [0, 1, 2]

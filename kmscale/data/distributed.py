@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -66,6 +67,8 @@ def connect(scheduler: str | None) -> Iterator[object | None]:
         return
     from distributed import Client, LocalCluster
 
+    # the cluster's per-worker INFO lines would drown the stage's own output
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger().level))
     if scheduler == "local" or scheduler.startswith("local:"):
         text = scheduler.partition(":")[2]
         try:

@@ -143,13 +143,19 @@ class StoreWriter:
                 enc[name]["chunks"] = tuple(
                     self.chunk if d == self.dim else var.sizes[d] for d in var.dims
                 )
+        # Created under a third name and renamed: a run killed while creating leaves no
+        # ``.partial`` without its kind and fingerprint (which no later run could resume).
+        creating = self.partial.with_name(self.partial.name + ".creating")
+        if creating.exists():
+            shutil.rmtree(creating)
         # Metadata only (compute=False); static variables without ``dim`` are written now.
-        ds.to_zarr(self.partial, mode="w", compute=False, zarr_format=3, encoding=enc, consolidated=False)
+        ds.to_zarr(creating, mode="w", compute=False, zarr_format=3, encoding=enc, consolidated=False)
         # Everything without ``dim`` (static fields, 2-D lat/lon coordinates) is written now.
         static = ds.drop_dims(self.dim)
         if static.variables:
-            static.to_zarr(self.partial, mode="r+", zarr_format=3, consolidated=False)
+            static.to_zarr(creating, mode="r+", zarr_format=3, consolidated=False)
         _atomic_write_text(self.progress_file, json.dumps({"done": []}))
+        os.replace(creating, self.partial)
 
     def _resumable(self) -> bool:
         try:
