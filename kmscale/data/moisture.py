@@ -22,91 +22,35 @@ computes those companions on a regular latitude-longitude grid:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from scipy import ndimage
 
+from kmscale.data import units as units_mod
 from kmscale.errors import AlignmentError, GridError, MissingValueError, SchemaError, UnitsError
 
 G = 9.80665  # m s-2, standard gravity
 EARTH_RADIUS_M = 6_371_000.0
 
 # ---- units of TP ------------------------------------------------------------------------
-# Rates convert with a factor; amounts (accumulations) need their period.
-_TP_RATES = {  # spelling -> factor to mm h-1
-    "mm h-1": 1.0,
-    "mm/h": 1.0,
-    "mm hr-1": 1.0,
-    "mm/hr": 1.0,
-    "kg m-2 h-1": 1.0,
-    "m s-1": 3.6e6,
-    "m/s": 3.6e6,
-    "mm s-1": 3600.0,
-    "mm/s": 3600.0,
-    "kg m-2 s-1": 3600.0,
-    "kg m**-2 s**-1": 3600.0,
-}
-_TP_AMOUNTS = {"m": 1000.0, "mm": 1.0, "kg m-2": 1.0, "kg m**-2": 1.0}  # spelling -> mm
-_PERIOD = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|min|h|hour|hours|d|day|days)\s*$")
-_PERIOD_HOURS = {
-    "s": 1 / 3600,
-    "min": 1 / 60,
-    "h": 1.0,
-    "hour": 1.0,
-    "hours": 1.0,
-    "d": 24.0,
-    "day": 24.0,
-    "days": 24.0,
-}
-
-
-def period_hours(period: str | float) -> float:
-    """An accumulation period ("1h", "3 hours", "1d", "15min" or hours as a number) in hours."""
-    if isinstance(period, (int, float)):
-        hours = float(period)
-    else:
-        m = _PERIOD.match(str(period).lower())
-        if m is None:
-            raise UnitsError(
-                f"accumulation period: expected e.g. '1h', '3h', '1d', found {period!r}"
-            )
-        hours = float(m.group(1)) * _PERIOD_HOURS[m.group(2)]
-    if not hours > 0:
-        raise UnitsError(f"accumulation period: expected a positive duration, found {period!r}")
-    return hours
-
-
 def tp_to_mm_per_hour(values, units: str, period: str | float | None = None):
     """TP (array or DataArray) in ``units`` -> mean rate in mm h-1 over its period.
 
     Rates (mm h-1, m s-1, mm s-1, kg m-2 s-1) convert directly. Amounts (m, mm, kg m-2:
     ERA5 ``tp`` is an amount accumulated over the hour ending at the valid time) need
-    ``period`` (e.g. "1h"), because a 6-hour total is not an hourly rate.
+    ``period`` ("1h", "15min", a timedelta, or hours as a number), because a 6-hour total
+    is not an hourly rate. The factors are :func:`kmscale.data.units.conversion`'s.
 
     Raises:
         UnitsError: units that are not precipitation, or an amount without its period.
     """
-    key = re.sub(r"\s+", " ", str(units).strip()).lower()
-    rates = {k.lower(): v for k, v in _TP_RATES.items()}
-    amounts = {k.lower(): v for k, v in _TP_AMOUNTS.items()}
-    if key in rates:
-        return values * rates[key]
-    if key in amounts:
-        if period is None:
-            raise UnitsError(
-                f"tp: expected the accumulation period of an amount in {units!r} "
-                "(e.g. period='1h'), "
-                f"found none"
-            )
-        return values * (amounts[key] / period_hours(period))
-    raise UnitsError(
-        f"tp: expected units of precipitation ({sorted(_TP_RATES)} or amounts "
-        f"{sorted(_TP_AMOUNTS)} "
-        f"with a period), found {units!r}"
-    )
+    if isinstance(period, (int, float)):
+        period = pd.Timedelta(hours=float(period))
+    scale, _ = units_mod.conversion(units, "tp", period=period, where="tp")
+    return values * scale
 
 
 def check_tp(tp: np.ndarray | xr.DataArray, *, allow_nan: bool = False, where: str = "tp") -> None:
