@@ -20,9 +20,10 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
 
-from kmscale.autoencoders.base import Autoencoder, AutoencoderOutput
+from kmscale.autoencoders.base import AutoencoderOutput
+from kmscale.autoencoders.healpix_model import HealpixAutoencoder
 from kmscale.autoencoders.registration import register
-from kmscale.errors import ConfigError, SchemaError, describe
+from kmscale.errors import ConfigError, describe
 from kmscale.sphere import FaceConv2d, FaceUpsample, check_nside, from_faces, to_faces
 
 
@@ -44,10 +45,8 @@ class FaceResBlock(nn.Module):
 
 
 @register("face_vae")
-class FaceVAE(Autoencoder):
+class FaceVAE(HealpixAutoencoder):
     """VAE on neighbour-padded HEALPix faces; input nested ``(B, V, 12 nside**2)``."""
-
-    spatial_dims = 1
 
     @register_to_config
     def __init__(
@@ -77,32 +76,6 @@ class FaceVAE(Autoencoder):
             dec += [FaceUpsample(ch, ch), FaceResBlock(ch)]
         dec += [nn.SiLU(), FaceConv2d(ch, v, 3)]
         self.decoder = nn.Sequential(*dec)
-
-    @property
-    def downsample_factor(self) -> int:
-        return 2**self.config.levels
-
-    @property
-    def latent_channels(self) -> int:
-        return self.config.latent_channels
-
-    @property
-    def npix(self) -> int:
-        return 12 * self.config.nside**2
-
-    @property
-    def compression_factor(self) -> float:
-        return self.in_channels * 4**self.config.levels / self.latent_channels
-
-    def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
-        if spatial_shape[-1] != self.npix:
-            raise SchemaError(describe(f"{self.npix} cells (nside {self.config.nside})",
-                                       spatial_shape[-1], where="face_vae"))
-        return (self.npix // 4**self.config.levels,)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        super().check_input(x)
-        self.latent_shape(x.shape[-1:])
 
     def posterior(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         """q(z|x) with parameters ``(B, 2 L, npix / 4**N, 1)``: diffusers' KL sums over

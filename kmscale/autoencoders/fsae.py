@@ -35,6 +35,7 @@ from torch import nn
 
 from kmscale.autoencoders.base import Autoencoder, AutoencoderOutput
 from kmscale.autoencoders.field_attention import CellMerge, CellSplit, FieldSpaceBlock
+from kmscale.autoencoders.healpix_model import HealpixAutoencoder
 from kmscale.autoencoders.registration import register
 from kmscale.errors import ConfigError, SchemaError, describe
 from kmscale.sphere import check_nside, coarsen, refine
@@ -62,10 +63,8 @@ def residual_features(x: torch.Tensor, levels: int, masked: torch.Tensor) -> tor
 
 
 @register("fsae")
-class FieldSpaceAutoencoder(Autoencoder):
+class FieldSpaceAutoencoder(HealpixAutoencoder):
     """Field-space attention autoencoder on nested HEALPix fields ``(B, V, 12 nside**2)``."""
-
-    spatial_dims = 1
 
     @register_to_config
     def __init__(
@@ -123,38 +122,6 @@ class FieldSpaceAutoencoder(Autoencoder):
             nn.init.zeros_(head[1].bias)
 
     # ---- the contract ---------------------------------------------------------------
-    @property
-    def downsample_factor(self) -> int:
-        """Per face side: ``2**N`` (the cell count shrinks by ``4**N``)."""
-        return 2**self.config.levels
-
-    @property
-    def latent_channels(self) -> int:
-        return self.config.latent_channels
-
-    @property
-    def npix(self) -> int:
-        return 12 * self.config.nside**2
-
-    @property
-    def compression_factor(self) -> float:
-        """Input values per latent value: ``V * 4**N / latent_channels``."""
-        return self.in_channels * 4**self.config.levels / self.latent_channels
-
-    def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
-        self._check_cells(spatial_shape[-1], self.npix, "input")
-        return (self.npix // 4**self.config.levels,)
-
-    def _check_cells(self, found: int, expected: int, what: str) -> None:
-        if found != expected:
-            raise SchemaError(describe(
-                f"{what} with {expected} cells (nested nside {self.config.nside}, the level the "
-                "model was built for)", f"{found} cells", where="fsae"))
-
-    def check_input(self, x: torch.Tensor) -> None:
-        super().check_input(x)
-        self._check_cells(x.shape[-1], self.npix, "input")
-
     def encode_features(self, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """Standardized ``(B, V, npix)`` + ``(B,)`` masked levels -> raw latent."""
         n = self.config.levels
@@ -216,7 +183,7 @@ class FieldSpaceAutoencoder(Autoencoder):
     def super_resolve(self, x: torch.Tensor) -> torch.Tensor:
         """Physical fields at a coarser level ``(B, V, npix / 4**k)``, ``1 <= k <=
         max_masked_levels`` -> physical fields at the model's level ``(B, V, npix)``."""
-        super().check_input(x)
+        Autoencoder.check_input(self, x)  # rank and variables; the coarser cell count below
         k = 0
         while k <= self.config.max_masked_levels and x.shape[-1] * 4**k < self.npix:
             k += 1
