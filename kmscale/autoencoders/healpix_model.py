@@ -16,7 +16,7 @@ from kmscale.errors import SchemaError, describe
 
 
 class HealpixAutoencoder(Autoencoder):
-    """Base class of the HEALPix autoencoders (``fsae``, ``face_vae``)."""
+    """Base class of the HEALPix autoencoders (``fsae``, ``face_vae``, ``hyperprior``)."""
 
     spatial_dims = 1
 

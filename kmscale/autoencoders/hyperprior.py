@@ -37,6 +37,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from kmscale.autoencoders.base import Autoencoder, AutoencoderOutput
+from kmscale.autoencoders.healpix_model import HealpixAutoencoder
 from kmscale.autoencoders.registration import register
 from kmscale.codecs.entropy_models import EntropyBottleneck, GaussianConditional, bits
 from kmscale.errors import ConfigError, CorruptFileError, SchemaError
@@ -59,11 +60,9 @@ def _down(ch_in: int, ch_out: int) -> list[nn.Module]:
 
 
 @register("hyperprior")
-class HyperpriorAutoencoder(Autoencoder):
+class HyperpriorAutoencoder(HealpixAutoencoder):
     """Mean-scale hyperprior codec for global HEALPix fields (nested, any power-of-two nside
     of at least 2^(levels + hyper_levels))."""
-
-    spatial_dims = 1
 
     @register_to_config
     def __init__(
@@ -124,22 +123,7 @@ class HyperpriorAutoencoder(Autoencoder):
     def denormalize_output(self, y: torch.Tensor) -> torch.Tensor:
         return super().denormalize_output(y + self.field_mean.to(y.device))
 
-    # ---- Autoencoder contract ---------------------------------------------------
-    @property
-    def downsample_factor(self) -> int:
-        return 2 ** self.config.levels
-
-    @property
-    def latent_channels(self) -> int:
-        return self.config.latent_channels
-
-    def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
-        (npix,) = spatial_shape
-        if npix != 12 * self.config.nside**2:
-            raise SchemaError(f"hyperprior: expected {12 * self.config.nside**2} cells (nside "
-                              f"{self.config.nside}), found {npix}")
-        return (npix // self.downsample_factor**2,)
-
+    # ---- Autoencoder contract (grid and level checks: HealpixAutoencoder) --------
     def _encode_normalized(self, x: torch.Tensor) -> torch.Tensor:
         return from_faces(self.g_a(to_faces(x)))
 
