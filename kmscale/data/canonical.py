@@ -31,18 +31,7 @@ import xarray as xr
 from kmscale.data import ranges
 from kmscale.data import units as unit_conv
 from kmscale.data import variables as cat
-from kmscale.data.formats import (  # noqa: F401 (re-exported)
-    GRIB_SUFFIXES,
-    PARSER_ERRORS,
-    check_grib_messages,
-    detect_engine,
-    open_raw,
-)
-from kmscale.errors import (
-    AlignmentError,
-    CoordinateError,
-    SchemaError,
-)
+from kmscale.errors import AlignmentError, CoordinateError, SchemaError
 
 SOURCE_ATTR = "kmscale_source"
 NETCDF_DEFAULT_FILL_THRESHOLD = 9.9e36  # netCDF default float fill is 9.969209968386869e36
