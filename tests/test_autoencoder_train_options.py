@@ -12,11 +12,11 @@ from kmscale.autoencoders.train import (
     AutoencoderConfig,
     DataConfig,
     LossConfig,
+    ModelConfig,
     StageConfig,
     _shiftable,
     train_autoencoder,
 )
-from kmscale.autoencoders.vae import VAESettings
 from kmscale.training import TrainingSettings
 
 
@@ -34,7 +34,7 @@ def test_single_stage_in_memory_with_shift_augmentation(tmp_path):
     cfg = AutoencoderConfig(
         out_dir=str(tmp_path / "ae"),
         data=DataConfig(shift_augment=0.5),
-        model=VAESettings(block_out_channels=[8, 8], latent_channels=2, norm_num_groups=8),
+        model=ModelConfig(block_out_channels=[8, 8], latent_channels=2, norm_num_groups=8),
         loss=LossConfig(kl_warmup_samples=8),
         stage1=StageConfig(patch=[16, 24], total_samples=16),
         stage2=StageConfig(total_samples=0),  # one stage only
@@ -98,7 +98,7 @@ def test_decoder_stage_trains_the_decoder_only(tmp_path):
 
     cfg = AutoencoderConfig(
         out_dir=str(tmp_path / "ae"),
-        model=VAESettings(block_out_channels=[8, 8], latent_channels=2, norm_num_groups=8),
+        model=ModelConfig(block_out_channels=[8, 8], latent_channels=2, norm_num_groups=8),
         loss=LossConfig(kl_warmup_samples=8),
         stage1=StageConfig(patch=[16, 24], total_samples=16),
         stage2=StageConfig(total_samples=0),
