@@ -99,10 +99,12 @@ def train_pp(config: str, out: Path, overrides: list[str]):
 
 
 def pp_on(model, cfg, period: list[str]) -> dict:
-    from kmscale.autoencoders.pseudo_precip_train import as_tensor, load_fields, pp_scores, select
+    from kmscale.autoencoders.pseudo_precip_train import load_fields, pp_scores
+    from kmscale.autoencoders.train import select_period, stack_fields
 
-    fields = select(load_fields(cfg.data), period)
-    return pp_scores(model, as_tensor(fields, list(model.variables)), cfg.data.wet_threshold)
+    fields = select_period(load_fields(cfg.data), period, "period", required=True)
+    x = torch.from_numpy(stack_fields(fields, list(model.variables)))
+    return pp_scores(model, x, cfg.data.wet_threshold)
 
 
 def pp_encoder_section(s: PPSelection, out: Path) -> dict:

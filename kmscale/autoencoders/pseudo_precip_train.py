@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from kmscale.autoencoders.train import select_period, stack_fields
 from kmscale.data import moisture
 from kmscale.data import transforms as vt
 from kmscale.errors import ConfigError, MissingValueError, SchemaError
@@ -178,22 +179,6 @@ def add_companions(ds: xr.Dataset, companions: Sequence[str] = ("rain_edge_dista
     moisture.check_tp(ds["tp"].values, where="add_companions: tp")
     comps = companion_fields(ds, ds["tp"], list(companions), data or PPDataConfig())
     return ds.assign(comps)
-
-
-def select(fields: xr.Dataset, period: list[str]) -> xr.Dataset:
-    """Times in [first, last] (inclusive)."""
-    if len(period) != 2:
-        raise ConfigError(f"period: expected [first, last], found {period!r}")
-    sub = fields.sel(time=slice(period[0], period[1]))
-    if sub.sizes["time"] == 0:
-        raise ConfigError(f"period {period}: expected times in it, found none")
-    return sub
-
-
-def as_tensor(fields: xr.Dataset, variables: list[str]) -> torch.Tensor:
-    """(T, C, H, W) float32 physical fields of ``variables``, channel order."""
-    arr = fields[variables].to_dataarray("variable").transpose("time", "variable", ...)
-    return torch.from_numpy(np.asarray(arr.values, np.float32))
 
 
 def fit_input_stats(
@@ -348,10 +333,12 @@ def train_pseudo_precip(cfg: PseudoPrecipConfig, fields: xr.Dataset | None = Non
 
     fields = load_fields(cfg.data) if fields is None else fields
     variables = ["tp", *cfg.data.companions]
-    train_f = select(fields, cfg.data.train_period) if cfg.data.train_period else fields
-    x_tr = as_tensor(train_f, variables)
+    train_f = select_period(fields, cfg.data.train_period, "data.train_period")
+    x_tr = torch.from_numpy(stack_fields(train_f, variables))
     x_va = (
-        as_tensor(select(fields, cfg.data.val_period), variables) if cfg.data.val_period else None
+        torch.from_numpy(stack_fields(select_period(fields, cfg.data.val_period, "data.val_period"),
+                                      variables))
+        if cfg.data.val_period else None
     )
     torch.manual_seed(cfg.train.seed)
     model = build_model(

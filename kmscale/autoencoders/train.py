@@ -258,8 +258,12 @@ def _reconstruct(model, fields: np.ndarray, batch: int = 16) -> np.ndarray:
                         shape=fields.shape[-2:], tile=tile, overlap=overlap).numpy()
 
 
-def _period(ds: xr.Dataset, period: list[str], key: str) -> xr.Dataset:
-    if not period:
+def select_period(
+    ds: xr.Dataset, period: list[str], key: str, *, required: bool = False
+) -> xr.Dataset:
+    """Times of ``ds`` in ``period`` = [start, end] (inclusive); all of them when ``period`` is
+    empty, unless ``required``. ``key`` names the setting in errors."""
+    if not period and not required:
         return ds
     if len(period) != 2:
         raise ConfigError(f"{key}: expected [start, end], found {period}")
@@ -269,7 +273,8 @@ def _period(ds: xr.Dataset, period: list[str], key: str) -> xr.Dataset:
     return sub
 
 
-def _fields(ds: xr.Dataset, names: list[str]) -> np.ndarray:
+def stack_fields(ds: xr.Dataset, names: list[str]) -> np.ndarray:
+    """(T, C, *spatial) float32 physical fields of ``names``, in channel order."""
     return np.stack([np.asarray(ds[v].values, np.float32) for v in names], axis=1)
 
 
@@ -371,7 +376,7 @@ def _train_groups(cfg: AutoencoderConfig, ds: xr.Dataset, names: list[str]):
 def _train_one(cfg: AutoencoderConfig, ds: xr.Dataset, names: list[str]):
     """The staged training of one autoencoder on ``names`` (see :func:`train_autoencoder`)."""
     final = Path(cfg.out_dir) / "autoencoder"
-    train = _period(ds, cfg.data.train_period, "data.train_period")
+    train = select_period(ds, cfg.data.train_period, "data.train_period")
     stats = _input_stats(cfg.data, train, names)
     if cfg.model.name == "identity":
         model = get_autoencoder_class("identity")(variables=names, input_stats=stats)
@@ -379,14 +384,14 @@ def _train_one(cfg: AutoencoderConfig, ds: xr.Dataset, names: list[str]):
         return model
     torch.manual_seed(cfg.train.seed)
     cls, model = _build_model(cfg.model, ds, names, stats)
-    raw = torch.from_numpy(_fields(train, names))
+    raw = torch.from_numpy(stack_fields(train, names))
     valid = torch.isfinite(raw)
     x = model.normalize_input(raw)
     val_fn = None
     if cfg.data.val_period:
-        val = _period(ds, cfg.data.val_period, "data.val_period")
+        val = select_period(ds, cfg.data.val_period, "data.val_period")
         idx = np.unique(np.linspace(0, val.sizes["time"] - 1, min(cfg.data.val_max_fields, val.sizes["time"])).astype(int))
-        val_fields = _fields(val.isel(time=idx), names)
+        val_fields = stack_fields(val.isel(time=idx), names)
         val_fn = _validator(val_fields, names, stats)
     two_stages = cfg.stage2.total_samples > 0
     s1 = _stage(cfg, "stage1", cfg.stage1, model, x, valid, None if two_stages else val_fn)
