@@ -90,7 +90,9 @@ RADOLAN_SPLITS: dict[str, tuple[str, str]] = {
 UKV_OROGRAPHY = ("static", "ukv_orography.nc")
 
 
-def _select_split(ds: xr.Dataset, split: str | None, splits: dict[str, tuple[str, str]]) -> xr.Dataset:
+def _select_split(
+    ds: xr.Dataset, split: str | None, splits: dict[str, tuple[str, str]]
+) -> xr.Dataset:
     if split is None:
         return ds
     if split not in splits:
@@ -137,7 +139,9 @@ def era5_uk_predictors(target: xr.Dataset, factor: int = ERA5_UK_FACTOR) -> xr.D
     return pred
 
 
-def era5_uk_static(target_grid: Grid | xr.Dataset | None = None, *, method: str = "area") -> xr.Dataset:
+def era5_uk_static(
+    target_grid: Grid | xr.Dataset | None = None, *, method: str = "area"
+) -> xr.Dataset:
     """Static fields on the target grid: UKV orography (m) and land fraction (1 = land).
 
     Args:

@@ -40,7 +40,17 @@ def load_average() -> float:
 
 
 def run_once(out: Path, size: str, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "kmscale.cli", "demo", "--out", str(out), "--size", size, "--fresh"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kmscale.cli",
+        "demo",
+        "--out",
+        str(out),
+        "--size",
+        size,
+        "--fresh",
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     load_before = load_average()
@@ -50,52 +60,101 @@ def run_once(out: Path, size: str, threads: int) -> dict:
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    return {"wall_seconds": round(wall, 1), "demo_seconds": summary["seconds"], "stages": summary["stages"],
-            "load_before": load_before, "load_after": load_average(), "summary": summary,
-            "table": proc.stdout.split("demo checks on the validation hours", 1)[-1].strip()}
+    return {
+        "wall_seconds": round(wall, 1),
+        "demo_seconds": summary["seconds"],
+        "stages": summary["stages"],
+        "load_before": load_before,
+        "load_after": load_average(),
+        "summary": summary,
+        "table": proc.stdout.split("demo checks on the validation hours", 1)[-1].strip(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3, help="fresh runs of the demo (median time; default 3)")
-    parser.add_argument("--out", type=Path, default=Path("runs/demo_bench"), help="run directory (replaced)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--runs", type=int, default=3, help="fresh runs of the demo (median time; default 3)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo_bench"), help="run directory (replaced)"
+    )
     parser.add_argument("--size", default="small", help="demo size (default small)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--machine", default="2-core shared dev VM, no GPU", help="recorded in the JSON")
-    parser.add_argument("--json", type=Path, default=RESULTS / "demo.json", help="where to write the result")
-    parser.add_argument("--summary", type=Path, default=None,
-                        help="record a finished run's summary.json instead of running (its own timing; "
-                             "--load gives the load it ran under)")
-    parser.add_argument("--load", type=float, nargs=2, default=None, metavar=("BEFORE", "AFTER"),
-                        help="with --summary: the 1-minute load average during that run")
+    parser.add_argument(
+        "--machine", default="2-core shared dev VM, no GPU", help="recorded in the JSON"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=RESULTS / "demo.json", help="where to write the result"
+    )
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        default=None,
+        help="record a finished run's summary.json instead of running (its own timing; "
+        "--load gives the load it ran under)",
+    )
+    parser.add_argument(
+        "--load",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("BEFORE", "AFTER"),
+        help="with --summary: the 1-minute load average during that run",
+    )
     parser.add_argument("--note", default="", help="recorded in the JSON (how the run was made)")
     args = parser.parse_args(argv)
     runs = []
     if args.summary is not None:
         summary = json.loads(args.summary.read_text())
         load = list(args.load) if args.load else [None, None]
-        runs.append({"demo_seconds": summary["seconds"], "stages": summary["stages"], "load_before": load[0],
-                     "load_after": load[1], "summary": summary, "table": ""})
+        runs.append(
+            {
+                "demo_seconds": summary["seconds"],
+                "stages": summary["stages"],
+                "load_before": load[0],
+                "load_after": load[1],
+                "summary": summary,
+                "table": "",
+            }
+        )
     for i in range(args.runs if args.summary is None else 0):
         runs.append(run_once(args.out, args.size, args.threads))
-        print(f"run {i + 1}/{args.runs}: {runs[-1]['demo_seconds']} s (load {runs[-1]['load_before']} -> "
-              f"{runs[-1]['load_after']})", flush=True)
+        print(
+            f"run {i + 1}/{args.runs}: {runs[-1]['demo_seconds']} s (load {runs[-1]['load_before']} -> "
+            f"{runs[-1]['load_after']})",
+            flush=True,
+        )
     last = runs[-1]["summary"]
-    checks = {v: {**res["values"], "passed": {c["check"]: c["passed"] for c in res["checks"]}}
-              for v, res in last["demo_checks"].items() if isinstance(res, dict)}
+    checks = {
+        v: {**res["values"], "passed": {c["check"]: c["passed"] for c in res["checks"]}}
+        for v, res in last["demo_checks"].items()
+        if isinstance(res, dict)
+    }
     result = {
-        "command": "python benchmarks/demo_checks.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "demo_command": (f"kmscale demo --out {args.out} --size {args.size} --fresh" if args.summary is None
-                         else f"kmscale demo --size {args.size} (recorded from {args.summary})"),
+        "command": "python benchmarks/demo_checks.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "demo_command": (
+            f"kmscale demo --out {args.out} --size {args.size} --fresh"
+            if args.summary is None
+            else f"kmscale demo --size {args.size} (recorded from {args.summary})"
+        ),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
-        "machine": args.machine, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "machine": args.machine,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
         "runs": len(runs),
         "demo_seconds": statistics.median(r["demo_seconds"] for r in runs),
         "demo_seconds_each": [r["demo_seconds"] for r in runs],
         "load_average_1min": [[r["load_before"], r["load_after"]] for r in runs],
         "stages_seconds_last_run": runs[-1]["stages"],
-        "split": {"train": last["train_hours"], "validation": last["validation_hours"],
-                  "checks_on": "validation hours (after the training hours)"},
+        "split": {
+            "train": last["train_hours"],
+            "validation": last["validation_hours"],
+            "checks_on": "validation hours (after the training hours)",
+        },
         "checks": checks,
         "note": args.note,
         "all_passed": last["demo_checks"]["all_passed"],

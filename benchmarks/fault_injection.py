@@ -52,8 +52,9 @@ class Stage:
 
     def started_writing(self) -> bool:
         base = self.artifact.parent
-        return self.artifact.exists() or any(any(base.glob(g)) for g in
-                                             (self.artifact.name + ".*", *self.writing))
+        return self.artifact.exists() or any(
+            any(base.glob(g)) for g in (self.artifact.name + ".*", *self.writing)
+        )
 
     def clean(self) -> None:
         for p in [self.artifact, *self.scratch]:
@@ -90,55 +91,163 @@ def build_stages(work: Path) -> dict[str, Stage]:
     work.mkdir(parents=True, exist_ok=True)
     files = write_files(work / "data", n=48)
     torch.manual_seed(0)
-    VAEAutoencoder(variables=["t2m"], input_stats={"t2m": {"mean": 280.0, "std": 5.0}},
-                   block_out_channels=(8, 16), norm_num_groups=8,
-                   latent_channels=2).save_pretrained(work / "ae")
+    VAEAutoencoder(
+        variables=["t2m"],
+        input_stats={"t2m": {"mean": 280.0, "std": 5.0}},
+        block_out_channels=(8, 16),
+        norm_num_groups=8,
+        latent_channels=2,
+    ).save_pretrained(work / "ae")
     bundle, coarse = make_bundle()
     bundle.save(work / "bundle")
     coarse.to_netcdf(work / "data" / "pred8.nc", engine="netcdf4")
     ens = work / "reference_ensemble.zarr"
     if not ens.exists():
-        subprocess.run(_cli("sample", "--bundle", str(work / "bundle"), "--predictors",
-                            str(work / "data" / "pred8.nc"), "--members", "3", "--steps", "2",
-                            "--out", str(ens)), env=_env(), check=True, capture_output=True)
+        subprocess.run(
+            _cli(
+                "sample",
+                "--bundle",
+                str(work / "bundle"),
+                "--predictors",
+                str(work / "data" / "pred8.nc"),
+                "--members",
+                "3",
+                "--steps",
+                "2",
+                "--out",
+                str(ens),
+            ),
+            env=_env(),
+            check=True,
+            capture_output=True,
+        )
     cfg = {
-        "data": {"targets": str(files["targets"]), "predictors": str(files["predictors"]),
-                 "static": str(files["static"]), "train_period": ["2019-03-01T00", "2019-03-01T23"],
-                 "val_period": ["2019-03-02T00", "2019-03-02T05"]},
+        "data": {
+            "targets": str(files["targets"]),
+            "predictors": str(files["predictors"]),
+            "static": str(files["static"]),
+            "train_period": ["2019-03-01T00", "2019-03-01T23"],
+            "val_period": ["2019-03-02T00", "2019-03-02T05"],
+        },
         "unet": {"block_out_channels": [8, 16], "norm_num_groups": 4, "layers_per_block": 1},
-        "train": {"global_batch_size": 4, "checkpoint_every_samples": 8, "log_every_samples": 8,
-                  "lr": 1e-3, "ema_decay": 0.9, "mixed_precision": "no", "total_samples": 48},
+        "train": {
+            "global_batch_size": 4,
+            "checkpoint_every_samples": 8,
+            "log_every_samples": 8,
+            "lr": 1e-3,
+            "ema_decay": 0.9,
+            "mixed_precision": "no",
+            "total_samples": 48,
+        },
         "out_dir": str(work / "train_run"),
     }
     (work / "train.yaml").write_text(yaml.safe_dump(cfg))
     out = work / "out"
     out.mkdir(exist_ok=True)
     return {
-        "prepare": Stage("prepare", _cli(
-            "prepare", "--targets", str(files["targets"]), "--predictors", str(files["predictors"]),
-            "--static", str(files["static"]), "--train-period", "2019-03-01..2019-03-01",
-            "--out", str(out / "prepared"), "--chunk-time", "4", "--no-progress"),
-            out / "prepared" / "stats.json", [out / "prepared"], ("*.zarr*",)),
-        "encode": Stage("encode", _cli(
-            "encode", "--autoencoder", str(work / "ae"), "--input", str(files["targets"]),
-            "--out", str(out / "latents.zarr"), "--chunk", "2", "--no-progress"),
-            out / "latents.zarr"),
-        "compress": Stage("compress", _cli(
-            "compress", "--autoencoder", str(work / "ae"), "--input", str(files["targets"]),
-            "--out", str(out / "archive.zarr"), "--chunk", "2", "--quantize", "0.05",
-            "--verify", "0", "--no-progress"),
-            out / "archive.zarr"),
-        "sample": Stage("sample", _cli(
-            "sample", "--bundle", str(work / "bundle"), "--predictors", str(work / "data" / "pred8.nc"),
-            "--members", "3", "--steps", "2", "--time-chunk", "1", "--out", str(out / "ensemble.zarr")),
-            out / "ensemble.zarr"),
-        "score": Stage("score", _cli(
-            "score", "--forecast", f"ldm={ens}", "--truth", str(files["targets"]),
-            "--out", str(out / "metrics.nc"), "--no-progress"),
-            out / "metrics.nc"),
-        "train": Stage("train", [sys.executable, str(ROOT / "recipes" / "train_regression.py"),
-                                 "--config", str(work / "train.yaml")],
-                       work / "train_run" / "bundle", [work / "train_run"], ("checkpoints",)),
+        "prepare": Stage(
+            "prepare",
+            _cli(
+                "prepare",
+                "--targets",
+                str(files["targets"]),
+                "--predictors",
+                str(files["predictors"]),
+                "--static",
+                str(files["static"]),
+                "--train-period",
+                "2019-03-01..2019-03-01",
+                "--out",
+                str(out / "prepared"),
+                "--chunk-time",
+                "4",
+                "--no-progress",
+            ),
+            out / "prepared" / "stats.json",
+            [out / "prepared"],
+            ("*.zarr*",),
+        ),
+        "encode": Stage(
+            "encode",
+            _cli(
+                "encode",
+                "--autoencoder",
+                str(work / "ae"),
+                "--input",
+                str(files["targets"]),
+                "--out",
+                str(out / "latents.zarr"),
+                "--chunk",
+                "2",
+                "--no-progress",
+            ),
+            out / "latents.zarr",
+        ),
+        "compress": Stage(
+            "compress",
+            _cli(
+                "compress",
+                "--autoencoder",
+                str(work / "ae"),
+                "--input",
+                str(files["targets"]),
+                "--out",
+                str(out / "archive.zarr"),
+                "--chunk",
+                "2",
+                "--quantize",
+                "0.05",
+                "--verify",
+                "0",
+                "--no-progress",
+            ),
+            out / "archive.zarr",
+        ),
+        "sample": Stage(
+            "sample",
+            _cli(
+                "sample",
+                "--bundle",
+                str(work / "bundle"),
+                "--predictors",
+                str(work / "data" / "pred8.nc"),
+                "--members",
+                "3",
+                "--steps",
+                "2",
+                "--time-chunk",
+                "1",
+                "--out",
+                str(out / "ensemble.zarr"),
+            ),
+            out / "ensemble.zarr",
+        ),
+        "score": Stage(
+            "score",
+            _cli(
+                "score",
+                "--forecast",
+                f"ldm={ens}",
+                "--truth",
+                str(files["targets"]),
+                "--out",
+                str(out / "metrics.nc"),
+                "--no-progress",
+            ),
+            out / "metrics.nc",
+        ),
+        "train": Stage(
+            "train",
+            [
+                sys.executable,
+                str(ROOT / "recipes" / "train_regression.py"),
+                "--config",
+                str(work / "train.yaml"),
+            ],
+            work / "train_run" / "bundle",
+            [work / "train_run"],
+            ("checkpoints",),
+        ),
     }
 
 
@@ -171,8 +280,14 @@ def fingerprint(path: Path) -> str | None:
 
 
 def _start(stage: Stage) -> subprocess.Popen:
-    return subprocess.Popen(stage.argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        stage.argv,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_writes(stage: Stage, proc: subprocess.Popen, poll: float = 0.02) -> float:
@@ -222,28 +337,43 @@ def run_stage(stage: Stage, trials: int, seed: int) -> dict:
         ok = True
         if at_kill is not None and at_kill != reference:
             ok = False
-            messages.append(f"trial {trial}: a complete-looking artifact differs after the kill at {delay:.2f} s")
+            messages.append(
+                f"trial {trial}: a complete-looking artifact differs after the kill at {delay:.2f} s"
+            )
         if at_kill is None:
             try:
                 _finish(stage, _start(stage))
             except RuntimeError as err:
                 ok = False
-                messages.append(f"trial {trial}: resume failed after a kill at {delay:.2f} s: {err}")
+                messages.append(
+                    f"trial {trial}: resume failed after a kill at {delay:.2f} s: {err}"
+                )
         same = fingerprint(stage.artifact) == reference
         identical += same
         if not same and ok:
             ok = False
             messages.append(f"trial {trial}: resumed artifact differs (kill at {delay:.2f} s)")
         failures += not ok
-    return {"trials": trials, "failures": failures, "identical": identical / max(trials, 1),
-            "killed_before_completion": killed, "partial_left_by_kill": partial_seen,
-            "startup_s": round(startup, 2), "writing_s": round(writing, 2), "messages": messages[:5]}
+    return {
+        "trials": trials,
+        "failures": failures,
+        "identical": identical / max(trials, 1),
+        "killed_before_completion": killed,
+        "partial_left_by_kill": partial_seen,
+        "startup_s": round(startup, 2),
+        "writing_s": round(writing, 2),
+        "messages": messages[:5],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=20, help="kill-and-resume trials per stage (default 20)")
-    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
+    p.add_argument(
+        "--trials", type=int, default=20, help="kill-and-resume trials per stage (default 20)"
+    )
+    p.add_argument(
+        "--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES)
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="/tmp/kmscale_fault_injection", help="scratch folder")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fault_injection.json"))

@@ -101,10 +101,15 @@ def prepare(cfg: BenchmarkConfig) -> Path:
     years = t2m.year.values
     out = xr.Dataset(
         {"t2m": (("time", "cell"), t2m.values.astype(np.float32), {"units": "K"})},
-        coords={"time": pd.to_datetime([f"{y}-07-01" for y in years]),
-                "member": ("time", np.searchsorted(ds.member.values, t2m.member.values)),
-                "cell": hp.cell, "lat": hp.lat, "lon": hp.lon},
-        attrs={**hp.attrs, "source": src.name, "members": " ".join(ds.member.values)})
+        coords={
+            "time": pd.to_datetime([f"{y}-07-01" for y in years]),
+            "member": ("time", np.searchsorted(ds.member.values, t2m.member.values)),
+            "cell": hp.cell,
+            "lat": hp.lat,
+            "lon": hp.lon,
+        },
+        attrs={**hp.attrs, "source": src.name, "members": " ".join(ds.member.values)},
+    )
     return write_healpix_store(out, path)
 
 
@@ -117,9 +122,17 @@ def ae_config(cfg: BenchmarkConfig, name: str, ratio: int, store: Path) -> Autoe
     levels = int(round(math.log(ratio, 4)))
     options = dict(cfg.fsae_options if name == "fsae" else cfg.face_vae_options, levels=levels)
     kl = 0.0 if name == "fsae" else cfg.face_vae_kl_weight
-    ae = load_config(AutoencoderConfig, ROOT / cfg.autoencoder_config, [
-        f"out_dir={ROOT / cfg.out_dir / f'{name}_{ratio}'}", f"data.targets={store}",
-        f"model.name={name}", f"loss.kl_weight={kl}", f"stage1.total_samples={cfg.train_samples}"])
+    ae = load_config(
+        AutoencoderConfig,
+        ROOT / cfg.autoencoder_config,
+        [
+            f"out_dir={ROOT / cfg.out_dir / f'{name}_{ratio}'}",
+            f"data.targets={store}",
+            f"model.name={name}",
+            f"loss.kl_weight={kl}",
+            f"stage1.total_samples={cfg.train_samples}",
+        ],
+    )
     ae.model.options = options  # replaced whole: a dotted override would merge into fsae's
     return ae
 
@@ -128,9 +141,12 @@ def train(cfg: BenchmarkConfig, name: str, ratio: int, store: Path) -> dict:
     ae = ae_config(cfg, name, ratio, store)
     t0, c0 = time.perf_counter(), time.process_time()
     model = train_autoencoder(ae)
-    budget = {"samples": cfg.train_samples, "wall_s": time.perf_counter() - t0,
-              "cpu_s": time.process_time() - c0,
-              "parameters": sum(p.numel() for p in model.parameters())}
+    budget = {
+        "samples": cfg.train_samples,
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     (Path(ae.out_dir) / "budget.json").write_text(json.dumps(budget))
     return budget
 
@@ -145,15 +161,21 @@ def power_ratio(pred: np.ndarray, truth: np.ndarray) -> float:
 def scores(pred: np.ndarray, truth: np.ndarray) -> dict:
     err = pred.astype(np.float64) - truth
     rmse = float(np.sqrt(np.mean(err**2)))
-    return {"rmse": rmse, "psnr": float(20 * np.log10(np.ptp(truth) / rmse)),
-            "mae": float(np.mean(np.abs(err))), "max_abs": float(np.max(np.abs(err))),
-            "power_ratio_high_l": power_ratio(pred, truth)}
+    return {
+        "rmse": rmse,
+        "psnr": float(20 * np.log10(np.ptp(truth) / rmse)),
+        "mae": float(np.mean(np.abs(err))),
+        "max_abs": float(np.max(np.abs(err))),
+        "power_ratio_high_l": power_ratio(pred, truth),
+    }
 
 
 @torch.no_grad()
 def reconstruct(model, x: np.ndarray) -> np.ndarray:
     t = torch.from_numpy(x)
-    return torch.cat([model.decode(model.encode(t[i:i + 32])) for i in range(0, len(t), 32)]).numpy()
+    return torch.cat(
+        [model.decode(model.encode(t[i : i + 32])) for i in range(0, len(t), 32)]
+    ).numpy()
 
 
 def zero_shot(model, test: np.ndarray) -> dict:
@@ -161,10 +183,13 @@ def zero_shot(model, test: np.ndarray) -> dict:
     with torch.no_grad():
         sr = model.super_resolve(torch.from_numpy(coarse)).numpy()
     bil = upsample(coarse.astype(np.float64), 1)
-    return {"fsae_rmse": scores(sr, test)["rmse"], "bilinear_rmse": scores(bil, test)["rmse"],
-            "power_ratio_high_l": power_ratio(sr, test),
-            "bilinear_power_ratio_high_l": power_ratio(bil, test),
-            "input": f"nside {model.config.nside // 2} (test fields coarsened by 1 level)"}
+    return {
+        "fsae_rmse": scores(sr, test)["rmse"],
+        "bilinear_rmse": scores(bil, test)["rmse"],
+        "power_ratio_high_l": power_ratio(sr, test),
+        "bilinear_power_ratio_high_l": power_ratio(bil, test),
+        "input": f"nside {model.config.nside // 2} (test fields coarsened by 1 level)",
+    }
 
 
 def diffusion(cfg: BenchmarkConfig, model, train_x: np.ndarray, test: np.ndarray) -> dict:
@@ -176,15 +201,22 @@ def diffusion(cfg: BenchmarkConfig, model, train_x: np.ndarray, test: np.ndarray
         return model.normalize_input(torch.from_numpy(coarsen(x, levels)))[..., None]
 
     with torch.no_grad():
-        z = torch.cat([model.encode(torch.from_numpy(train_x[i:i + 64]))
-                       for i in range(0, len(train_x), 64)])[..., None]
+        z = torch.cat(
+            [
+                model.encode(torch.from_numpy(train_x[i : i + 64]))
+                for i in range(0, len(train_x), 64)
+            ]
+        )[..., None]
     c = cond_of(train_x)
-    net = EDMPrecond(FaceDenoiser(1 + c.shape[1], z.shape[1], cfg.diffusion_channels,
-                                  cfg.diffusion_blocks), sigma_data=float(z.std()))
+    net = EDMPrecond(
+        FaceDenoiser(1 + c.shape[1], z.shape[1], cfg.diffusion_channels, cfg.diffusion_blocks),
+        sigma_data=float(z.std()),
+    )
     loss_fn = EDMLoss(sigma_data=float(z.std()))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     ema = torch.optim.swa_utils.AveragedModel(
-        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.99))
+        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.99)
+    )
     batch, t0, c0 = 16, time.perf_counter(), time.process_time()
     gen = torch.Generator().manual_seed(0)
     for _ in range(cfg.diffusion_samples // batch):
@@ -194,8 +226,11 @@ def diffusion(cfg: BenchmarkConfig, model, train_x: np.ndarray, test: np.ndarray
         loss.backward()
         opt.step()
         ema.update_parameters(net)
-    budget = {"samples": cfg.diffusion_samples, "wall_s": time.perf_counter() - t0,
-              "cpu_s": time.process_time() - c0}
+    budget = {
+        "samples": cfg.diffusion_samples,
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
+    }
     denoiser = ema.module.eval()
     ct = cond_of(test)
     members = []
@@ -204,33 +239,49 @@ def diffusion(cfg: BenchmarkConfig, model, train_x: np.ndarray, test: np.ndarray
             seeds = [1000 * m + i for i in range(len(test))]  # one per (member, field)
             gens = member_generators(seeds)
             noise = member_noise(seeds, z.shape[1:], generators=gens)
-            zs = edm_sampler(denoiser, noise, cond=ct, num_steps=cfg.sampler_steps,
-                             generators=gens)
+            zs = edm_sampler(denoiser, noise, cond=ct, num_steps=cfg.sampler_steps, generators=gens)
             members.append(model.decode(zs[..., 0].float()).numpy())
     ens = np.stack(members)  # (M, T, 1, npix)
     crps = float(crps_ensemble(ens, test, fair=True).mean())
     mse = float(np.mean((ens.mean(0) - test) ** 2))
     var = float(np.mean(ens.var(0, ddof=1)))
     baseline = upsample(coarsen(test, levels).astype(np.float64), levels)
-    return {"crps_fair": crps, "spread_skill": float(spread_skill_from_parts(var, mse, cfg.members)),
-            "baseline_mae": float(np.mean(np.abs(baseline - test))),
-            "ensemble_mean_rmse": math.sqrt(mse),
-            "power_ratio_high_l": power_ratio(ens.reshape(-1, ens.shape[-1]),
-                                              np.broadcast_to(test, ens.shape).reshape(-1, ens.shape[-1])),
-            "members": cfg.members, "budget": budget,
-            "condition": f"coarse field at nside {model.config.nside >> levels}",
-            "latent": f"FS-AE {4**levels}x latent, {model.latent_channels} channel"}
+    return {
+        "crps_fair": crps,
+        "spread_skill": float(spread_skill_from_parts(var, mse, cfg.members)),
+        "baseline_mae": float(np.mean(np.abs(baseline - test))),
+        "ensemble_mean_rmse": math.sqrt(mse),
+        "power_ratio_high_l": power_ratio(
+            ens.reshape(-1, ens.shape[-1]),
+            np.broadcast_to(test, ens.shape).reshape(-1, ens.shape[-1]),
+        ),
+        "members": cfg.members,
+        "budget": budget,
+        "condition": f"coarse field at nside {model.config.nside >> levels}",
+        "latent": f"FS-AE {4**levels}x latent, {model.latent_channels} channel",
+    }
 
 
-_PART_KEYS = {"ae": ("fsae", "cnn_vae", "budgets"), "sr": ("zero_shot_sr",),
-              "diffusion": ("diffusion",)}
+_PART_KEYS = {
+    "ae": ("fsae", "cnn_vae", "budgets"),
+    "sr": ("zero_shot_sr",),
+    "diffusion": ("diffusion",),
+}
 
 
 def _keys(parts: set[str]) -> set[str]:
     """JSON keys a run owns: its parts' keys and the run description."""
     own = {k for p in parts for k in _PART_KEYS[p]}
-    return own | {"split", "data", "config", "budget_note", "machine", "load_avg_1min", "date",
-                  "command"}
+    return own | {
+        "split",
+        "data",
+        "config",
+        "budget_note",
+        "machine",
+        "load_avg_1min",
+        "date",
+        "command",
+    }
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -239,10 +290,20 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--models", nargs="+", default=["fsae", "face_vae"])
     p.add_argument("--prepare-only", action="store_true")
     p.add_argument("--train-only", action="store_true")
-    p.add_argument("--parts", nargs="+", default=["ae", "sr", "diffusion"],
-                   choices=["ae", "sr", "diffusion"], help="evaluations to run (JSON keys merged)")
-    p.add_argument("--ratios", nargs="+", type=int, default=None,
-                   help="train only these ratios (parallel runs); default: the config's")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["ae", "sr", "diffusion"],
+        choices=["ae", "sr", "diffusion"],
+        help="evaluations to run (JSON keys merged)",
+    )
+    p.add_argument(
+        "--ratios",
+        nargs="+",
+        type=int,
+        default=None,
+        help="train only these ratios (parallel runs); default: the config's",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(1)
@@ -272,7 +333,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                 result["budgets"][f"{key}_{ratio}"] = json.loads((run / "budget.json").read_text())
         for ratio in cfg.ratios:
             r = str(ratio)
-            result["fsae"][r]["rmse_vs_cnn_vae"] = result["fsae"][r]["rmse"] / result["cnn_vae"][r]["rmse"]
+            result["fsae"][r]["rmse_vs_cnn_vae"] = (
+                result["fsae"][r]["rmse"] / result["cnn_vae"][r]["rmse"]
+            )
     if "sr" in parts:
         sr_model = load_autoencoder(ROOT / cfg.out_dir / f"fsae_{cfg.sr_ratio}" / "autoencoder")
         result["zero_shot_sr"] = zero_shot(sr_model.eval(), test)
@@ -282,20 +345,22 @@ def main(argv: list[str] | None = None) -> dict | None:
     if RESULTS.exists():  # another part may have finished meanwhile: keep its keys
         done = json.loads(RESULTS.read_text())
         result = {**done, **{k: v for k, v in result.items() if k in _keys(parts)}}
-    result.update({
-        "split": "test: 1985-1999, all 8 members (120 fields); train 1890-1969 (640), "
-                 "validation 1970-1984 (best recipe checkpoint)",
-        "data": f"CCSM3 TREFHT annual mean, T42 -> HEALPix nside {cfg.nside} (conservative)",
-        "config": to_dict(cfg),
-        "budget_note": "every autoencoder sees the same train_samples (768 fields, 1.2 epochs; "
-                       "budgets.* give CPU seconds, about a minute each on one thread of the "
-                       "loaded VM); the diffusion model diffusion_samples. Far below what the "
-                       "targets need: see BENCHMARKS.md",
-        "machine": "2-core shared dev VM, no GPU, torch 1 thread",
-        "load_avg_1min": os.getloadavg()[0],
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
-        "command": "nice python benchmarks/fsae.py --parts " + " ".join(sorted(parts)),
-    })
+    result.update(
+        {
+            "split": "test: 1985-1999, all 8 members (120 fields); train 1890-1969 (640), "
+            "validation 1970-1984 (best recipe checkpoint)",
+            "data": f"CCSM3 TREFHT annual mean, T42 -> HEALPix nside {cfg.nside} (conservative)",
+            "config": to_dict(cfg),
+            "budget_note": "every autoencoder sees the same train_samples (768 fields, 1.2 epochs; "
+            "budgets.* give CPU seconds, about a minute each on one thread of the "
+            "loaded VM); the diffusion model diffusion_samples. Far below what the "
+            "targets need: see BENCHMARKS.md",
+            "machine": "2-core shared dev VM, no GPU, torch 1 thread",
+            "load_avg_1min": os.getloadavg()[0],
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+            "command": "nice python benchmarks/fsae.py --parts " + " ".join(sorted(parts)),
+        }
+    )
     tmp = RESULTS.with_name(RESULTS.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, RESULTS)

@@ -376,8 +376,12 @@ def telangana_section(t: Telangana, out: Path, only: str | None = None) -> tuple
         "diffusion_log1p": public["diffusion_log1p"],
         "diffusion_pp": public["diffusion_pp"],
         "fss_thresholds_mm_h": thresholds,
-        "pp_encoder": {"chosen": best, "candidates_on_val": tried, "test": pp_test,
-                       "on_training_period": pp_on(pp_model, pp_cfg, t.train_period)},
+        "pp_encoder": {
+            "chosen": best,
+            "candidates_on_val": tried,
+            "test": pp_test,
+            "on_training_period": pp_on(pp_model, pp_cfg, t.train_period),
+        },
         "training_seconds": {k: v["seconds"] for k, v in spaces.items()},
     }
     return section, {"results": results, "targets": targets, "pp": pp_model}
@@ -472,7 +476,9 @@ def main(argv=None) -> int:
         "overrides", nargs="*", help="dotted overrides (results then stay under out_dir)"
     )
     parser.add_argument(
-        "--train-only", choices=["log1p", "pp"], default=None,
+        "--train-only",
+        choices=["log1p", "pp"],
+        default=None,
         help="train one space's Telangana models and stop: two processes can share out_dir; "
         "a last run without it reuses them and scores",
     )

@@ -72,7 +72,9 @@ def time_sampling(net: EDMPrecond, shape: tuple[int, int, int], cond_channels: i
     """Seconds for one batch of ``args.batch`` members."""
     seeds = list(range(args.batch))
     noise = member_noise(seeds, shape)
-    cond = torch.randn(args.batch, cond_channels, *shape[1:], generator=torch.Generator().manual_seed(1))
+    cond = torch.randn(
+        args.batch, cond_channels, *shape[1:], generator=torch.Generator().manual_seed(1)
+    )
     t0 = time.perf_counter()
     edm_sampler(net, noise, cond, num_steps=args.steps)
     return time.perf_counter() - t0
@@ -97,8 +99,11 @@ def measure(pix_net, lat_net, vae, pix_shape, lat_shape, args, threads: int) -> 
         lat.append(time_sampling(lat_net, lat_shape, args.cond_channels, args) / args.batch)
         dec.append(time_decode(vae, lat_shape, args.batch) / args.batch)
         pix.append(time_sampling(pix_net, pix_shape, args.cond_channels, args) / args.batch)
-        print(f"{threads} thread(s), run {r + 1}/{args.repeats}: latent {lat[-1]:.3f} s, decode {dec[-1]:.3f} s, "
-              f"pixel {pix[-1]:.3f} s per member", flush=True)
+        print(
+            f"{threads} thread(s), run {r + 1}/{args.repeats}: latent {lat[-1]:.3f} s, decode {dec[-1]:.3f} s, "
+            f"pixel {pix[-1]:.3f} s per member",
+            flush=True,
+        )
     t_lat, t_pix, t_dec = statistics.median(lat), statistics.median(pix), statistics.median(dec)
     return {
         "speedup": round(t_pix / t_lat, 2),
@@ -110,23 +115,40 @@ def measure(pix_net, lat_net, vae, pix_shape, lat_shape, args, threads: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("Usage::")[1])
-    p.add_argument("--pixel", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="pixel grid")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Usage::")[1],
+    )
+    p.add_argument(
+        "--pixel", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="pixel grid"
+    )
     p.add_argument("--pixel-channels", type=int, default=3, help="target variables in pixel space")
     p.add_argument("--factor", type=int, default=8, help="latent downsampling factor")
     p.add_argument("--latent-channels", type=int, default=4)
     p.add_argument("--cond-channels", type=int, default=8, help="conditioning channels (both runs)")
-    p.add_argument("--width", type=int, nargs="+", default=(32, 64, 128), help="block_out_channels (both runs)")
+    p.add_argument(
+        "--width", type=int, nargs="+", default=(32, 64, 128), help="block_out_channels (both runs)"
+    )
     p.add_argument("--layers-per-block", type=int, default=2)
     p.add_argument("--norm-groups", type=int, default=16)
-    p.add_argument("--attention", action="store_true",
-                   help="self-attention at every level and in the bottleneck (default: none)")
-    p.add_argument("--steps", type=int, default=4, help="EDM Heun steps (both runs; 2N-1 network calls)")
+    p.add_argument(
+        "--attention",
+        action="store_true",
+        help="self-attention at every level and in the bottleneck (default: none)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=4, help="EDM Heun steps (both runs; 2N-1 network calls)"
+    )
     p.add_argument("--batch", type=int, default=1, help="members per sampler call")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of each (median reported)")
-    p.add_argument("--threads", type=int, nargs="+", default=(1, 2),
-                   help="torch CPU thread counts to measure in turn; the first is the headline")
+    p.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=(1, 2),
+        help="torch CPU thread counts to measure in turn; the first is the headline",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "sampling_speed.json")
     args = p.parse_args(argv)
 
@@ -139,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     pix_net = build(args.pixel_channels, args.cond_channels, args)
     lat_net = build(args.latent_channels, args.cond_channels, args)
     levels = {8: (32, 64, 128, 128), 4: (32, 64, 128), 2: (32, 64)}
-    vae = VAEAutoencoder(variables=[f"v{i}" for i in range(args.pixel_channels)],
-                         block_out_channels=levels.get(args.factor, (32,) * (args.factor.bit_length())),
-                         latent_channels=args.latent_channels).eval()
+    vae = VAEAutoencoder(
+        variables=[f"v{i}" for i in range(args.pixel_channels)],
+        block_out_channels=levels.get(args.factor, (32,) * (args.factor.bit_length())),
+        latent_channels=args.latent_channels,
+    ).eval()
     if vae.downsample_factor != args.factor:
         p.error(f"no default VAE for factor {args.factor}; use 2, 4 or 8")
 
@@ -156,26 +180,43 @@ def main(argv: list[str] | None = None) -> int:
         "headline_threads": args.threads[0],
         "by_torch_threads": settings,
         "setup": {
-            "pixel_shape": list(pix_shape), "latent_shape": list(lat_shape), "cond_channels": args.cond_channels,
-            "block_out_channels": list(args.width), "layers_per_block": args.layers_per_block,
-            "attention": args.attention, "num_steps": args.steps, "solver": HEUN,
-            "network_evaluations": 2 * args.steps - 1, "batch": args.batch, "repeats": args.repeats,
-            "params": {"pixel": sum(q.numel() for q in pix_net.parameters()),
-                       "latent": sum(q.numel() for q in lat_net.parameters())},
+            "pixel_shape": list(pix_shape),
+            "latent_shape": list(lat_shape),
+            "cond_channels": args.cond_channels,
+            "block_out_channels": list(args.width),
+            "layers_per_block": args.layers_per_block,
+            "attention": args.attention,
+            "num_steps": args.steps,
+            "solver": HEUN,
+            "network_evaluations": 2 * args.steps - 1,
+            "batch": args.batch,
+            "repeats": args.repeats,
+            "params": {
+                "pixel": sum(q.numel() for q in pix_net.parameters()),
+                "latent": sum(q.numel() for q in lat_net.parameters()),
+            },
         },
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "load_average_at_start": load0, "torch": torch.__version__,
-                    "note": "development machine shared with other engineers' jobs (2 cores)"},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "load_average_at_start": load0,
+            "torch": torch.__version__,
+            "note": "development machine shared with other engineers' jobs (2 cores)",
+        },
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/sampling_speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "command": "python benchmarks/sampling_speed.py "
+        + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for threads, r in settings.items():
         t = r["seconds_per_member"]
-        print(f"{threads} thread(s): latent {t['latent']:.3f} s, pixel {t['pixel']:.3f} s per member "
-              f"(median of {args.repeats}); speed-up {r['speedup']}x ({r['speedup_including_vae_decode']}x "
-              f"including VAE decode)")
+        print(
+            f"{threads} thread(s): latent {t['latent']:.3f} s, pixel {t['pixel']:.3f} s per member "
+            f"(median of {args.repeats}); speed-up {r['speedup']}x ({r['speedup_including_vae_decode']}x "
+            f"including VAE decode)"
+        )
     print(f"-> {args.out}")
     return 0
 

@@ -61,22 +61,44 @@ def distributed_sampling(times: int, members: int, steps: int, work: Path) -> di
     stores["single"] = pipe.run(coarse, work / "single.zarr", settings, progress=False)
     walls["single"] = time.perf_counter() - start
     for n in (1, 2):
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as c, \
-                Client(c, set_as_default=False) as client:
-            client.run(importlib.import_module, "kmscale.diffusion.pipeline")  # imports off the clock
+        with (
+            LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as c,
+            Client(c, set_as_default=False) as client,
+        ):
+            client.run(
+                importlib.import_module, "kmscale.diffusion.pipeline"
+            )  # imports off the clock
             start = time.perf_counter()
-            stores[n] = pipe.run(coarse, work / f"workers{n}.zarr", settings, progress=False,
-                                 scheduler=c.scheduler_address)
+            stores[n] = pipe.run(
+                coarse,
+                work / f"workers{n}.zarr",
+                settings,
+                progress=False,
+                scheduler=c.scheduler_address,
+            )
             walls[n] = time.perf_counter() - start
     ref = open_store(stores["single"])["t2m"].values
-    identical = all(np.array_equal(ref, open_store(stores[n])["t2m"].values, equal_nan=True) for n in (1, 2))
+    identical = all(
+        np.array_equal(ref, open_store(stores[n])["t2m"].values, equal_nan=True) for n in (1, 2)
+    )
     return {
         "identical": bool(identical),
         "speedup_2_workers": round(walls[1] / walls[2], 3),
-        "wall_s": {"single_process": round(walls["single"], 2), "1_worker": round(walls[1], 2),
-                   "2_workers": round(walls[2], 2)},
-        "job": {"stage": "sample", "times": times, "members": members, "steps": steps,
-                "time_chunk": 1, "grid": [16, 24]},
+        "wall_s": {
+            "single_process": round(walls["single"], 2),
+            "1_worker": round(walls[1], 2),
+            "2_workers": round(walls[2], 2),
+        },
+        "job": {
+            "stage": "sample",
+            "times": times,
+            "members": members,
+            "steps": steps,
+            "time_chunk": 1,
+            "grid": [16, 24],
+        },
     }
 
 
@@ -113,11 +135,22 @@ def _latent_like_store(path: Path, n_time: int, shape: tuple[int, int]) -> None:
         t = np.arange(t0, t1)[:, None, None]
         return (np.sin(xx + 0.01 * t) * np.cos(yy - 0.02 * t) + c).astype("float16")
 
-    data = {f"z{c}": (("time", "y", "x"), da.map_blocks(block, c, dtype="float16", chunks=(
-        (24,) * (n_time // 24), (h,), (w,)))) for c in range(4)}
-    ds = xr.Dataset(data, coords={"time": pd.date_range("2021-01-01", periods=n_time, freq="h"),
-                                  "y": np.arange(h, dtype="float32"), "x": np.arange(w, dtype="float32")},
-                    attrs={STATUS_KEY: "complete", KIND_KEY: "latents_streaming_test"})
+    data = {
+        f"z{c}": (
+            ("time", "y", "x"),
+            da.map_blocks(block, c, dtype="float16", chunks=((24,) * (n_time // 24), (h,), (w,))),
+        )
+        for c in range(4)
+    }
+    ds = xr.Dataset(
+        data,
+        coords={
+            "time": pd.date_range("2021-01-01", periods=n_time, freq="h"),
+            "y": np.arange(h, dtype="float32"),
+            "x": np.arange(w, dtype="float32"),
+        },
+        attrs={STATUS_KEY: "complete", KIND_KEY: "latents_streaming_test"},
+    )
     ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
     consolidate(path)
 
@@ -127,17 +160,25 @@ def streaming(work: Path, shape: tuple[int, int]) -> dict:
     vs 1 year of hourly latent-like fields: PatchDataset's lazy zarr reads."""
     import subprocess
 
-    out = {"grid": list(shape), "what": "kmscale.data.loader.PatchDataset, 512 patches of 64 x 64 "
-           "from 4 float16 channels, 2 DataLoader workers; peak RSS = max RSS of the main process "
-           "+ max RSS of the largest worker"}
+    out = {
+        "grid": list(shape),
+        "what": "kmscale.data.loader.PatchDataset, 512 patches of 64 x 64 "
+        "from 4 float16 channels, 2 DataLoader workers; peak RSS = max RSS of the main process "
+        "+ max RSS of the largest worker",
+    }
     for label, n_time in (("month", 24 * 30), ("year", 24 * 365)):
         path = work / f"stream_{label}.zarr"
         start = time.perf_counter()
         _latent_like_store(path, n_time, shape)
         write_s = time.perf_counter() - start
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        proc = subprocess.run([sys.executable, "-c", _STREAM_PROBE, str(path)], capture_output=True,
-                              text=True, env=env, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", _STREAM_PROBE, str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
         rss, rate = map(float, proc.stdout.split())
         out[f"rss_{label}_gib"] = round(rss, 3)
         out[f"patches_per_s_{label}"] = round(rate, 1)
@@ -152,8 +193,13 @@ def fuzz(examples: int) -> dict:
     outcomes: collections.Counter = collections.Counter()
     unhandled: list[str] = []
 
-    @settings(max_examples=examples, deadline=None, database=None, phases=["generate"],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=["generate"],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=cases())
     def drive(case):
         with warnings.catch_warnings():
@@ -165,8 +211,12 @@ def fuzz(examples: int) -> dict:
                 unhandled.append(f"{type(err).__name__}: {str(err)[:200]}")
 
     drive()
-    return {"inputs": sum(outcomes.values()), "unhandled": outcomes["unhandled"],
-            "outcomes": dict(outcomes), "unhandled_examples": unhandled[:5]}
+    return {
+        "inputs": sum(outcomes.values()),
+        "unhandled": outcomes["unhandled"],
+        "outcomes": dict(outcomes),
+        "unhandled_examples": unhandled[:5],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,14 +224,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--times", type=int, default=16, help="valid times sampled (default 16)")
     p.add_argument("--members", type=int, default=8, help="ensemble members (default 8)")
     p.add_argument("--steps", type=int, default=12, help="EDM steps (default 12)")
-    p.add_argument("--fault-trials", type=int, default=3, help="kill-and-resume trials per stage (default 3)")
-    p.add_argument("--fault-stages", default=",".join(("prepare", "encode", "compress", "sample", "score",
-                                                        "train")))
-    p.add_argument("--fuzz-examples", type=int, default=500, help="fuzzed reader inputs (default 500)")
-    p.add_argument("--stream-grid", default="274,430", help="latent grid of the streaming stores "
-                   "(default 274,430: a quarter of the full demo grid's 548 x 860 latents at 8x down)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: "
-                   "distributed,fault_injection,fuzz,streaming")
+    p.add_argument(
+        "--fault-trials", type=int, default=3, help="kill-and-resume trials per stage (default 3)"
+    )
+    p.add_argument(
+        "--fault-stages",
+        default=",".join(("prepare", "encode", "compress", "sample", "score", "train")),
+    )
+    p.add_argument(
+        "--fuzz-examples", type=int, default=500, help="fuzzed reader inputs (default 500)"
+    )
+    p.add_argument(
+        "--stream-grid",
+        default="274,430",
+        help="latent grid of the streaming stores "
+        "(default 274,430: a quarter of the full demo grid's 548 x 860 latents at 8x down)",
+    )
+    p.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated parts to skip: distributed,fault_injection,fuzz,streaming",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -191,14 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"2-core shared dev VM, no GPU ({platform.processor() or platform.machine()}, "
-                   f"{os.cpu_count()} CPUs)",
+        f"{os.cpu_count()} CPUs)",
         "load_before": os.getloadavg(),
         "split": "n/a: synthetic inputs, no settings chosen from results",
         "not_measured": ["full_grid_sampling"],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "nice python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "nice python benchmarks/scale.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     if out.exists():  # parts run separately (--skip) accumulate in one file
         result = json.loads(out.read_text()) | result
     earlier = [result.pop("command")] if "command" in result else result.get("commands", [])
@@ -210,11 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if "fuzz" not in skip:
             start = time.perf_counter()
-            result["fuzz"] = fuzz(args.fuzz_examples) | {"wall_s": round(time.perf_counter() - start, 1)}
+            result["fuzz"] = fuzz(args.fuzz_examples) | {
+                "wall_s": round(time.perf_counter() - start, 1)
+            }
             print("fuzz", result["fuzz"], flush=True)
             save()
         if "distributed" not in skip:
-            result["distributed"] = distributed_sampling(args.times, args.members, args.steps, Path(tmp))
+            result["distributed"] = distributed_sampling(
+                args.times, args.members, args.steps, Path(tmp)
+            )
             print("distributed", result["distributed"], flush=True)
             save()
         if "fault_injection" not in skip:
@@ -225,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
             for i, name in enumerate(args.fault_stages.split(",")):
                 start = time.perf_counter()
                 r = fault_injection.run_stage(stages[name], args.fault_trials, seed=i)
-                result["fault_injection"][name] = r | {"stage_wall_s": round(time.perf_counter() - start, 1)}
+                result["fault_injection"][name] = r | {
+                    "stage_wall_s": round(time.perf_counter() - start, 1)
+                }
                 print(name, result["fault_injection"][name], flush=True)
                 save()
         if "streaming" not in skip:

@@ -56,7 +56,9 @@ def generate(work: Path, members: int, hours: int, region=None) -> tuple[Path, P
     shape = (region or DemoRegion.full()).shape
     need = 4 * shape[0] * shape[1] * hours * (members + 1) * 1.05
     if free < need + 10e9:
-        sys.exit(f"expected at least {(need + 10e9) / 1e9:.0f} GB free for the stores, found {free / 1e9:.0f} GB")
+        sys.exit(
+            f"expected at least {(need + 10e9) / 1e9:.0f} GB free for the stores, found {free / 1e9:.0f} GB"
+        )
     times = pd.date_range("2024-07-01T00", periods=hours, freq="h")
     truth = demo_targets(region or DemoRegion.full(), times, seed=0)[["t2m"]]
     ny, nx = truth.sizes["lat"], truth.sizes["lon"]
@@ -79,10 +81,14 @@ def generate(work: Path, members: int, hours: int, region=None) -> tuple[Path, P
             tw.write(i, y)
         if i in ew.pending():
             # A common error smooth at ~25 km, and member noise smooth at ~5 km; 1 K each.
-            common = ndimage.zoom(rng.standard_normal((ny // 25 + 2, nx // 25 + 2)).astype("float32"), 25, order=1)[:ny, :nx]
+            common = ndimage.zoom(
+                rng.standard_normal((ny // 25 + 2, nx // 25 + 2)).astype("float32"), 25, order=1
+            )[:ny, :nx]
             ens = np.empty((1, members, ny, nx), dtype="float32")
             for j in range(members):
-                noise = ndimage.zoom(rng.standard_normal((ny // 5 + 2, nx // 5 + 2)).astype("float32"), 5, order=1)[:ny, :nx]
+                noise = ndimage.zoom(
+                    rng.standard_normal((ny // 5 + 2, nx // 5 + 2)).astype("float32"), 5, order=1
+                )[:ny, :nx]
                 ens[0, j] = y["t2m"].values[0] + common + noise
             ew.write(i, ens_template.isel(time=slice(i, i + 1)).copy(data={"t2m": ens}))
     tw.finalize()
@@ -111,9 +117,15 @@ def score(truth: Path, ens: Path, out: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cleanup", action="store_true", help="delete the stores after scoring")
-    parser.add_argument("--smoke", action="store_true", help="a 1096 x 1720 window, 2 hours, nothing recorded (checks the script)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a 1096 x 1720 window, 2 hours, nothing recorded (checks the script)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         from kmscale.data.demo import DemoRegion
@@ -130,7 +142,9 @@ def main(argv=None) -> int:
     gen_s = time.perf_counter() - t0
     result = score(truth, ens, WORK / "metrics.nc")
     result["generate_seconds"] = round(gen_s, 1)
-    result["machine"] = f"{platform.node()} {os.cpu_count()} cores (shared with other engineers' jobs)"
+    result["machine"] = (
+        f"{platform.node()} {os.cpu_count()} cores (shared with other engineers' jobs)"
+    )
     result["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["score_full_grid"] = result

@@ -101,9 +101,15 @@ class SphereCodecBench:
 # ---- metrics --------------------------------------------------------------------------
 def point(truth: np.ndarray, rec: np.ndarray, nbytes: int, **extra) -> dict:
     err = np.abs(rec.astype(np.float64) - truth)
-    return {"ratio": truth.size * 4 / nbytes, "bytes": int(nbytes),
-            "rmse": float(np.sqrt(np.mean(err**2))), "mae": float(err.mean()),
-            "max_abs": float(err.max()), "q999_err": float(np.quantile(err, 0.999)), **extra}
+    return {
+        "ratio": truth.size * 4 / nbytes,
+        "bytes": int(nbytes),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(err.mean()),
+        "max_abs": float(err.max()),
+        "q999_err": float(np.quantile(err, 0.999)),
+        **extra,
+    }
 
 
 def ratio_at(curve: list[dict], rmse: float) -> float | None:
@@ -126,24 +132,36 @@ def load_fields(cfg: SphereCodecBench) -> tuple[np.ndarray, np.ndarray, np.ndarr
     rng = np.random.default_rng(cfg.train.seed)
     shifts = [0] + rng.integers(1, 360, cfg.augment_shifts - 1).tolist()
     step = int(round(360 / len(lon)))
-    train = np.concatenate([latlon_to_healpix(np.roll(x[a:b], s // step, axis=-1), lat, lon,
-                                              cfg.nside) for s in shifts]).astype(np.float32)
-    info = {"times": [str(t)[:19] for t in ds["time"].values], "units": ds[cfg.variable].attrs.get(
-        "units", "K"), "longitude_shifts_deg": shifts}
+    train = np.concatenate(
+        [
+            latlon_to_healpix(np.roll(x[a:b], s // step, axis=-1), lat, lon, cfg.nside)
+            for s in shifts
+        ]
+    ).astype(np.float32)
+    info = {
+        "times": [str(t)[:19] for t in ds["time"].values],
+        "units": ds[cfg.variable].attrs.get("units", "K"),
+        "longitude_shifts_deg": shifts,
+    }
     return hp, train, ds["time"].values, info
 
 
-def healpix_dataset(x: np.ndarray, times: np.ndarray, nside: int, name: str, units: str) -> xr.Dataset:
-    return xr.Dataset({name: (("time", "cell"), x, {"units": units})},
-                      coords={"time": times, **healpix_coords(nside)},
-                      attrs=HealpixGrid(nside).attrs())
+def healpix_dataset(
+    x: np.ndarray, times: np.ndarray, nside: int, name: str, units: str
+) -> xr.Dataset:
+    return xr.Dataset(
+        {name: (("time", "cell"), x, {"units": units})},
+        coords={"time": times, **healpix_coords(nside)},
+        attrs=HealpixGrid(nside).attrs(),
+    )
 
 
 # ---- the hyperprior -----------------------------------------------------------------------
 def build_model(cfg: SphereCodecBench, train: np.ndarray) -> HyperpriorAutoencoder:
     stats = {cfg.variable: {"mean": float(train.mean()), "std": float(train.std())}}
-    m = HyperpriorAutoencoder(variables=[cfg.variable], input_stats=stats, nside=cfg.nside,
-                              **asdict(cfg.model))
+    m = HyperpriorAutoencoder(
+        variables=[cfg.variable], input_stats=stats, nside=cfg.nside, **asdict(cfg.model)
+    )
     if cfg.field_mean:
         m.set_field_mean(torch.from_numpy(train.mean(0, keepdims=True)))
     return m
@@ -188,11 +206,15 @@ def train_and_select(cfg, train, val, val_times, workdir) -> tuple[HyperpriorAut
         def validate(step, model=model, lmbda=lmbda):
             curve = hyperprior_curve(model, val, val_times, cfg, cfg.gain_steps, workdir)
             score = ratio_at(curve, cfg.select_rmse)
-            log.append({"lambda": lmbda, "steps": step, "ratio_at_select_rmse": score,
-                        "curve": curve})
-            print(f"  validation lambda {lmbda} step {step}: ratio at {cfg.select_rmse} K = "
-                  f"{score}; rmse range {min(p['rmse'] for p in curve):.3f}-"
-                  f"{max(p['rmse'] for p in curve):.3f}", flush=True)
+            log.append(
+                {"lambda": lmbda, "steps": step, "ratio_at_select_rmse": score, "curve": curve}
+            )
+            print(
+                f"  validation lambda {lmbda} step {step}: ratio at {cfg.select_rmse} K = "
+                f"{score}; rmse range {min(p['rmse'] for p in curve):.3f}-"
+                f"{max(p['rmse'] for p in curve):.3f}",
+                flush=True,
+            )
             nonlocal best
             # a curve that does not reach select_rmse ranks below every one that does,
             # by its lowest RMSE
@@ -200,15 +222,27 @@ def train_and_select(cfg, train, val, val_times, workdir) -> tuple[HyperpriorAut
             if best is None or key > best[0]:
                 best = (key, lmbda, step, copy.deepcopy(model.state_dict()))
 
-        fit_hyperprior(model, fields, lmbda=lmbda, steps=cfg.train.steps,
-                       batch_size=cfg.train.batch_size, lr=cfg.train.lr, seed=cfg.train.seed,
-                       callback=validate, callback_every=cfg.train.validate_every)
+        fit_hyperprior(
+            model,
+            fields,
+            lmbda=lmbda,
+            steps=cfg.train.steps,
+            batch_size=cfg.train.batch_size,
+            lr=cfg.train.lr,
+            seed=cfg.train.seed,
+            callback=validate,
+            callback_every=cfg.train.validate_every,
+        )
     cpu = time.process_time() - cpu0
     model = build_model(cfg, train)
     model.load_state_dict(best[3])
     model.eval()
-    return model, {"lambda": best[1], "steps": best[2], "validation_log": log,
-                   "training_and_validation_cpu_s": cpu}
+    return model, {
+        "lambda": best[1],
+        "steps": best[2],
+        "validation_log": log,
+        "training_and_validation_cpu_s": cpu,
+    }
 
 
 # ---- baselines ------------------------------------------------------------------------------
@@ -216,8 +250,10 @@ def layouts(x: np.ndarray, nside: int) -> dict[str, np.ndarray]:
     """Candidate 3-D arrays for SZ3/ZFP: (time, 12 nside, nside) faces stacked in rows, or
     (12 time, nside, nside) each face's time series contiguous."""
     faces = x.reshape(x.shape[0], 12, nside, nside)  # nested order: a face is contiguous
-    return {"time_rows": np.ascontiguousarray(faces.reshape(x.shape[0], 12 * nside, nside)),
-            "face_time": np.ascontiguousarray(faces.transpose(1, 0, 2, 3).reshape(-1, nside, nside))}
+    return {
+        "time_rows": np.ascontiguousarray(faces.reshape(x.shape[0], 12 * nside, nside)),
+        "face_time": np.ascontiguousarray(faces.transpose(1, 0, 2, 3).reshape(-1, nside, nside)),
+    }
 
 
 def from_layout(arr: np.ndarray, name: str, t: int, nside: int) -> np.ndarray:
@@ -234,8 +270,9 @@ def sz3_points(x, nside, bounds, layout) -> list[dict]:
     for b in bounds:
         enc = imagecodecs.sz3_encode(arr, mode="abs", abs=b)
         dec = imagecodecs.sz3_decode(enc, arr.shape, arr.dtype)
-        out.append(point(x, from_layout(dec, layout, x.shape[0], nside), len(enc), bound=b,
-                         layout=layout))
+        out.append(
+            point(x, from_layout(dec, layout, x.shape[0], nside), len(enc), bound=b, layout=layout)
+        )
     return out
 
 
@@ -247,8 +284,15 @@ def zfp_points(x, nside, tolerances, layout) -> list[dict]:
     for tol in tolerances:
         enc = imagecodecs.zfp_encode(arr, level=tol, mode="a")
         dec = imagecodecs.zfp_decode(enc)
-        out.append(point(x, from_layout(dec, layout, x.shape[0], nside), len(enc), tolerance=tol,
-                         layout=layout))
+        out.append(
+            point(
+                x,
+                from_layout(dec, layout, x.shape[0], nside),
+                len(enc),
+                tolerance=tol,
+                layout=layout,
+            )
+        )
     return out
 
 
@@ -277,9 +321,19 @@ def bitexact(model, x, workdir: Path) -> bool:
     (data,) = model.compress(torch.from_numpy(x[:1, None]))
     here = model.decompress([data], (x.shape[1],)).numpy().tobytes()
     (workdir / "s.bin").write_bytes(data)
-    res = subprocess.run([sys.executable, "-c", _DECODE, str(workdir / "model"),
-                          str(workdir / "s.bin"), str(x.shape[1])], capture_output=True,
-                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _DECODE,
+            str(workdir / "model"),
+            str(workdir / "s.bin"),
+            str(x.shape[1]),
+        ],
+        capture_output=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     torch.set_num_threads(2)
     two = model.decompress([data], (x.shape[1],)).numpy().tobytes()
     torch.set_num_threads(1)
@@ -343,8 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model, chosen = train_and_select(cfg, train, val, times[val_sl], work)
-        print(f"chosen: lambda {chosen['lambda']}, {chosen['steps']} steps; training+validation "
-              f"{chosen['training_and_validation_cpu_s']:.0f} CPU-s", flush=True)
+        print(
+            f"chosen: lambda {chosen['lambda']}, {chosen['steps']} steps; training+validation "
+            f"{chosen['training_and_validation_cpu_s']:.0f} CPU-s",
+            flush=True,
+        )
         # error-bounded: per bound, the gain step with the fewest validation bytes
         bound_steps = {}
         for b in cfg.error_bounds:
@@ -360,59 +417,94 @@ def main(argv: list[str] | None = None) -> int:
             "hyperprior": hyperprior_curve(model, test, times[test_sl], cfg, cfg.gain_steps, work),
             "sz3_3d": sz3_points(test, cfg.nside, cfg.sz3_bounds, sz3_layout),
             "zfp": zfp_points(test, cfg.nside, cfg.zfp_tolerances, zfp_layout),
-            "error_bounded": error_bounded_points(model, test, times[test_sl], cfg, bound_steps,
-                                                  work),
+            "error_bounded": error_bounded_points(
+                model, test, times[test_sl], cfg, bound_steps, work
+            ),
         }
-        sz3_at_bound = {p["bound"]: p for p in sz3_points(test, cfg.nside, cfg.error_bounds,
-                                                           sz3_layout)}
+        sz3_at_bound = {
+            p["bound"]: p for p in sz3_points(test, cfg.nside, cfg.error_bounds, sz3_layout)
+        }
         exact = bitexact(model, test, work)
         speed = throughput(model, test, 1.0)
         ds = healpix_dataset(test, times[test_sl], cfg.nside, cfg.variable, "K")
         c0 = time.process_time()
-        compress_dataset(model, ds, work / "t.kmsc", max_error=0.1, step=bound_steps.get(0.1),
-                         overwrite=True)
+        compress_dataset(
+            model, ds, work / "t.kmsc", max_error=0.1, step=bound_steps.get(0.1), overwrite=True
+        )
         c1 = time.process_time()
         decompress_archive(work / "t.kmsc", model)
         c2 = time.process_time()
-        speed_eb = {"encode": test.size * 4 / 1e6 / (c1 - c0),
-                    "decode": test.size * 4 / 1e6 / (c2 - c1)}
+        speed_eb = {
+            "encode": test.size * 4 / 1e6 / (c1 - c0),
+            "decode": test.size * 4 / 1e6 / (c2 - c1),
+        }
     comparison = []
     for r in (0.1, 0.2, 0.3, 0.4, 0.5):
         a, b = ratio_at(curves["hyperprior"], r), ratio_at(curves["sz3_3d"], r)
-        comparison.append({"rmse": r, "hyperprior_ratio": a, "sz3_3d_ratio": b,
-                           "gain": a / b if a and b else None})
-    eb_vs_sz3 = [{"bound": p["bound"], "error_bounded_ratio": p["ratio"],
-                  "sz3_3d_ratio": sz3_at_bound[p["bound"]]["ratio"],
-                  "gain": p["ratio"] / sz3_at_bound[p["bound"]]["ratio"],
-                  "max_abs": p["max_abs"], "within_bound_fraction": p["within_bound_fraction"]}
-                 for p in curves["error_bounded"]]
+        comparison.append(
+            {
+                "rmse": r,
+                "hyperprior_ratio": a,
+                "sz3_3d_ratio": b,
+                "gain": a / b if a and b else None,
+            }
+        )
+    eb_vs_sz3 = [
+        {
+            "bound": p["bound"],
+            "error_bounded_ratio": p["ratio"],
+            "sz3_3d_ratio": sz3_at_bound[p["bound"]]["ratio"],
+            "gain": p["ratio"] / sz3_at_bound[p["bound"]]["ratio"],
+            "max_abs": p["max_abs"],
+            "within_bound_fraction": p["within_bound_fraction"],
+        }
+        for p in curves["error_bounded"]
+    ]
     result = {
-        "global": {**curves, "hyperprior_vs_sz3_at_equal_rmse": comparison,
-                   "error_bounded_vs_sz3_at_equal_bound": eb_vs_sz3,
-                   "sz3_at_error_bounds": list(sz3_at_bound.values()),
-                   "split": "test (times 18-23); every choice on validation (times 14-17)",
-                   "grid": f"HEALPix nested nside {cfg.nside} (bilinear from 1 deg lat-lon)",
-                   "chosen": {k: v for k, v in chosen.items() if k != "validation_log"},
-                   "validation_log": chosen["validation_log"],
-                   "error_bounded_gain_steps": bound_steps,
-                   "baseline_layouts": {"sz3_3d": sz3_layout, "zfp": zfp_layout},
-                   "decoder_bytes": model.decoder_nbytes(),
-                   "config": asdict(cfg), "data": info},
+        "global": {
+            **curves,
+            "hyperprior_vs_sz3_at_equal_rmse": comparison,
+            "error_bounded_vs_sz3_at_equal_bound": eb_vs_sz3,
+            "sz3_at_error_bounds": list(sz3_at_bound.values()),
+            "split": "test (times 18-23); every choice on validation (times 14-17)",
+            "grid": f"HEALPix nested nside {cfg.nside} (bilinear from 1 deg lat-lon)",
+            "chosen": {k: v for k, v in chosen.items() if k != "validation_log"},
+            "validation_log": chosen["validation_log"],
+            "error_bounded_gain_steps": bound_steps,
+            "baseline_layouts": {"sz3_3d": sz3_layout, "zfp": zfp_layout},
+            "decoder_bytes": model.decoder_nbytes(),
+            "config": asdict(cfg),
+            "data": info,
+        },
         "bitexact": exact,
-        "throughput_mb_s": {**speed, "error_bounded_archive": speed_eb,
-                            "note": "raw float32 MB per CPU-second, torch 1 thread, hyperprior "
-                                    "compress/decompress at gain step 1 on the 6 test fields"},
-        "sphere_codec_run": {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                             "machine": "2-core shared dev VM, no GPU ("
-                                        + (platform.processor() or platform.machine()) + ")",
-                             "load": os.getloadavg(),
-                             "command": "nice python benchmarks/sphere_codec.py "
-                                        + " ".join(args.overrides)},
+        "throughput_mb_s": {
+            **speed,
+            "error_bounded_archive": speed_eb,
+            "note": "raw float32 MB per CPU-second, torch 1 thread, hyperprior "
+            "compress/decompress at gain step 1 on the 6 test fields",
+        },
+        "sphere_codec_run": {
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "machine": "2-core shared dev VM, no GPU ("
+            + (platform.processor() or platform.machine())
+            + ")",
+            "load": os.getloadavg(),
+            "command": "nice python benchmarks/sphere_codec.py " + " ".join(args.overrides),
+        },
     }
     write_results(result)
     figure(curves)
-    print(json.dumps({"comparison": comparison, "error_bounded": eb_vs_sz3, "bitexact": exact,
-                      "throughput": speed}, indent=1))
+    print(
+        json.dumps(
+            {
+                "comparison": comparison,
+                "error_bounded": eb_vs_sz3,
+                "bitexact": exact,
+                "throughput": speed,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -49,8 +49,9 @@ VARIABLES = ("t2m", "msl", "u10", "v10")
 RESULTS = Path(__file__).parent / "results" / "sphere_codec.json"
 
 
-def periodic_bilinear(values: np.ndarray, lat: np.ndarray, lon: np.ndarray,
-                      lat_out: np.ndarray, lon_out: np.ndarray) -> np.ndarray:
+def periodic_bilinear(
+    values: np.ndarray, lat: np.ndarray, lon: np.ndarray, lat_out: np.ndarray, lon_out: np.ndarray
+) -> np.ndarray:
     """scipy bilinear lat-lon -> lat-lon, longitude periodic; ``lat`` ascending."""
     lon_ext = np.concatenate([[lon[-1] - 360.0], lon, [lon[0] + 360.0]])
     v = np.concatenate([values[..., -1:], values, values[..., :1]], axis=-1)
@@ -75,16 +76,22 @@ def smooth_fields(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     Cartesian position, so smooth at the poles; dominant scales of l ~ 5-15)."""
     la, lo = np.meshgrid(np.radians(lat), np.radians(lon), indexing="ij")
     x, y, z = np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)
-    return np.stack([np.sin(3 * x + 2 * y) * np.cos(4 * z) + 5 * x * y * z,
-                     np.cos(6 * x) * np.sin(5 * y + 3 * z)])
+    return np.stack(
+        [
+            np.sin(3 * x + 2 * y) * np.cos(4 * z) + 5 * x * y * z,
+            np.cos(6 * x) * np.sin(5 * y + 3 * z),
+        ]
+    )
 
 
 def roundtrips(x: np.ndarray, lat: np.ndarray, lon: np.ndarray, nside: int) -> dict:
     """RMSE of every round trip for fields ``(..., nlat, nlon)`` on the ascending grid."""
     h = latlon_to_healpix(x, lat, lon, nside)
     npix = HealpixGrid(nside).npix
-    out = {"healpix_bilinear": rmse(healpix_to_latlon(h, nside, lat, lon), x),
-           "healpix_spectral": rmse(healpix_to_latlon(h, nside, lat, lon, "spectral"), x)}
+    out = {
+        "healpix_bilinear": rmse(healpix_to_latlon(h, nside, lat, lon), x),
+        "healpix_spectral": rmse(healpix_to_latlon(h, nside, lat, lon, "spectral"), x),
+    }
     n_eq = int(round(np.sqrt(npix / 2)))  # lat-lon grid with as many cells as HEALPix
     n_sp = int(round(180 / HealpixGrid(nside).resolution_deg))  # ... with the same spacing
     for key, n in (("latlon_equal_cells", n_eq), ("latlon_equal_spacing", n_sp)):
@@ -108,18 +115,20 @@ def regrid(nside: int, n_test: int) -> dict:
         t_cons = time.perf_counter() - t0
         truth = area_mean(x, lat)
         per_var[name] = {
-            "units": ds[name].attrs.get("units", ""), **roundtrips(x, lat, lon, nside),
+            "units": ds[name].attrs.get("units", ""),
+            **roundtrips(x, lat, lon, nside),
             "conservative_mean_err": float(np.max(np.abs(cons.mean(-1) - truth) / np.abs(truth))),
             "seconds_conservative_to_healpix": t_cons,
         }
     smooth = roundtrips(smooth_fields(lat, lon), lat, lon, nside)
     return {
         "split": f"ERA5: test, the last {n_test} of 24 times (no setting tuned)",
-        "nside": nside, "healpix_resolution_deg": HealpixGrid(nside).resolution_deg,
+        "nside": nside,
+        "healpix_resolution_deg": HealpixGrid(nside).resolution_deg,
         "source": "1 deg grid of " + path.name,
         "headline": "smooth analytic fields (the target's 'smooth fields'): HEALPix round trip "
-                    "with the spectral back-map vs lat-lon bilinear round trip through a grid "
-                    "with as many cells as HEALPix; ERA5 per variable under era5",
+        "with the spectral back-map vs lat-lon bilinear round trip through a grid "
+        "with as many cells as HEALPix; ERA5 per variable under era5",
         "healpix_roundtrip_rmse": smooth["healpix_spectral"],
         "bilinear_rmse": smooth["latlon_equal_cells"],
         "conservative_mean_err": max(v["conservative_mean_err"] for v in per_var.values()),
@@ -160,20 +169,26 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nside", type=int, default=64, help="HEALPix grid of the round trip")
     p.add_argument("--test-times", type=int, default=6, help="the last N times (test split)")
-    p.add_argument("--regional-nside", type=int, default=4096,
-                   help="nside of the regional grid on the 0.01 deg demo domain (0 to skip)")
+    p.add_argument(
+        "--regional-nside",
+        type=int,
+        default=4096,
+        help="nside of the regional grid on the 0.01 deg demo domain (0 to skip)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     result = regrid(args.nside, args.test_times)
     if args.regional_nside:
         result["regional_demo_domain"] = regional(args.regional_nside)
-    result.update({
-        "machine": f"2-core shared dev VM, no GPU ({platform.processor() or platform.machine()})",
-        "load_avg_1min": os.getloadavg()[0],
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
-        "command": "nice python benchmarks/sphere_regrid.py " + " ".join(argv or sys.argv[1:]),
-        "peak_rss_gib_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-    })
+    result.update(
+        {
+            "machine": f"2-core shared dev VM, no GPU ({platform.processor() or platform.machine()})",
+            "load_avg_1min": os.getloadavg()[0],
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+            "command": "nice python benchmarks/sphere_regrid.py " + " ".join(argv or sys.argv[1:]),
+            "peak_rss_gib_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        }
+    )
     data = json.loads(args.out.read_text()) if args.out.exists() else {}
     data["regrid"] = result
     tmp = args.out.with_name(args.out.name + ".tmp")

@@ -66,11 +66,17 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config key {key!r}: expected a mapping for {tp.__name__}, found {value!r}")
+            raise ConfigError(
+                f"config key {key!r}: expected a mapping for {tp.__name__}, found {value!r}"
+            )
         return _build(tp, value, prefix=key + ".")
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = (
+                yaml.safe_load(value)
+                if value.strip().startswith("[")
+                else [v for v in value.split(",") if v]
+            )
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key!r}: expected a list, found {value!r}")
         item_tp = args[0] if args else Any
@@ -96,7 +102,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         try:
             number = float(value) if tp is float else int(value)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"config key {key!r}: expected {tp.__name__}, found {value!r}") from err
+            raise ConfigError(
+                f"config key {key!r}: expected {tp.__name__}, found {value!r}"
+            ) from err
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"config key {key!r}: expected an integer, found {value!r}")
         return number
@@ -157,9 +165,7 @@ def _merge(base: dict, extra: Mapping) -> dict:
     return out
 
 
-def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()
-) -> T:
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Build ``cls`` from an optional YAML file and dotted overrides (later wins)."""
     values: dict = {}
     if path is not None:
@@ -168,7 +174,9 @@ def load_config(
             raise ConfigError(f"config file {path}: expected a YAML file, found nothing there")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, Mapping):
-            raise ConfigError(f"config file {path}: expected a mapping at top level, found {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {path}: expected a mapping at top level, found {type(loaded).__name__}"
+            )
         values = dict(loaded)
     values = _merge(values, parse_overrides(overrides))
     return _build(cls, values)
@@ -197,10 +205,10 @@ def save_config(cfg: Any, path: str | Path) -> None:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """The standard recipe flags: ``--config``, ``--dry-run`` and free dotted overrides."""
     parser.add_argument("--config", type=Path, default=None, help="YAML config file")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     parser.add_argument(
-        "--dry-run", action="store_true", help="print the resolved config and exit"
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
         help="dotted overrides applied after the YAML file, e.g. optim.lr=3e-4",
     )

@@ -112,8 +112,17 @@ class GlobalBatchSampler(Sampler[list[int]]):
     ``grad_accum`` micro-batches, so the global batches do not depend on ``world``.
     """
 
-    def __init__(self, n: int, global_batch: int, world: int, rank: int, grad_accum: int,
-                 total_steps: int, seed: int, start_step: int = 0):
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        world: int,
+        rank: int,
+        grad_accum: int,
+        total_steps: int,
+        seed: int,
+        start_step: int = 0,
+    ):
         if n <= 0:
             raise ConfigError("training dataset: expected at least one sample, found none")
         if global_batch % (world * grad_accum):
@@ -131,7 +140,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         while len(out) < count:
             epoch, offset = divmod(pos, self.n)
             perm = np.random.default_rng(self.seed + epoch).permutation(self.n)
-            take = perm[offset: offset + (count - len(out))]
+            take = perm[offset : offset + (count - len(out))]
             out.extend(take.tolist())
             pos += len(take)
         return np.asarray(out)
@@ -140,9 +149,9 @@ class GlobalBatchSampler(Sampler[list[int]]):
         per_rank = self.G // self.world
         for step in range(self.start_step, self.total_steps):
             batch = self._stream(step * self.G, self.G)
-            mine = batch[self.rank * per_rank: (self.rank + 1) * per_rank]
+            mine = batch[self.rank * per_rank : (self.rank + 1) * per_rank]
             for a in range(self.accum):
-                yield mine[a * self.micro: (a + 1) * self.micro].tolist()
+                yield mine[a * self.micro : (a + 1) * self.micro].tolist()
 
     def __len__(self) -> int:
         return (self.total_steps - self.start_step) * self.accum
@@ -161,9 +170,7 @@ def resolve_mixed_precision(value: str) -> str:
 def default_export(model: nn.Module, path: Path) -> None:
     """Save a model with ``save_pretrained`` (diffusers/transformers models)."""
     if not hasattr(model, "save_pretrained"):
-        raise TypeError(
-            f"{type(model).__name__} has no save_pretrained; pass export_fn to Trainer"
-        )
+        raise TypeError(f"{type(model).__name__} has no save_pretrained; pass export_fn to Trainer")
     model.save_pretrained(path)
 
 
@@ -171,7 +178,9 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     """The complete checkpoint with the most samples seen, or None."""
     if not ckpt_dir.is_dir():
         return None
-    found = sorted(p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    found = sorted(
+        p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir() and not p.name.endswith(".tmp")
+    )
     return found[-1] if found else None
 
 
@@ -231,7 +240,9 @@ class Trainer:
 
         # Frozen parameters (e.g. the encoder while a decoder is fine-tuned) stay out.
         self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=settings.lr, betas=tuple(settings.betas),
+            [p for p in model.parameters() if p.requires_grad],
+            lr=settings.lr,
+            betas=tuple(settings.betas),
             weight_decay=settings.weight_decay,
         )
         # Not prepared by Accelerate: its wrapper steps the schedule once per process.
@@ -242,8 +253,10 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(
-                acc.unwrap_model(self.model).parameters(), decay=settings.ema_decay,
-                use_ema_warmup=True, power=settings.ema_warmup_power,
+                acc.unwrap_model(self.model).parameters(),
+                decay=settings.ema_decay,
+                use_ema_warmup=True,
+                power=settings.ema_warmup_power,
             )
             self.ema.to(acc.device)
             acc.register_for_checkpointing(self.ema)
@@ -256,7 +269,9 @@ class Trainer:
         if acc.is_main_process:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if run_config is not None:
-                (self.out_dir / "config.json").write_text(json.dumps(run_config, indent=2, default=str))
+                (self.out_dir / "config.json").write_text(
+                    json.dumps(run_config, indent=2, default=str)
+                )
 
     # ---- schedule -------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
@@ -272,12 +287,21 @@ class Trainer:
     def _loader(self, start_step: int) -> DataLoader:
         acc = self.accelerator
         sampler = GlobalBatchSampler(
-            len(self.train_dataset), self.s.global_batch_size, acc.num_processes,
-            acc.process_index, self.s.grad_accum, self.total_steps, self.s.seed, start_step,
+            len(self.train_dataset),
+            self.s.global_batch_size,
+            acc.num_processes,
+            acc.process_index,
+            self.s.grad_accum,
+            self.total_steps,
+            self.s.seed,
+            start_step,
         )
         return DataLoader(
-            self.train_dataset, batch_sampler=sampler, num_workers=self.s.num_workers,
-            collate_fn=self.collate_fn, persistent_workers=False,
+            self.train_dataset,
+            batch_sampler=sampler,
+            num_workers=self.s.num_workers,
+            collate_fn=self.collate_fn,
+            persistent_workers=False,
             # Its own generator: creating the iterator draws a seed, which must not come
             # from the global RNG, or a resumed run's stochastic losses (EDM's sigma and
             # noise) would diverge from an uninterrupted run.
@@ -299,7 +323,9 @@ class Trainer:
             return
         marker = path / CHECKPOINT_MARKER
         if not marker.is_file():
-            raise CheckpointError(f"{path}: expected a kmscale checkpoint ({CHECKPOINT_MARKER}), found none")
+            raise CheckpointError(
+                f"{path}: expected a kmscale checkpoint ({CHECKPOINT_MARKER}), found none"
+            )
         try:
             meta = json.loads(marker.read_text())
             self.accelerator.load_state(str(path))
@@ -333,7 +359,9 @@ class Trainer:
             (tmp / CHECKPOINT_MARKER).write_text(json.dumps(meta))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-            kept = sorted(p for p in self.ckpt_dir.glob("checkpoint-*") if not p.name.endswith(".tmp"))
+            kept = sorted(
+                p for p in self.ckpt_dir.glob("checkpoint-*") if not p.name.endswith(".tmp")
+            )
             for old in kept[: -self.s.keep_checkpoints]:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
@@ -372,18 +400,30 @@ class Trainer:
             with torch.no_grad():
                 scores = dict(self._with_ema(self.validate_fn))
             self.model.train(model_was_training)
-            record = {"samples_seen": self.counters.samples_seen, **{f"val/{k}": float(v) for k, v in scores.items()}}
+            record = {
+                "samples_seen": self.counters.samples_seen,
+                **{f"val/{k}": float(v) for k, v in scores.items()},
+            }
             self._log(record)
             if self.best_metric is not None:
                 if self.best_metric not in scores:
-                    raise KeyError(f"validate_fn: expected the metric {self.best_metric!r}, found {sorted(scores)}")
+                    raise KeyError(
+                        f"validate_fn: expected the metric {self.best_metric!r}, found {sorted(scores)}"
+                    )
                 score = float(scores[self.best_metric])
                 if score < self.counters.best_score:
                     self.counters.best_score = score
                     self.counters.best_samples = self.counters.samples_seen
                     self._with_ema(lambda m: self.export_fn(m, self.out_dir / "best"))
-                    (self.out_dir / "best" / "best.json").write_text(json.dumps(
-                        {"metric": self.best_metric, "score": score, "samples_seen": self.counters.samples_seen}))
+                    (self.out_dir / "best" / "best.json").write_text(
+                        json.dumps(
+                            {
+                                "metric": self.best_metric,
+                                "score": score,
+                                "samples_seen": self.counters.samples_seen,
+                            }
+                        )
+                    )
         self.accelerator.wait_for_everyone()
 
     # ---- the loop -------------------------------------------------------------------
@@ -395,11 +435,18 @@ class Trainer:
         G = self.s.global_batch_size
         loader = self._loader(self.counters.step)
         every = lambda n: max(1, n // G) if n > 0 else 0  # noqa: E731 - samples -> steps
-        ckpt_steps, val_steps, log_steps = (every(self.s.checkpoint_every_samples),
-                                            every(self.s.validate_every_samples),
-                                            every(self.s.log_every_samples))
-        bar = tqdm(total=self.s.total_samples, initial=self.counters.samples_seen, unit="sample",
-                   disable=not acc.is_local_main_process, desc=self.out_dir.name)
+        ckpt_steps, val_steps, log_steps = (
+            every(self.s.checkpoint_every_samples),
+            every(self.s.validate_every_samples),
+            every(self.s.log_every_samples),
+        )
+        bar = tqdm(
+            total=self.s.total_samples,
+            initial=self.counters.samples_seen,
+            unit="sample",
+            disable=not acc.is_local_main_process,
+            desc=self.out_dir.name,
+        )
         self.model.train()
         running, n_running, last = 0.0, 0, float("nan")
         for batch in loader:
@@ -428,8 +475,14 @@ class Trainer:
             if log_steps and step % log_steps == 0 or step == self.total_steps:
                 last = running / max(1, n_running)
                 bar.set_postfix(loss=f"{last:.4g}")
-                self._log({"samples_seen": self.counters.samples_seen, "step": step, "loss": last,
-                           "lr": self.scheduler.get_last_lr()[0]})
+                self._log(
+                    {
+                        "samples_seen": self.counters.samples_seen,
+                        "step": step,
+                        "loss": last,
+                        "lr": self.scheduler.get_last_lr()[0],
+                    }
+                )
                 running, n_running = 0.0, 0
             if val_steps and step % val_steps == 0 and step != self.total_steps:
                 self._validate()
@@ -443,7 +496,11 @@ class Trainer:
         self.export(self.out_dir / "final")
         best = self.counters.best_score if math.isfinite(self.counters.best_score) else None
         return TrainResult(
-            samples_seen=self.counters.samples_seen, steps=self.counters.step, last_loss=last,
-            best_score=best, best_samples=self.counters.best_samples if best is not None else None,
-            out_dir=self.out_dir, history=self.history,
+            samples_seen=self.counters.samples_seen,
+            steps=self.counters.step,
+            last_loss=last,
+            best_score=best,
+            best_samples=self.counters.best_samples if best is not None else None,
+            out_dir=self.out_dir,
+            history=self.history,
         )

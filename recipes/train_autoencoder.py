@@ -22,7 +22,9 @@ from kmscale.config import add_config_arguments, dump_yaml, load_config, save_co
 def main(argv: Sequence[str] | None = None) -> int:
     from kmscale.autoencoders.train import AutoencoderConfig, train_autoencoder
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = load_config(AutoencoderConfig, args.config, args.overrides)
@@ -31,8 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     save_config(cfg, f"{cfg.out_dir}/config.yaml")
     model = train_autoencoder(cfg)
-    print(f"autoencoder ({model.downsample_factor}x down, {model.latent_channels} latent channels, "
-          f"fingerprint {model.fingerprint()}) written to {cfg.out_dir}/autoencoder")
+    print(
+        f"autoencoder ({model.downsample_factor}x down, {model.latent_channels} latent channels, "
+        f"fingerprint {model.fingerprint()}) written to {cfg.out_dir}/autoencoder"
+    )
     return 0
 
 

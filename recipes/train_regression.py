@@ -22,7 +22,9 @@ from kmscale.config import add_config_arguments, dump_yaml, load_config
 def main(argv: Sequence[str] | None = None) -> int:
     from kmscale.diffusion.train import RegressionConfig, train_regression
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = load_config(RegressionConfig, args.config, args.overrides)
@@ -30,7 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(dump_yaml(cfg))
         return 0
     result, bundle = train_regression(cfg)
-    print(f"trained {result.samples_seen} samples ({result.steps} steps), best {result.best_score}; bundle: {bundle}")
+    print(
+        f"trained {result.samples_seen} samples ({result.steps} steps), best {result.best_score}; bundle: {bundle}"
+    )
     return 0
 
 

@@ -19,11 +19,19 @@ def synthetic(n: int = 48, H: int = 16, W: int = 24, seed: int = 0, lead: float 
     lat = 50 + 0.25 * np.arange(H)
     lon = -5 + 0.25 * np.arange(W)
     time = pd.date_range("2019-03-01", periods=n, freq="h").values
-    oro = (500 * np.exp(-((lat[:, None] - 52) ** 2 + (lon[None, :] + 3) ** 2) / 2)).astype(np.float32)
-    base = 280 + 3 * np.sin(2 * np.pi * np.arange(n) / 24)[:, None, None] + 0.5 * rng.standard_normal((n, 1, 1))
+    oro = (500 * np.exp(-((lat[:, None] - 52) ** 2 + (lon[None, :] + 3) ** 2) / 2)).astype(
+        np.float32
+    )
+    base = (
+        280
+        + 3 * np.sin(2 * np.pi * np.arange(n) / 24)[:, None, None]
+        + 0.5 * rng.standard_normal((n, 1, 1))
+    )
     t2m = (base - 0.0065 * oro[None] + 0.3 * rng.standard_normal((n, H, W))).astype(np.float32)
     attrs = {"units": "K", "standard_name": "air_temperature", "long_name": "2 m temperature"}
-    targets = xr.Dataset({"t2m": (("time", "lat", "lon"), t2m, attrs)}, coords={"time": time, "lat": lat, "lon": lon})
+    targets = xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), t2m, attrs)}, coords={"time": time, "lat": lat, "lon": lon}
+    )
     coarse = targets.coarsen(lat=4, lon=4).mean()
     coarse["t2m"].attrs = dict(attrs)
     if lead is not None:
@@ -31,8 +39,11 @@ def synthetic(n: int = 48, H: int = 16, W: int = 24, seed: int = 0, lead: float 
     static = xr.Dataset(
         {
             "orography": (("lat", "lon"), oro, {"units": "m", "standard_name": "surface_altitude"}),
-            "land_sea_mask": (("lat", "lon"), (oro > 50).astype(np.float32),
-                              {"units": "1", "standard_name": "land_binary_mask"}),
+            "land_sea_mask": (
+                ("lat", "lon"),
+                (oro > 50).astype(np.float32),
+                {"units": "1", "standard_name": "land_binary_mask"},
+            ),
         },
         coords={"lat": lat, "lon": lon},
     )
@@ -43,7 +54,11 @@ def write_files(folder: Path, **kwargs) -> dict[str, Path]:
     """The synthetic data as NetCDF files (what recipes read from their config)."""
     targets, coarse, static = synthetic(**kwargs)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"targets": folder / "targets.nc", "predictors": folder / "predictors.nc", "static": folder / "static.nc"}
+    paths = {
+        "targets": folder / "targets.nc",
+        "predictors": folder / "predictors.nc",
+        "static": folder / "static.nc",
+    }
     targets.to_netcdf(paths["targets"], engine="netcdf4")
     coarse.to_netcdf(paths["predictors"], engine="netcdf4")
     static.to_netcdf(paths["static"], engine="netcdf4")

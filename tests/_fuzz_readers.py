@@ -40,8 +40,13 @@ VARIANTS = (
 )
 TIME_NAMES = ("time", "valid_time", "t", "Time")
 # (y dim, x dim, canonical y, canonical x): the spatial dim pairs files use
-SPACE_NAMES = (("lat", "lon", "lat", "lon"), ("latitude", "longitude", "lat", "lon"),
-               ("LAT", "LON", "lat", "lon"), ("y", "x", "y", "x"), ("rlat", "rlon", "y", "x"))
+SPACE_NAMES = (
+    ("lat", "lon", "lat", "lon"),
+    ("latitude", "longitude", "lat", "lon"),
+    ("LAT", "LON", "lat", "lon"),
+    ("y", "x", "y", "x"),
+    ("rlat", "rlon", "y", "x"),
+)
 UNIT_MUTATIONS = ("keep", "missing", "garbage", "other_quantity")
 
 
@@ -117,8 +122,9 @@ def cases(draw) -> Case:
     elif mutation == "other_quantity":
         attrs["units"] = "Pa" if canon != "msl" else "K"
     if draw(st.booleans()):
-        attrs[draw(st.sampled_from(["long_name", "comment", "standard_name", "accumulation_period"]))] = (
-            draw(st.sampled_from(["x", "1 hour", "air_temperature", "unknown", "0"])))
+        attrs[
+            draw(st.sampled_from(["long_name", "comment", "standard_name", "accumulation_period"]))
+        ] = draw(st.sampled_from(["x", "1 hour", "air_temperature", "unknown", "0"]))
     dtype = draw(st.sampled_from(["float32", "float64", "int16", "int32"]))
     fmt = draw(st.sampled_from(["h5netcdf", "scipy", "zarr"]))
     truncated = fmt != "zarr" and draw(st.integers(0, 3)) == 0
@@ -128,17 +134,30 @@ def cases(draw) -> Case:
 
 def write(case: Case, path: Path) -> Path:
     """Write ``case`` to ``path`` (zarr: a directory) in its format and dtype."""
-    da = xr.DataArray(case.values, dims=case.dims, coords={d: case.coords[d] for d in case.dims},
-                      attrs=case.attrs, name=case.name)
+    da = xr.DataArray(
+        case.values,
+        dims=case.dims,
+        coords={d: case.coords[d] for d in case.dims},
+        attrs=case.attrs,
+        name=case.name,
+    )
     encoding: dict = {}
     if case.dtype.startswith("int"):
         finite = case.values[np.isfinite(case.values)]
         span = float(np.ptp(finite)) if finite.size else 1.0
         base = float(finite.min()) if finite.size else 0.0
         info = np.iinfo(case.dtype)
-        scale = max(span, 1e-12) / (info.max - info.min - 2) if np.isfinite(span) and span < 1e30 else 1.0
-        encoding = {"dtype": case.dtype, "scale_factor": scale, "add_offset": base - scale * (info.min + 1),
-                    "_FillValue": info.min}
+        scale = (
+            max(span, 1e-12) / (info.max - info.min - 2)
+            if np.isfinite(span) and span < 1e30
+            else 1.0
+        )
+        encoding = {
+            "dtype": case.dtype,
+            "scale_factor": scale,
+            "add_offset": base - scale * (info.min + 1),
+            "_FillValue": info.min,
+        }
         if not np.isfinite(span) or span > 1e30 or not np.isfinite(base):
             encoding = {"dtype": case.dtype, "_FillValue": info.min}
     else:
@@ -199,13 +218,18 @@ def _check_result(got: xr.DataArray, expected: xr.DataArray, case: Case) -> None
     assert ((finite >= low) & (finite <= high)).all(), f"{case}: implausible value let through"
     assert not np.isinf(got.values).any(), f"{case}: inf let through"
     # the reader renames dims, flips descending axes and transposes: compare by coordinates
-    exp = expected.rename({a: b for a, b in zip(case.dims, _canonical_dims(case, got), strict=True)
-                           if a != b})
+    exp = expected.rename(
+        {a: b for a, b in zip(case.dims, _canonical_dims(case, got), strict=True) if a != b}
+    )
     assert set(exp.dims) == set(got.dims), f"{case}: dims {got.dims} vs {exp.dims}"
     exp = exp.transpose(*got.dims).sel({d: got[d].values for d in got.dims if d in got.coords})
-    np.testing.assert_allclose(got.values.astype("float64"), exp.values, rtol=2e-6,
-                               atol=1e-6 * max(1.0, float(np.nanmax(np.abs(exp.values), initial=0.0))),
-                               err_msg=f"{case}")
+    np.testing.assert_allclose(
+        got.values.astype("float64"),
+        exp.values,
+        rtol=2e-6,
+        atol=1e-6 * max(1.0, float(np.nanmax(np.abs(exp.values), initial=0.0))),
+        err_msg=f"{case}",
+    )
 
 
 def _canonical_dims(case: Case, got: xr.DataArray) -> list[str]:

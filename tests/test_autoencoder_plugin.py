@@ -54,7 +54,9 @@ def plugin(tmp_path, monkeypatch):
     (tmp_path / "kmscale_dummy_plugin.py").write_text(PLUGIN_MODULE)
     info = tmp_path / "kmscale_dummy_plugin-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kmscale-dummy-plugin\nVersion: 0.1\n")
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: kmscale-dummy-plugin\nVersion: 0.1\n"
+    )
     (info / "entry_points.txt").write_text(
         "[kmscale.autoencoders]\npseudo-precip = kmscale_dummy_plugin:PseudoPrecipEncoder\n"
     )

@@ -23,10 +23,18 @@ from kmscale.training import TrainingSettings
 def fields(n=12, shape=(16, 24)) -> xr.Dataset:
     rng = np.random.default_rng(0)
     return xr.Dataset(
-        {"t2m": (("time", "lat", "lon"), (280 + 3 * rng.standard_normal((n, *shape))).astype(np.float32)),
-         "tp": (("time", "lat", "lon"), rng.gamma(0.3, 1.0, (n, *shape)).astype(np.float32))},
-        coords={"time": pd.date_range("2019-03-01", periods=n, freq="h"),
-                "lat": 50 + 0.25 * np.arange(shape[0]), "lon": -5 + 0.25 * np.arange(shape[1])},
+        {
+            "t2m": (
+                ("time", "lat", "lon"),
+                (280 + 3 * rng.standard_normal((n, *shape))).astype(np.float32),
+            ),
+            "tp": (("time", "lat", "lon"), rng.gamma(0.3, 1.0, (n, *shape)).astype(np.float32)),
+        },
+        coords={
+            "time": pd.date_range("2019-03-01", periods=n, freq="h"),
+            "lat": 50 + 0.25 * np.arange(shape[0]),
+            "lon": -5 + 0.25 * np.arange(shape[1]),
+        },
     )
 
 
@@ -38,7 +46,9 @@ def test_single_stage_in_memory_with_shift_augmentation(tmp_path):
         loss=LossConfig(kl_warmup_samples=8),
         stage1=StageConfig(patch=[16, 24], total_samples=16),
         stage2=StageConfig(total_samples=0),  # one stage only
-        train=TrainingSettings(global_batch_size=8, checkpoint_every_samples=8, log_every_samples=8),
+        train=TrainingSettings(
+            global_batch_size=8, checkpoint_every_samples=8, log_every_samples=8
+        ),
     )
     ds = fields()
     model = train_autoencoder(cfg, ds)
@@ -66,7 +76,10 @@ def test_log_power_spectral_loss_sees_the_smallest_scales():
     power = VAELoss(spectral_weight=1.0, spectral_mode="log_power")
     assert float(power(x, x, post)["spectral"].max()) == 0.0
     # Removing the smallest scales costs far more in log power than in log amplitude.
-    lp, la = power(smooth, x, post)["spectral"].mean(), amplitude(smooth, x, post)["spectral"].mean()
+    lp, la = (
+        power(smooth, x, post)["spectral"].mean(),
+        amplitude(smooth, x, post)["spectral"].mean(),
+    )
     assert float(lp) > 10 * float(la) > 0
     with pytest.raises(ValueError, match="spectral_mode"):
         VAELoss(spectral_mode="power")
@@ -86,7 +99,9 @@ def test_mean_log_power_matches_the_batch_spectrum_not_each_line():
     # every line differs; a smoothed field lacks the small scales and is far off.
     other = loss(torch.randn(8, 2, 16, 24), x, post)["spectral"]
     smooth = torch.nn.functional.avg_pool2d(x, 2).repeat_interleave(2, -2).repeat_interleave(2, -1)
-    assert other.shape == (8,) and float(loss(smooth, x, post)["spectral"][0]) > 20 * float(other[0])
+    assert other.shape == (8,) and float(loss(smooth, x, post)["spectral"][0]) > 20 * float(
+        other[0]
+    )
     # The line spectrum is detrended: a plane has no power at all.
     plane = torch.arange(24.0).expand(1, 1, 16, 24) + torch.arange(16.0)[:, None]
     assert float(windowed_line_power(plane, -1).max()) < 1e-8
@@ -103,7 +118,9 @@ def test_decoder_stage_trains_the_decoder_only(tmp_path):
         stage1=StageConfig(patch=[16, 24], total_samples=16),
         stage2=StageConfig(total_samples=0),
         decoder=DecoderStageConfig(patch=[16, 24], total_samples=16, lr=1e-2),
-        train=TrainingSettings(global_batch_size=8, checkpoint_every_samples=8, log_every_samples=8),
+        train=TrainingSettings(
+            global_batch_size=8, checkpoint_every_samples=8, log_every_samples=8
+        ),
     )
     train_autoencoder(cfg, fields()[["t2m"]])
     before = load_autoencoder(tmp_path / "ae" / "stage1" / "final").state_dict()

@@ -20,16 +20,22 @@ from kmscale.autoencoders.tiling import auto_tiling, tiled_decode, tiled_encode
 from kmscale.autoencoders.vae import VAEAutoencoder
 from kmscale.errors import CheckpointError, ConfigError, GridError, SchemaError
 
-STATS = {"t2m": {"mean": 280.0, "std": 5.0}, "u10": {"mean": 0.0, "std": 4.0},
-         "tp": {"mean": 0.2, "std": 0.5, "transform": "log1p", "scale": 1.0}}
+STATS = {
+    "t2m": {"mean": 280.0, "std": 5.0},
+    "u10": {"mean": 0.0, "std": 4.0},
+    "tp": {"mean": 0.2, "std": 0.5, "transform": "log1p", "scale": 1.0},
+}
 SMALL = {"vae": {"block_out_channels": (8, 16), "norm_num_groups": 8, "latent_channels": 2}}
 
 
 def make(name: str, variables=("t2m",)):
     torch.manual_seed(0)
     cls = get_autoencoder_class(name)
-    return cls(variables=list(variables), input_stats={v: STATS[v] for v in variables},
-               **SMALL.get(name, {})).eval()
+    return cls(
+        variables=list(variables),
+        input_stats={v: STATS[v] for v in variables},
+        **SMALL.get(name, {}),
+    ).eval()
 
 
 def field(shape=(2, 1, 32, 48), seed=0) -> torch.Tensor:
@@ -135,7 +141,9 @@ def test_loss_weights_emphasize_points():
     w = torch.ones_like(x)
     w[..., :8, :] = 0.0
     mask = w.bool()
-    torch.testing.assert_close(loss(x_hat, x, post, weight=w)["recon"], loss(x_hat, x, post, mask=mask)["recon"])
+    torch.testing.assert_close(
+        loss(x_hat, x, post, weight=w)["recon"], loss(x_hat, x, post, mask=mask)["recon"]
+    )
     # More weight where the error is large raises the loss.
     err = (x_hat - x).abs()
     heavy = 1.0 + 4.0 * (err > err.median()).float()
@@ -269,8 +277,9 @@ def test_pixel_norm_vae_tiles_exactly():
 def test_group_norm_vae_does_not_tile_exactly():
     """norm_type="group": per-tile GroupNorm statistics change the result."""
     torch.manual_seed(0)
-    model = VAEAutoencoder(variables=["t2m"], input_stats={"t2m": STATS["t2m"]}, norm_type="group",
-                           **SMALL["vae"]).eval()
+    model = VAEAutoencoder(
+        variables=["t2m"], input_stats={"t2m": STATS["t2m"]}, norm_type="group", **SMALL["vae"]
+    ).eval()
     assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
     enc, dec = _tiling_gaps(_train_steps(model))
     assert enc > 1e-3 and dec > 1e-3
@@ -284,7 +293,9 @@ def test_pixel_group_norm_is_local():
         norm.bias.uniform_(-1, 1)
     x = torch.randn(2, 8, 5, 7)
     xg = x.reshape(2, 2, 4, 5, 7)
-    ref = (xg - xg.mean(2, keepdim=True)) / torch.sqrt(xg.var(2, unbiased=False, keepdim=True) + 1e-5)
+    ref = (xg - xg.mean(2, keepdim=True)) / torch.sqrt(
+        xg.var(2, unbiased=False, keepdim=True) + 1e-5
+    )
     ref = ref.reshape(x.shape) * norm.weight[:, None, None] + norm.bias[:, None, None]
     torch.testing.assert_close(norm(x), ref)
     torch.testing.assert_close(norm(x[..., 1:3, 2:6]), norm(x)[..., 1:3, 2:6])
@@ -296,7 +307,9 @@ def test_receptive_radius_within_default_overlap():
     """Gradient support of one output of the default-depth 8x VAE (widths do not change it):
     encoder 81 px, decoder 14 latent px = 112 px; 3/8 of auto_tiling's overlap must cover both."""
     torch.manual_seed(0)
-    model = VAEAutoencoder(variables=["t2m"], block_out_channels=(8, 8, 8, 8), norm_num_groups=8).eval()
+    model = VAEAutoencoder(
+        variables=["t2m"], block_out_channels=(8, 8, 8, 8), norm_num_groups=8
+    ).eval()
     f = model.downsample_factor
     x = torch.randn(1, 1, 256, 256, requires_grad=True)
     z = model._encode_normalized(x)
@@ -327,8 +340,9 @@ def test_norm_type_config(tmp_path):
     assert loaded.config.norm_type == "pixel" and loaded.fingerprint() == pixel.fingerprint()
     assert sum(isinstance(m, PixelGroupNorm) for m in loaded.modules()) > 0
     torch.manual_seed(0)
-    group = VAEAutoencoder(variables=["t2m"], input_stats={"t2m": STATS["t2m"]}, norm_type="group",
-                           **SMALL["vae"]).eval()
+    group = VAEAutoencoder(
+        variables=["t2m"], input_stats={"t2m": STATS["t2m"]}, norm_type="group", **SMALL["vae"]
+    ).eval()
     assert set(group.state_dict()) == set(pixel.state_dict())  # same keys: swap is in place
     group.save_pretrained(tmp_path / "group")
     reloaded = load_autoencoder(tmp_path / "group", expect="vae")
@@ -345,6 +359,7 @@ def test_every_autoencoder_forward_returns_an_output():
         out = model(x)
         assert isinstance(out, AutoencoderOutput) and out.sample.shape == x.shape
         assert (out.latent_dist is not None) == (name == "vae")
+
 
 def test_tiling_errors_and_padding():
     model = make("vae")
@@ -368,8 +383,14 @@ def test_tiled_decode_restores_nan_mask():
     x = field((1, 1, 32, 48))[0]
     x[:, 5:9, 10:20] = float("nan")
     valid = np.isfinite(x.numpy())
-    y = tiled_decode(model, tiled_encode(model, x, tile=16, overlap=4), shape=(32, 48),
-                     tile=16, overlap=4, mask=valid)
+    y = tiled_decode(
+        model,
+        tiled_encode(model, x, tile=16, overlap=4),
+        shape=(32, 48),
+        tile=16,
+        overlap=4,
+        mask=valid,
+    )
     assert torch.isnan(y[:, 5:9, 10:20]).all() and torch.isfinite(y[torch.from_numpy(valid)]).all()
 
 

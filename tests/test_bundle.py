@@ -33,8 +33,16 @@ def make_bundle(with_diffusion: bool = True) -> tuple[ModelBundle, object]:
     torch.manual_seed(0)
     reg = build_unet(spec.cond_channels, 1, spec.emb_dim, TINY)
     diff = build_unet(2 + spec.cond_channels, 1, spec.emb_dim, TINY) if with_diffusion else None
-    bundle = ModelBundle(ae, reg, diff, spec, grid_dataset(lat, lon, static, spec.static_variables),
-                         EDMSettings(residual_scale=[0.5]), lead_times=[0.0, 6.0], data_fingerprint="abc")
+    bundle = ModelBundle(
+        ae,
+        reg,
+        diff,
+        spec,
+        grid_dataset(lat, lon, static, spec.static_variables),
+        EDMSettings(residual_scale=[0.5]),
+        lead_times=[0.0, 6.0],
+        data_fingerprint="abc",
+    )
     return bundle, coarse
 
 

@@ -25,8 +25,10 @@ def _fields(nan=True, t=3, shape=(16, 24), seed=0):
     if nan:
         data[:, :3, :4] = np.nan
     times = pd.date_range("2026-03-01", periods=t, freq="6h")
-    return xr.Dataset({"t2m": (("time", "y", "x"), data, {"units": "K"})},
-                      coords={"time": times, "y": np.arange(shape[0]), "x": np.arange(shape[1])})
+    return xr.Dataset(
+        {"t2m": (("time", "y", "x"), data, {"units": "K"})},
+        coords={"time": times, "y": np.arange(shape[0]), "x": np.arange(shape[1])},
+    )
 
 
 def _identity():
@@ -152,21 +154,83 @@ def test_cli_compress_decompress_and_errors(tmp_path, capsys):
     ae = tmp_path / "ae"
     _identity().save_pretrained(ae)
     arc = tmp_path / "a.kmsc"
-    assert main(["compress", "--codec", "identity", "--autoencoder", str(ae), "--input", str(src),
-                 "--out", str(arc), "--max-error", "0.05"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                "--codec",
+                "identity",
+                "--autoencoder",
+                str(ae),
+                "--input",
+                str(src),
+                "--out",
+                str(arc),
+                "--max-error",
+                "0.05",
+            ]
+        )
+        == 0
+    )
     assert "ratio" in capsys.readouterr().out
     out = tmp_path / "out.nc"
-    assert main(["decompress", "--autoencoder", str(ae), "--input", str(arc), "--out", str(out)]) == 0
+    assert (
+        main(["decompress", "--autoencoder", str(ae), "--input", str(arc), "--out", str(out)]) == 0
+    )
     dec = xr.open_dataset(out)
     assert np.nanmax(np.abs(dec["t2m"].values - ds["t2m"].values)) <= 0.05
-    assert main(["compress", "--codec", "identity", "--autoencoder", str(ae), "--input", str(src),
-                 "--out", str(tmp_path / "b.kmsc"), "--max-error", "0"]) == 1
+    assert (
+        main(
+            [
+                "compress",
+                "--codec",
+                "identity",
+                "--autoencoder",
+                str(ae),
+                "--input",
+                str(src),
+                "--out",
+                str(tmp_path / "b.kmsc"),
+                "--max-error",
+                "0",
+            ]
+        )
+        == 1
+    )
     assert "bound > 0" in capsys.readouterr().err
-    assert main(["compress", "--codec", "vae", "--autoencoder", str(ae), "--input", str(src),
-                 "--out", str(tmp_path / "c.kmsc")]) == 1
+    assert (
+        main(
+            [
+                "compress",
+                "--codec",
+                "vae",
+                "--autoencoder",
+                str(ae),
+                "--input",
+                str(src),
+                "--out",
+                str(tmp_path / "c.kmsc"),
+            ]
+        )
+        == 1
+    )
     assert "expected a 'vae' checkpoint" in capsys.readouterr().err
-    assert main(["compress", "--autoencoder", str(ae), "--input", str(src),
-                 "--out", str(tmp_path / "d.zarr"), "--max-error", "0.1"]) == 1
+    assert (
+        main(
+            [
+                "compress",
+                "--autoencoder",
+                str(ae),
+                "--input",
+                str(src),
+                "--out",
+                str(tmp_path / "d.zarr"),
+                "--max-error",
+                "0.1",
+            ]
+        )
+        == 1
+    )
     assert "--codec" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.kmsc", "ae", "in.nc", "out.nc"]
 
@@ -175,8 +239,13 @@ def test_vae_archive_round_trip(tmp_path):
     from kmscale.autoencoders.vae import VAEAutoencoder
 
     torch.manual_seed(0)
-    vae = VAEAutoencoder(variables=["t2m"], input_stats={"t2m": {"mean": 280.0, "std": 5.0}},
-                         block_out_channels=(8, 8), latent_channels=2, norm_num_groups=4).eval()
+    vae = VAEAutoencoder(
+        variables=["t2m"],
+        input_stats={"t2m": {"mean": 280.0, "std": 5.0}},
+        block_out_channels=(8, 8),
+        latent_channels=2,
+        norm_num_groups=4,
+    ).eval()
     ds = _fields(t=2)
     res = compress_dataset(vae, ds, tmp_path / "v.kmsc", max_error=0.2)
     out, failed = decompress_archive(res.path, vae)

@@ -32,8 +32,9 @@ def test_pmf_to_freqs_sums_to_precision_and_keeps_every_symbol():
 
 def test_coder_round_trip_with_escapes():
     rng = np.random.default_rng(0)
-    freqs = np.stack([coding.pmf_to_freqs(np.full(5, 0.2), 1e-3),
-                      coding.pmf_to_freqs(np.full(5, 0.2), 1e-3)])
+    freqs = np.stack(
+        [coding.pmf_to_freqs(np.full(5, 0.2), 1e-3), coding.pmf_to_freqs(np.full(5, 0.2), 1e-3)]
+    )
     offsets, lengths = np.array([-2, 0]), np.array([5, 5])
     symbols = rng.integers(-2, 5, 500)
     symbols[::97] = 10_000  # far outside every table: escaped
@@ -113,7 +114,8 @@ def test_decode_in_another_process_with_two_threads_is_bit_exact():
     strings = gc.compress(y, gc.build_indexes(scales), means)
     here = gc.decompress(strings, gc.build_indexes(scales), means).numpy()
     payload = pickle.dumps((gc.state_dict(), strings, scales, means))
-    res = subprocess.run([sys.executable, "-c", _DECODE_SCRIPT], input=payload,
-                         capture_output=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _DECODE_SCRIPT], input=payload, capture_output=True, check=True
+    )
     there = pickle.loads(res.stdout)
     assert there.tobytes() == here.tobytes()

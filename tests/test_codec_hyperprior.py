@@ -31,16 +31,26 @@ def _smooth_fields(t=4, seed=0):
     lat, lon = np.radians(g.lat), np.radians(g.lon)
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(t, 3))
-    x = 280 + 25 * np.cos(lat)[None] + 3 * (a[:, :1] * np.sin(lon) + a[:, 1:2] * np.cos(2 * lon)
-                                             + a[:, 2:] * np.sin(lat))
+    x = (
+        280
+        + 25 * np.cos(lat)[None]
+        + 3 * (a[:, :1] * np.sin(lon) + a[:, 1:2] * np.cos(2 * lon) + a[:, 2:] * np.sin(lat))
+    )
     return torch.tensor(x[:, None], dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = HyperpriorAutoencoder(variables=["t2m"], input_stats=STATS, nside=NSIDE, channels=8,
-                              latent_channels=4, levels=2, hyper_levels=1)
+    m = HyperpriorAutoencoder(
+        variables=["t2m"],
+        input_stats=STATS,
+        nside=NSIDE,
+        channels=8,
+        latent_channels=4,
+        levels=2,
+        hyper_levels=1,
+    )
     fields = m.normalize_input(_smooth_fields(8))
     history = fit_hyperprior(m, fields, lmbda=50.0, steps=40, batch_size=4, lr=3e-3)
     assert np.mean(history[-5:]) < np.mean(history[:5])
@@ -94,9 +104,18 @@ def test_decode_with_two_threads_in_another_process_is_bit_exact(model, tmp_path
     (data,) = model.compress(x)
     (tmp_path / "s.bin").write_bytes(data)
     here = model.decompress([data], (12 * NSIDE**2,)).numpy().tobytes()
-    res = subprocess.run([sys.executable, "-c", _DECODE, str(tmp_path / "hp"),
-                          str(tmp_path / "s.bin"), str(12 * NSIDE**2)],
-                         capture_output=True, check=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _DECODE,
+            str(tmp_path / "hp"),
+            str(tmp_path / "s.bin"),
+            str(12 * NSIDE**2),
+        ],
+        capture_output=True,
+        check=True,
+    )
     assert res.stdout == here
 
 
@@ -120,8 +139,10 @@ def _latlon(fields: torch.Tensor, lat, lon) -> xr.Dataset:
 
     x = healpix_to_latlon(fields[:, 0].numpy(), NSIDE, lat, lon).astype(np.float32)
     times = np.array(["2026-03-01T00", "2026-03-01T06", "2026-03-01T12"], "datetime64[ns]")
-    return xr.Dataset({"t2m": (("time", "lat", "lon"), x, {"units": "K"})},
-                      coords={"time": times, "lat": lat, "lon": lon})
+    return xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), x, {"units": "K"})},
+        coords={"time": times, "lat": lat, "lon": lon},
+    )
 
 
 def test_global_latlon_archive_with_error_bound_and_nan_mask(model, tmp_path):
@@ -140,9 +161,14 @@ def test_healpix_dataset_archive_and_regional_grid_refused(model, tmp_path):
     from kmscale.sphere.regrid import healpix_coords
 
     x = _smooth_fields(2)[:, 0].numpy()
-    ds = xr.Dataset({"t2m": (("time", "cell"), x, {"units": "K"})},
-                    coords={"time": np.array(["2026-03-01", "2026-03-02"], "datetime64[ns]"),
-                            **healpix_coords(NSIDE)}, attrs=HealpixGrid(NSIDE).attrs())
+    ds = xr.Dataset(
+        {"t2m": (("time", "cell"), x, {"units": "K"})},
+        coords={
+            "time": np.array(["2026-03-01", "2026-03-02"], "datetime64[ns]"),
+            **healpix_coords(NSIDE),
+        },
+        attrs=HealpixGrid(NSIDE).attrs(),
+    )
     res = compress_dataset(model, ds, tmp_path / "h.kmsc")
     out, _ = decompress_archive(res.path, model)
     ref = model.decompress(model.compress(torch.from_numpy(x[:, None])), (12 * NSIDE**2,))
@@ -167,8 +193,15 @@ def test_smaller_step_spends_more_bytes_for_less_error(model):
 
 
 def test_field_mean_is_removed_and_restored():
-    m = HyperpriorAutoencoder(variables=["t2m"], input_stats=STATS, nside=NSIDE, channels=8,
-                              latent_channels=4, levels=2, hyper_levels=1)
+    m = HyperpriorAutoencoder(
+        variables=["t2m"],
+        input_stats=STATS,
+        nside=NSIDE,
+        channels=8,
+        latent_channels=4,
+        levels=2,
+        hyper_levels=1,
+    )
     x = _smooth_fields(2)
     m.set_field_mean(x[0])
     z = m.normalize_input(x)

@@ -35,7 +35,9 @@ def test_time_embedding_is_periodic_and_scaled():
 
 def test_lead_times_from_timedelta_coordinate():
     _, coarse, _ = synthetic(n=4)
-    coarse = coarse.assign_coords(lead_time=("time", np.array([0, 6, 12, 18], dtype="timedelta64[h]")))
+    coarse = coarse.assign_coords(
+        lead_time=("time", np.array([0, 6, 12, 18], dtype="timedelta64[h]"))
+    )
     np.testing.assert_allclose(lead_times_of(coarse), [0, 6, 12, 18])
 
 
@@ -63,7 +65,9 @@ def test_bilinear_interpolation_reproduces_linear_fields_and_checks_coverage():
     f = 2 * src_lat[:, None] + 3 * src_lon[None, :]
     dst_lat, dst_lon = np.linspace(0, 3, 13), np.linspace(0.5, 4.5, 9)
     got = interpolate_regular(f, src_lat, src_lon, dst_lat, dst_lon).numpy()
-    np.testing.assert_allclose(got, 2 * dst_lat[:, None] + 3 * dst_lon[None, :], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got, 2 * dst_lat[:, None] + 3 * dst_lon[None, :], rtol=1e-5, atol=1e-5
+    )
     # Half a cell beyond the outermost centres is still covered (clamped to the edge cell) ...
     interpolate_regular(f, src_lat, src_lon, np.array([-0.5, 3.5]), dst_lon)
     # ... further out is not.
@@ -92,10 +96,14 @@ def test_dataset_pairs_by_valid_time_and_channels_come_from_data():
     spec = ConditioningSpec.from_data(coarse, static, lat, lon, factor=2)
     assert spec.cond_channels == 1 + 2 + len(STATIC_ENCODINGS)
     z = torch.randn(10, 3, 8, 12)
-    ds = build_dataset(spec, coarse.isel(time=slice(2, 12)), static, lat, lon, z, targets.time.values[:10])
+    ds = build_dataset(
+        spec, coarse.isel(time=slice(2, 12)), static, lat, lon, z, targets.time.values[:10]
+    )
     assert len(ds) == 8  # times 2..9 are in both
     item = ds[0]
-    assert item["cond"].shape == (spec.cond_channels, 8, 12) and item["emb"].shape == (EMBEDDING_DIM,)
+    assert item["cond"].shape == (spec.cond_channels, 8, 12) and item["emb"].shape == (
+        EMBEDDING_DIM,
+    )
     torch.testing.assert_close(item["z"], z[2])
     assert ConditioningSpec.from_dict(spec.to_dict()).to_dict() == spec.to_dict()
     np.testing.assert_allclose(latent_grid(lat, lon, 2)[0], lat.reshape(-1, 2).mean(1))

@@ -65,7 +65,9 @@ def test_regrid_nan_and_coverage_errors():
     ds = _latlon_ds(src.lat, src.lon, values)
     out = regrid(ds, RegularLatLonGrid.from_bounds(1, 9, 1, 9, 0.5), "bilinear").t2m.values
     assert np.isnan(out).sum() > 0 and np.nanmax(np.abs(out - 1)) < 1e-6
-    with pytest.raises(GridError, match=r"expected the source grid .* to cover the target grid .* outside"):
+    with pytest.raises(
+        GridError, match=r"expected the source grid .* to cover the target grid .* outside"
+    ):
         regrid(ds, RegularLatLonGrid.from_bounds(5, 15, 0, 5, 1.0), "bilinear")
     with pytest.raises(GridError, match="method"):
         regrid(ds, src, "spline")
@@ -95,7 +97,9 @@ def test_radolan_coarsened_by_8_keeps_mask(real_data):
     fine_nan = np.isnan(ds.tp.values[0, :896, :896]).reshape(112, 8, 112, 8).any((1, 3))
     np.testing.assert_array_equal(np.isnan(coarse.tp.values[0]), fine_nan)
     assert coarse["mask"].dtype == bool
-    np.testing.assert_array_equal(coarse["mask"].values, ds["mask"].values[:896, :896].reshape(112, 8, 112, 8).all((1, 3)))
+    np.testing.assert_array_equal(
+        coarse["mask"].values, ds["mask"].values[:896, :896].reshape(112, 8, 112, 8).all((1, 3))
+    )
 
 
 def test_longitude_conventions_interoperate():
@@ -139,10 +143,18 @@ def test_ukv_orography_regridded_onto_era5_grid(real_data):
 
 
 def test_eur44_eur11_static_pair(real_data):
-    fine = open_dataset([real_data / "static" / "HSURF_regional_model_0.11deg.nc",
-                         real_data / "static" / "FR-LAND_regional_model_0.11deg.nc"])
-    coarse = open_dataset([real_data / "static" / "HSURF_regional_model_0.44deg.nc",
-                           real_data / "static" / "FR-LAND_regional_model_0.44deg.nc"])
+    fine = open_dataset(
+        [
+            real_data / "static" / "HSURF_regional_model_0.11deg.nc",
+            real_data / "static" / "FR-LAND_regional_model_0.11deg.nc",
+        ]
+    )
+    coarse = open_dataset(
+        [
+            real_data / "static" / "HSURF_regional_model_0.44deg.nc",
+            real_data / "static" / "FR-LAND_regional_model_0.44deg.nc",
+        ]
+    )
     assert set(fine.data_vars) == set(coarse.data_vars) == {"orography", "land_sea_mask"}
     assert isinstance(grid_of(fine), RotatedPoleGrid)
     # the 0.44 file's pole is (90N, 180E): effectively a regular lat-lon grid reaching 46.6N only,
@@ -191,12 +203,30 @@ def test_projection_inverses_match_snyder_examples():
 
     # Snyder (1987) p. 316: polar stereographic, south, International ellipsoid
     intl = {"semi_major_axis": 6378388.0, "semi_minor_axis": 6378388.0 * np.sqrt(1 - 0.00672267)}
-    lat, lon = inverse(-1540033.6, -560526.4, {"grid_mapping_name": "polar_stereographic", "latitude_of_projection_origin": -90.0,
-                                               "standard_parallel": -71.0, "straight_vertical_longitude_from_pole": -100.0, **intl})
+    lat, lon = inverse(
+        -1540033.6,
+        -560526.4,
+        {
+            "grid_mapping_name": "polar_stereographic",
+            "latitude_of_projection_origin": -90.0,
+            "standard_parallel": -71.0,
+            "straight_vertical_longitude_from_pole": -100.0,
+            **intl,
+        },
+    )
     assert (lat, lon) == (pytest.approx(-75.0, abs=1e-5), pytest.approx(150.0, abs=1e-5))
     # p. 297: Lambert conformal conic, two parallels, Clarke 1866
-    lat, lon = inverse(1894410.9, 1564649.5, {"grid_mapping_name": "lambert_conformal_conic", "standard_parallel": [33.0, 45.0],
-                                              "latitude_of_projection_origin": 23.0, "longitude_of_central_meridian": -96.0, **CLARKE1866})
+    lat, lon = inverse(
+        1894410.9,
+        1564649.5,
+        {
+            "grid_mapping_name": "lambert_conformal_conic",
+            "standard_parallel": [33.0, 45.0],
+            "latitude_of_projection_origin": 23.0,
+            "longitude_of_central_meridian": -96.0,
+            **CLARKE1866,
+        },
+    )
     assert (lat, lon) == (pytest.approx(35.0, abs=1e-5), pytest.approx(-75.0, abs=1e-5))
     # p. 334: LAEA on the ellipsoid; forward (24-...) written out here, x matches Snyder's -965932.1 m
     a, e = CLARKE1866["semi_major_axis"], np.sqrt(0.00676866)
@@ -204,17 +234,34 @@ def test_projection_inverses_match_snyder_examples():
     qp = _q(np.pi / 2, e)
     rq, b1, b = a * np.sqrt(qp / 2), np.arcsin(_q(phi1, e) / qp), np.arcsin(_q(phi, e) / qp)
     d = a * _m(phi1, e) / (rq * np.cos(b1))
-    big_b = rq * np.sqrt(2 / (1 + np.sin(b1) * np.sin(b) + np.cos(b1) * np.cos(b) * np.cos(lam - lam0)))
+    big_b = rq * np.sqrt(
+        2 / (1 + np.sin(b1) * np.sin(b) + np.cos(b1) * np.cos(b) * np.cos(lam - lam0))
+    )
     x = big_b * d * np.cos(b) * np.sin(lam - lam0)
     y = big_b / d * (np.cos(b1) * np.sin(b) - np.sin(b1) * np.cos(b) * np.cos(lam - lam0))
     assert x == pytest.approx(-965932.1, abs=0.1)
-    lat, lon = inverse(x, y, {"grid_mapping_name": "lambert_azimuthal_equal_area", "latitude_of_projection_origin": 40.0,
-                              "longitude_of_projection_origin": -100.0, **CLARKE1866})
+    lat, lon = inverse(
+        x,
+        y,
+        {
+            "grid_mapping_name": "lambert_azimuthal_equal_area",
+            "latitude_of_projection_origin": 40.0,
+            "longitude_of_projection_origin": -100.0,
+            **CLARKE1866,
+        },
+    )
     assert (lat, lon) == (pytest.approx(30.0, abs=1e-7), pytest.approx(-110.0, abs=1e-7))
     # Mercator on a sphere: y = R ln tan(pi/4 + phi/2)
     r = 6371000.0
-    lat, lon = inverse(r * np.radians(20.0), r * np.log(np.tan(np.pi / 4 + np.radians(35.0) / 2)),
-                       {"grid_mapping_name": "mercator", "earth_radius": r, "longitude_of_projection_origin": 170.0})
+    lat, lon = inverse(
+        r * np.radians(20.0),
+        r * np.log(np.tan(np.pi / 4 + np.radians(35.0) / 2)),
+        {
+            "grid_mapping_name": "mercator",
+            "earth_radius": r,
+            "longitude_of_projection_origin": 170.0,
+        },
+    )
     assert (lat, lon) == (pytest.approx(35.0, abs=1e-9), pytest.approx(-170.0, abs=1e-9))
     with pytest.raises(GridError, match="transverse_mercator"):
         inverse(0.0, 0.0, {"grid_mapping_name": "transverse_mercator"})
@@ -225,16 +272,30 @@ def test_radolan_polar_stereographic_and_uk_radar_laea(real_data):
 
     from kmscale.data.projections import inverse
 
-    raw = xr.open_dataset(real_data / "radolan_rw_20221018" / "radolan_RW_20221018_hourly_1km.nc", engine="netcdf4")
+    raw = xr.open_dataset(
+        real_data / "radolan_rw_20221018" / "radolan_RW_20221018_hourly_1km.nc", engine="netcdf4"
+    )
     xx, yy = np.meshgrid(raw.x.values[::30], raw.y.values[::30])
-    lat, lon = inverse(xx, yy, {"grid_mapping_name": "polar_stereographic", "latitude_of_projection_origin": 90.0,
-                                "standard_parallel": 60.0, "straight_vertical_longitude_from_pole": 10.0, "earth_radius": 6370040.0})
+    lat, lon = inverse(
+        xx,
+        yy,
+        {
+            "grid_mapping_name": "polar_stereographic",
+            "latitude_of_projection_origin": 90.0,
+            "standard_parallel": 60.0,
+            "straight_vertical_longitude_from_pole": 10.0,
+            "earth_radius": 6370040.0,
+        },
+    )
     np.testing.assert_allclose(lat, raw.lat.values[::30, ::30], atol=1e-4)
     np.testing.assert_allclose(lon, raw.lon.values[::30, ::30], atol=1e-4)
     # the Met Office radar fixture has x/y and a LAEA grid mapping but no lat/lon
     ds = open_dataset(sorted(glob.glob(str(real_data / "fixtures" / "2018110315*_radar_*.nc"))))
     grid = grid_of(ds)
-    assert isinstance(grid, ProjectedGrid) and grid.mapping["grid_mapping_name"] == "lambert_azimuthal_equal_area"
+    assert (
+        isinstance(grid, ProjectedGrid)
+        and grid.mapping["grid_mapping_name"] == "lambert_azimuthal_equal_area"
+    )
     glat, glon = grid.latlon()
     assert 51.0 < glat.min() < 51.3 and 54.8 < glat.max() < 55.0 and -9.7 < glon.min() < -9.5
     assert float(ds.tp.max()) < 100  # the undeclared 9.97e36 fill became NaN, m s-1 became mm h-1

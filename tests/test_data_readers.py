@@ -72,7 +72,9 @@ def test_era5_uk_loader_shape_and_splits(real_data):
     assert set(ERA5_UK_SPLITS) == {"train", "val"}
     pred = era5_uk_predictors(val)
     assert pred.t2m.shape == (96, 8, 12)
-    np.testing.assert_allclose(pred.t2m.values[0, 0, 0], val.t2m.values[0, :4, :4].mean(), rtol=1e-6)
+    np.testing.assert_allclose(
+        pred.t2m.values[0, 0, 0], val.t2m.values[0, :4, :4].mean(), rtol=1e-6
+    )
     assert "lead_time" in pred.coords
 
 
@@ -142,7 +144,12 @@ def test_catalogue_aliases_and_units():
 
 # ---- synthetic inputs and bad inputs ------------------------------------------------------------
 def test_celsius_declared_is_converted(tmp_path, rng):
-    path = _write(tmp_path, "c.nc", {"T2": (("time", "latitude", "longitude"), _field(rng, base=5.0), {"units": "degC"})}, _coords(lat_desc=True))
+    path = _write(
+        tmp_path,
+        "c.nc",
+        {"T2": (("time", "latitude", "longitude"), _field(rng, base=5.0), {"units": "degC"})},
+        _coords(lat_desc=True),
+    )
     ds = open_dataset(path)
     assert ds.t2m.attrs["units"] == "K" and float(ds.t2m.min()) > 270
     assert np.all(np.diff(ds.lat.values) > 0)  # descending latitude flipped
@@ -150,24 +157,46 @@ def test_celsius_declared_is_converted(tmp_path, rng):
 
 
 def test_celsius_labelled_kelvin_rejected(tmp_path, rng):
-    path = _write(tmp_path, "bad_units.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng, base=5.0), {"units": "K"})}, _coords())
-    with pytest.raises(UnitsError, match=r"bad_units.nc.*'t2m'.*expected values in 150..350 K, "
-                       r"found [-0-9.]+ at time=\d+ \(.*\), lat=\d+ \(.*\), lon=.*degC"):
+    path = _write(
+        tmp_path,
+        "bad_units.nc",
+        {"t2m": (("time", "latitude", "longitude"), _field(rng, base=5.0), {"units": "K"})},
+        _coords(),
+    )
+    with pytest.raises(
+        UnitsError,
+        match=r"bad_units.nc.*'t2m'.*expected values in 150..350 K, "
+        r"found [-0-9.]+ at time=\d+ \(.*\), lat=\d+ \(.*\), lon=.*degC",
+    ):
         open_dataset(path).t2m.load()
     ds = open_dataset(path, check_range=False)
-    with pytest.raises(UnitsError, match=r"bad_units.nc.*'t2m'.*expected values in 150..350 K.*degC"):
+    with pytest.raises(
+        UnitsError, match=r"bad_units.nc.*'t2m'.*expected values in 150..350 K.*degC"
+    ):
         validate(ds)
     validate(ds, check_range=False)
 
 
 def test_unknown_and_wrong_units(tmp_path, rng):
-    p1 = _write(tmp_path, "u1.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "furlongs"})}, _coords())
+    p1 = _write(
+        tmp_path,
+        "u1.nc",
+        {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "furlongs"})},
+        _coords(),
+    )
     with pytest.raises(UnitsError, match=r"u1.nc.*'t2m'.*unknown units 'furlongs'"):
         open_dataset(p1)
-    p2 = _write(tmp_path, "u2.nc", {"u10": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})}, _coords())
+    p2 = _write(
+        tmp_path,
+        "u2.nc",
+        {"u10": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})},
+        _coords(),
+    )
     with pytest.raises(UnitsError, match=r"u2.nc.*'u10'.*expected units m s-1"):
         open_dataset(p2)
-    p3 = _write(tmp_path, "u3.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng))}, _coords())
+    p3 = _write(
+        tmp_path, "u3.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng))}, _coords()
+    )
     with pytest.raises(UnitsError, match="found none"):
         open_dataset(p3)
     ds = open_dataset(p3, units={"t2m": "K"})  # the user can say what the file does not
@@ -175,7 +204,12 @@ def test_unknown_and_wrong_units(tmp_path, rng):
 
 
 def test_missing_variable(tmp_path, rng):
-    path = _write(tmp_path, "mv.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})}, _coords())
+    path = _write(
+        tmp_path,
+        "mv.nc",
+        {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})},
+        _coords(),
+    )
     with pytest.raises(SchemaError, match=r"mv.nc.*missing \['u10'\].*found \['t2m'\]"):
         open_dataset(path, variables=["t2m", "u10"])
     ds = open_dataset(path, rename={"t2m": "d2m"})
@@ -185,12 +219,24 @@ def test_missing_variable(tmp_path, rng):
 def test_non_monotonic_and_duplicated_coordinates(tmp_path, rng):
     c = _coords()
     c["latitude"] = np.array([50.0, 50.5, 50.25, 50.75, 51.0])
-    p1 = _write(tmp_path, "nm.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})}, c)
+    p1 = _write(
+        tmp_path,
+        "nm.nc",
+        {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})},
+        c,
+    )
     with pytest.raises(CoordinateError, match=r"nm.nc.*'lat'.*monotonic"):
         open_dataset(p1)
     c = _coords()
-    c["time"] = pd.DatetimeIndex(["2020-01-01T00", "2020-01-01T01", "2020-01-01T01", "2020-01-01T02"])
-    p2 = _write(tmp_path, "dup.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})}, c)
+    c["time"] = pd.DatetimeIndex(
+        ["2020-01-01T00", "2020-01-01T01", "2020-01-01T01", "2020-01-01T02"]
+    )
+    p2 = _write(
+        tmp_path,
+        "dup.nc",
+        {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})},
+        c,
+    )
     with pytest.raises(CoordinateError, match=r"dup.nc.*'time'.*duplicates"):
         open_dataset(p2)
 
@@ -198,7 +244,12 @@ def test_non_monotonic_and_duplicated_coordinates(tmp_path, rng):
 def test_nans_need_a_mask(tmp_path, rng):
     data = _field(rng)
     data[:, 0, 0] = np.nan
-    path = _write(tmp_path, "nan.nc", {"t2m": (("time", "latitude", "longitude"), data, {"units": "K"})}, _coords())
+    path = _write(
+        tmp_path,
+        "nan.nc",
+        {"t2m": (("time", "latitude", "longitude"), data, {"units": "K"})},
+        _coords(),
+    )
     ds = open_dataset(path)
     with pytest.raises(MissingValueError, match=r"nan.nc.*'t2m'.*4 NaNs"):
         validate(ds)
@@ -212,12 +263,35 @@ def test_nans_need_a_mask(tmp_path, rng):
 
 
 def test_corrupt_and_truncated_files(tmp_path, rng):
-    good = _write(tmp_path, "good.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng, nt=50, ny=20, nx=20), {"units": "K"})}, _coords(50, 20, 20))
+    good = _write(
+        tmp_path,
+        "good.nc",
+        {
+            "t2m": (
+                ("time", "latitude", "longitude"),
+                _field(rng, nt=50, ny=20, nx=20),
+                {"units": "K"},
+            )
+        },
+        _coords(50, 20, 20),
+    )
     trunc = tmp_path / "trunc.nc"
     trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(CorruptFileError, match="trunc.nc"):
         open_dataset(trunc)
-    classic = _write(tmp_path, "classic.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng, nt=50, ny=20, nx=20), {"units": "K"})}, _coords(50, 20, 20), engine="scipy")
+    classic = _write(
+        tmp_path,
+        "classic.nc",
+        {
+            "t2m": (
+                ("time", "latitude", "longitude"),
+                _field(rng, nt=50, ny=20, nx=20),
+                {"units": "K"},
+            )
+        },
+        _coords(50, 20, 20),
+        engine="scipy",
+    )
     ctrunc = tmp_path / "ctrunc.nc"
     ctrunc.write_bytes(classic.read_bytes()[: classic.stat().st_size // 2])
     with pytest.raises(CorruptFileError, match="ctrunc.nc"):
@@ -235,8 +309,18 @@ def test_corrupt_and_truncated_files(tmp_path, rng):
 def test_multi_file_concat_zarr_and_levels(tmp_path, rng):
     c1, c2 = _coords(), _coords()
     c2["time"] = c1["time"] + pd.Timedelta(hours=4)
-    a = _write(tmp_path, "a.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})}, c1)
-    b = _write(tmp_path, "b.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})}, c2)
+    a = _write(
+        tmp_path,
+        "a.nc",
+        {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})},
+        c1,
+    )
+    b = _write(
+        tmp_path,
+        "b.nc",
+        {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})},
+        c2,
+    )
     ds = open_dataset(str(tmp_path / "*.nc"))
     assert ds.sizes["time"] == 8
     shutil.copy(a, tmp_path / "c.nc")  # same times again: overlap
@@ -246,9 +330,19 @@ def test_multi_file_concat_zarr_and_levels(tmp_path, rng):
     ds.to_zarr(z, zarr_format=3, consolidated=False)
     np.testing.assert_array_equal(open_dataset(z).t2m.values, ds.t2m.values)
     lev = xr.Dataset(
-        {"t": (("time", "plev", "lat", "lon"), 250 + rng.random((2, 2, 3, 4)).astype("float32"), {"units": "K"})},
-        coords={"time": pd.date_range("2020", periods=2, freq="6h"), "plev": ("plev", [85000.0, 50000.0], {"units": "Pa"}),
-                "lat": [1.0, 2.0, 3.0], "lon": [0.0, 1.0, 2.0, 3.0]},
+        {
+            "t": (
+                ("time", "plev", "lat", "lon"),
+                250 + rng.random((2, 2, 3, 4)).astype("float32"),
+                {"units": "K"},
+            )
+        },
+        coords={
+            "time": pd.date_range("2020", periods=2, freq="6h"),
+            "plev": ("plev", [85000.0, 50000.0], {"units": "Pa"}),
+            "lat": [1.0, 2.0, 3.0],
+            "lon": [0.0, 1.0, 2.0, 3.0],
+        },
     )
     lev.to_netcdf(tmp_path / "lev.nc")
     got = open_dataset(tmp_path / "lev.nc")
@@ -257,9 +351,15 @@ def test_multi_file_concat_zarr_and_levels(tmp_path, rng):
 
 def test_schema_problems_lists_everything(tmp_path, rng):
     ds = xr.Dataset(
-        {"t2m": (("time", "lat", "lon"), _field(rng, base=0.0), {"units": "K"}),
-         "u10": (("time", "lat", "lon"), _field(rng, base=0.0), {"units": "knots"})},
-        coords={"time": pd.date_range("2020", periods=4, freq="h"), "lat": np.arange(5.0), "lon": np.arange(6.0)},
+        {
+            "t2m": (("time", "lat", "lon"), _field(rng, base=0.0), {"units": "K"}),
+            "u10": (("time", "lat", "lon"), _field(rng, base=0.0), {"units": "knots"}),
+        },
+        coords={
+            "time": pd.date_range("2020", periods=4, freq="h"),
+            "lat": np.arange(5.0),
+            "lon": np.arange(6.0),
+        },
     )
     problems = schema_problems(ds, ["t2m", "u10", "v10"])
     kinds = sorted(type(p).__name__ for p in problems)
@@ -270,17 +370,33 @@ def test_forecast_lead_times(tmp_path, rng):
     valid = pd.date_range("2020-01-01T06", periods=4, freq="6h")
     init = valid - pd.to_timedelta([6, 6, 12, 12], unit="h")
     base = {"t2m": (("time", "lat", "lon"), _field(rng, ny=2, nx=2), {"units": "K"})}
-    coords = {"time": valid, "lat": [0.0, 1.0], "lon": [0.0, 1.0], "lead_time": ("time", np.array([6.0, 6.0, 12.0, 12.0])),
-              "forecast_reference_time": ("time", init)}
+    coords = {
+        "time": valid,
+        "lat": [0.0, 1.0],
+        "lon": [0.0, 1.0],
+        "lead_time": ("time", np.array([6.0, 6.0, 12.0, 12.0])),
+        "forecast_reference_time": ("time", init),
+    }
     good = _write(tmp_path, "fc.nc", base, coords)
     ds = open_dataset(good)
-    assert ds.lead_time.values.tolist() == [6.0, 6.0, 12.0, 12.0] and ds.lead_time.attrs["units"] == "hours"
+    assert (
+        ds.lead_time.values.tolist() == [6.0, 6.0, 12.0, 12.0]
+        and ds.lead_time.attrs["units"] == "hours"
+    )
     coords["forecast_reference_time"] = ("time", init + pd.Timedelta(hours=1))
     bad = _write(tmp_path, "fc_bad.nc", base, coords)
-    with pytest.raises(AlignmentError, match=r"fc_bad.nc: expected valid time = forecast_reference_time \+ lead_time, found 4 misaligned"):
+    with pytest.raises(
+        AlignmentError,
+        match=r"fc_bad.nc: expected valid time = forecast_reference_time \+ lead_time, found 4 misaligned",
+    ):
         open_dataset(bad)
     # several leads valid at one time are fine; the same (valid time, lead) twice is not
-    coords = {"time": valid[[0, 0, 1, 1]], "lat": [0.0, 1.0], "lon": [0.0, 1.0], "lead_time": ("time", np.array([12.0, 6.0, 6.0, 6.0]))}
+    coords = {
+        "time": valid[[0, 0, 1, 1]],
+        "lat": [0.0, 1.0],
+        "lon": [0.0, 1.0],
+        "lead_time": ("time", np.array([12.0, 6.0, 6.0, 6.0])),
+    }
     with pytest.raises(CoordinateError, match="unique \\(valid time, lead time\\) pairs"):
         open_dataset(_write(tmp_path, "fc_dup.nc", base, coords))
     coords["lead_time"] = ("time", np.array([12.0, 6.0, 6.0, 12.0]))
@@ -294,9 +410,20 @@ def test_grib_style_step_dims_become_valid_time():
     init = pd.date_range("2020-01-01", periods=3, freq="12h")
     step = pd.to_timedelta([6, 12, 18, 24], unit="h")
     ds = xr.Dataset(
-        {"t2m": (("time", "step", "latitude", "longitude"), np.full((3, 4, 2, 3), 280.0, "float32"), {"units": "K"})},
-        coords={"time": init, "step": step, "valid_time": (("time", "step"), init.values[:, None] + step.values[None, :]),
-                "latitude": [1.0, 0.0], "longitude": [0.0, 1.0, 2.0]},
+        {
+            "t2m": (
+                ("time", "step", "latitude", "longitude"),
+                np.full((3, 4, 2, 3), 280.0, "float32"),
+                {"units": "K"},
+            )
+        },
+        coords={
+            "time": init,
+            "step": step,
+            "valid_time": (("time", "step"), init.values[:, None] + step.values[None, :]),
+            "latitude": [1.0, 0.0],
+            "longitude": [0.0, 1.0, 2.0],
+        },
     )
     many = canonicalize(ds)
     assert many.sizes["time"] == 12 and set(many.lead_time.values) == {6.0, 12.0, 18.0, 24.0}
@@ -308,7 +435,11 @@ def test_grib_style_step_dims_become_valid_time():
 
 def test_model_calendar_rejected(tmp_path, rng):
     times = xr.date_range("2000-02-28", periods=4, freq="D", calendar="360_day", use_cftime=True)
-    path = _write(tmp_path, "cal.nc", {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})},
-                  {**_coords(), "time": times})
+    path = _write(
+        tmp_path,
+        "cal.nc",
+        {"t2m": (("time", "latitude", "longitude"), _field(rng), {"units": "K"})},
+        {**_coords(), "time": times},
+    )
     with pytest.raises(CoordinateError, match="cal.nc.*standard.*calendar, found '360_day'"):
         open_dataset(path)

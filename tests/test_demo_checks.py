@@ -14,8 +14,11 @@ T, M, H, W = 6, 8, 8, 10
 
 def _ds(data: dict[str, np.ndarray], member: bool) -> xr.Dataset:
     dims = ("time", "member", "lat", "lon") if member else ("time", "lat", "lon")
-    coords = {"time": pd.date_range("2023-07-15", periods=T, freq="4h"),
-              "lat": np.linspace(29.0, 29.07, H), "lon": np.linspace(100.0, 100.09, W)}
+    coords = {
+        "time": pd.date_range("2023-07-15", periods=T, freq="4h"),
+        "lat": np.linspace(29.0, 29.07, H),
+        "lon": np.linspace(100.0, 100.09, W),
+    }
     if member:
         coords["member"] = np.arange(next(iter(data.values())).shape[1])
     units = {"t2m": "K", "tp": "mm h-1"}
@@ -48,8 +51,12 @@ def test_figures_match_brute_force():
     crps = np.sum((skill - pair) * w) / w.sum()
     v = out["t2m"]["values"]
     assert v["crps_fair"] == pytest.approx(crps, abs=1e-4)
-    assert v["regression_mae"] == pytest.approx(np.sum(np.abs(reg["t2m"].values[:, 0] - y) * w) / w.sum(), abs=1e-4)
-    assert v["bilinear_mae"] == pytest.approx(np.sum(np.abs(bil["t2m"].values - y) * w) / w.sum(), abs=1e-4)
+    assert v["regression_mae"] == pytest.approx(
+        np.sum(np.abs(reg["t2m"].values[:, 0] - y) * w) / w.sum(), abs=1e-4
+    )
+    assert v["bilinear_mae"] == pytest.approx(
+        np.sum(np.abs(bil["t2m"].values - y) * w) / w.sum(), abs=1e-4
+    )
     var = np.sum(x.var(1, ddof=1) * w) / w.sum()
     mse = np.sum((x.mean(1) - y) ** 2 * w) / w.sum()
     assert v["spread_skill"] == pytest.approx(np.sqrt((M + 1) / M * var / mse), abs=1e-4)
@@ -66,7 +73,10 @@ def test_calibrated_ensemble_passes():
     out = demo_checks(ens, reg, bil, truth, ["t2m"])
     assert out["all_passed"] and out["failed"] == []
     assert [c["check"] for c in out["t2m"]["checks"]] == [
-        "crps_fair < regression_mae", "regression_mae < bilinear_mae", "spread_skill in range"]
+        "crps_fair < regression_mae",
+        "regression_mae < bilinear_mae",
+        "spread_skill in range",
+    ]
 
 
 def test_failures_are_named_with_value_and_limit():
@@ -87,4 +97,6 @@ def test_criteria_are_the_limits():
     ens, reg, bil, truth = calibrated(spread=0.25)
     loose = DemoCriteria(spread_skill=(0.1, 2.0))
     assert demo_checks(ens, reg, bil, truth, ["t2m"], loose)["t2m"]["checks"][2]["passed"]
-    assert "all demo checks passed" in format_checks(demo_checks(calibrated()[0], *calibrated()[1:], ["t2m"]))
+    assert "all demo checks passed" in format_checks(
+        demo_checks(calibrated()[0], *calibrated()[1:], ["t2m"])
+    )

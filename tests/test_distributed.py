@@ -22,8 +22,9 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def cluster():
     """Two single-threaded workers in this process (fast to start on a CI runner)."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as c:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as c:
         yield c.scheduler_address
 
 
@@ -35,8 +36,12 @@ def test_sample_on_two_workers_is_bit_identical(cluster, tmp_path):
     settings = SamplerSettings(members=2, steps=2, time_chunk=1)
     one = pipe.run(pred, tmp_path / "one.zarr", settings, progress=False)
     # an interrupted distributed run resumes (on the cluster) to the same store
-    assert pipe.run(pred, tmp_path / "two.zarr", settings, progress=False, max_chunks=1,
-                    scheduler=cluster) is None
+    assert (
+        pipe.run(
+            pred, tmp_path / "two.zarr", settings, progress=False, max_chunks=1, scheduler=cluster
+        )
+        is None
+    )
     assert partial_path(tmp_path / "two.zarr").exists()
     two = pipe.run(pred, tmp_path / "two.zarr", settings, progress=False, scheduler=cluster)
     a, b = open_store(one, kind="ensemble"), open_store(two, kind="ensemble")
@@ -60,9 +65,12 @@ def test_encode_and_decode_on_two_workers_are_bit_identical(cluster, tmp_path):
     ds, model = targets(n_time=6, shape=(16, 16)), vae()
     stores = {}
     for name, scheduler in (("one", None), ("two", cluster)):
-        lat = encode_to_store(model, ds, tmp_path / f"{name}.zarr", chunk=2, progress=False,
-                              scheduler=scheduler)
-        dec = decode_store(lat, model, tmp_path / f"{name}_dec.zarr", progress=False, scheduler=scheduler)
+        lat = encode_to_store(
+            model, ds, tmp_path / f"{name}.zarr", chunk=2, progress=False, scheduler=scheduler
+        )
+        dec = decode_store(
+            lat, model, tmp_path / f"{name}_dec.zarr", progress=False, scheduler=scheduler
+        )
         stores[name] = (open_store(lat, kind="latents"), open_store(dec, kind="targets"))
     for a, b in zip(stores["one"], stores["two"], strict=True):
         for v in a.data_vars:

@@ -157,7 +157,9 @@ def test_loss_weight_makes_F_target_unit_weight():
 
 def test_loss_sigma_is_log_normal():
     loss_fn = EDMLoss(P_mean=-1.2, P_std=1.2)
-    ln_sigma = loss_fn.sample_sigma(20000, torch.device("cpu"), torch.Generator().manual_seed(0)).log()
+    ln_sigma = loss_fn.sample_sigma(
+        20000, torch.device("cpu"), torch.Generator().manual_seed(0)
+    ).log()
     assert abs(ln_sigma.mean().item() + 1.2) < 0.03
     assert abs(ln_sigma.std().item() - 1.2) < 0.03
 
@@ -165,7 +167,9 @@ def test_loss_sigma_is_log_normal():
 def test_loss_backpropagates_through_unet_with_cond_and_emb():
     unet = tiny_unet(2 + 3, 2, embedding_dim=4).train()
     net = EDMPrecond(unet)
-    loss = EDMLoss()(net, torch.randn(2, 2, 8, 12), torch.randn(2, 3, 8, 12), torch.randn(2, 4)).mean()
+    loss = EDMLoss()(
+        net, torch.randn(2, 2, 8, 12), torch.randn(2, 3, 8, 12), torch.randn(2, 4)
+    ).mean()
     loss.backward()
     assert math.isfinite(loss.item())
     assert all(p.grad is not None for p in unet.emb_proj.parameters())
@@ -211,15 +215,22 @@ def test_unet_bad_config_is_an_error():
     with pytest.raises(ConfigError, match="norm_num_groups"):
         ConditionalUNet(3, 2, block_out_channels=(8, 12), norm_num_groups=8)
     with pytest.raises(ConfigError, match="attention_levels"):
-        ConditionalUNet(3, 2, block_out_channels=(8, 16), norm_num_groups=4, attention_levels=(True,))
+        ConditionalUNet(
+            3, 2, block_out_channels=(8, 16), norm_num_groups=4, attention_levels=(True,)
+        )
 
 
 def test_unet_save_load_round_trip(tmp_path):
     net = tiny_unet(5, 2, embedding_dim=3, block_out_channels=(8, 16, 16), pad_mode="reflect")
     net.save_pretrained(tmp_path)
     loaded = ConditionalUNet.from_pretrained(tmp_path)
+
     def norm(cfg):
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if not k.startswith("_")}
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in cfg.items()
+            if not k.startswith("_")
+        }
 
     assert norm(loaded.config) == norm(net.config)
     x, c, e = torch.randn(2, 5, 9, 13), torch.randn(2), torch.randn(2, 3)
@@ -235,8 +246,14 @@ def test_unet_save_load_round_trip(tmp_path):
 
 def tiny_xattn(**kw) -> CrossAttentionUNet:
     torch.manual_seed(0)
-    kw = {"block_out_channels": (8, 16), "norm_num_groups": 4, "attention_heads": 2, "cross_attention_dim": 16,
-          "layers_per_block": 1, **kw}
+    kw = {
+        "block_out_channels": (8, 16),
+        "norm_num_groups": 4,
+        "attention_heads": 2,
+        "cross_attention_dim": 16,
+        "layers_per_block": 1,
+        **kw,
+    }
     return CrossAttentionUNet(2 + 5, 2, cond_channels=5, **kw).eval()
 
 
@@ -259,8 +276,9 @@ def test_cross_attention_reads_cond_without_concatenation(tmp_path):
         assert EDMPrecond(net)(x[:, :2], 1.0, x[:, 2:]).shape == (1, 2, 16, 16)
         net.save_pretrained(tmp_path)
         # Same weights; attention kernels may round the last bit differently.
-        torch.testing.assert_close(CrossAttentionUNet.from_pretrained(tmp_path)(x, 0.3), net(x, 0.3),
-                                   atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            CrossAttentionUNet.from_pretrained(tmp_path)(x, 0.3), net(x, 0.3), atol=1e-6, rtol=1e-6
+        )
     with pytest.raises(GridError, match="emb"):
         net(x, 0.3, torch.zeros(1, 3))
     with pytest.raises(ConfigError, match="cond_channels"):

@@ -22,7 +22,9 @@ from kmscale.evaluation.quantiles import (
 def field(rng, t=2, ny=20, nx=24, member=None):
     shape = (t, *(() if member is None else (member,)), ny, nx)
     dims = ("time", *(() if member is None else ("member",)), "y", "x")
-    return xr.DataArray(rng.standard_normal(shape), dims=dims, coords={"time": np.arange(t)}, attrs={"units": "K"})
+    return xr.DataArray(
+        rng.standard_normal(shape), dims=dims, coords={"time": np.arange(t)}, attrs={"units": "K"}
+    )
 
 
 def test_deterministic_scores(rng):
@@ -102,7 +104,9 @@ def test_fss(rng):
     tr = xr.DataArray(y[None], dims=("time", "y", "x"))
     got = FSS(thresholds=(1.0, 2.0), windows=(1, 5)).compute(ens, tr)
     assert got.dims == ("time", "threshold", "window")
-    assert got.sel(window=5, threshold=1.0) == pytest.approx(fss_field(np.stack([y, shifted]), y, 1.0, 5))
+    assert got.sel(window=5, threshold=1.0) == pytest.approx(
+        fss_field(np.stack([y, shifted]), y, 1.0, 5)
+    )
     with pytest.raises(ValueError, match="odd window"):
         fss_field(y, y, 1.0, 4)
 

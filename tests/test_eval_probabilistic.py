@@ -37,9 +37,15 @@ def make_pair(rng, m=8, t=3, ny=12, nx=16, calibrated=True, latlon=True):
     truth = mu[:, 0] + rng.standard_normal((t, ny, nx))
     ens = mu + rng.standard_normal((t, m, ny, nx)) * (1.0 if calibrated else 0.3)
     dims = ("lat", "lon") if latlon else ("y", "x")
-    coords = {"time": np.arange(t), dims[0]: np.linspace(40, 50, ny), dims[1]: np.linspace(0, 15, nx)}
+    coords = {
+        "time": np.arange(t),
+        dims[0]: np.linspace(40, 50, ny),
+        dims[1]: np.linspace(0, 15, nx),
+    }
     tr = xr.DataArray(truth, dims=("time", *dims), coords=coords, attrs={"units": "K"}, name="t2m")
-    fc = xr.DataArray(ens, dims=("time", "member", *dims), coords=coords, attrs={"units": "K"}, name="t2m")
+    fc = xr.DataArray(
+        ens, dims=("time", "member", *dims), coords=coords, attrs={"units": "K"}, name="t2m"
+    )
     return fc, tr
 
 
@@ -68,7 +74,9 @@ def test_fair_crps_equals_brute_force_pairs(m, rng):
     y = rng.gamma(0.5, 2.0, (25, 9))
     np.testing.assert_allclose(crps_ensemble(ens, y), brute_force_fair(ens, y), atol=1e-12)
     # member axis anywhere, float32 close to float64 (anomaly sort keeps precision)
-    np.testing.assert_allclose(crps_ensemble(np.moveaxis(ens, 0, -1), y, axis=-1), brute_force_fair(ens, y), atol=1e-12)
+    np.testing.assert_allclose(
+        crps_ensemble(np.moveaxis(ens, 0, -1), y, axis=-1), brute_force_fair(ens, y), atol=1e-12
+    )
     f32 = crps_ensemble((ens + 280).astype(np.float32), (y + 280).astype(np.float32))
     assert f32.dtype == np.float32
     np.testing.assert_allclose(f32, brute_force_fair(ens, y), atol=2e-4)
@@ -126,7 +134,9 @@ def test_area_weights_on_latlon(rng):
     w = np.cos(np.deg2rad(tr.lat))
     expected = (point * w).sum(("lat", "lon")) / (w.sum() * tr.sizes["lon"])
     np.testing.assert_allclose(CRPS().compute(fc, tr), expected)
-    np.testing.assert_allclose(CRPS().compute(fc, tr, area_weighted=False), point.mean(("lat", "lon")))
+    np.testing.assert_allclose(
+        CRPS().compute(fc, tr, area_weighted=False), point.mean(("lat", "lon"))
+    )
 
 
 def test_composite_and_summary_agree(rng):

@@ -37,7 +37,9 @@ def test_era5_uk_t2m_scores(real_data):
     tr = truth.isel(time=slice(4, None))
     # standard CRPS equals properscoring on real fields too
     e, y = fc.values[0].astype(np.float64), tr["t2m"].values[0].astype(np.float64)
-    np.testing.assert_allclose(crps_ensemble(e, y, fair=False), properscoring.crps_ensemble(y, e, axis=0), atol=1e-6)
+    np.testing.assert_allclose(
+        crps_ensemble(e, y, fair=False), properscoring.crps_ensemble(y, e, axis=0), atol=1e-6
+    )
     ds = score({"lagged": fc.to_dataset(name="t2m")}, tr, ScoreOptions(ssim=True), progress=False)
     s = ds.sel(forecast="lagged", variable="t2m", region="all").isel(lead_time_group=0)
     assert 0.1 < float(s["summary_crps_fair"]) < 3.0  # K; hourly persistence errors
@@ -63,7 +65,12 @@ def test_radolan_masked_precipitation(real_data):
     out = score(
         {"lagged": fc.to_dataset(name="tp")},
         tr,
-        ScoreOptions(masks=["composite"], precip_thresholds=(0.5, 2.0), fss_windows=(1, 11, 31), quantiles=(0.99,)),
+        ScoreOptions(
+            masks=["composite"],
+            precip_thresholds=(0.5, 2.0),
+            fss_windows=(1, 11, 31),
+            quantiles=(0.99,),
+        ),
         progress=False,
     )
     sel = out.sel(forecast="lagged", variable="tp")
@@ -76,7 +83,9 @@ def test_radolan_masked_precipitation(real_data):
     fss = sel["fss"].sel(region="composite", threshold=0.5).mean("time")
     assert float(fss.sel(window=31)) > float(fss.sel(window=1))  # skill grows with scale
     assert np.isfinite(sel["twcrps_fair"]).all()
-    assert int(sel["rank_histogram"].sel(region="all").sum()) == int(sel["n_valid"].sel(region="all").sum())
+    assert int(sel["rank_histogram"].sel(region="all").sum()) == int(
+        sel["n_valid"].sel(region="all").sum()
+    )
     # radial spectrum with the NaN border: finite, 1 km grid from the x coordinate in m
     spec = radial_spectrum(tp.isel(time=slice(0, 2)))
     assert np.isfinite(spec).all() and float(spec.wavelength[0]) == pytest.approx(300.0)

@@ -23,17 +23,33 @@ def datasets(rng, members=M, shift=0.0):
     mu = rng.standard_normal((T, 1, H, W)) + 280
     truth = xr.Dataset(
         {
-            "t2m": (("time", "lat", "lon"), mu[:, 0] + rng.standard_normal((T, H, W)), {"units": "K"}),
+            "t2m": (
+                ("time", "lat", "lon"),
+                mu[:, 0] + rng.standard_normal((T, H, W)),
+                {"units": "K"},
+            ),
             "tp": (("time", "lat", "lon"), rng.gamma(0.3, 2, (T, H, W)), {"units": "mm h-1"}),
-            "land_sea_mask": (("lat", "lon"), (rng.random((H, W)) > 0.5).astype("float32"), {"units": "1"}),
+            "land_sea_mask": (
+                ("lat", "lon"),
+                (rng.random((H, W)) > 0.5).astype("float32"),
+                {"units": "1"},
+            ),
         },
         coords={"time": times, "lat": lat, "lon": lon},
     )
     lead = ("time", np.array([6, 6, 12, 12, 24, 24]))
     fc = xr.Dataset(
         {
-            "t2m": (("time", "member", "lat", "lon"), mu + shift + rng.standard_normal((T, members, H, W)), {"units": "K"}),
-            "tp": (("time", "member", "lat", "lon"), rng.gamma(0.3, 2, (T, members, H, W)), {"units": "mm/h"}),
+            "t2m": (
+                ("time", "member", "lat", "lon"),
+                mu + shift + rng.standard_normal((T, members, H, W)),
+                {"units": "K"},
+            ),
+            "tp": (
+                ("time", "member", "lat", "lon"),
+                rng.gamma(0.3, 2, (T, members, H, W)),
+                {"units": "mm/h"},
+            ),
         },
         coords={"time": times, "lat": lat, "lon": lon, "lead_time": lead},
     )
@@ -50,17 +66,31 @@ def write_store(ds, path, kind):
 
 def test_per_time_numbers_match_the_metric_classes(rng):
     fc, truth = datasets(rng)
-    ds = score({"a": fc}, truth, ScoreOptions(masks=["land_sea_mask"], time_chunk=4), progress=False)
+    ds = score(
+        {"a": fc}, truth, ScoreOptions(masks=["land_sea_mask"], time_chunk=4), progress=False
+    )
     f, t = fc["t2m"], truth["t2m"]
-    np.testing.assert_allclose(ds["crps_fair"].sel(forecast="a", variable="t2m", region="all"), CRPS().compute(f, t))
-    np.testing.assert_allclose(ds["crps_standard"].sel(forecast="a", variable="t2m", region="all"), CRPS(fair=False).compute(f, t))
+    np.testing.assert_allclose(
+        ds["crps_fair"].sel(forecast="a", variable="t2m", region="all"), CRPS().compute(f, t)
+    )
+    np.testing.assert_allclose(
+        ds["crps_standard"].sel(forecast="a", variable="t2m", region="all"),
+        CRPS(fair=False).compute(f, t),
+    )
     mask = truth["land_sea_mask"] > 0.5
-    np.testing.assert_allclose(ds["crps_fair"].sel(forecast="a", variable="t2m", region="land_sea_mask"), CRPS().compute(f, t, mask=mask))
+    np.testing.assert_allclose(
+        ds["crps_fair"].sel(forecast="a", variable="t2m", region="land_sea_mask"),
+        CRPS().compute(f, t, mask=mask),
+    )
     hist = RankHistogram().compute(f, t, reduce_dims=("lat", "lon"))
     assert ds["rank_histogram"].sel(forecast="a", variable="t2m", region="all").sum() == hist.sum()
     # spread-skill over all times = the ratio of time-mean parts (equal-area weights per time)
     ssr = SpreadSkillRatio().compute(f, t, reduce_dims=("time", "lat", "lon"))
-    got = ds["summary_spread_skill_ratio"].sel(forecast="a", variable="t2m", region="all").isel(lead_time_group=0)
+    got = (
+        ds["summary_spread_skill_ratio"]
+        .sel(forecast="a", variable="t2m", region="all")
+        .isel(lead_time_group=0)
+    )
     assert float(got) == pytest.approx(float(ssr), rel=1e-6)
     assert float(got) == pytest.approx(1.0, abs=0.15)
     assert ds["ssim_ensmean"].sel(forecast="a", variable="t2m", region="all")[2] == pytest.approx(
@@ -68,10 +98,15 @@ def test_per_time_numbers_match_the_metric_classes(rng):
     )
     # lead-time groups: NaN (all times) then 6, 12, 24 h
     np.testing.assert_array_equal(ds["lead_time_group"].values[1:], [6, 12, 24])
-    crps_6h = ds["summary_crps_fair"].sel(forecast="a", variable="t2m", region="all", lead_time_group=6.0)
+    crps_6h = ds["summary_crps_fair"].sel(
+        forecast="a", variable="t2m", region="all", lead_time_group=6.0
+    )
     assert float(crps_6h) == pytest.approx(float(CRPS().compute(f, t)[:2].mean()))
     # precipitation-only scores exist for tp and are NaN for t2m
-    assert np.isfinite(ds["fss"].sel(variable="tp")).any() and np.isnan(ds["fss"].sel(variable="t2m")).all()
+    assert (
+        np.isfinite(ds["fss"].sel(variable="tp")).any()
+        and np.isnan(ds["fss"].sel(variable="t2m")).all()
+    )
     assert ds["spectrum_truth"].sizes["wavenumber"] == W // 2
     assert ds["map_truth"].shape == (2, H, W)
 
@@ -126,7 +161,20 @@ def test_cli_score_and_report(tmp_path, rng, capsys):
     c = ds["summary_crps_fair"].sel(variable="t2m", region="all").isel(lead_time_group=0)
     assert float(c.sel(forecast="biased")) > float(c.sel(forecast="ens"))
     # refuses to overwrite, refuses a store of the wrong kind
-    assert main(["score", "--forecast", str(tmp_path / "ens.zarr"), "--truth", str(tmp_path / "truth.zarr"), "--out", str(out)]) == 1
+    assert (
+        main(
+            [
+                "score",
+                "--forecast",
+                str(tmp_path / "ens.zarr"),
+                "--truth",
+                str(tmp_path / "truth.zarr"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
     assert "--overwrite" in capsys.readouterr().err
     assert main(["score", "--forecast", str(tmp_path / "truth.zarr"), "--truth", str(tmp_path / "truth.zarr"),
                  "--out", str(tmp_path / "m2.nc")]) == 1  # fmt: skip
@@ -138,7 +186,13 @@ def test_cli_score_and_report(tmp_path, rng, capsys):
         text = (rep / page).read_text()
         assert "CRPS fair" in text and "biased" in text
         pngs = sorted(p.name for p in (rep / "figures").glob("*.png"))
-        assert {"t2m_maps.png", "t2m_spectra.png", "t2m_rank.png", "t2m_box.png", "tp_density.png"} <= set(pngs)
+        assert {
+            "t2m_maps.png",
+            "t2m_spectra.png",
+            "t2m_rank.png",
+            "t2m_box.png",
+            "tp_density.png",
+        } <= set(pngs)
 
 
 def test_plain_netcdf_inputs_and_merged_reports(tmp_path, rng):
@@ -150,6 +204,32 @@ def test_plain_netcdf_inputs_and_merged_reports(tmp_path, rng):
     assert main(["score", "--forecast", f"y={tmp_path / 'f.nc'}", "--truth", str(tmp_path / "t.nc"), "--out", str(tmp_path / "b.nc"),
                  "--variables", "t2m", "--no-progress", "--no-ssim"]) == 0  # fmt: skip
     rep = tmp_path / "rep"
-    assert main(["report", "--metrics", str(tmp_path / "a.nc"), "--metrics", str(tmp_path / "b.nc"), "--out", str(rep)]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--metrics",
+                str(tmp_path / "a.nc"),
+                "--metrics",
+                str(tmp_path / "b.nc"),
+                "--out",
+                str(rep),
+            ]
+        )
+        == 0
+    )
     assert "<td>y</td>" in (rep / "index.html").read_text()
-    assert main(["report", "--metrics", str(tmp_path / "a.nc"), "--metrics", str(tmp_path / "a.nc"), "--out", str(rep)]) == 1
+    assert (
+        main(
+            [
+                "report",
+                "--metrics",
+                str(tmp_path / "a.nc"),
+                "--metrics",
+                str(tmp_path / "a.nc"),
+                "--out",
+                str(rep),
+            ]
+        )
+        == 1
+    )

@@ -63,7 +63,11 @@ def test_zonal_nan_line_is_left_out(rng):
 def test_zonal_wavelength_on_regional_latlon():
     lat = np.linspace(50, 58, 9)
     lon = np.linspace(-10, 2, 49)  # 0.25 deg
-    da = xr.DataArray(np.random.default_rng(1).standard_normal((9, 49)), dims=("lat", "lon"), coords={"lat": lat, "lon": lon})
+    da = xr.DataArray(
+        np.random.default_rng(1).standard_normal((9, 49)),
+        dims=("lat", "lon"),
+        coords={"lat": lat, "lon": lon},
+    )
     s = zonal_spectrum(da)
     dx = EARTH_RADIUS_KM * np.cos(np.deg2rad(54.0)) * np.deg2rad(0.25)
     assert s.wavelength.values[0] == pytest.approx(49 * dx)

@@ -16,8 +16,12 @@ def test_crps_matches_numpy(m, rng):
     ens = rng.standard_normal((m, 6, 10)) + 280
     y = rng.standard_normal((6, 10)) + 280
     te, ty = torch.from_numpy(ens), torch.from_numpy(y)
-    np.testing.assert_allclose(tm.crps_fair(te, ty).numpy(), crps_ensemble(ens, y, fair=True), atol=1e-10)
-    np.testing.assert_allclose(tm.crps_standard(te, ty).numpy(), crps_ensemble(ens, y, fair=False), atol=1e-10)
+    np.testing.assert_allclose(
+        tm.crps_fair(te, ty).numpy(), crps_ensemble(ens, y, fair=True), atol=1e-10
+    )
+    np.testing.assert_allclose(
+        tm.crps_standard(te, ty).numpy(), crps_ensemble(ens, y, fair=False), atol=1e-10
+    )
     f32 = tm.crps_fair(te.float(), ty.float())
     assert f32.dtype == torch.float32
     np.testing.assert_allclose(f32.numpy(), crps_ensemble(ens, y), atol=1e-4)
@@ -55,10 +59,14 @@ def test_spread_skill_matches_xarray(rng):
     assert got == pytest.approx(ref, rel=1e-10)
 
 
-@pytest.mark.parametrize("detrend,window", [(True, "hann"), (False, None), (True, None), (False, "hann")])
+@pytest.mark.parametrize(
+    "detrend,window", [(True, "hann"), (False, None), (True, None), (False, "hann")]
+)
 @pytest.mark.parametrize("n", [32, 33])
 def test_zonal_spectrum_matches_numpy(detrend, window, n, rng):
     x = rng.standard_normal((3, 5, n)) + np.linspace(0, 4, n)
     got = tm.zonal_power_spectrum(torch.from_numpy(x), detrend=detrend, window=window)
     assert got.shape == (3, 5, n // 2)
-    np.testing.assert_allclose(got.numpy(), zonal_power_spectrum(x, detrend=detrend, window=window), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        got.numpy(), zonal_power_spectrum(x, detrend=detrend, window=window), rtol=1e-10, atol=1e-14
+    )

@@ -53,8 +53,12 @@ def _dataset(n=10):
     rng = np.random.default_rng(0)
     return xr.Dataset(
         {"t2m": (("time", "y", "x"), rng.random((n, 8, 6), dtype=np.float32), {"units": "K"})},
-        coords={"time": t, "y": np.arange(8.0), "x": np.arange(6.0),
-                "lat": (("y", "x"), rng.random((8, 6)))},
+        coords={
+            "time": t,
+            "y": np.arange(8.0),
+            "x": np.arange(6.0),
+            "lat": (("y", "x"), rng.random((8, 6))),
+        },
     )
 
 

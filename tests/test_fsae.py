@@ -57,8 +57,14 @@ def test_contract_shapes_save_load(name, levels, tmp_path):
     torch.manual_seed(0)
     cls = get_autoencoder_class(name)
     extra = dict(dim=16, heads=2) if name == "fsae" else dict(channels=8)
-    m = cls(variables=["t2m", "u10"], input_stats={**STATS, "u10": STATS["t2m"]}, nside=4,
-            levels=levels, latent_channels=2, **extra).eval()
+    m = cls(
+        variables=["t2m", "u10"],
+        input_stats={**STATS, "u10": STATS["t2m"]},
+        nside=4,
+        levels=levels,
+        latent_channels=2,
+        **extra,
+    ).eval()
     x = 280 + torch.randn(3, 2, 192)
     z = m.encode(x)
     assert z.shape == (3, 2, 192 // 4**levels) == (3, m.latent_channels, *m.latent_shape((192,)))
@@ -130,9 +136,10 @@ def healpix_targets(tmp_path) -> Path:
     rng = np.random.default_rng(0)
     lat, lon = np.linspace(-90, 90, 19), np.arange(36) * 10.0
     t = 280 + 20 * np.cos(np.radians(lat))[None, :, None] + rng.normal(size=(24, 19, 36))
-    ds = xr.Dataset({"t2m": (("time", "lat", "lon"), t.astype(np.float32), {"units": "K"})},
-                    coords={"time": pd.date_range("1990-01-01", periods=24, freq="YS"),
-                            "lat": lat, "lon": lon})
+    ds = xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), t.astype(np.float32), {"units": "K"})},
+        coords={"time": pd.date_range("1990-01-01", periods=24, freq="YS"), "lat": lat, "lon": lon},
+    )
     return write_healpix_store(regrid_to_healpix(ds, 4, "conservative"), tmp_path / "hp.zarr")
 
 
@@ -141,18 +148,33 @@ def healpix_targets(tmp_path) -> Path:
 def test_recipe_trains_healpix_model(name, healpix_targets, tmp_path):
     out = tmp_path / "run"
     options = "{levels: 1, dim: 16, heads: 2}" if name == "fsae" else "{levels: 1, channels: 8}"
-    argv = [f"out_dir={out}", f"data.targets={healpix_targets}", "data.variables=[t2m]",
-            "data.train_period=[1990,2007]", "data.val_period=[2008,2013]",
-            f"model.name={name}", "model.latent_channels=2", f"model.options={options}",
-            "loss.kl_weight=0", "stage1.total_samples=16", "stage2.total_samples=0",
-            "train.global_batch_size=8", "train.checkpoint_every_samples=16",
-            "train.log_every_samples=8"]
+    argv = [
+        f"out_dir={out}",
+        f"data.targets={healpix_targets}",
+        "data.variables=[t2m]",
+        "data.train_period=[1990,2007]",
+        "data.val_period=[2008,2013]",
+        f"model.name={name}",
+        "model.latent_channels=2",
+        f"model.options={options}",
+        "loss.kl_weight=0",
+        "stage1.total_samples=16",
+        "stage2.total_samples=0",
+        "train.global_batch_size=8",
+        "train.checkpoint_every_samples=16",
+        "train.log_every_samples=8",
+    ]
     assert _recipe().main(argv) == 0
     model = load_autoencoder(out / "autoencoder")
     assert model.registry_name == name and model.config.nside == 4
     assert len(model.config.latent_std) == 2
-    bad = [*argv[:5], f"model.name={name}", "model.latent_channels=2",
-           "model.options={nside: 8, levels: 1}", f"out_dir={tmp_path / 'bad'}"]
+    bad = [
+        *argv[:5],
+        f"model.name={name}",
+        "model.latent_channels=2",
+        "model.options={nside: 8, levels: 1}",
+        f"out_dir={tmp_path / 'bad'}",
+    ]
     with pytest.raises(SchemaError, match="nside 4"):
         _recipe().main(bad)
 
@@ -164,20 +186,51 @@ def test_super_resolve_store_cli(tmp_path):
     m = fsae(levels=1)
     m.save_pretrained(tmp_path / "ae")
     g = HealpixGrid(2)
-    coarse = xr.Dataset({"t2m": (("time", "cell"), 280 + np.random.default_rng(0).normal(
-        size=(3, g.npix)).astype(np.float32), {"units": "K"})},
+    coarse = xr.Dataset(
+        {
+            "t2m": (
+                ("time", "cell"),
+                280 + np.random.default_rng(0).normal(size=(3, g.npix)).astype(np.float32),
+                {"units": "K"},
+            )
+        },
         coords={"time": pd.date_range("2000", periods=3, freq="YS"), "cell": np.arange(g.npix)},
-        attrs=g.attrs())
+        attrs=g.attrs(),
+    )
     src = write_healpix_store(coarse, tmp_path / "coarse.zarr")
-    assert main(["super-resolve", "--autoencoder", str(tmp_path / "ae"), "--input", str(src),
-                 "--out", str(tmp_path / "fine.zarr")]) == 0
+    assert (
+        main(
+            [
+                "super-resolve",
+                "--autoencoder",
+                str(tmp_path / "ae"),
+                "--input",
+                str(src),
+                "--out",
+                str(tmp_path / "fine.zarr"),
+            ]
+        )
+        == 0
+    )
     fine = xr.open_zarr(tmp_path / "fine.zarr", consolidated=False)
     assert fine.t2m.shape == (3, 192) and fine.attrs["super_resolved_from_nside"] == 2
     nan = coarse.copy(deep=True)
     nan.t2m[0, 0] = np.nan
     bad = write_healpix_store(nan, tmp_path / "nan.zarr")
-    assert main(["super-resolve", "--autoencoder", str(tmp_path / "ae"), "--input", str(bad),
-                 "--out", str(tmp_path / "x.zarr")]) == 1
+    assert (
+        main(
+            [
+                "super-resolve",
+                "--autoencoder",
+                str(tmp_path / "ae"),
+                "--input",
+                str(bad),
+                "--out",
+                str(tmp_path / "x.zarr"),
+            ]
+        )
+        == 1
+    )
     assert not (tmp_path / "x.zarr").exists()
 
 
@@ -199,12 +252,16 @@ def _conformance_cases():
     def build(name, **kw):
         def factory():
             torch.manual_seed(0)
-            return get_autoencoder_class(name)(variables=["t2m"], input_stats=STATS, nside=4,
-                                               levels=1, latent_channels=2, **kw)
+            return get_autoencoder_class(name)(
+                variables=["t2m"], input_stats=STATS, nside=4, levels=1, latent_channels=2, **kw
+            )
+
         return factory
 
-    return [ConformanceCase("fsae", build("fsae", dim=16, heads=2), spatial_shape=(192,)),
-            ConformanceCase("face_vae", build("face_vae", channels=8), spatial_shape=(192,))]
+    return [
+        ConformanceCase("fsae", build("fsae", dim=16, heads=2), spatial_shape=(192,)),
+        ConformanceCase("face_vae", build("face_vae", channels=8), spatial_shape=(192,)),
+    ]
 
 
 @pytest.mark.slow

@@ -16,8 +16,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _fuzz_readers import cases, run_in_tempdir  # noqa: E402
 
 
-@settings(max_examples=40, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(case=cases())
 def test_fuzzed_files_give_a_typed_error_or_the_right_numbers(case):
     with warnings.catch_warnings():

@@ -29,14 +29,21 @@ def part(kind: str, variables: list[str], widths=(8, 8), channels: int = 2):
     if kind == "identity":
         return get_autoencoder_class("identity")(variables=variables, input_stats=stats)
     torch.manual_seed(len(variables) + len(widths))
-    return get_autoencoder_class("vae")(variables=variables, input_stats=stats, block_out_channels=widths,
-                                        latent_channels=channels, norm_num_groups=8)
+    return get_autoencoder_class("vae")(
+        variables=variables,
+        input_stats=stats,
+        block_out_channels=widths,
+        latent_channels=channels,
+        norm_num_groups=8,
+    )
 
 
 def grouped() -> GroupedAutoencoder:
     """t2m in pixel space (factor 1), wind at 4x (3 channels), tp at 2x (2 channels)."""
-    return GroupedAutoencoder([part("identity", ["t2m"]), part("vae", ["u10", "v10"], (8, 8, 8), 3),
-                               part("vae", ["tp"])], VARS)
+    return GroupedAutoencoder(
+        [part("identity", ["t2m"]), part("vae", ["u10", "v10"], (8, 8, 8), 3), part("vae", ["tp"])],
+        VARS,
+    )
 
 
 def fields(t: int = 3, h: int = 16, w: int = 24) -> torch.Tensor:
@@ -75,7 +82,9 @@ def test_decode_per_group_in_variable_order():
         assert y.shape == x.shape
         torch.testing.assert_close(y[:, 0], x[:, 0], rtol=0, atol=1e-4)  # identity group: exact
         torch.testing.assert_close(y[:, 1:3], ae.parts[1].decode(ae.parts[1].encode(x[:, 1:3])))
-        torch.testing.assert_close(ae.decode_group(z, 2), ae.parts[2].decode(ae.parts[2].encode(x[:, 3:4])))
+        torch.testing.assert_close(
+            ae.decode_group(z, 2), ae.parts[2].decode(ae.parts[2].encode(x[:, 3:4]))
+        )
     # another variable order than the parts': decoding follows ``variables``
     ae2 = GroupedAutoencoder(list(ae.parts), ["tp", "v10", "t2m", "u10"])
     with torch.no_grad():
@@ -83,11 +92,14 @@ def test_decode_per_group_in_variable_order():
     torch.testing.assert_close(y2, y[:, [3, 2, 0, 1]])
 
 
-@pytest.mark.parametrize("groups, message", [
-    ([["t2m"], ["u10", "v10"], ["tp", "u10"]], "['u10'] are in more than one group"),
-    ([["t2m"], ["u10", "v10"]], "['tp'] are in no group"),
-    ([["t2m", "u10", "v10", "tp", "q2m"]], "['q2m'] are not among"),
-])
+@pytest.mark.parametrize(
+    "groups, message",
+    [
+        ([["t2m"], ["u10", "v10"], ["tp", "u10"]], "['u10'] are in more than one group"),
+        ([["t2m"], ["u10", "v10"]], "['tp'] are in no group"),
+        ([["t2m", "u10", "v10", "tp", "q2m"]], "['q2m'] are not among"),
+    ],
+)
 def test_check_groups_names_the_variables(groups, message):
     with pytest.raises(SchemaError, match=message.replace("[", r"\[").replace("]", r"\]")):
         check_groups(VARS, groups)
@@ -97,7 +109,9 @@ def test_construction_refuses_overlap_and_missing():
     with pytest.raises(SchemaError, match=r"\['t2m'\] are in more than one group"):
         GroupedAutoencoder([part("identity", ["t2m"]), part("identity", ["t2m", "tp"])])
     with pytest.raises(SchemaError, match=r"\['v10'\] are in no group"):
-        GroupedAutoencoder([part("identity", ["t2m"]), part("identity", ["u10"])], ["t2m", "u10", "v10"])
+        GroupedAutoencoder(
+            [part("identity", ["t2m"]), part("identity", ["u10"])], ["t2m", "u10", "v10"]
+        )
 
 
 def test_save_load_round_trip(tmp_path):
@@ -142,12 +156,19 @@ def test_load_refuses_bad_groups(tmp_path):
 def test_latent_store_round_trip_and_group_decode(tmp_path):
     from kmscale.autoencoders.latent_store import decode_store, encode_to_store, open_latents
 
-    ae = GroupedAutoencoder([part("identity", ["t2m"]), part("identity", ["u10", "v10"]),
-                             part("identity", ["tp"])], VARS)
+    ae = GroupedAutoencoder(
+        [part("identity", ["t2m"]), part("identity", ["u10", "v10"]), part("identity", ["tp"])],
+        VARS,
+    )
     x = fields(t=4).numpy()
-    ds = xr.Dataset({v: (("time", "lat", "lon"), x[:, c], {"units": "1"}) for c, v in enumerate(VARS)},
-                    coords={"time": pd.date_range("2023-07-01", periods=4, freq="h"),
-                            "lat": np.linspace(29, 29.15, 16), "lon": np.linspace(100, 100.23, 24)})
+    ds = xr.Dataset(
+        {v: (("time", "lat", "lon"), x[:, c], {"units": "1"}) for c, v in enumerate(VARS)},
+        coords={
+            "time": pd.date_range("2023-07-01", periods=4, freq="h"),
+            "lat": np.linspace(29, 29.15, 16),
+            "lon": np.linspace(100, 100.23, 24),
+        },
+    )
     store = encode_to_store(ae, ds, tmp_path / "lat.zarr", chunk=2, progress=False)
     lat = open_latents(store, ae)
     assert json.loads(lat.attrs["groups"])[1]["variables"] == ["u10", "v10"]
@@ -176,15 +197,28 @@ def test_bundle_with_grouped_autoencoder(tmp_path):
     lat, lon = targets.lat.values, targets.lon.values
     ae = GroupedAutoencoder([part("identity", ["t2m"])], ["t2m"])
     spec = ConditioningSpec.from_data(coarse, static, lat, lon, factor=1)
-    unet = build_unet(spec.cond_channels, 1, spec.emb_dim, UNetSettings(block_out_channels=[8, 16], norm_num_groups=4))
-    bundle = ModelBundle(ae, unet, None, spec, grid_dataset(lat, lon, static, spec.static_variables),
-                         EDMSettings(residual_scale=[1.0]))
+    unet = build_unet(
+        spec.cond_channels,
+        1,
+        spec.emb_dim,
+        UNetSettings(block_out_channels=[8, 16], norm_num_groups=4),
+    )
+    bundle = ModelBundle(
+        ae,
+        unet,
+        None,
+        spec,
+        grid_dataset(lat, lon, static, spec.static_variables),
+        EDMSettings(residual_scale=[1.0]),
+    )
     bundle.save(tmp_path / "b")
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert meta["autoencoder"]["groups"][0]["variables"] == ["t2m"]
     assert isinstance(ModelBundle.load(tmp_path / "b").autoencoder, GroupedAutoencoder)
     cfg_file = tmp_path / "b" / "autoencoder" / "config.json"
-    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "variables": ["t2m", "tp"]}))
+    cfg_file.write_text(
+        json.dumps({**json.loads(cfg_file.read_text()), "variables": ["t2m", "tp"]})
+    )
     with pytest.raises(BundleError, match=r"\['tp'\] are in no group"):
         ModelBundle.load(tmp_path / "b")
 
@@ -194,12 +228,22 @@ def test_train_groups(tmp_path):
     from kmscale.autoencoders.train import GroupConfig, ModelConfig, train_autoencoder, vae_config
 
     x = fields(t=6).numpy()
-    ds = xr.Dataset({v: (("time", "lat", "lon"), x[:, c]) for c, v in enumerate(VARS)},
-                    coords={"time": pd.date_range("2023-07-01", periods=6, freq="h"),
-                            "lat": np.linspace(29, 29.15, 16), "lon": np.linspace(100, 100.23, 24)})
-    groups = [GroupConfig(["t2m", "tp"], ModelConfig(block_out_channels=[8, 8], latent_channels=2, norm_num_groups=8),
-                          budget_factor=0.5),
-              GroupConfig(["u10", "v10"], ModelConfig(name="identity"))]
+    ds = xr.Dataset(
+        {v: (("time", "lat", "lon"), x[:, c]) for c, v in enumerate(VARS)},
+        coords={
+            "time": pd.date_range("2023-07-01", periods=6, freq="h"),
+            "lat": np.linspace(29, 29.15, 16),
+            "lon": np.linspace(100, 100.23, 24),
+        },
+    )
+    groups = [
+        GroupConfig(
+            ["t2m", "tp"],
+            ModelConfig(block_out_channels=[8, 8], latent_channels=2, norm_num_groups=8),
+            budget_factor=0.5,
+        ),
+        GroupConfig(["u10", "v10"], ModelConfig(name="identity")),
+    ]
     cfg = vae_config(tmp_path / "run", [16, 24], [8], 1, 8, batch=4, groups=groups, group_factor=4)
     model = train_autoencoder(cfg, ds)
     assert model.groups == [["t2m", "tp"], ["u10", "v10"]] and model.variables == tuple(VARS)
@@ -220,7 +264,9 @@ def test_groups_recipe_config_resolves():
     from kmscale.autoencoders.train import AutoencoderConfig
     from kmscale.config import load_config
 
-    path = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "autoencoder_groups.yaml"
+    path = (
+        Path(__file__).resolve().parent.parent / "recipes" / "configs" / "autoencoder_groups.yaml"
+    )
     cfg = load_config(AutoencoderConfig, str(path), [])
     assert [g.variables for g in cfg.groups] == [["t2m"], ["u10", "v10"], ["tp"]]
     assert cfg.groups[2].model.name == "identity" and cfg.group_factor == 4

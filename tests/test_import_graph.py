@@ -22,7 +22,10 @@ PACKAGE = "kmscale"
 
 # Stages that come before the diffusion models import nothing from them.
 UPSTREAM_OF_DIFFUSION = (
-    "kmscale.data", "kmscale.conditioning", "kmscale.autoencoders", "kmscale.evaluation",
+    "kmscale.data",
+    "kmscale.conditioning",
+    "kmscale.autoencoders",
+    "kmscale.evaluation",
 )
 
 
@@ -77,8 +80,10 @@ def imported(name: str, path: Path, known: set[str]) -> set[str]:
                 anchor = name.split(".") if is_package else name.split(".")[:-1]
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
-                       for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                for alias in node.names
+            ]
         for target in targets:
             if target == PACKAGE or target.startswith(PACKAGE + "."):
                 while target not in known and "." in target:
@@ -109,8 +114,9 @@ def component_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for name, targets in graph.items():
         edges = out.setdefault(component(name), set())
-        edges.update(component(t) for t in targets
-                     if t != PACKAGE and component(t) != component(name))
+        edges.update(
+            component(t) for t in targets if t != PACKAGE and component(t) != component(name)
+        )
     return out
 
 
@@ -131,7 +137,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 stack.pop()
                 path.pop()
             elif state.get(child) == 1:
-                return path[path.index(child):] + [child]
+                return path[path.index(child) :] + [child]
             elif not state.get(child):
                 state[child] = 1
                 path.append(child)
@@ -172,7 +178,9 @@ def test_upstream_stages_import_nothing_from_diffusion(stage):
     graph = import_graph()
     bad = {
         f"{name} -> {target}"
-        for name, targets in graph.items() if name == stage or name.startswith(stage + ".")
-        for target in targets if component(target) == "kmscale.diffusion"
+        for name, targets in graph.items()
+        if name == stage or name.startswith(stage + ".")
+        for target in targets
+        if component(target) == "kmscale.diffusion"
     }
     assert not bad, f"{stage} imports the diffusion stage: {sorted(bad)}"

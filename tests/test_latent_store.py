@@ -26,10 +26,19 @@ def targets(n_time=10, shape=(12, 20), seed=0, mask=False) -> xr.Dataset:
         t2m[:, :3, :4] = np.nan
         tp[:, :3, :4] = np.nan
     return xr.Dataset(
-        {"t2m": (("time", "lat", "lon"), t2m, {"units": "K", "standard_name": "air_temperature"}),
-         "tp": (("time", "lat", "lon"), tp, {"units": "mm h-1", "long_name": "precipitation"})},
-        coords={"time": pd.date_range("2019-03-21", periods=n_time, freq="h"),
-                "lat": np.linspace(50, 53, shape[0]), "lon": np.linspace(-5, 0, shape[1])},
+        {
+            "t2m": (
+                ("time", "lat", "lon"),
+                t2m,
+                {"units": "K", "standard_name": "air_temperature"},
+            ),
+            "tp": (("time", "lat", "lon"), tp, {"units": "mm h-1", "long_name": "precipitation"}),
+        },
+        coords={
+            "time": pd.date_range("2019-03-21", periods=n_time, freq="h"),
+            "lat": np.linspace(50, 53, shape[0]),
+            "lon": np.linspace(-5, 0, shape[1]),
+        },
         attrs={"title": "test targets"},
     )
 
@@ -40,8 +49,13 @@ def identity():
 
 def vae(seed=0):
     torch.manual_seed(seed)
-    return VAEAutoencoder(variables=["t2m"], input_stats=STATS, block_out_channels=(8, 16),
-                          norm_num_groups=8, latent_channels=2)
+    return VAEAutoencoder(
+        variables=["t2m"],
+        input_stats=STATS,
+        block_out_channels=(8, 16),
+        norm_num_groups=8,
+        latent_channels=2,
+    )
 
 
 def test_round_trip_float16_cf_and_mask(tmp_path):
@@ -52,8 +66,12 @@ def test_round_trip_float16_cf_and_mask(tmp_path):
     assert lat["latent"].dtype == np.float16 and lat["latent"].shape == (10, 2, 12, 20)
     assert lat.attrs["autoencoder_fingerprint"] == model.fingerprint()
     assert not lat["valid_mask"].values[:, :, :3, :4].any()
-    dec = open_store(decode_store(out, model, tmp_path / "dec.zarr", progress=False), kind="targets")
-    assert dec["t2m"].attrs["units"] == "K" and dec["t2m"].attrs["standard_name"] == "air_temperature"
+    dec = open_store(
+        decode_store(out, model, tmp_path / "dec.zarr", progress=False), kind="targets"
+    )
+    assert (
+        dec["t2m"].attrs["units"] == "K" and dec["t2m"].attrs["standard_name"] == "air_temperature"
+    )
     assert dec.attrs["title"] == "test targets"
     np.testing.assert_array_equal(dec["time"].values, ds["time"].values)
     np.testing.assert_allclose(dec["lat"].values, ds["lat"].values)
@@ -66,7 +84,9 @@ def test_quantized_store_error_bounded_by_step(tmp_path):
     ds = targets()
     model = identity()
     step = 0.01
-    out = encode_to_store(model, ds, tmp_path / "q.zarr", chunk=3, quantization_step=step, progress=False)
+    out = encode_to_store(
+        model, ds, tmp_path / "q.zarr", chunk=3, quantization_step=step, progress=False
+    )
     assert open_latents(out)["latent"].dtype == np.int16
     dec = open_store(decode_store(out, model, tmp_path / "dq.zarr", progress=False))
     err = np.abs(dec["t2m"].values - ds["t2m"].values)
@@ -76,9 +96,13 @@ def test_quantized_store_error_bounded_by_step(tmp_path):
 def test_vae_store_with_tiling(tmp_path):
     ds = targets(n_time=3, shape=(32, 48))
     model = vae()
-    out = encode_to_store(model, ds, tmp_path / "v.zarr", chunk=2, tile=16, overlap=8, progress=False)
+    out = encode_to_store(
+        model, ds, tmp_path / "v.zarr", chunk=2, tile=16, overlap=8, progress=False
+    )
     assert open_latents(out)["latent"].shape == (3, 2, 16, 24)
-    dec = open_store(decode_store(out, model, tmp_path / "vd.zarr", tile=16, overlap=8, progress=False))
+    dec = open_store(
+        decode_store(out, model, tmp_path / "vd.zarr", tile=16, overlap=8, progress=False)
+    )
     assert dec["t2m"].shape == (3, 32, 48) and np.isfinite(dec["t2m"].values).all()
 
 
@@ -100,12 +124,16 @@ def test_resume_after_interruption(tmp_path, monkeypatch):
         encode_to_store(model, ds, path, chunk=4, progress=False)
     assert partial_path(path).exists() and not path.exists()
     with pytest.raises(StoreError):  # another model must not touch the partial store
-        encode_to_store(IdentityAutoencoder(variables=["t2m", "tp"]), ds, path, chunk=4, progress=False)
+        encode_to_store(
+            IdentityAutoencoder(variables=["t2m", "tp"]), ds, path, chunk=4, progress=False
+        )
     calls["n"] = 10
     encode_to_store(model, ds, path, chunk=4, progress=False)
     assert calls["n"] == 12  # only the two missing chunks were encoded
     fresh = encode_to_store(model, ds, tmp_path / "fresh.zarr", chunk=4, progress=False)
-    np.testing.assert_array_equal(open_latents(path)["latent"].values, open_latents(fresh)["latent"].values)
+    np.testing.assert_array_equal(
+        open_latents(path)["latent"].values, open_latents(fresh)["latent"].values
+    )
 
 
 def test_store_of_another_autoencoder_is_refused(tmp_path):
@@ -129,7 +157,9 @@ def test_store_is_read_by_the_same_encoder_with_a_refined_decoder(tmp_path):
             for p in m.parameters():
                 p.add_(0.01)
     assert refined.fingerprint() != model.fingerprint()
-    assert refined.encoder_fingerprint() == model.encoder_fingerprint() != vae(1).encoder_fingerprint()
+    assert (
+        refined.encoder_fingerprint() == model.encoder_fingerprint() != vae(1).encoder_fingerprint()
+    )
     assert open_latents(plain, refined).sizes["time"] == 2
     with pytest.raises(StoreError, match="expected latents written by autoencoder"):
         open_latents(tails, refined)
@@ -154,7 +184,9 @@ def test_corrupt_store_is_an_error_and_nothing_is_damaged(tmp_path):
 def test_bad_inputs(tmp_path):
     ds = targets()
     with pytest.raises(SchemaError, match="missing"):
-        encode_to_store(IdentityAutoencoder(variables=["u10"]), ds, tmp_path / "x.zarr", progress=False)
+        encode_to_store(
+            IdentityAutoencoder(variables=["u10"]), ds, tmp_path / "x.zarr", progress=False
+        )
 
     big = vae()
     big.set_latent_stats([0.0, 0.0], [1e-9, 1e-9])  # absurd latent scaling: |z| overflows float16
@@ -183,14 +215,48 @@ def test_cli_compress_and_decode(tmp_path, capsys):
     model.save_pretrained(tmp_path / "ae")
     vae(1).save_pretrained(tmp_path / "other")
     args = ["--autoencoder", str(tmp_path / "ae"), "--no-progress"]
-    assert main(["compress", *args, "--input", str(tmp_path / "t.nc"), "--out", str(tmp_path / "l.zarr"),
-                 "--verify", "2"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                *args,
+                "--input",
+                str(tmp_path / "t.nc"),
+                "--out",
+                str(tmp_path / "l.zarr"),
+                "--verify",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "raw float32" in out and "ratio" in out and "verify t2m" in out
-    assert main(["decode", *args, "--input", str(tmp_path / "l.zarr"), "--out", str(tmp_path / "d.zarr")]) == 0
+    assert (
+        main(
+            [
+                "decode",
+                *args,
+                "--input",
+                str(tmp_path / "l.zarr"),
+                "--out",
+                str(tmp_path / "d.zarr"),
+            ]
+        )
+        == 0
+    )
     assert open_store(tmp_path / "d.zarr", kind="targets")["t2m"].shape == (6, 16, 24)
-    code = main(["decode", "--autoencoder", str(tmp_path / "other"), "--input", str(tmp_path / "l.zarr"),
-                 "--out", str(tmp_path / "e.zarr")])
+    code = main(
+        [
+            "decode",
+            "--autoencoder",
+            str(tmp_path / "other"),
+            "--input",
+            str(tmp_path / "l.zarr"),
+            "--out",
+            str(tmp_path / "e.zarr"),
+        ]
+    )
     assert code == 1 and "expected latents written by autoencoder" in capsys.readouterr().err
 
 
@@ -205,7 +271,9 @@ def test_training_reads_latents_from_the_store(tmp_path):
     out = encode_to_store(model, ds, tmp_path / "lat.zarr", chunk=4, progress=False)
     part = ds.isel(time=slice(3, 9))
     z = target_latents(model, part, str(out))
-    np.testing.assert_allclose(z.numpy(), encode_targets(model, part, progress=False).numpy(), atol=2e-3)
+    np.testing.assert_allclose(
+        z.numpy(), encode_targets(model, part, progress=False).numpy(), atol=2e-3
+    )
     later = targets(n_time=3).assign_coords(time=pd.date_range("2019-04-01", periods=3, freq="h"))
     with pytest.raises(AlignmentError, match="expected latents at every target valid time"):
         target_latents(model, later, str(out))

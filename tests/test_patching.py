@@ -26,8 +26,14 @@ FULL = (slice(0, H), slice(0, W))
 
 def tiny_precond(in_channels, out_channels, **kw) -> EDMPrecond:
     torch.manual_seed(0)
-    unet = ConditionalUNet(in_channels, out_channels, block_out_channels=(8, 16), norm_num_groups=4,
-                           layers_per_block=1, **kw).eval()
+    unet = ConditionalUNet(
+        in_channels,
+        out_channels,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        layers_per_block=1,
+        **kw,
+    ).eval()
     return EDMPrecond(unet, sigma_data=0.5)
 
 
@@ -72,13 +78,23 @@ def test_one_tile_with_context_equals_unpatched_with_context():
         torch.testing.assert_close(patched(x, 0.5, cond), expected)
 
 
-@pytest.mark.parametrize(("tile", "overlap", "tile_batch_size"), [((16, 16), (8, 8), 3), ((16, 24), (4, 0), 16)])
+@pytest.mark.parametrize(
+    ("tile", "overlap", "tile_batch_size"), [((16, 16), (8, 8), 3), ((16, 24), (4, 0), 16)]
+)
 def test_pointwise_denoiser_patched_sampling_equals_unpatched(tile, overlap, tile_batch_size):
     layout = TileLayout((H, W), tile, overlap)
     kwargs = {"num_steps": 6, "S_churn": 5.0}
     full = sample_ensemble(pointwise_denoiser, None, None, 3, [1, 2, 3], kwargs, 3, (1, H, W))
-    patched = sample_ensemble(PatchedDenoiser(pointwise_denoiser, layout, tile_batch_size=tile_batch_size),
-                              None, None, 3, [1, 2, 3], kwargs, 2, (1, H, W))
+    patched = sample_ensemble(
+        PatchedDenoiser(pointwise_denoiser, layout, tile_batch_size=tile_batch_size),
+        None,
+        None,
+        3,
+        [1, 2, 3],
+        kwargs,
+        2,
+        (1, H, W),
+    )
     torch.testing.assert_close(patched, full, atol=1e-5, rtol=1e-5)
 
 
@@ -89,7 +105,9 @@ def test_overlap_averaging_at_every_step_removes_seams():
     ratios, errors = {}, {}
     for overlap in (0, 8):
         layout = TileLayout((H, W), (16, 16), (overlap, overlap))
-        r = sample_ensemble(PatchedDenoiser(blur_denoiser, layout), None, None, 8, seeds, kwargs, 8, (1, H, W))
+        r = sample_ensemble(
+            PatchedDenoiser(blur_denoiser, layout), None, None, 8, seeds, kwargs, 8, (1, H, W)
+        )
         ratios[overlap], errors[overlap] = seam_ratio(r, layout), (r - full).abs().mean().item()
     assert ratios[0] > 2.0  # the metric does see seams when tiles are not blended
     assert ratios[8] < 1.4
@@ -120,7 +138,9 @@ def test_each_tile_gets_its_cond_tile_plus_global_context():
         sy, sx = layout.slices[n]
         assert torch.equal(xs[k], x[b, :, sy, sx])
         assert sig[k] == sigma[b] and torch.equal(embs[k], emb[b])
-        torch.testing.assert_close(conds[k], with_context(cond[b : b + 1], (sy, sx), size, pooled[b : b + 1])[0])
+        torch.testing.assert_close(
+            conds[k], with_context(cond[b : b + 1], (sy, sx), size, pooled[b : b + 1])[0]
+        )
     # The "where am I" channel differs between tiles; the coarse cond does not.
     assert not torch.equal(conds[0, -1], conds[2, -1])
     torch.testing.assert_close(conds[0, 3:6], conds[2, 3:6])
@@ -133,7 +153,9 @@ def test_patched_denoiser_bad_input():
     with pytest.raises(GridError, match="cond"):
         PatchedDenoiser(pointwise_denoiser, layout, context_size=4)(torch.zeros(1, 1, H, W), 1.0)
     with pytest.raises(GridError, match="cond"):
-        PatchedDenoiser(pointwise_denoiser, layout)(torch.zeros(1, 1, H, W), 1.0, torch.zeros(1, 2, H, 8))
+        PatchedDenoiser(pointwise_denoiser, layout)(
+            torch.zeros(1, 1, H, W), 1.0, torch.zeros(1, 2, H, 8)
+        )
     with pytest.raises(ConfigError, match="tile_batch_size"):
         PatchedDenoiser(pointwise_denoiser, layout, tile_batch_size=0)
     assert context_channels(7, None) == 0 and context_channels(7, 4) == 8
@@ -145,9 +167,16 @@ def test_training_patches_match_what_the_patched_denoiser_feeds(rng):
     assert yp.shape == (3, 2, 8, 16) and cp.shape == (3, 4 + context_channels(4, 4), 8, 16)
     # Recover each patch's position and check the conditioning is with_context's.
     for b in range(3):
-        hits = [(r, c) for r in range(H - 7) for c in range(W - 15) if torch.equal(y[b, :, r : r + 8, c : c + 16], yp[b])]
+        hits = [
+            (r, c)
+            for r in range(H - 7)
+            for c in range(W - 15)
+            if torch.equal(y[b, :, r : r + 8, c : c + 16], yp[b])
+        ]
         assert len(hits) == 1
         r, c = hits[0]
-        torch.testing.assert_close(cp[b], with_context(cond[b : b + 1], (slice(r, r + 8), slice(c, c + 16)), (4, 4))[0])
+        torch.testing.assert_close(
+            cp[b], with_context(cond[b : b + 1], (slice(r, r + 8), slice(c, c + 16)), (4, 4))[0]
+        )
     yp, cp = training_patches(y, None, 8, None, rng)
     assert yp.shape == (3, 2, 8, 8) and cp is None

@@ -33,7 +33,10 @@ def test_sample_writes_cf_store_with_provenance(setup, tmp_path):
     assert ds["t2m"].attrs["units"] == "K" and ds["t2m"].attrs["standard_name"] == "air_temperature"
     assert ds.attrs["kmscale_member_seeds"] == [0, 1, 2]
     assert ds.attrs["kmscale_bundle_fingerprint"] == pipe.bundle.fingerprint()
-    assert "seed(t, m)" in ds.attrs["kmscale_seed_rule"] and '"steps": 3' in ds.attrs["kmscale_sampler"]
+    assert (
+        "seed(t, m)" in ds.attrs["kmscale_seed_rule"]
+        and '"steps": 3' in ds.attrs["kmscale_sampler"]
+    )
     values = ds["t2m"].values
     assert np.isfinite(values).all() and values.std(axis=1).mean() > 0  # members differ
 
@@ -56,9 +59,15 @@ def test_interrupted_sample_resumes_to_the_same_store(setup, tmp_path):
 def test_members_do_not_depend_on_member_batch_or_chunking(setup, tmp_path):
     pipe, pred = setup
     a = pipe.run(pred, tmp_path / "a.zarr", SamplerSettings(**FAST, member_batch=1), progress=False)
-    b = pipe.run(pred, tmp_path / "b.zarr", SamplerSettings(**{**FAST, "time_chunk": 4}, member_batch=3),
-                 progress=False)
-    np.testing.assert_allclose(open_store(a)["t2m"].values, open_store(b)["t2m"].values, rtol=1e-5, atol=1e-4)
+    b = pipe.run(
+        pred,
+        tmp_path / "b.zarr",
+        SamplerSettings(**{**FAST, "time_chunk": 4}, member_batch=3),
+        progress=False,
+    )
+    np.testing.assert_allclose(
+        open_store(a)["t2m"].values, open_store(b)["t2m"].values, rtol=1e-5, atol=1e-4
+    )
 
 
 def test_centred_members_are_recentred_on_the_regression_mean(setup, tmp_path):
@@ -66,8 +75,11 @@ def test_centred_members_are_recentred_on_the_regression_mean(setup, tmp_path):
 
     pipe, pred = setup
     one = pred.isel(time=[0])
-    ens = open_store(pipe.run(one, tmp_path / "c.zarr", SamplerSettings(**FAST, center_residuals=True),
-                              progress=False))
+    ens = open_store(
+        pipe.run(
+            one, tmp_path / "c.zarr", SamplerSettings(**FAST, center_residuals=True), progress=False
+        )
+    )
     plain = open_store(pipe.run(one, tmp_path / "r.zarr", SamplerSettings(**FAST), progress=False))
     centred, raw = ens["t2m"].values[0], plain["t2m"].values[0]  # (M, H, W)
     z_mean = predict_mean(pipe.regression, pipe.conditioning(one), progress=False)
@@ -81,15 +93,21 @@ def test_centred_members_are_recentred_on_the_regression_mean(setup, tmp_path):
 
 def test_patchwise_sampling_runs(setup, tmp_path):
     pipe, pred = setup
-    path = pipe.run(pred.isel(time=[0]), tmp_path / "p.zarr",
-                    SamplerSettings(members=2, steps=2, patch=[8, 16], overlap=[4, 8]), progress=False)
+    path = pipe.run(
+        pred.isel(time=[0]),
+        tmp_path / "p.zarr",
+        SamplerSettings(members=2, steps=2, patch=[8, 16], overlap=[4, 8]),
+        progress=False,
+    )
     assert np.isfinite(open_store(path)["t2m"].values).all()
 
 
 def test_bad_requests(setup, tmp_path):
     pipe, pred = setup
     with pytest.raises(BundleError):
-        pipe.run(pred.rename(t2m="d2m"), tmp_path / "x.zarr", SamplerSettings(**FAST), progress=False)
+        pipe.run(
+            pred.rename(t2m="d2m"), tmp_path / "x.zarr", SamplerSettings(**FAST), progress=False
+        )
     with pytest.raises(ConfigError):
         pipe.run(pred, tmp_path / "x.zarr", SamplerSettings(members=0), progress=False)
     assert not (tmp_path / "x.zarr").exists()
@@ -101,8 +119,19 @@ def test_kmscale_sample_command(tmp_path):
     bundle, coarse = make_bundle()
     bundle.save(tmp_path / "bundle")
     coarse.isel(time=slice(0, 2)).to_netcdf(tmp_path / "pred.nc", engine="netcdf4")
-    args = ["sample", "--bundle", str(tmp_path / "bundle"), "--predictors", str(tmp_path / "pred.nc"),
-            "--members", "2", "--steps", "2", "--out", str(tmp_path / "ens.zarr")]
+    args = [
+        "sample",
+        "--bundle",
+        str(tmp_path / "bundle"),
+        "--predictors",
+        str(tmp_path / "pred.nc"),
+        "--members",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "ens.zarr"),
+    ]
     assert main(args) == 0
     assert open_store(tmp_path / "ens.zarr", kind="ensemble")["t2m"].shape == (2, 2, 16, 24)
     assert main(args) == 1  # a complete store is never overwritten without --overwrite
@@ -118,18 +147,34 @@ def test_demo_runs_every_stage(tmp_path, capsys):
 
     assert main(["demo", "--out", str(tmp_path / "demo"), "--size", "tiny", "--threads", "1"]) == 0
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert list(summary["stages"]) == ["prepare", "train_autoencoder", "encode", "train_models", "sample",
-                                       "score_report"]
+    assert list(summary["stages"]) == [
+        "prepare",
+        "train_autoencoder",
+        "encode",
+        "train_models",
+        "sample",
+        "score_report",
+    ]
     assert (tmp_path / "demo" / "report" / "report.md").is_file()
     assert summary["groups"] == [["t2m"], ["u10", "v10"], ["tp"]]
     checks = summary["demo_checks"]  # tiny budgets: the checks are reported, pass or fail
-    assert set(checks["tp"]["values"]) == {"crps_fair", "regression_mae", "bilinear_mae", "spread_skill",
-                                           "wet_fraction_ratio", "q99_ratio"}
+    assert set(checks["tp"]["values"]) == {
+        "crps_fair",
+        "regression_mae",
+        "bilinear_mae",
+        "spread_skill",
+        "wet_fraction_ratio",
+        "q99_ratio",
+    }
     assert isinstance(checks["all_passed"], bool)
     assert "demo checks on the validation hours" in capsys.readouterr().out
     # the validation truth went through the HRCLDAS files
-    assert len(list((tmp_path / "demo" / "data" / "hrcldas_validation").glob("*HOR-TAIR-*.GRB2"))) == 2
-    assert open_store(tmp_path / "demo" / "ensemble.zarr", kind="ensemble")["t2m"].sizes["member"] == 2
+    assert (
+        len(list((tmp_path / "demo" / "data" / "hrcldas_validation").glob("*HOR-TAIR-*.GRB2"))) == 2
+    )
+    assert (
+        open_store(tmp_path / "demo" / "ensemble.zarr", kind="ensemble")["t2m"].sizes["member"] == 2
+    )
 
 
 def test_kmscale_sample_refuses_another_target_grid(tmp_path, capsys):
@@ -140,9 +185,21 @@ def test_kmscale_sample_refuses_another_target_grid(tmp_path, capsys):
     coarse.isel(time=slice(0, 1)).to_netcdf(tmp_path / "pred.nc", engine="netcdf4")
     other = bundle.grid.isel(lat=slice(0, 8))
     other.to_netcdf(tmp_path / "grid.nc", engine="netcdf4")
-    args = ["sample", "--bundle", str(tmp_path / "bundle"), "--predictors", str(tmp_path / "pred.nc"),
-            "--members", "2", "--steps", "2", "--out", str(tmp_path / "ens.zarr"), "--target-grid",
-            str(tmp_path / "grid.nc")]
+    args = [
+        "sample",
+        "--bundle",
+        str(tmp_path / "bundle"),
+        "--predictors",
+        str(tmp_path / "pred.nc"),
+        "--members",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "ens.zarr"),
+        "--target-grid",
+        str(tmp_path / "grid.nc"),
+    ]
     assert main(args) == 1
     assert "target grid mismatch" in capsys.readouterr().err
     assert not (tmp_path / "ens.zarr").exists()

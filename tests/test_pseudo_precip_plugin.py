@@ -39,9 +39,22 @@ def plugin(tmp_path_factory):
     shutil.copytree(ROOT / "examples" / "kmscale-pseudoprecip", src)
     site = tmp / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(site), str(src)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(site))
@@ -67,9 +80,12 @@ def test_plugin_is_discovered_and_conforms(plugin, tmp_path):
     def factory():
         torch.manual_seed(0)
         model = cls(variables=["tp", "q850"], hidden_width=8)
-        model.set_input_stats({
-            "tp": {"mean": 0.3, "std": 0.5, "transform": "log1p", "scale": 1.0},
-            "q850": {"mean": 0.008, "std": 0.002, "transform": "none", "scale": 1.0}})
+        model.set_input_stats(
+            {
+                "tp": {"mean": 0.3, "std": 0.5, "transform": "log1p", "scale": 1.0},
+                "q850": {"mean": 0.008, "std": 0.002, "transform": "none", "scale": 1.0},
+            }
+        )
         return model
 
     assert not check_autoencoder(ConformanceCase(plugin, factory), tmp_path).failures
@@ -84,11 +100,16 @@ def _write_data(folder: Path, n: int = 48, size: int = 16) -> dict[str, Path]:
     c = c / c.std()
     tp = (4.0 * np.maximum(c - 0.3, 0.0) ** 1.5).astype(np.float32)
     q850 = (0.008 + 0.002 * c).astype(np.float32)
-    coords = {"time": pd.date_range("2024-07-01", periods=n, freq="h"),
-              "lat": 17 + 0.25 * np.arange(size), "lon": 78 + 0.25 * np.arange(size)}
+    coords = {
+        "time": pd.date_range("2024-07-01", periods=n, freq="h"),
+        "lat": 17 + 0.25 * np.arange(size),
+        "lon": 78 + 0.25 * np.arange(size),
+    }
     dims = ("time", "lat", "lon")
-    targets = xr.Dataset({"tp": (dims, tp, {"units": "mm h-1"}),
-                          "q850": (dims, q850, {"units": "kg kg-1"})}, coords=coords)
+    targets = xr.Dataset(
+        {"tp": (dims, tp, {"units": "mm h-1"}), "q850": (dims, q850, {"units": "kg kg-1"})},
+        coords=coords,
+    )
     coarse = targets.coarsen(lat=4, lon=4).mean()
     coarse = coarse.assign_coords(lead_time=("time", np.zeros(n), {"units": "hours"}))
     for v in ("tp", "q850"):
@@ -109,36 +130,72 @@ def test_whole_pipeline_with_the_plugin_selected_by_name(plugin, tmp_path):
 
     files = _write_data(tmp_path / "data")
     pp_cfg = tmp_path / "pp.yaml"
-    pp_cfg.write_text(yaml.safe_dump({
-        "out_dir": str(tmp_path / "pp"), "model": {"name": plugin, "hidden_width": 8},
-        "data": {"source": str(files["targets"]), "companions": ["q850"],
-                 "train_period": ["2024-07-01T00", "2024-07-02T11"],
-                 "val_period": ["2024-07-02T12", "2024-07-02T23"]},
-        "train": {"total_samples": 128, "global_batch_size": 8, "validate_every_samples": 64}}))
+    pp_cfg.write_text(
+        yaml.safe_dump(
+            {
+                "out_dir": str(tmp_path / "pp"),
+                "model": {"name": plugin, "hidden_width": 8},
+                "data": {
+                    "source": str(files["targets"]),
+                    "companions": ["q850"],
+                    "train_period": ["2024-07-01T00", "2024-07-02T11"],
+                    "val_period": ["2024-07-02T12", "2024-07-02T23"],
+                },
+                "train": {
+                    "total_samples": 128,
+                    "global_batch_size": 8,
+                    "validate_every_samples": 64,
+                },
+            }
+        )
+    )
     assert _recipe("train_pseudo_precip").main(["--config", str(pp_cfg)]) == 0
     ae_dir = tmp_path / "pp" / "autoencoder"
     assert type(load_autoencoder(ae_dir, expect=plugin)).__name__ == "ConvPseudoPrecip"
 
-    tiny = {"unet": {"block_out_channels": [8, 16], "norm_num_groups": 4, "layers_per_block": 1},
-            "train": {"global_batch_size": 4, "total_samples": 8, "checkpoint_every_samples": 8,
-                      "log_every_samples": 8, "ema_decay": 0.9, "mixed_precision": "no"}}
-    data = {"targets": str(files["targets"]), "predictors": str(files["predictors"]),
-            "train_period": ["2024-07-01T00", "2024-07-02T11"],
-            "val_period": ["2024-07-02T12", "2024-07-02T17"]}
+    tiny = {
+        "unet": {"block_out_channels": [8, 16], "norm_num_groups": 4, "layers_per_block": 1},
+        "train": {
+            "global_batch_size": 4,
+            "total_samples": 8,
+            "checkpoint_every_samples": 8,
+            "log_every_samples": 8,
+            "ema_decay": 0.9,
+            "mixed_precision": "no",
+        },
+    }
+    data = {
+        "targets": str(files["targets"]),
+        "predictors": str(files["predictors"]),
+        "train_period": ["2024-07-01T00", "2024-07-02T11"],
+        "val_period": ["2024-07-02T12", "2024-07-02T17"],
+    }
     reg_cfg = tmp_path / "reg.yaml"
-    reg_cfg.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "reg"), "autoencoder": str(ae_dir),
-                                       "data": data, **tiny}))
+    reg_cfg.write_text(
+        yaml.safe_dump(
+            {"out_dir": str(tmp_path / "reg"), "autoencoder": str(ae_dir), "data": data, **tiny}
+        )
+    )
     assert _recipe("train_regression").main(["--config", str(reg_cfg)]) == 0
     ldm_cfg = tmp_path / "ldm.yaml"
-    ldm_cfg.write_text(yaml.safe_dump({
-        "out_dir": str(tmp_path / "ldm"), "regression_bundle": str(tmp_path / "reg" / "bundle"),
-        "data": data, "validation": {"members": 2, "steps": 2, "max_times": 2}, **tiny}))
+    ldm_cfg.write_text(
+        yaml.safe_dump(
+            {
+                "out_dir": str(tmp_path / "ldm"),
+                "regression_bundle": str(tmp_path / "reg" / "bundle"),
+                "data": data,
+                "validation": {"members": 2, "steps": 2, "max_times": 2},
+                **tiny,
+            }
+        )
+    )
     assert _recipe("train_ldm").main(["--config", str(ldm_cfg)]) == 0
 
     bundle = ModelBundle.load(tmp_path / "ldm" / "bundle")
     assert type(bundle.autoencoder).__name__ == "ConvPseudoPrecip"
     coarse = open_dataset(files["predictors"]).isel(time=slice(40, 42))
-    out = DownscalingPipeline(bundle).run(coarse, tmp_path / "ens.zarr",
-                                          SamplerSettings(members=2, steps=2), progress=False)
+    out = DownscalingPipeline(bundle).run(
+        coarse, tmp_path / "ens.zarr", SamplerSettings(members=2, steps=2), progress=False
+    )
     tp = open_store(out, kind="ensemble")["tp"].values
     assert tp.shape == (2, 2, 16, 16) and np.isfinite(tp).all() and (tp >= 0).all()

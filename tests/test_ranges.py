@@ -20,15 +20,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 def _field(values, name="t2m", units="K") -> xr.DataArray:
     values = np.asarray(values, dtype="float32")
     t, y, x = values.shape
-    return xr.DataArray(values, dims=("time", "lat", "lon"), name=name, attrs={"units": units},
-                        coords={"time": pd.date_range("2020-01-01", periods=t, freq="h"),
-                                "lat": np.linspace(50.0, 51.0, y), "lon": np.linspace(0.0, 2.0, x)})
+    return xr.DataArray(
+        values,
+        dims=("time", "lat", "lon"),
+        name=name,
+        attrs={"units": units},
+        coords={
+            "time": pd.date_range("2020-01-01", periods=t, freq="h"),
+            "lat": np.linspace(50.0, 51.0, y),
+            "lon": np.linspace(0.0, 2.0, x),
+        },
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "ok", "bad"),
-    [("t2m", (150.0, 350.0), (149.9, 350.5)), ("u10", (-150.0, 150.0), (-151.0, 150.5)),
-     ("tp", (0.0, 500.0), (-0.01, 500.5)), ("msl", (85000.0, 110000.0), (84000.0, 2e5))],
+    [
+        ("t2m", (150.0, 350.0), (149.9, 350.5)),
+        ("u10", (-150.0, 150.0), (-151.0, 150.5)),
+        ("tp", (0.0, 500.0), (-0.01, 500.5)),
+        ("msl", (85000.0, 110000.0), (84000.0, 2e5)),
+    ],
 )
 def test_catalogue_limits(name, ok, bad):
     for value in ok:
@@ -44,9 +56,12 @@ def test_error_names_value_and_location_in_a_chunked_array():
     da = _field(values).chunk({"time": 2, "lat": 2, "lon": 2})
     guarded = ranges.guard(da, "t2m", where="f.nc")  # lazy: nothing read yet
     guarded.isel(time=slice(0, 4)).load()  # the clean chunks pass
-    with pytest.raises(RangeError, match=r"f.nc: variable 't2m': expected values in 150..350 K, "
-                       r"found 9.5 at time=4 \(2020-01-01T04:00\), lat=2 \(50.6+7\), lon=3 \(1.5\)"
-                       r" \(this looks like degC"):
+    with pytest.raises(
+        RangeError,
+        match=r"f.nc: variable 't2m': expected values in 150..350 K, "
+        r"found 9.5 at time=4 \(2020-01-01T04:00\), lat=2 \(50.6+7\), lon=3 \(1.5\)"
+        r" \(this looks like degC",
+    ):
         guarded.load()
     assert issubclass(RangeError, UnitsError)
 
@@ -85,8 +100,19 @@ def test_kmscale_sample_refuses_impossible_predictors(tmp_path, capsys):
     bad = coarse.isel(time=slice(0, 1)).copy(deep=True)
     bad["t2m"] = bad["t2m"] - 273.15  # degrees Celsius, still labelled K
     bad.to_netcdf(tmp_path / "pred.nc", engine="netcdf4")
-    args = ["sample", "--bundle", str(tmp_path / "bundle"), "--predictors", str(tmp_path / "pred.nc"),
-            "--members", "2", "--steps", "2", "--out", str(tmp_path / "ens.zarr")]
+    args = [
+        "sample",
+        "--bundle",
+        str(tmp_path / "bundle"),
+        "--predictors",
+        str(tmp_path / "pred.nc"),
+        "--members",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "ens.zarr"),
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "'t2m': expected values in 150..350 K" in err and "at time=0" in err

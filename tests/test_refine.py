@@ -15,16 +15,25 @@ from kmscale.training import TrainingSettings
 
 def _vae():
     torch.manual_seed(0)
-    return VAEAutoencoder(variables=["t2m"], input_stats={"t2m": {"mean": 280.0, "std": 3.0}},
-                          block_out_channels=(8, 8), norm_num_groups=4, latent_channels=2)
+    return VAEAutoencoder(
+        variables=["t2m"],
+        input_stats={"t2m": {"mean": 280.0, "std": 3.0}},
+        block_out_channels=(8, 8),
+        norm_num_groups=4,
+        latent_channels=2,
+    )
 
 
 def _batch(n=3, H=16, W=24):
     x = torch.randn(n, 1, H, W)
     valid = torch.ones_like(x, dtype=torch.bool)
     valid[:, :, :2, :3] = False  # masked points
-    return {"x": x, "valid": valid, "z": torch.randn(n, 2, H // 2, W // 2),
-            "z_gen": torch.randn(n, 3, 2, H // 2, W // 2)}
+    return {
+        "x": x,
+        "valid": valid,
+        "z": torch.randn(n, 2, H // 2, W // 2),
+        "z_gen": torch.randn(n, 3, 2, H // 2, W // 2),
+    }
 
 
 @pytest.mark.parametrize("patch", [None, [8, 8]])
@@ -60,13 +69,32 @@ def test_bad_settings(tmp_path):
 
     train = TrainingSettings()
     with pytest.raises(ConfigError, match="multiples of the downsample factor 2"):
-        refine_decoder(_vae(), None, None, None, [1.0], DecoderRefinement(total_samples=4, patch=[3, 3]), tmp_path, train)
+        refine_decoder(
+            _vae(),
+            None,
+            None,
+            None,
+            [1.0],
+            DecoderRefinement(total_samples=4, patch=[3, 3]),
+            tmp_path,
+            train,
+        )
     with pytest.raises(ConfigError, match="generated_members"):
-        refine_decoder(_vae(), None, None, None, [1.0], DecoderRefinement(total_samples=4, generated_members=0),
-                       tmp_path, train)
+        refine_decoder(
+            _vae(),
+            None,
+            None,
+            None,
+            [1.0],
+            DecoderRefinement(total_samples=4, generated_members=0),
+            tmp_path,
+            train,
+        )
     identity = get_autoencoder_class("identity")(variables=["t2m"])
     with pytest.raises(ConfigError, match="trainable decoder"):
-        refine_decoder(identity, None, None, None, [1.0], DecoderRefinement(total_samples=4), tmp_path, train)
+        refine_decoder(
+            identity, None, None, None, [1.0], DecoderRefinement(total_samples=4), tmp_path, train
+        )
     assert not any(tmp_path.iterdir())  # nothing written
 
 
@@ -87,11 +115,18 @@ def test_generated_latents_differ_between_times_and_members():
     from kmscale.diffusion.refine import generate_latents
 
     n, h, w = 3, 4, 6
-    ds = DownscalingDataset(torch.zeros(n, 1, h, w), torch.zeros(0, h, w), torch.zeros(n, 2),
-                            z=torch.zeros(n, 2, h, w), z_mean=torch.zeros(n, 2, h, w))
+    ds = DownscalingDataset(
+        torch.zeros(n, 1, h, w),
+        torch.zeros(0, h, w),
+        torch.zeros(n, 2),
+        z=torch.zeros(n, 2, h, w),
+        z_mean=torch.zeros(n, 2, h, w),
+    )
     s = DecoderRefinement(total_samples=4, generated_members=2, steps=4)
     z = generate_latents(_GaussianDenoiser(), ds, [1.0, 1.0], s)
     assert z.shape == (n, 2, 2, h, w) and torch.isfinite(z).all()
     flat = z.reshape(n * 2, -1)
     assert torch.cdist(flat, flat).add(torch.eye(n * 2)).min() > 0.1  # no two alike
-    torch.testing.assert_close(generate_latents(_GaussianDenoiser(), ds, [1.0, 1.0], s), z)  # seeded
+    torch.testing.assert_close(
+        generate_latents(_GaussianDenoiser(), ds, [1.0, 1.0], s), z
+    )  # seeded

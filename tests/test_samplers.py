@@ -38,8 +38,14 @@ def mixture_denoiser(x, sigma, cond=None, emb=None):
 
 def tiny_precond(in_channels, out_channels, **kw) -> EDMPrecond:
     torch.manual_seed(0)
-    unet = ConditionalUNet(in_channels, out_channels, block_out_channels=(8, 16), norm_num_groups=4,
-                           layers_per_block=1, **kw).eval()
+    unet = ConditionalUNet(
+        in_channels,
+        out_channels,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        layers_per_block=1,
+        **kw,
+    ).eval()
     return EDMPrecond(unet, sigma_data=0.5)
 
 
@@ -49,7 +55,9 @@ def tiny_precond(in_channels, out_channels, **kw) -> EDMPrecond:
 def test_time_steps_eq5():
     t = time_steps(18, 0.002, 80.0, 7.0)
     assert t.shape == (19,) and t.dtype == torch.float64
-    assert t[0].item() == pytest.approx(80.0) and t[-2].item() == pytest.approx(0.002) and t[-1] == 0
+    assert (
+        t[0].item() == pytest.approx(80.0) and t[-2].item() == pytest.approx(0.002) and t[-1] == 0
+    )
     assert torch.all(t[1:] < t[:-1])
     i = 5
     expected = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
@@ -64,8 +72,10 @@ def test_time_steps_eq5():
 # ---------------------------------------------------------------- distribution
 
 
-@pytest.mark.parametrize(("solver", "num_steps", "S_churn"), [("heun", 64, 0.0), ("euler", 512, 0.0),
-                                                            ("heun", 100, 40.0)])
+@pytest.mark.parametrize(
+    ("solver", "num_steps", "S_churn"),
+    [("heun", 64, 0.0), ("euler", 512, 0.0), ("heun", 100, 40.0)],
+)
 def test_sampler_reproduces_gaussian(solver, num_steps, S_churn):
     noise = torch.randn(20000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(1)  # churn noise from the global generator
@@ -79,8 +89,11 @@ def test_heun_is_more_accurate_than_euler():
     # The exact ODE maps x_T to MU + S (x_T - MU) / sqrt(S^2 + T^2); measure each solver's error.
     noise = torch.ones(1, 1, 1, 1)
     exact = MU + S * 80.0 / math.sqrt(S**2 + 80.0**2)
-    err = {(s, n): abs(edm_sampler(gaussian_denoiser, noise, num_steps=n, solver=s).item() - exact)
-           for s in ("heun", "euler") for n in (20, 40)}
+    err = {
+        (s, n): abs(edm_sampler(gaussian_denoiser, noise, num_steps=n, solver=s).item() - exact)
+        for s in ("heun", "euler")
+        for n in (20, 40)
+    }
     assert err["heun", 40] < 0.2 * err["euler", 40]
     assert err["heun", 40] < 0.3 * err["heun", 20]  # 2nd order: about 4x smaller
     assert err["euler", 40] > 0.4 * err["euler", 20]  # 1st order: about 2x smaller

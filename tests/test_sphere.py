@@ -37,7 +37,11 @@ DIRS = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
 
 def smooth(grid: HealpixGrid) -> np.ndarray:
     lat, lon = np.radians(grid.lat), np.radians(grid.lon)
-    return np.cos(lat) * np.cos(lon) + 0.5 * np.sin(lat) ** 2 + 0.3 * np.cos(lat) ** 2 * np.sin(2 * lon)
+    return (
+        np.cos(lat) * np.cos(lon)
+        + 0.5 * np.sin(lat) ** 2
+        + 0.3 * np.cos(lat) ** 2 * np.sin(2 * lon)
+    )
 
 
 def test_grid_contract():
@@ -140,7 +144,8 @@ def test_coarsen_refine_upsample(rng):
     g16 = HealpixGrid(16)
     up = upsample(smooth(HealpixGrid(8)), 1)
     assert np.sqrt(np.mean((up - smooth(g16)) ** 2)) < 0.5 * np.sqrt(
-        np.mean((refine(smooth(HealpixGrid(8)), 1) - smooth(g16)) ** 2))
+        np.mean((refine(smooth(HealpixGrid(8)), 1) - smooth(g16)) ** 2)
+    )
     with pytest.raises(SchemaError):
         coarsen(np.zeros(12 * 4**2), 3)
 
@@ -191,9 +196,10 @@ def test_gaussian_grid_and_nan_and_errors():
 
 def test_xarray_wrappers_and_store(tmp_path):
     lat, lon, field = _latlon(46, 90)
-    ds = xr.Dataset({"t2m": (("time", "lat", "lon"), np.stack([field, field + 1]),
-                             {"units": "K"})},
-                    coords={"time": [0, 1], "lat": lat, "lon": lon})
+    ds = xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), np.stack([field, field + 1]), {"units": "K"})},
+        coords={"time": [0, 1], "lat": lat, "lon": lon},
+    )
     hds = regrid_to_healpix(ds, 8)
     assert hds.t2m.dims == ("time", "cell") and hds.attrs["healpix_nside"] == 8
     assert hds.t2m.attrs["units"] == "K"

@@ -15,10 +15,15 @@ from kmscale.data.store import StoreWriter, open_store
 def _dataset(n: int = 5) -> xr.Dataset:
     rng = np.random.default_rng(0)
     return xr.Dataset(
-        {"t2m": (("time", "y", "x"), rng.random((n, 4, 3), dtype=np.float32), {"units": "K"}),
-         "orography": (("y", "x"), rng.random((4, 3), dtype=np.float32))},
-        coords={"time": pd.date_range("2020", periods=n, freq="h"), "y": np.arange(4.0),
-                "x": np.arange(3.0)},
+        {
+            "t2m": (("time", "y", "x"), rng.random((n, 4, 3), dtype=np.float32), {"units": "K"}),
+            "orography": (("y", "x"), rng.random((4, 3), dtype=np.float32)),
+        },
+        coords={
+            "time": pd.date_range("2020", periods=n, freq="h"),
+            "y": np.arange(4.0),
+            "x": np.arange(3.0),
+        },
     )
 
 

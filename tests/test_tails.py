@@ -46,7 +46,9 @@ def test_offsets_clip_nan_and_bad_input():
     assert (off[0] == 127).all() and not off[1].any()  # 3 K > 1.27 K: clipped
     out = correct_tails(recon, off, resolution=0.01)
     assert np.isnan(out[1]).all()
-    assert np.isclose(out[0].min(), recon[0].min() + 1.27) and np.isclose(out[0].max(), recon[0].max() + 1.27)
+    assert np.isclose(out[0].min(), recon[0].min() + 1.27) and np.isclose(
+        out[0].max(), recon[0].max() + 1.27
+    )
     with pytest.raises(SchemaError, match="one shape"):
         tail_offsets(truth, recon[:1])
     with pytest.raises(SchemaError, match="expected shape"):
@@ -60,12 +62,29 @@ def test_offsets_clip_nan_and_bad_input():
 def test_store_with_tail_offsets(tmp_path):
     ds = targets(n_time=6, shape=(16, 24), mask=True)
     model = vae().eval()
-    plain = decode_store(encode_to_store(model, ds, tmp_path / "p.zarr", chunk=4, quantization_step=0.1,
-                                         progress=False), model, tmp_path / "dp.zarr", progress=False)
-    out = encode_to_store(model, ds, tmp_path / "t.zarr", chunk=4, quantization_step=0.1, tail_resolution=0.01,
-                          progress=False)
+    plain = decode_store(
+        encode_to_store(
+            model, ds, tmp_path / "p.zarr", chunk=4, quantization_step=0.1, progress=False
+        ),
+        model,
+        tmp_path / "dp.zarr",
+        progress=False,
+    )
+    out = encode_to_store(
+        model,
+        ds,
+        tmp_path / "t.zarr",
+        chunk=4,
+        quantization_step=0.1,
+        tail_resolution=0.01,
+        progress=False,
+    )
     lat = open_latents(out, model)
-    assert lat["tail_offset"].dtype == np.int8 and lat["tail_offset"].shape == (6, 1, len(TAIL_PROBS))
+    assert lat["tail_offset"].dtype == np.int8 and lat["tail_offset"].shape == (
+        6,
+        1,
+        len(TAIL_PROBS),
+    )
     got = open_store(decode_store(out, model, tmp_path / "dt.zarr", progress=False))["t2m"].values
     ref = open_store(plain)["t2m"].values
     truth = ds["t2m"].values
@@ -75,8 +94,11 @@ def test_store_with_tail_offsets(tmp_path):
         assert np.all(np.abs(_q(got, p) - _q(truth, p)) <= np.abs(_q(ref, p) - _q(truth, p)) + 1e-6)
     # nothing already written is replaced (the offsets are also part of the resume fingerprint)
     from kmscale.errors import StoreError
+
     with pytest.raises(StoreError, match="expected no store"):
-        encode_to_store(model, ds, tmp_path / "t.zarr", chunk=4, quantization_step=0.1, progress=False)
+        encode_to_store(
+            model, ds, tmp_path / "t.zarr", chunk=4, quantization_step=0.1, progress=False
+        )
 
 
 def test_cli_tails(tmp_path, capsys):
@@ -84,7 +106,24 @@ def test_cli_tails(tmp_path, capsys):
 
     targets(n_time=4, shape=(16, 24)).to_netcdf(tmp_path / "t.nc", engine="netcdf4")
     vae().save_pretrained(tmp_path / "ae")
-    assert main(["compress", "--autoencoder", str(tmp_path / "ae"), "--no-progress", "--input",
-                 str(tmp_path / "t.nc"), "--out", str(tmp_path / "l.zarr"), "--tails", "0.01", "--verify", "2"]) == 0
+    assert (
+        main(
+            [
+                "compress",
+                "--autoencoder",
+                str(tmp_path / "ae"),
+                "--no-progress",
+                "--input",
+                str(tmp_path / "t.nc"),
+                "--out",
+                str(tmp_path / "l.zarr"),
+                "--tails",
+                "0.01",
+                "--verify",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "verify t2m" in capsys.readouterr().out
     assert "tail_offset" in open_latents(tmp_path / "l.zarr")

@@ -37,8 +37,15 @@ def _export(model, path):
 
 
 def _settings(**kw):
-    base = dict(total_samples=256, global_batch_size=16, lr=5e-2, checkpoint_every_samples=64,
-                log_every_samples=64, ema_decay=0.9, mixed_precision="no")
+    base = dict(
+        total_samples=256,
+        global_batch_size=16,
+        lr=5e-2,
+        checkpoint_every_samples=64,
+        log_every_samples=64,
+        ema_decay=0.9,
+        mixed_precision="no",
+    )
     base.update(kw)
     return TrainingSettings(**base)
 
@@ -75,7 +82,9 @@ def test_corrupt_checkpoint_is_an_error_not_a_restart(tmp_path):
     _fit(tmp_path / "run", total_samples=64)
     ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
     for f in ckpt.iterdir():
-        if f.suffix in {".safetensors", ".bin", ".pt", ".pkl"} or f.name.startswith("custom_checkpoint"):
+        if f.suffix in {".safetensors", ".bin", ".pt", ".pkl"} or f.name.startswith(
+            "custom_checkpoint"
+        ):
             f.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         _fit(tmp_path / "run", total_samples=128)
@@ -89,7 +98,9 @@ def test_resume_never_refuses_existing_checkpoints(tmp_path):
 
 def test_global_batches_do_not_depend_on_processes_or_accumulation():
     def batches(world, accum):
-        per_rank = [list(GlobalBatchSampler(10, 8, world, r, accum, 5, seed=3)) for r in range(world)]
+        per_rank = [
+            list(GlobalBatchSampler(10, 8, world, r, accum, 5, seed=3)) for r in range(world)
+        ]
         steps = []
         for s in range(5):
             idx = []
@@ -123,8 +134,16 @@ def test_batch_must_split_over_accumulation(tmp_path):
 
 def test_validation_keeps_best(tmp_path):
     scores = iter(np.linspace(1.0, 0.1, 10).tolist() + [5.0] * 10)
-    trainer = Trainer(_model(), _loss, _data(), tmp_path / "v", _settings(validate_every_samples=64),
-                      validate_fn=lambda m: {"crps": next(scores)}, best_metric="crps", export_fn=_export)
+    trainer = Trainer(
+        _model(),
+        _loss,
+        _data(),
+        tmp_path / "v",
+        _settings(validate_every_samples=64),
+        validate_fn=lambda m: {"crps": next(scores)},
+        best_metric="crps",
+        export_fn=_export,
+    )
     result = trainer.fit()
     best = json.loads((tmp_path / "v" / "best" / "best.json").read_text())
     assert best["score"] == pytest.approx(result.best_score)
@@ -139,9 +158,22 @@ def test_two_process_cpu_launch_follows_the_one_process_schedule(tmp_path):
 
     script = Path(__file__).parent / "_train_linear.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(script), str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(script),
+        str(tmp_path / "two"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _fit(tmp_path / "one", ema_decay=0.0)

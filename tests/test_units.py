@@ -62,8 +62,9 @@ def test_conversions(variable, spelling, value, expected):
     ],
 )
 def test_accumulations_need_and_use_a_period(spelling, attrs, period, factor):
-    out = units.to_canonical_units(_da([1.0, 0.0, np.nan], units=spelling, **attrs), "tp",
-                                   period=period)
+    out = units.to_canonical_units(
+        _da([1.0, 0.0, np.nan], units=spelling, **attrs), "tp", period=period
+    )
     np.testing.assert_allclose(out.values[:2], [factor, 0.0], rtol=1e-6)
     assert np.isnan(out.values[2])
     assert "accumulation_period" not in out.attrs and out.attrs["units"] == "mm h-1"
@@ -104,8 +105,11 @@ def test_units_argument_overrides_attribute_and_float64_kept():
 
 
 def test_reader_reads_amounts_with_their_period(tmp_path):
-    coords = {"time": pd.date_range("2020-01-01", periods=2, freq="5min"),
-              "lat": [50.0, 51.0], "lon": [0.0, 1.0]}
+    coords = {
+        "time": pd.date_range("2020-01-01", periods=2, freq="5min"),
+        "lat": [50.0, 51.0],
+        "lon": [0.0, 1.0],
+    }
     for name, value, attrs, kwargs, expected in (
         ("five.nc", 1.0, {"units": "mm", "accumulation_period": "5 minutes"}, {}, 12.0),
         ("hourly.nc", 1e-3, {"units": "m"}, {}, 1.0),  # no period stated: the file default (1 h)

@@ -99,14 +99,20 @@ def dataset_grid(model: Autoencoder, ds: xr.Dataset, where: str) -> Grid:
         raise SchemaError(f"{where}: expected variables {variables}, missing {missing}")
     dims = ds[variables[0]].dims
     if dims[0] != "time" or any(ds[v].dims != dims for v in variables):
-        raise SchemaError(f"{where}: expected every variable with dims (time, ...) alike, "
-                          f"found {[ds[v].dims for v in variables]}")
+        raise SchemaError(
+            f"{where}: expected every variable with dims (time, ...) alike, "
+            f"found {[ds[v].dims for v in variables]}"
+        )
     spatial = dims[1:]
-    coords = {d: np.asarray(ds[d].values if d in ds.coords else np.arange(ds.sizes[d])).tolist()
-              for d in spatial}
+    coords = {
+        d: np.asarray(ds[d].values if d in ds.coords else np.arange(ds.sizes[d])).tolist()
+        for d in spatial
+    }
     if model.spatial_dims == 2:
         if len(spatial) != 2:
-            raise SchemaError(f"{where}: expected (time, Y, X) fields for a 2-D model, found {dims}")
+            raise SchemaError(
+                f"{where}: expected (time, Y, X) fields for a 2-D model, found {dims}"
+            )
         return Grid("grid2d", spatial, coords)
     nside = int(model.config.nside)
     if spatial == ("cell",):
@@ -118,16 +124,24 @@ def dataset_grid(model: Autoencoder, ds: xr.Dataset, where: str) -> Grid:
         lat, lon = np.asarray(coords[spatial[0]]), np.asarray(coords[spatial[1]])
         span = np.ptp(lon) + abs(lon[1] - lon[0]) if lon.size > 1 else 0.0
         if lat.min() > -80 or lat.max() < 80 or span < 359.0:
-            raise GridError(f"{where}: a global codec needs a grid covering the sphere, found "
-                            f"lat {lat.min():.2f}..{lat.max():.2f}, lon span {span:.2f} deg")
+            raise GridError(
+                f"{where}: a global codec needs a grid covering the sphere, found "
+                f"lat {lat.min():.2f}..{lat.max():.2f}, lon span {span:.2f} deg"
+            )
         return Grid("latlon", spatial, coords, nside)
-    raise SchemaError(f"{where}: expected a HEALPix 'cell' dim or global (lat, lon) dims for a "
-                      f"HEALPix model, found {spatial}")
+    raise SchemaError(
+        f"{where}: expected a HEALPix 'cell' dim or global (lat, lon) dims for a "
+        f"HEALPix model, found {spatial}"
+    )
 
 
 def _time_names(ds: xr.Dataset) -> list[str]:
-    return [str(np.datetime_as_string(t, unit="s")) if np.issubdtype(np.asarray(t).dtype,
-            np.datetime64) else str(t) for t in ds["time"].values]
+    return [
+        str(np.datetime_as_string(t, unit="s"))
+        if np.issubdtype(np.asarray(t).dtype, np.datetime64)
+        else str(t)
+        for t in ds["time"].values
+    ]
 
 
 @dataclass(frozen=True)
@@ -138,9 +152,16 @@ class CompressResult:
     max_abs_error: float | None  # measured at encode time when a bound was asked for
 
 
-def compress_dataset(model: Autoencoder, ds: xr.Dataset, out: str | Path, *,
-                     max_error: float | None = None, step: float | None = None,
-                     overwrite: bool = False, where: str = "input") -> CompressResult:
+def compress_dataset(
+    model: Autoencoder,
+    ds: xr.Dataset,
+    out: str | Path,
+    *,
+    max_error: float | None = None,
+    step: float | None = None,
+    overwrite: bool = False,
+    where: str = "input",
+) -> CompressResult:
     """Write every time of ``ds`` (model variables) into the archive ``out``.
 
     Args:
@@ -154,11 +175,18 @@ def compress_dataset(model: Autoencoder, ds: xr.Dataset, out: str | Path, *,
     variables = list(model.variables)
     times = _time_names(ds)
     header = {
-        "codec": model.registry_name, "model_fingerprint": model.fingerprint(),
+        "codec": model.registry_name,
+        "model_fingerprint": model.fingerprint(),
         "variables": [{"name": v, "attrs": _jsonable(ds[v].attrs)} for v in variables],
-        "grid": {"kind": grid.kind, "dims": list(grid.dims), "coords": grid.coords,
-                 "nside": grid.nside, "attrs": _jsonable(ds.attrs)},
-        "times": times, "time_attrs": _jsonable(ds["time"].attrs),
+        "grid": {
+            "kind": grid.kind,
+            "dims": list(grid.dims),
+            "coords": grid.coords,
+            "nside": grid.nside,
+            "attrs": _jsonable(ds.attrs),
+        },
+        "times": times,
+        "time_attrs": _jsonable(ds["time"].attrs),
         "max_error": max_error,
     }
     worst = 0.0
@@ -176,13 +204,18 @@ def compress_dataset(model: Autoencoder, ds: xr.Dataset, out: str | Path, *,
                     w.add(f"mask/{v}/{t}", zlib.compress(np.packbits(valid).tobytes()))
                 if need_rec:
                     data, x_out = error_bound.encode_residual(
-                        grid.image(x[c]), grid.image(rec[c]), max_error, where=f"{where}: {v} at {t}")
+                        grid.image(x[c]),
+                        grid.image(rec[c]),
+                        max_error,
+                        where=f"{where}: {v} at {t}",
+                    )
                     x_out = grid.from_image(x_out)
                     w.add(f"residual/{v}/{t}", data)
                     worst = max(worst, float(np.nanmax(np.abs(x_out - x[c]), initial=0.0)))
     raw = len(times) * len(variables) * int(np.prod(grid.shape)) * 4
-    return CompressResult(Path(out), Path(out).stat().st_size, raw,
-                          worst if max_error is not None else None)
+    return CompressResult(
+        Path(out), Path(out).stat().st_size, raw, worst if max_error is not None else None
+    )
 
 
 def _decode(model: Autoencoder, payload: bytes, grid: Grid) -> np.ndarray:
@@ -195,9 +228,11 @@ def check_archive_model(archive: Archive, model: Autoencoder) -> None:
     """StoreError unless ``model`` is the one that wrote ``archive``."""
     h = archive.header
     if h["codec"] != model.registry_name or h["model_fingerprint"] != model.fingerprint():
-        raise StoreError(f"{archive.path}: written by the {h['codec']!r} model with fingerprint "
-                         f"{h['model_fingerprint']}, found a {model.registry_name!r} model with "
-                         f"fingerprint {model.fingerprint()}; decode with the model that wrote it")
+        raise StoreError(
+            f"{archive.path}: written by the {h['codec']!r} model with fingerprint "
+            f"{h['model_fingerprint']}, found a {model.registry_name!r} model with "
+            f"fingerprint {model.fingerprint()}; decode with the model that wrote it"
+        )
 
 
 def decompress_archive(path: str | Path, model: Autoencoder) -> tuple[xr.Dataset, list[str]]:
@@ -224,8 +259,11 @@ def decompress_archive(path: str | Path, model: Autoencoder) -> tuple[xr.Dataset
             try:
                 valid = _mask(archive, v, t, grid.shape)
                 if h["max_error"] is not None:
-                    out[i, c] = grid.from_image(error_bound.decode_residual(
-                        archive.read(f"residual/{v}/{t}"), grid.image(rec[c]), grid.image(valid)))
+                    out[i, c] = grid.from_image(
+                        error_bound.decode_residual(
+                            archive.read(f"residual/{v}/{t}"), grid.image(rec[c]), grid.image(valid)
+                        )
+                    )
                 else:
                     out[i, c] = np.where(valid, rec[c], np.nan)
             except CorruptFileError as err:
@@ -233,10 +271,19 @@ def decompress_archive(path: str | Path, model: Autoencoder) -> tuple[xr.Dataset
     coords = grid.coordinates()
     times = pd.to_datetime(h["times"]) if _all_dates(h["times"]) else h["times"]
     coords["time"] = ("time", times, h["time_attrs"])
-    ds = xr.Dataset({v["name"]: (("time", *grid.dims), out[:, c], v["attrs"])
-                     for c, v in enumerate(h["variables"])}, coords=coords, attrs=g["attrs"])
-    ds.attrs.update(kmscale_archive=str(Path(path).name), codec=h["codec"],
-                    model_fingerprint=h["model_fingerprint"])
+    ds = xr.Dataset(
+        {
+            v["name"]: (("time", *grid.dims), out[:, c], v["attrs"])
+            for c, v in enumerate(h["variables"])
+        },
+        coords=coords,
+        attrs=g["attrs"],
+    )
+    ds.attrs.update(
+        kmscale_archive=str(Path(path).name),
+        codec=h["codec"],
+        model_fingerprint=h["model_fingerprint"],
+    )
     return ds, failed
 
 

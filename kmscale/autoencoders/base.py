@@ -104,7 +104,7 @@ class Autoencoder(ModelMixin, ConfigMixin):
     @property
     def compression_factor(self) -> float:
         """Input values per latent value (float32 to float32), e.g. 3*64/4 = 48 for 3 vars, 8x, 4 ch."""
-        return self.in_channels * self.downsample_factor ** self.spatial_dims / self.latent_channels
+        return self.in_channels * self.downsample_factor**self.spatial_dims / self.latent_channels
 
     def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
         """Spatial shape of the latent for an input of ``spatial_shape``."""
@@ -187,13 +187,17 @@ class Autoencoder(ModelMixin, ConfigMixin):
                 f"latent stats: expected {self.latent_channels} values each, "
                 f"found {len(mean)} means and {len(std)} stds"
             )
-        self.register_to_config(latent_mean=[float(m) for m in mean], latent_std=[float(s) for s in std])
+        self.register_to_config(
+            latent_mean=[float(m) for m in mean], latent_std=[float(s) for s in std]
+        )
 
     def set_input_stats(self, stats: Mapping[str, Mapping]) -> None:
         """Record per-variable input statistics (schema of kmscale.data.stats)."""
         missing = [v for v in self.variables if v not in stats]
         if missing:
-            raise SchemaError(f"input stats: expected entries for {list(self.variables)}, missing {missing}")
+            raise SchemaError(
+                f"input stats: expected entries for {list(self.variables)}, missing {missing}"
+            )
         self.register_to_config(input_stats={v: dict(stats[v]) for v in self.variables})
 
     # ---- bitstreams ----------------------------------------------------------------
@@ -227,8 +231,10 @@ class Autoencoder(ModelMixin, ConfigMixin):
             (step,) = struct.unpack_from("<d", s)
             q = coding.decode_adaptive(s[8:])
             if q.size != math.prod(latent):
-                raise CorruptFileError(f"{type(self).__name__}.decompress: expected {latent} "
-                                       f"latents, found {q.size} values")
+                raise CorruptFileError(
+                    f"{type(self).__name__}.decompress: expected {latent} "
+                    f"latents, found {q.size} values"
+                )
             zs.append(torch.from_numpy(q.reshape(latent)).float() * step)
         with torch.no_grad():
             return self.decode(torch.stack(zs).to(self.device))
@@ -250,7 +256,9 @@ class Autoencoder(ModelMixin, ConfigMixin):
         return self._hash(skip=self.decoder_modules())
 
     def _hash(self, skip: Sequence[torch.nn.Module]) -> str:
-        prefixes = tuple(name + "." for name, mod in self.named_modules() if any(mod is m for m in skip))
+        prefixes = tuple(
+            name + "." for name, mod in self.named_modules() if any(mod is m for m in skip)
+        )
         h = hashlib.sha256()
         h.update(json.dumps(self._fingerprint_config(), sort_keys=True, default=str).encode())
         for name, tensor in sorted(self.state_dict().items()):

@@ -28,23 +28,41 @@ Interrupted? Run the same command again: finished time chunks are kept.
 
 
 def _tails_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tails", type=float, default=None, metavar="RES",
-                   help="also store per-field tail offsets in steps of RES (the variables' units, e.g. 0.01 "
-                        "for K): decoding then restores each field's quantiles from 0.05 to 99.95 %% and its extremes "
-                        "(24 int8 per field and variable; encoding decodes every chunk once more)")
+    p.add_argument(
+        "--tails",
+        type=float,
+        default=None,
+        metavar="RES",
+        help="also store per-field tail offsets in steps of RES (the variables' units, e.g. 0.01 "
+        "for K): decoding then restores each field's quantiles from 0.05 to 99.95 %% and its extremes "
+        "(24 int8 per field and variable; encoding decodes every chunk once more)",
+    )
 
 
 def _tiling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tile", default="auto", metavar="N|auto|none",
-                   help="pixel tile edge for fields too large for one pass (multiple of the downsample "
-                        "factor); 'auto' tiles only fields larger than one default tile "
-                        "(kmscale.autoencoders.tiling.Tiling); 'none' never tiles")
-    p.add_argument("--overlap", type=int, default=None, metavar="N",
-                   help="pixel overlap between tiles (default: Tiling.overlap); 3/8 of it is "
-                        "discarded at tile edges, which must cover the receptive radius (112 px "
-                        "for the default VAE) for tiles to match the untiled result")
-    p.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles/fields per network call")
-    p.add_argument("--chunk", type=int, default=8, metavar="N", help="time steps per zarr chunk (default 8)")
+    p.add_argument(
+        "--tile",
+        default="auto",
+        metavar="N|auto|none",
+        help="pixel tile edge for fields too large for one pass (multiple of the downsample "
+        "factor); 'auto' tiles only fields larger than one default tile "
+        "(kmscale.autoencoders.tiling.Tiling); 'none' never tiles",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pixel overlap between tiles (default: Tiling.overlap); 3/8 of it is "
+        "discarded at tile edges, which must cover the receptive radius (112 px "
+        "for the default VAE) for tiles to match the untiled result",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=4, metavar="N", help="tiles/fields per network call"
+    )
+    p.add_argument(
+        "--chunk", type=int, default=8, metavar="N", help="time steps per zarr chunk (default 8)"
+    )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")
     p.add_argument("--overwrite", action="store_true", help="replace a complete store at --out")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -54,62 +72,101 @@ def _tiling_args(p: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
-        "encode", help="encode a targets store to a latent zarr store", epilog=EPILOG, formatter_class=fmt,
+        "encode",
+        help="encode a targets store to a latent zarr store",
+        epilog=EPILOG,
+        formatter_class=fmt,
         description="Encode every time of a targets dataset (kmscale targets store, zarr or NetCDF) with a "
-                    "trained autoencoder into a latent store chunked by time, recording the autoencoder "
-                    "fingerprint, latent statistics and NaN mask. Resumable; atomic on completion.")
+        "trained autoencoder into a latent store chunked by time, recording the autoencoder "
+        "fingerprint, latent statistics and NaN mask. Resumable; atomic on completion.",
+    )
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
     p.add_argument("--input", required=True, metavar="PATH", help="targets store / NetCDF file")
     p.add_argument("--out", required=True, metavar="PATH", help="latent store to write (.zarr)")
-    p.add_argument("--quantize", type=float, default=None, metavar="STEP",
-                   help="store integers round(z/STEP) (normalized latent units, e.g. 0.05) instead of float16")
+    p.add_argument(
+        "--quantize",
+        type=float,
+        default=None,
+        metavar="STEP",
+        help="store integers round(z/STEP) (normalized latent units, e.g. 0.05) instead of float16",
+    )
     _tails_arg(p)
     _tiling_args(p)
     p.set_defaults(func=run_encode)
 
     p = subparsers.add_parser(
-        "decode", help="decode a latent store back to physical fields", epilog=EPILOG, formatter_class=fmt,
+        "decode",
+        help="decode a latent store back to physical fields",
+        epilog=EPILOG,
+        formatter_class=fmt,
         description="Decode a latent store with the autoencoder that wrote it (checked by fingerprint) into "
-                    "a targets store with CF attributes; masked points come back as NaN.")
+        "a targets store with CF attributes; masked points come back as NaN.",
+    )
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
     p.add_argument("--input", required=True, metavar="PATH", help="latent store (.zarr)")
     p.add_argument("--out", required=True, metavar="PATH", help="targets store to write (.zarr)")
-    p.add_argument("--variables", default=None, metavar="V1,V2",
-                   help="decode only the variable groups holding these variables (a grouped autoencoder "
-                        "decodes each group with its own part); default: every variable")
+    p.add_argument(
+        "--variables",
+        default=None,
+        metavar="V1,V2",
+        help="decode only the variable groups holding these variables (a grouped autoencoder "
+        "decodes each group with its own part); default: every variable",
+    )
     _tiling_args(p)
     p.set_defaults(func=run_decode)
 
     p = subparsers.add_parser(
-        "compress", help="encode with quantized latents and report the compression ratio",
-        epilog=EPILOG, formatter_class=fmt,
+        "compress",
+        help="encode with quantized latents and report the compression ratio",
+        epilog=EPILOG,
+        formatter_class=fmt,
         description="Encode to a quantized, zstd-coded latent store and report bytes on disk against the "
-                    "original store and against raw float32; --verify N decodes the first N times and "
-                    "reports RMSE and maximum error per variable.")
+        "original store and against raw float32; --verify N decodes the first N times and "
+        "reports RMSE and maximum error per variable.",
+    )
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
     p.add_argument("--input", required=True, metavar="PATH", help="targets store / NetCDF file")
     p.add_argument("--out", required=True, metavar="PATH", help="latent store to write (.zarr)")
-    p.add_argument("--quantize", type=float, default=None, metavar="STEP",
-                   help="quantization step in normalized latent units (default 0.05; with --codec "
-                        "the model's default: 0.05, or 1 latent unit for the hyperprior)")
-    p.add_argument("--verify", type=int, default=0, metavar="N", help="decode N times and report errors")
-    p.add_argument("--codec", default=None, metavar="NAME",
-                   help="write an entropy-coded archive file (versioned, checksummed) with the "
-                        "autoencoder registered as NAME (hyperprior, vae, identity ...) instead of a "
-                        "latent store")
-    p.add_argument("--max-error", type=float, default=None, metavar="E",
-                   help="with --codec: add a residual so that |error| <= E for every value "
-                        "(the variables' units), checked while encoding")
+    p.add_argument(
+        "--quantize",
+        type=float,
+        default=None,
+        metavar="STEP",
+        help="quantization step in normalized latent units (default 0.05; with --codec "
+        "the model's default: 0.05, or 1 latent unit for the hyperprior)",
+    )
+    p.add_argument(
+        "--verify", type=int, default=0, metavar="N", help="decode N times and report errors"
+    )
+    p.add_argument(
+        "--codec",
+        default=None,
+        metavar="NAME",
+        help="write an entropy-coded archive file (versioned, checksummed) with the "
+        "autoencoder registered as NAME (hyperprior, vae, identity ...) instead of a "
+        "latent store",
+    )
+    p.add_argument(
+        "--max-error",
+        type=float,
+        default=None,
+        metavar="E",
+        help="with --codec: add a residual so that |error| <= E for every value "
+        "(the variables' units), checked while encoding",
+    )
     _tails_arg(p)
     _tiling_args(p)
     p.set_defaults(func=run_compress)
 
     p = subparsers.add_parser(
-        "decompress", help="restore CF fields from an archive written by compress --codec",
-        epilog=EPILOG, formatter_class=fmt,
+        "decompress",
+        help="restore CF fields from an archive written by compress --codec",
+        epilog=EPILOG,
+        formatter_class=fmt,
         description="Decode every field of an archive with the model that wrote it (checked by "
-                    "name and fingerprint) to NetCDF (.nc) or zarr. Damaged chunks are named; "
-                    "their fields are NaN and the exit status is 1.")
+        "name and fingerprint) to NetCDF (.nc) or zarr. Damaged chunks are named; "
+        "their fields are NaN and the exit status is 1.",
+    )
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
     p.add_argument("--input", required=True, metavar="PATH", help="archive file")
     p.add_argument("--out", required=True, metavar="PATH", help="fields to write (.nc or .zarr)")
@@ -139,7 +196,9 @@ def _tiling(args, shape, factor):
     try:
         return int(args.tile), overlap
     except ValueError as err:
-        raise ConfigError(f"--tile: expected an integer, 'auto' or 'none', found {args.tile!r}") from err
+        raise ConfigError(
+            f"--tile: expected an integer, 'auto' or 'none', found {args.tile!r}"
+        ) from err
 
 
 def _encode(args, quantize):
@@ -149,9 +208,20 @@ def _encode(args, quantize):
     ds = open_targets(args.input)
     ydim, xdim = _spatial_dims(ds, list(model.variables), str(args.input))
     tile, overlap = _tiling(args, (ds.sizes[ydim], ds.sizes[xdim]), model.downsample_factor)
-    out = encode_to_store(model, ds, args.out, chunk=args.chunk, quantization_step=quantize,
-                          tile=tile, overlap=overlap, batch_size=args.batch_size, tail_resolution=args.tails,
-                          overwrite=args.overwrite, progress=not args.no_progress, scheduler=args.scheduler)
+    out = encode_to_store(
+        model,
+        ds,
+        args.out,
+        chunk=args.chunk,
+        quantization_step=quantize,
+        tile=tile,
+        overlap=overlap,
+        batch_size=args.batch_size,
+        tail_resolution=args.tails,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        scheduler=args.scheduler,
+    )
     return model, ds, out
 
 
@@ -171,9 +241,19 @@ def run_decode(args: argparse.Namespace) -> int:
     shape = json.loads(ds.attrs["field_shape"])
     tile, overlap = _tiling(args, shape, model.downsample_factor)
     variables = [v for v in args.variables.split(",") if v] if args.variables else None
-    out = decode_store(args.input, model, args.out, chunk=args.chunk, tile=tile, overlap=overlap,
-                       batch_size=args.batch_size, variables=variables, overwrite=args.overwrite,
-                       progress=not args.no_progress, scheduler=args.scheduler)
+    out = decode_store(
+        args.input,
+        model,
+        args.out,
+        chunk=args.chunk,
+        tile=tile,
+        overlap=overlap,
+        batch_size=args.batch_size,
+        variables=variables,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        scheduler=args.scheduler,
+    )
     print(f"wrote {out}")
     return 0
 
@@ -184,8 +264,9 @@ def run_compress(args: argparse.Namespace) -> int:
     if args.max_error is not None:
         from kmscale.errors import ConfigError
 
-        raise ConfigError("--max-error: expected --codec too (error bounds apply to archives), "
-                          "found no --codec")
+        raise ConfigError(
+            "--max-error: expected --codec too (error bounds apply to archives), found no --codec"
+        )
     from pathlib import Path
 
     import numpy as np
@@ -203,9 +284,13 @@ def run_compress(args: argparse.Namespace) -> int:
     ydim, xdim = _spatial_dims(ds, variables, str(src))
     raw = ds.sizes["time"] * len(variables) * ds.sizes[ydim] * ds.sizes[xdim] * 4
     lat_bytes = store_nbytes(out)
-    print(f"latent store   {out}: {lat_bytes / 2**20:.3f} MiB on disk "
-          f"({model.latent_channels} channels, {model.downsample_factor}x down, step {args.quantize})")
-    print(f"original store {src}: {src_bytes / 2**20:.3f} MiB -> ratio {src_bytes / lat_bytes:.1f}x")
+    print(
+        f"latent store   {out}: {lat_bytes / 2**20:.3f} MiB on disk "
+        f"({model.latent_channels} channels, {model.downsample_factor}x down, step {args.quantize})"
+    )
+    print(
+        f"original store {src}: {src_bytes / 2**20:.3f} MiB -> ratio {src_bytes / lat_bytes:.1f}x"
+    )
     print(f"raw float32    {raw / 2**20:.3f} MiB -> ratio {raw / lat_bytes:.1f}x")
     dec = getattr(model, "decoder_nbytes", None)
     if dec is not None:
@@ -214,13 +299,17 @@ def run_compress(args: argparse.Namespace) -> int:
         lat = open_latents(out, model)
         n = min(args.verify, ds.sizes["time"])
         tile, overlap = _tiling(args, (ds.sizes[ydim], ds.sizes[xdim]), model.downsample_factor)
-        rec = decode_times(lat, model, slice(0, n), out, tile=tile, overlap=overlap, batch_size=args.batch_size)
+        rec = decode_times(
+            lat, model, slice(0, n), out, tile=tile, overlap=overlap, batch_size=args.batch_size
+        )
         for c, v in enumerate(variables):
             truth = np.asarray(ds[v].isel(time=slice(0, n)).values, np.float64)
             err = (rec[:, c] - truth)[np.isfinite(truth)]
             units = ds[v].attrs.get("units", "")
-            print(f"verify {v} over {n} times: RMSE {np.sqrt(np.mean(err ** 2)):.4g} {units}, "
-                  f"max |error| {np.max(np.abs(err)):.4g} {units}, bias {np.mean(err):.3g} {units}")
+            print(
+                f"verify {v} over {n} times: RMSE {np.sqrt(np.mean(err**2)):.4g} {units}, "
+                f"max |error| {np.max(np.abs(err)):.4g} {units}, bias {np.mean(err):.3g} {units}"
+            )
     return 0
 
 
@@ -231,17 +320,32 @@ def _compress_archive(args: argparse.Namespace) -> int:
 
     model = _load(args)
     if model.registry_name != args.codec:
-        raise ConfigError(f"--codec {args.codec}: expected a {args.codec!r} checkpoint at "
-                          f"{args.autoencoder}, found a {model.registry_name!r} one")
-    res = compress_dataset(model, open_targets(args.input), args.out, max_error=args.max_error,
-                           step=args.quantize, overwrite=args.overwrite, where=str(args.input))
-    print(f"archive {res.path}: {res.nbytes / 2**20:.4f} MiB on disk; raw float32 "
-          f"{res.raw_nbytes / 2**20:.3f} MiB -> ratio {res.raw_nbytes / res.nbytes:.1f}x")
+        raise ConfigError(
+            f"--codec {args.codec}: expected a {args.codec!r} checkpoint at "
+            f"{args.autoencoder}, found a {model.registry_name!r} one"
+        )
+    res = compress_dataset(
+        model,
+        open_targets(args.input),
+        args.out,
+        max_error=args.max_error,
+        step=args.quantize,
+        overwrite=args.overwrite,
+        where=str(args.input),
+    )
+    print(
+        f"archive {res.path}: {res.nbytes / 2**20:.4f} MiB on disk; raw float32 "
+        f"{res.raw_nbytes / 2**20:.3f} MiB -> ratio {res.raw_nbytes / res.nbytes:.1f}x"
+    )
     dec = getattr(model, "decoder_nbytes", None)
     if dec is not None:
-        print(f"decoder weights and tables (shipped once, not in the archive): {dec() / 2**20:.2f} MiB")
+        print(
+            f"decoder weights and tables (shipped once, not in the archive): {dec() / 2**20:.2f} MiB"
+        )
     if res.max_abs_error is not None:
-        print(f"max |error| measured while encoding: {res.max_abs_error:.4g} (bound {args.max_error})")
+        print(
+            f"max |error| measured while encoding: {res.max_abs_error:.4g} (bound {args.max_error})"
+        )
     return 0
 
 

@@ -63,8 +63,9 @@ class FaceVAE(HealpixAutoencoder):
         super().__init__()
         check_nside(nside)
         if not 1 <= 2**levels <= nside:
-            raise ConfigError(describe(f"1 <= 2**levels <= nside ({nside})", levels,
-                                       where="face_vae.levels"))
+            raise ConfigError(
+                describe(f"1 <= 2**levels <= nside ({nside})", levels, where="face_vae.levels")
+            )
         v, ch = len(variables), channels
         enc: list[nn.Module] = [FaceConv2d(v, ch, 3)]
         for _ in range(levels):
@@ -89,15 +90,24 @@ class FaceVAE(HealpixAutoencoder):
     def _decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
         return from_faces(self.decoder(to_faces(z)))
 
-    def forward(self, x: torch.Tensor, sample_posterior: bool = True,
-                generator: torch.Generator | None = None, quant_step: float = 0.0,
-                ) -> AutoencoderOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sample_posterior: bool = True,
+        generator: torch.Generator | None = None,
+        quant_step: float = 0.0,
+    ) -> AutoencoderOutput:
         """Training pass on standardized ``x (B, V, npix)``: ``AutoencoderOutput(x_hat, posterior)``."""
         post = self.posterior(x)
         z = (post.sample(generator) if sample_posterior else post.mode())[..., 0]
         if quant_step > 0:
             scale = z.detach().std(dim=(0, 2), keepdim=True)
-            z = z + (torch.rand(z.shape, generator=generator, device=z.device) - 0.5) * quant_step * scale
+            z = (
+                z
+                + (torch.rand(z.shape, generator=generator, device=z.device) - 0.5)
+                * quant_step
+                * scale
+            )
         return AutoencoderOutput(self._decode_normalized(z), post)
 
     def decoder_modules(self) -> list[nn.Module]:

@@ -46,7 +46,9 @@ def window_offsets(nside: int, window: int) -> torch.Tensor:
     east /= np.linalg.norm(east, axis=-1, keepdims=True)
     north = np.cross(centre, east)
     diff = xyz[:, None, :, :] - xyz[:, :, None, :]  # (nw, W, W, 3): j - i
-    off = np.stack([(diff * east[:, None, None]).sum(-1), (diff * north[:, None, None]).sum(-1)], -1)
+    off = np.stack(
+        [(diff * east[:, None, None]).sum(-1), (diff * north[:, None, None]).sum(-1)], -1
+    )
     return torch.as_tensor(off / np.sqrt(g.cell_area), dtype=torch.float32)
 
 
@@ -74,8 +76,15 @@ class FieldSpaceBlock(nn.Module):
         drop_path: stochastic-depth rate.
     """
 
-    def __init__(self, dim: int, heads: int, nside: int, window: int, mlp_ratio: float = 2.0,
-                 drop_path: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        nside: int,
+        window: int,
+        mlp_ratio: float = 2.0,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
         self.nside, self.window = nside, window
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)

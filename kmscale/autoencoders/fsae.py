@@ -88,21 +88,33 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
         super().__init__()
         check_nside(nside)
         if not 1 <= 2**levels <= nside:
-            raise ConfigError(describe(f"1 <= 2**levels <= nside ({nside})", levels,
-                                       where="fsae.levels"))
+            raise ConfigError(
+                describe(f"1 <= 2**levels <= nside ({nside})", levels, where="fsae.levels")
+            )
         if not 0 <= max_masked_levels <= levels:
-            raise ConfigError(describe(f"0 <= max_masked_levels <= levels ({levels})",
-                                       max_masked_levels, where="fsae.max_masked_levels"))
+            raise ConfigError(
+                describe(
+                    f"0 <= max_masked_levels <= levels ({levels})",
+                    max_masked_levels,
+                    where="fsae.max_masked_levels",
+                )
+            )
         if window < 1 or window & (window - 1) or window.bit_length() % 2 == 0:
-            raise ConfigError(describe("a window that is a power of 4", window, where="fsae.window"))
+            raise ConfigError(
+                describe("a window that is a power of 4", window, where="fsae.window")
+            )
         v = len(variables)
         sides = [nside >> i for i in range(levels + 1)]  # fine -> coarse
         rates = torch.linspace(0, drop_path, 2 * (levels + 1) * depth).tolist()
 
         def stage(side: int, k: int) -> nn.Sequential:
             w = min(window, side * side)
-            return nn.Sequential(*[FieldSpaceBlock(dim, heads, side, w, mlp_ratio,
-                                                   rates[k * depth + j]) for j in range(depth)])
+            return nn.Sequential(
+                *[
+                    FieldSpaceBlock(dim, heads, side, w, mlp_ratio, rates[k * depth + j])
+                    for j in range(depth)
+                ]
+            )
 
         self.var_embed = nn.Parameter(torch.zeros(v, dim))
         self.embed = nn.Linear(2 * levels + 1, dim)
@@ -111,10 +123,13 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
         self.to_latent = nn.Linear(v * dim, latent_channels)
         self.from_latent = nn.Linear(latent_channels, v * dim)
         self.dec_var_embed = nn.Parameter(torch.zeros(v, dim))
-        self.dec_blocks = nn.ModuleList([stage(s, levels + 1 + i) for i, s in enumerate(sides[::-1])])
+        self.dec_blocks = nn.ModuleList(
+            [stage(s, levels + 1 + i) for i, s in enumerate(sides[::-1])]
+        )
         self.splits = nn.ModuleList([CellSplit(dim, dim) for _ in range(levels)])
-        self.out_heads = nn.ModuleList([nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 1))
-                                    for _ in range(levels + 1)])
+        self.out_heads = nn.ModuleList(
+            [nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 1)) for _ in range(levels + 1)]
+        )
         nn.init.normal_(self.var_embed, std=0.02)
         nn.init.normal_(self.dec_var_embed, std=0.02)
         for head in self.out_heads[1:]:  # residual heads start at 0: an untrained decoder
@@ -146,9 +161,14 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
             x_hat = refine(x_hat, 1) + self.out_heads[i + 1](t)[..., 0]
         return x_hat
 
-    def forward(self, x: torch.Tensor, sample_posterior: bool = False,
-                generator: torch.Generator | None = None, quant_step: float = 0.0,
-                masked: torch.Tensor | None = None) -> AutoencoderOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sample_posterior: bool = False,
+        generator: torch.Generator | None = None,
+        quant_step: float = 0.0,
+        masked: torch.Tensor | None = None,
+    ) -> AutoencoderOutput:
         """Training pass on standardized ``x (B, V, npix)``: ``AutoencoderOutput(x_hat, posterior)``.
 
         The posterior is deterministic (KL 0): the FS-AE is a plain autoencoder.
@@ -159,14 +179,26 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
             masked = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
             if self.training and self.config.max_masked_levels > 0:
                 draw = torch.rand(x.shape[0], generator=generator, device=x.device)
-                k = torch.randint(1, self.config.max_masked_levels + 1, (x.shape[0],),
-                                  generator=generator, device=x.device)
+                k = torch.randint(
+                    1,
+                    self.config.max_masked_levels + 1,
+                    (x.shape[0],),
+                    generator=generator,
+                    device=x.device,
+                )
                 masked = torch.where(draw < self.config.mask_prob, k, masked)
         z = self.encode_features(x, masked)
         if quant_step > 0:
             scale = z.detach().std(dim=(0, 2), keepdim=True)
-            z = z + (torch.rand(z.shape, generator=generator, device=z.device) - 0.5) * quant_step * scale
-        post = DiagonalGaussianDistribution(torch.cat([z, torch.zeros_like(z)], 1), deterministic=True)
+            z = (
+                z
+                + (torch.rand(z.shape, generator=generator, device=z.device) - 0.5)
+                * quant_step
+                * scale
+            )
+        post = DiagonalGaussianDistribution(
+            torch.cat([z, torch.zeros_like(z)], 1), deterministic=True
+        )
         return AutoencoderOutput(self._decode_normalized(z), post)
 
     def decoder_modules(self) -> list[nn.Module]:
@@ -189,10 +221,15 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
             k += 1
         if not 1 <= k <= self.config.max_masked_levels or x.shape[-1] * 4**k != self.npix:
             coarser = [self.npix // 4**j for j in range(1, self.config.max_masked_levels + 1)]
-            raise SchemaError(describe(f"a coarser input with one of {coarser} cells (nside "
-                                       f"{self.config.nside} model, up to "
-                                       f"{self.config.max_masked_levels} masked levels)",
-                                       f"{x.shape[-1]} cells", where="fsae.super_resolve"))
+            raise SchemaError(
+                describe(
+                    f"a coarser input with one of {coarser} cells (nside "
+                    f"{self.config.nside} model, up to "
+                    f"{self.config.max_masked_levels} masked levels)",
+                    f"{x.shape[-1]} cells",
+                    where="fsae.super_resolve",
+                )
+            )
         xs = refine(self.normalize_input(x), k)
         masked = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
         return self.denormalize_output(self._decode_normalized(self.encode_features(xs, masked)))

@@ -96,8 +96,12 @@ class GroupedAutoencoder(Autoencoder):
         x_hat = ae.decode(z)   # per group, back in the order of ``variables``
     """
 
-    def __init__(self, parts: Sequence[Autoencoder], variables: Sequence[str] | None = None,
-                 downsample_factor: int | None = None):
+    def __init__(
+        self,
+        parts: Sequence[Autoencoder],
+        variables: Sequence[str] | None = None,
+        downsample_factor: int | None = None,
+    ):
         super().__init__()
         parts = list(parts)
         if not parts:
@@ -107,7 +111,9 @@ class GroupedAutoencoder(Autoencoder):
         check_groups(variables, groups)
         dims = {p.spatial_dims for p in parts}
         if dims != {2}:
-            raise ConfigError(f"grouped autoencoder: expected parts on (H, W) grids, found spatial dims {dims}")
+            raise ConfigError(
+                f"grouped autoencoder: expected parts on (H, W) grids, found spatial dims {dims}"
+            )
         factor = int(downsample_factor or max(p.downsample_factor for p in parts))
         bad = [g for g, p in zip(groups, parts, strict=True) if factor % p.downsample_factor]
         if bad:
@@ -117,8 +123,14 @@ class GroupedAutoencoder(Autoencoder):
             )
         self.parts = torch.nn.ModuleList(parts)
         stats = {v: s for p in parts for v, s in (p.config.input_stats or {}).items()}
-        self.register_to_config(variables=variables, groups=groups, downsample_factor=factor,
-                                input_stats=stats or None, latent_mean=None, latent_std=None)
+        self.register_to_config(
+            variables=variables,
+            groups=groups,
+            downsample_factor=factor,
+            input_stats=stats or None,
+            latent_mean=None,
+            latent_std=None,
+        )
         self._factor = factor
         self._index = [[variables.index(v) for v in g] for g in groups]
 
@@ -153,9 +165,16 @@ class GroupedAutoencoder(Autoencoder):
 
     def layout(self) -> list[dict]:
         """Per group: variables, autoencoder class, factor, channels (what stores record)."""
-        return [{"variables": g, "autoencoder": type(p).registry_name, "downsample_factor": p.downsample_factor,
-                 "latent_channels": p.latent_channels, "channels": [s.start, s.stop]}
-                for g, p, s in zip(self.groups, self.parts, self.group_slices(), strict=True)]
+        return [
+            {
+                "variables": g,
+                "autoencoder": type(p).registry_name,
+                "downsample_factor": p.downsample_factor,
+                "latent_channels": p.latent_channels,
+                "channels": [s.start, s.stop],
+            }
+            for g, p, s in zip(self.groups, self.parts, self.group_slices(), strict=True)
+        ]
 
     # ---- the contract ------------------------------------------------------------------
     def _encode_normalized(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +189,14 @@ class GroupedAutoencoder(Autoencoder):
         return torch.cat(zs, dim=1)
 
     def _decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
-        out = z.new_empty((z.shape[0], len(self.variables), z.shape[-2] * self._factor, z.shape[-1] * self._factor))
+        out = z.new_empty(
+            (
+                z.shape[0],
+                len(self.variables),
+                z.shape[-2] * self._factor,
+                z.shape[-1] * self._factor,
+            )
+        )
         for i, (part, sl) in enumerate(zip(self.parts, self.group_slices(), strict=True)):
             out[:, self._index[i]] = part.decode_standardized(self.unfold(z[:, sl], i))
         return out
@@ -195,8 +221,12 @@ class GroupedAutoencoder(Autoencoder):
             m.requires_grad_(True)
 
     def _fingerprint_config(self) -> dict:
-        return {"variables": list(self.variables), "groups": self.groups, "downsample_factor": self._factor,
-                "parts": [p._fingerprint_config() for p in self.parts]}
+        return {
+            "variables": list(self.variables),
+            "groups": self.groups,
+            "downsample_factor": self._factor,
+            "parts": [p._fingerprint_config() for p in self.parts],
+        }
 
     # ---- save / load ---------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, **kwargs) -> None:
@@ -221,13 +251,17 @@ class GroupedAutoencoder(Autoencoder):
         try:
             variables, groups = list(cfg["variables"]), [list(g) for g in cfg["groups"]]
         except (KeyError, TypeError) as err:
-            raise CheckpointError(f"{path}: expected 'variables' and 'groups' in config.json, found {err}") from err
+            raise CheckpointError(
+                f"{path}: expected 'variables' and 'groups' in config.json, found {err}"
+            ) from err
         check_groups(variables, groups)
         parts = []
         for i, g in enumerate(groups):
             part = load_autoencoder(path / group_dir(i, g))
             if list(part.variables) != g:
-                raise SchemaError(f"{path / group_dir(i, g)}: expected an autoencoder for variables {g}, "
-                                  f"found one for {list(part.variables)}")
+                raise SchemaError(
+                    f"{path / group_dir(i, g)}: expected an autoencoder for variables {g}, "
+                    f"found one for {list(part.variables)}"
+                )
             parts.append(part)
         return cls(parts, variables, cfg.get("downsample_factor"))

@@ -44,9 +44,14 @@ class HealpixAutoencoder(Autoencoder):
 
     def _check_cells(self, found: int, expected: int, what: str) -> None:
         if found != expected:
-            raise SchemaError(describe(
-                f"{what} with {expected} cells (nested nside {self.config.nside}, the level the "
-                "model was built for)", f"{found} cells", where=self.registry_name))
+            raise SchemaError(
+                describe(
+                    f"{what} with {expected} cells (nested nside {self.config.nside}, the level the "
+                    "model was built for)",
+                    f"{found} cells",
+                    where=self.registry_name,
+                )
+            )
 
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)

@@ -80,8 +80,10 @@ class HyperpriorAutoencoder(HealpixAutoencoder):
         super().__init__()
         check_nside(nside)
         if nside < 2 ** (levels + hyper_levels):
-            raise ConfigError(f"hyperprior: expected nside >= 2^(levels + hyper_levels) = "
-                              f"{2 ** (levels + hyper_levels)}, found nside {nside}")
+            raise ConfigError(
+                f"hyperprior: expected nside >= 2^(levels + hyper_levels) = "
+                f"{2 ** (levels + hyper_levels)}, found nside {nside}"
+            )
         c, n, m = len(variables), channels, latent_channels
         g_a = _down(c, n)
         for i in range(1, levels):
@@ -111,8 +113,10 @@ class HyperpriorAutoencoder(HealpixAutoencoder):
         """Record a per-cell mean field (C, npix) in physical units (NaN-free)."""
         mean = torch.as_tensor(mean, dtype=torch.float32)
         if mean.shape != self.field_mean.shape or not torch.isfinite(mean).all():
-            raise SchemaError(f"hyperprior field mean: expected finite values of shape "
-                              f"{tuple(self.field_mean.shape)}, found {tuple(mean.shape)}")
+            raise SchemaError(
+                f"hyperprior field mean: expected finite values of shape "
+                f"{tuple(self.field_mean.shape)}, found {tuple(mean.shape)}"
+            )
         self.field_mean.copy_(Autoencoder.normalize_input(self, mean[None])[0])
 
     def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,8 +139,11 @@ class HyperpriorAutoencoder(HealpixAutoencoder):
 
     def decoder_nbytes(self) -> int:
         """Bytes of everything a decoder needs (weights and integer tables)."""
-        return sum(t.numel() * t.element_size() for mod in self.decoder_modules()
-                   for t in list(mod.parameters()) + list(mod.buffers()))
+        return sum(
+            t.numel() * t.element_size()
+            for mod in self.decoder_modules()
+            for t in list(mod.parameters()) + list(mod.buffers())
+        )
 
     # ---- training ---------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> HyperpriorOutput:
@@ -177,8 +184,10 @@ class HyperpriorAutoencoder(HealpixAutoencoder):
             z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[2:])
             indexes, means = self._hyper(z_hat, step)
             y_strings = self.gaussian_conditional.compress(y / step, indexes, means)
-        return [_HEAD.pack(len(zs), _crc(i), step) + zs + ys
-                for zs, ys, i in zip(z_strings, y_strings, indexes, strict=True)]
+        return [
+            _HEAD.pack(len(zs), _crc(i), step) + zs + ys
+            for zs, ys, i in zip(z_strings, y_strings, indexes, strict=True)
+        ]
 
     def decompress(self, strings: Sequence[bytes], spatial_shape: Sequence[int]) -> torch.Tensor:
         """Byte strings from :meth:`compress` -> physical fields (B, C, npix).
@@ -196,9 +205,11 @@ class HyperpriorAutoencoder(HealpixAutoencoder):
                 z_hat = self.entropy_bottleneck.decompress([s[_HEAD.size : z_end]], (12, f, f))
                 indexes, means = self._hyper(z_hat, step)
                 if _crc(indexes[0]) != crc:
-                    raise CorruptFileError("hyperprior: the scale indexes recomputed from z differ "
-                                           "from the encoder's (corrupt stream, or a hyper-decoder "
-                                           "that is not reproducible here)")
+                    raise CorruptFileError(
+                        "hyperprior: the scale indexes recomputed from z differ "
+                        "from the encoder's (corrupt stream, or a hyper-decoder "
+                        "that is not reproducible here)"
+                    )
                 y_hat = step * self.gaussian_conditional.decompress([s[z_end:]], indexes, means)
                 out.append(self.denormalize_output(from_faces(self.g_s(y_hat))))
         return torch.cat(out)
@@ -216,10 +227,19 @@ def rate_distortion_loss(out: HyperpriorOutput, x: torch.Tensor, lmbda: float) -
     return {"loss": rate + lmbda * mse, "bpv": rate, "mse": mse}
 
 
-def fit_hyperprior(model: HyperpriorAutoencoder, fields: torch.Tensor, *, lmbda: float,
-                   steps: int, batch_size: int = 4, lr: float = 1e-3, aux_lr: float = 1e-2,
-                   seed: int = 0, callback: Callable[[int], None] | None = None,
-                   callback_every: int = 0) -> list[float]:
+def fit_hyperprior(
+    model: HyperpriorAutoencoder,
+    fields: torch.Tensor,
+    *,
+    lmbda: float,
+    steps: int,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    aux_lr: float = 1e-2,
+    seed: int = 0,
+    callback: Callable[[int], None] | None = None,
+    callback_every: int = 0,
+) -> list[float]:
     """Train on standardized fields (T, C, npix) for ``steps`` Adam steps of R + lambda D,
     with the entropy bottleneck's quantiles on their own optimizer (CompressAI's auxiliary
     loss); then fill the integer tables. Returns the loss per step.

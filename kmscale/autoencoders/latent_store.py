@@ -79,11 +79,15 @@ def open_targets(path: str | Path) -> xr.Dataset:
 def _spatial_dims(ds: xr.Dataset, variables: Sequence[str], where: str) -> tuple[str, str]:
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
-        raise SchemaError(f"{where}: expected variables {list(variables)}, missing {missing} "
-                          f"(found {sorted(ds.data_vars)})")
+        raise SchemaError(
+            f"{where}: expected variables {list(variables)}, missing {missing} "
+            f"(found {sorted(ds.data_vars)})"
+        )
     dims = ds[variables[0]].dims
     if len(dims) != 3 or dims[0] != "time":
-        raise SchemaError(f"{where}: expected {variables[0]!r} with dims (time, Y, X), found {dims}")
+        raise SchemaError(
+            f"{where}: expected {variables[0]!r} with dims (time, Y, X), found {dims}"
+        )
     for v in variables:
         if ds[v].dims != dims:
             raise SchemaError(f"{where}: expected {v!r} with dims {dims}, found {ds[v].dims}")
@@ -92,7 +96,9 @@ def _spatial_dims(ds: xr.Dataset, variables: Sequence[str], where: str) -> tuple
 
 def _read_fields(ds: xr.Dataset, variables: Sequence[str], sl: slice) -> np.ndarray:
     """(T, C, H, W) float32 for the times in ``sl``."""
-    return np.stack([np.asarray(ds[v].isel(time=sl).values, dtype=np.float32) for v in variables], axis=1)
+    return np.stack(
+        [np.asarray(ds[v].isel(time=sl).values, dtype=np.float32) for v in variables], axis=1
+    )
 
 
 def encode_to_store(
@@ -141,12 +147,15 @@ def encode_to_store(
     n_time = targets.sizes["time"]
     steps = None
     if quantization_step is not None:
-        steps = np.broadcast_to(np.asarray(quantization_step, dtype=np.float64),
-                                (autoencoder.latent_channels,)).tolist()
+        steps = np.broadcast_to(
+            np.asarray(quantization_step, dtype=np.float64), (autoencoder.latent_channels,)
+        ).tolist()
     dtype = np.float16 if steps is None else np.int16
     tails = None
     if tail_resolution is not None:
-        tails = np.broadcast_to(np.asarray(tail_resolution, dtype=np.float64), (len(variables),)).tolist()
+        tails = np.broadcast_to(
+            np.asarray(tail_resolution, dtype=np.float64), (len(variables),)
+        ).tolist()
         if not all(r > 0 for r in tails):
             raise SchemaError(f"encode_to_store: expected positive tail resolutions, found {tails}")
     coords = {k: v for k, v in targets.coords.items() if set(v.dims) <= {"time", ydim, xdim}}
@@ -154,23 +163,35 @@ def encode_to_store(
         {
             LATENT_VAR: (
                 ("time", "latent_channel", "latent_y", "latent_x"),
-                da.zeros((n_time, autoencoder.latent_channels) + lat_shape, dtype=dtype,
-                         chunks=(chunk, -1, -1, -1)),
-                {"long_name": "normalized autoencoder latent"
-                 + ("" if steps is None else " (quantized: value * quantization_step)")},
+                da.zeros(
+                    (n_time, autoencoder.latent_channels) + lat_shape,
+                    dtype=dtype,
+                    chunks=(chunk, -1, -1, -1),
+                ),
+                {
+                    "long_name": "normalized autoencoder latent"
+                    + ("" if steps is None else " (quantized: value * quantization_step)")
+                },
             ),
-            MASK_VAR: (("time", "variable", ydim, xdim),
-                       da.zeros((n_time, len(variables)) + shape, dtype=bool, chunks=(chunk, -1, -1, -1)),
-                       {"long_name": "true where the targets had values"}),
+            MASK_VAR: (
+                ("time", "variable", ydim, xdim),
+                da.zeros((n_time, len(variables)) + shape, dtype=bool, chunks=(chunk, -1, -1, -1)),
+                {"long_name": "true where the targets had values"},
+            ),
         },
         coords={**coords, "latent_channel": np.arange(autoencoder.latent_channels)},
     )
     if tails is not None:
-        template[TAIL_VAR] = (("time", "variable", "tail_prob"),
-                              da.zeros((n_time, len(variables), len(TAIL_PROBS)), dtype=np.int8,
-                                       chunks=(chunk, -1, -1)),
-                              {"long_name": "quantile of the targets minus quantile of the decoded field, "
-                                            "in steps of tail_resolution (per variable)"})
+        template[TAIL_VAR] = (
+            ("time", "variable", "tail_prob"),
+            da.zeros(
+                (n_time, len(variables), len(TAIL_PROBS)), dtype=np.int8, chunks=(chunk, -1, -1)
+            ),
+            {
+                "long_name": "quantile of the targets minus quantile of the decoded field, "
+                "in steps of tail_resolution (per variable)"
+            },
+        )
         template = template.assign_coords(tail_prob=np.asarray(TAIL_PROBS))
     attrs = {
         "autoencoder_fingerprint": autoencoder.fingerprint(),
@@ -189,15 +210,28 @@ def encode_to_store(
         "source_attrs": json.dumps(dict(targets.attrs), default=str),
         "Conventions": "CF-1.10",
     }
-    encoding = {LATENT_VAR: {"compressors": zarr_compressors(zstd_level)},
-                MASK_VAR: {"compressors": zarr_compressors(zstd_level)}}
+    encoding = {
+        LATENT_VAR: {"compressors": zarr_compressors(zstd_level)},
+        MASK_VAR: {"compressors": zarr_compressors(zstd_level)},
+    }
     fingerprint = f"{attrs['autoencoder_fingerprint']}:{'f16' if steps is None else steps}"
     if tails is not None:
         attrs["tail_anchors"] = json.dumps(list(ANCHORS))
         encoding[TAIL_VAR] = {"compressors": zarr_compressors(zstd_level)}
-        fingerprint += f":tails{tails}"  # a resumed run must not mix stores with and without offsets
-    writer = StoreWriter(out, template, kind=LATENT_KIND, fingerprint=fingerprint, dim="time",
-                         chunk=chunk, attrs=attrs, encoding=encoding, overwrite=overwrite)
+        fingerprint += (
+            f":tails{tails}"  # a resumed run must not mix stores with and without offsets
+        )
+    writer = StoreWriter(
+        out,
+        template,
+        kind=LATENT_KIND,
+        fingerprint=fingerprint,
+        dim="time",
+        chunk=chunk,
+        attrs=attrs,
+        encoding=encoding,
+        overwrite=overwrite,
+    )
     autoencoder.eval()
 
     def compute(i: int, sl: slice) -> xr.Dataset:
@@ -209,23 +243,49 @@ def encode_to_store(
                 f"|z| = {np.abs(z).max():.3g} at times {sl.start}..{sl.stop - 1}; store quantized "
                 f"latents instead (quantization_step / --quantize)"
             )
-        data = z.astype(np.float16) if steps is None else quantize(z, steps, channel_axis=1, dtype=np.int16)
+        data = (
+            z.astype(np.float16)
+            if steps is None
+            else quantize(z, steps, channel_axis=1, dtype=np.int16)
+        )
         part = xr.Dataset(
-            {LATENT_VAR: (("time", "latent_channel", "latent_y", "latent_x"), data),
-             MASK_VAR: (("time", "variable", ydim, xdim), np.isfinite(x))},
+            {
+                LATENT_VAR: (("time", "latent_channel", "latent_y", "latent_x"), data),
+                MASK_VAR: (("time", "variable", ydim, xdim), np.isfinite(x)),
+            },
             coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},
         )
         if tails is not None:
             # What decode_store will make of exactly these stored latents.
-            zs = data.astype(np.float32) if steps is None else dequantize(data, steps, channel_axis=1)
-            rec = tiled_decode(autoencoder, zs, shape=shape, tile=tile, overlap=overlap, mask=np.isfinite(x),
-                               batch_size=batch_size).numpy()
-            part[TAIL_VAR] = (("time", "variable", "tail_prob"), np.stack(
-                [tail_offsets(x[:, c], rec[:, c], resolution=r) for c, r in enumerate(tails)], axis=1))
+            zs = (
+                data.astype(np.float32)
+                if steps is None
+                else dequantize(data, steps, channel_axis=1)
+            )
+            rec = tiled_decode(
+                autoencoder,
+                zs,
+                shape=shape,
+                tile=tile,
+                overlap=overlap,
+                mask=np.isfinite(x),
+                batch_size=batch_size,
+            ).numpy()
+            part[TAIL_VAR] = (
+                ("time", "variable", "tail_prob"),
+                np.stack(
+                    [tail_offsets(x[:, c], rec[:, c], resolution=r) for c, r in enumerate(tails)],
+                    axis=1,
+                ),
+            )
         return part
 
-    with tqdm(total=len(writer.pending()), desc=f"encode {Path(out).name}", unit="chunk",
-              disable=not progress) as bar:
+    with tqdm(
+        total=len(writer.pending()),
+        desc=f"encode {Path(out).name}",
+        unit="chunk",
+        disable=not progress,
+    ) as bar:
         run_chunks(writer, compute, scheduler=scheduler, on_done=lambda _: bar.update())
     return writer.finalize()
 
@@ -248,8 +308,11 @@ def open_latents(path: str | Path, autoencoder: Autoencoder | None = None) -> xr
         # A model whose decoder alone was fine-tuned after the store was written (LDM decoder
         # refinement) reads the same latents, unless the store carries tail offsets: those
         # were measured against the output of the decoder that wrote it.
-        same_encoder = (ds.attrs.get("encoder_fingerprint") == autoencoder.encoder_fingerprint()
-                        and (_attr_json(ds, "tail_resolution", path) if "tail_resolution" in ds.attrs else None) is None)
+        same_encoder = (
+            ds.attrs.get("encoder_fingerprint") == autoencoder.encoder_fingerprint()
+            and (_attr_json(ds, "tail_resolution", path) if "tail_resolution" in ds.attrs else None)
+            is None
+        )
         if want != found and not same_encoder:
             raise StoreError(
                 f"{path}: expected latents written by autoencoder {want}, found latents of "
@@ -263,7 +326,9 @@ def read_latents(ds: xr.Dataset, sl: slice, path: str | Path = "latent store") -
     try:
         raw = np.asarray(ds[LATENT_VAR].isel(time=sl).values)
     except (ValueError, RuntimeError, OSError, KeyError) as err:
-        raise StoreError(f"{path}: expected readable latent chunks at times {sl}, found a corrupt store ({err})") from err
+        raise StoreError(
+            f"{path}: expected readable latent chunks at times {sl}, found a corrupt store ({err})"
+        ) from err
     steps = _attr_json(ds, "quantization_step", Path(path))
     if steps is None:
         return raw.astype(np.float32)
@@ -274,8 +339,10 @@ def _read(ds: xr.Dataset, name: str, sl: slice, path: str | Path) -> np.ndarray:
     try:
         return np.asarray(ds[name].isel(time=sl).values)
     except (ValueError, RuntimeError, OSError, KeyError) as err:
-        raise StoreError(f"{path}: expected readable {name!r} chunks at times {sl}, found a corrupt store "
-                         f"({err})") from err
+        raise StoreError(
+            f"{path}: expected readable {name!r} chunks at times {sl}, found a corrupt store "
+            f"({err})"
+        ) from err
 
 
 def read_mask(ds: xr.Dataset, sl: slice, path: str | Path = "latent store") -> np.ndarray:
@@ -287,12 +354,20 @@ def group_layout(autoencoder: Autoencoder) -> list[dict]:
     """The variable groups of ``autoencoder`` and their latent channels (one group unless grouped)."""
     if isinstance(autoencoder, GroupedAutoencoder):
         return autoencoder.layout()
-    return [{"variables": list(autoencoder.variables), "autoencoder": type(autoencoder).registry_name,
-             "downsample_factor": autoencoder.downsample_factor, "latent_channels": autoencoder.latent_channels,
-             "channels": [0, autoencoder.latent_channels]}]
+    return [
+        {
+            "variables": list(autoencoder.variables),
+            "autoencoder": type(autoencoder).registry_name,
+            "downsample_factor": autoencoder.downsample_factor,
+            "latent_channels": autoencoder.latent_channels,
+            "channels": [0, autoencoder.latent_channels],
+        }
+    ]
 
 
-def decoded_variables(autoencoder: Autoencoder, variables: Sequence[str] | None = None) -> list[str]:
+def decoded_variables(
+    autoencoder: Autoencoder, variables: Sequence[str] | None = None
+) -> list[str]:
     """The variables decoding ``variables`` yields: every variable of each group holding one of
     them, in the autoencoder's order (all of them for None).
 
@@ -310,8 +385,14 @@ def decoded_variables(autoencoder: Autoencoder, variables: Sequence[str] | None 
     return [v for v in names if v in chosen]
 
 
-def _decode_groups(autoencoder: Autoencoder, z: np.ndarray, shape: tuple[int, int], mask: np.ndarray,
-                   variables: list[str], **tiling) -> np.ndarray:
+def _decode_groups(
+    autoencoder: Autoencoder,
+    z: np.ndarray,
+    shape: tuple[int, int],
+    mask: np.ndarray,
+    variables: list[str],
+    **tiling,
+) -> np.ndarray:
     """(T, len(variables), H, W): each group holding ``variables`` decoded by its own part."""
     if not isinstance(autoencoder, GroupedAutoencoder) or variables == list(autoencoder.variables):
         fields = tiled_decode(autoencoder, z, shape=shape, mask=mask, **tiling).numpy()
@@ -319,20 +400,32 @@ def _decode_groups(autoencoder: Autoencoder, z: np.ndarray, shape: tuple[int, in
     names = list(autoencoder.variables)
     full = padded_shape(shape, autoencoder.downsample_factor)
     out = np.empty((z.shape[0], len(variables)) + tuple(shape), np.float32)
-    for i, (group, sl) in enumerate(zip(autoencoder.groups, autoencoder.group_slices(), strict=True)):
+    for i, (group, sl) in enumerate(
+        zip(autoencoder.groups, autoencoder.group_slices(), strict=True)
+    ):
         if group[0] not in variables:
             continue
         z_g = autoencoder.unfold(torch.from_numpy(np.ascontiguousarray(z[:, sl])), i)
-        rec = tiled_decode(autoencoder.parts[i], z_g, shape=full, **tiling).numpy()[..., :shape[0], :shape[1]]
+        rec = tiled_decode(autoencoder.parts[i], z_g, shape=full, **tiling).numpy()[
+            ..., : shape[0], : shape[1]
+        ]
         for j, v in enumerate(group):
             valid = mask[:, names.index(v)]
             out[:, variables.index(v)] = np.where(valid, rec[:, j], np.nan)
     return out
 
 
-def decode_times(ds: xr.Dataset, autoencoder: Autoencoder, sl: slice, path: str | Path = "latent store", *,
-                 variables: Sequence[str] | None = None, tile: int | Sequence[int] | None = None,
-                 overlap: int | Sequence[int] = 0, batch_size: int = 4) -> np.ndarray:
+def decode_times(
+    ds: xr.Dataset,
+    autoencoder: Autoencoder,
+    sl: slice,
+    path: str | Path = "latent store",
+    *,
+    variables: Sequence[str] | None = None,
+    tile: int | Sequence[int] | None = None,
+    overlap: int | Sequence[int] = 0,
+    batch_size: int = 4,
+) -> np.ndarray:
     """Physical fields (T, C, H, W) of the times ``sl`` of an open latent store: decoded,
     NaN where the targets were masked, tails restored where the store has offsets.
     ``variables``: decode only the groups holding them (C = :func:`decoded_variables`)."""
@@ -340,20 +433,40 @@ def decode_times(ds: xr.Dataset, autoencoder: Autoencoder, sl: slice, path: str 
     shape = tuple(_attr_json(ds, "field_shape", path))
     names = list(autoencoder.variables)
     wanted = decoded_variables(autoencoder, variables)
-    fields = _decode_groups(autoencoder, read_latents(ds, sl, path), shape, read_mask(ds, sl, path), wanted,
-                            tile=tile, overlap=overlap, batch_size=batch_size)
+    fields = _decode_groups(
+        autoencoder,
+        read_latents(ds, sl, path),
+        shape,
+        read_mask(ds, sl, path),
+        wanted,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+    )
     tails = _attr_json(ds, "tail_resolution", path) if "tail_resolution" in ds.attrs else None
     if tails is None:
         return fields
     if TAIL_VAR not in ds or "tail_prob" not in ds.coords:
-        raise StoreError(f"{path}: attribute tail_resolution is set but variable {TAIL_VAR!r} (with "
-                         f"coordinate tail_prob) is missing: a corrupt store")
+        raise StoreError(
+            f"{path}: attribute tail_resolution is set but variable {TAIL_VAR!r} (with "
+            f"coordinate tail_prob) is missing: a corrupt store"
+        )
     probs = tuple(float(p) for p in ds["tail_prob"].values)
     anchors = tuple(_attr_json(ds, "tail_anchors", path))
     offsets = _read(ds, TAIL_VAR, sl, path)
-    return np.stack([correct_tails(fields[:, c], offsets[:, names.index(v)], probs=probs, anchors=anchors,
-                                   resolution=tails[names.index(v)])
-                     for c, v in enumerate(wanted)], axis=1)
+    return np.stack(
+        [
+            correct_tails(
+                fields[:, c],
+                offsets[:, names.index(v)],
+                probs=probs,
+                anchors=anchors,
+                resolution=tails[names.index(v)],
+            )
+            for c, v in enumerate(wanted)
+        ],
+        axis=1,
+    )
 
 
 def decode_store(
@@ -382,41 +495,70 @@ def decode_store(
     ds = open_latents(latents, autoencoder)
     stored = _attr_json(ds, "variables", latents)
     if stored != list(autoencoder.variables):
-        raise StoreError(f"{latents}: expected variables {list(autoencoder.variables)}, found {stored}")
+        raise StoreError(
+            f"{latents}: expected variables {list(autoencoder.variables)}, found {stored}"
+        )
     variables = decoded_variables(autoencoder, variables)
     ydim, xdim = _attr_json(ds, "spatial_dims", latents)
     shape = tuple(_attr_json(ds, "field_shape", latents))
     target_attrs = _attr_json(ds, "target_attrs", latents)
     chunk = chunk or int(ds[LATENT_VAR].encoding.get("chunks", (8,))[0])
     n_time = ds.sizes["time"]
-    coords = {k: v for k, v in ds.coords.items()
-              if set(v.dims) <= {"time", ydim, xdim} and k not in ("variable",)}
+    coords = {
+        k: v
+        for k, v in ds.coords.items()
+        if set(v.dims) <= {"time", ydim, xdim} and k not in ("variable",)
+    }
     data_vars = {
-        v: (("time", ydim, xdim), da.zeros((n_time,) + shape, dtype=np.float32, chunks=(chunk, -1, -1)),
-            target_attrs.get(v, {}))
+        v: (
+            ("time", ydim, xdim),
+            da.zeros((n_time,) + shape, dtype=np.float32, chunks=(chunk, -1, -1)),
+            target_attrs.get(v, {}),
+        )
         for v in variables
     }
     template = xr.Dataset(data_vars, coords=coords)
     attrs = dict(_attr_json(ds, "source_attrs", latents))
-    attrs.update({
-        "history": f"decoded by kmscale from latent store {latents.name} "
-                   f"(autoencoder {ds.attrs['autoencoder_fingerprint']})",
-        "Conventions": "CF-1.10",
-    })
-    writer = StoreWriter(out, template, kind=TARGET_KIND,
-                         fingerprint=f"decoded:{ds.attrs['autoencoder_fingerprint']}:{variables}",
-                         dim="time", chunk=chunk, attrs=attrs, overwrite=overwrite)
+    attrs.update(
+        {
+            "history": f"decoded by kmscale from latent store {latents.name} "
+            f"(autoencoder {ds.attrs['autoencoder_fingerprint']})",
+            "Conventions": "CF-1.10",
+        }
+    )
+    writer = StoreWriter(
+        out,
+        template,
+        kind=TARGET_KIND,
+        fingerprint=f"decoded:{ds.attrs['autoencoder_fingerprint']}:{variables}",
+        dim="time",
+        chunk=chunk,
+        attrs=attrs,
+        overwrite=overwrite,
+    )
     autoencoder.eval()
 
     def compute(i: int, sl: slice) -> xr.Dataset:
-        fields = decode_times(ds, autoencoder, sl, latents, variables=variables, tile=tile,
-                              overlap=overlap, batch_size=batch_size)
+        fields = decode_times(
+            ds,
+            autoencoder,
+            sl,
+            latents,
+            variables=variables,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+        )
         return xr.Dataset(
             {v: (("time", ydim, xdim), fields[:, c]) for c, v in enumerate(variables)},
             coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},
         )
 
-    with tqdm(total=len(writer.pending()), desc=f"decode {Path(out).name}", unit="chunk",
-              disable=not progress) as bar:
+    with tqdm(
+        total=len(writer.pending()),
+        desc=f"decode {Path(out).name}",
+        unit="chunk",
+        disable=not progress,
+    ) as bar:
         run_chunks(writer, compute, scheduler=scheduler, on_done=lambda _: bar.update())
     return writer.finalize()

@@ -56,7 +56,11 @@ def windowed_line_power(x: torch.Tensor, dim: int) -> torch.Tensor:
     x = x.float().transpose(dim, -1)
     n = x.shape[-1]
     t = torch.arange(n, dtype=x.dtype, device=x.device) - (n - 1) / 2.0
-    x = x - x.mean(-1, keepdim=True) - (x * t).sum(-1, keepdim=True) / (t * t).sum().clamp(min=1e-12) * t
+    x = (
+        x
+        - x.mean(-1, keepdim=True)
+        - (x * t).sum(-1, keepdim=True) / (t * t).sum().clamp(min=1e-12) * t
+    )
     w = torch.sin(torch.pi * torch.arange(n, dtype=x.dtype, device=x.device) / n) ** 2
     x = x * (w / w.square().mean().sqrt())
     return torch.fft.rfft(x, norm="ortho").abs().square()[..., 1:]
@@ -119,7 +123,9 @@ class VAELoss:
 
     def __post_init__(self):
         if self.spectral_mode not in SPECTRAL_MODES:
-            raise ValueError(f"VAELoss.spectral_mode: expected one of {SPECTRAL_MODES}, found {self.spectral_mode!r}")
+            raise ValueError(
+                f"VAELoss.spectral_mode: expected one of {SPECTRAL_MODES}, found {self.spectral_mode!r}"
+            )
 
     def beta(self, samples_seen: int) -> float:
         """KL weight after ``samples_seen`` training samples (linear warm-up)."""
@@ -169,10 +175,14 @@ class VAELoss:
         if self.spectral_weight > 0:
             target = x if mask is None else torch.where(mask.expand_as(x), x, x_hat.detach())
             if self.spectral_mode == "mean_log_power":
-                spectral = mean_log_power_distance(x_hat, target, self.spectral_floor).expand(x.shape[0])
+                spectral = mean_log_power_distance(x_hat, target, self.spectral_floor).expand(
+                    x.shape[0]
+                )
             else:
                 if self.spectral_mode == "log_power":
-                    diff = log_power_spectrum(x_hat, self.spectral_floor) - log_power_spectrum(target, self.spectral_floor)
+                    diff = log_power_spectrum(x_hat, self.spectral_floor) - log_power_spectrum(
+                        target, self.spectral_floor
+                    )
                 else:
                     diff = log_amplitude_spectrum(x_hat) - log_amplitude_spectrum(target)
                 spectral = (diff * diff).flatten(1).mean(1)

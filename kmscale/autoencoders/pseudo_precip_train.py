@@ -167,8 +167,11 @@ def load_fields(d: PPDataConfig) -> xr.Dataset:
     return xr.Dataset({"tp": tp, **comps})
 
 
-def add_companions(ds: xr.Dataset, companions: Sequence[str] = ("rain_edge_distance",),
-                   data: PPDataConfig | None = None) -> xr.Dataset:
+def add_companions(
+    ds: xr.Dataset,
+    companions: Sequence[str] = ("rain_edge_distance",),
+    data: PPDataConfig | None = None,
+) -> xr.Dataset:
     """``ds`` (time, lat, lon) with ``tp`` in mm h-1, plus the companion fields a PP encoder
     reads (``vimd`` / ``rain_edge_distance`` computed, others taken from ``ds``): the
     targets to give ``encode``, :func:`train_pseudo_precip` (``fields``) or the regression
@@ -275,8 +278,11 @@ def selection_score(scores: dict) -> float:
     fraction 2 %, RMSE 5 % of std, marginal 0.05). A mean, not the worst: on held-out
     hours wetter or drier than the training hours the marginal is off by the change in
     weather whatever the network, and must not hide the reconstruction's progress."""
-    return (scores["wet_fraction_error"] / 0.02 + scores["rmse_rel"] / 0.05
-            + scores["marginal"]["max_abs_error"] / 0.05) / 3
+    return (
+        scores["wet_fraction_error"] / 0.02
+        + scores["rmse_rel"] / 0.05
+        + scores["marginal"]["max_abs_error"] / 0.05
+    ) / 3
 
 
 # ---- the recipe ---------------------------------------------------------------------
@@ -336,9 +342,11 @@ def train_pseudo_precip(cfg: PseudoPrecipConfig, fields: xr.Dataset | None = Non
     train_f = select_period(fields, cfg.data.train_period, "data.train_period")
     x_tr = torch.from_numpy(stack_fields(train_f, variables))
     x_va = (
-        torch.from_numpy(stack_fields(select_period(fields, cfg.data.val_period, "data.val_period"),
-                                      variables))
-        if cfg.data.val_period else None
+        torch.from_numpy(
+            stack_fields(select_period(fields, cfg.data.val_period, "data.val_period"), variables)
+        )
+        if cfg.data.val_period
+        else None
     )
     torch.manual_seed(cfg.train.seed)
     model = build_model(

@@ -44,8 +44,12 @@ def int_dtype_for(q: np.ndarray) -> np.dtype:
     raise SchemaError(f"quantized latents: expected values within int32, found range [{lo}, {hi}]")
 
 
-def quantize(z: np.ndarray, step: float | Sequence[float], channel_axis: int = 1,
-             dtype: np.dtype | None = None) -> np.ndarray:
+def quantize(
+    z: np.ndarray,
+    step: float | Sequence[float],
+    channel_axis: int = 1,
+    dtype: np.dtype | None = None,
+) -> np.ndarray:
     """Normalized latents z (..., C, ...) -> integers round(z / Delta_c).
 
     Args:

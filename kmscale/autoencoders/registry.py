@@ -82,7 +82,9 @@ def load_autoencoder(path: str | Path, expect: str | None = None):
     path = Path(path)
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise CheckpointError(f"{path}: expected an autoencoder directory with config.json, found none")
+        raise CheckpointError(
+            f"{path}: expected an autoencoder directory with config.json, found none"
+        )
     try:
         cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as err:

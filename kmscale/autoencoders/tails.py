@@ -34,16 +34,42 @@ import numpy as np
 
 from kmscale.errors import ConfigError, SchemaError
 
-TAIL_PROBS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95,
-              0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 1.0)
+TAIL_PROBS = (
+    0.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    0.95,
+    0.98,
+    0.99,
+    0.995,
+    0.998,
+    0.999,
+    0.9995,
+    1.0,
+)
 ANCHORS = (0.5,)
 
 
 def _check(probs, anchors) -> np.ndarray:
     allp = np.asarray(sorted((*probs, *anchors)), np.float64)
     if np.any(np.diff(allp) <= 0) or allp[0] < 0 or allp[-1] > 1:
-        raise ConfigError(f"tail probabilities: expected distinct values in [0, 1], found probs={probs}, "
-                          f"anchors={anchors}")
+        raise ConfigError(
+            f"tail probabilities: expected distinct values in [0, 1], found probs={probs}, "
+            f"anchors={anchors}"
+        )
     return allp
 
 
@@ -58,8 +84,13 @@ def _quantiles(fields: np.ndarray, allp: np.ndarray) -> np.ndarray:
     return out
 
 
-def tail_offsets(truth: np.ndarray, recon: np.ndarray, probs=TAIL_PROBS, anchors=ANCHORS,
-                 resolution: float = 0.01) -> np.ndarray:
+def tail_offsets(
+    truth: np.ndarray,
+    recon: np.ndarray,
+    probs=TAIL_PROBS,
+    anchors=ANCHORS,
+    resolution: float = 0.01,
+) -> np.ndarray:
     """Offsets ``q_p(truth) - q_p(recon)`` of every field, as int8 multiples of ``resolution``.
 
     Args:
@@ -72,8 +103,10 @@ def tail_offsets(truth: np.ndarray, recon: np.ndarray, probs=TAIL_PROBS, anchors
     """
     truth, recon = np.asarray(truth), np.asarray(recon)
     if truth.shape != recon.shape or truth.ndim < 2:
-        raise SchemaError(f"tail offsets: expected truth and reconstruction of one shape (..., H, W), found "
-                          f"{truth.shape} and {recon.shape}")
+        raise SchemaError(
+            f"tail offsets: expected truth and reconstruction of one shape (..., H, W), found "
+            f"{truth.shape} and {recon.shape}"
+        )
     if not resolution > 0:
         raise ConfigError(f"tail offsets: expected a positive resolution, found {resolution}")
     allp = _check(probs, anchors)
@@ -85,13 +118,20 @@ def tail_offsets(truth: np.ndarray, recon: np.ndarray, probs=TAIL_PROBS, anchors
     return np.clip(np.rint(delta), -127, 127).astype(np.int8).reshape(*lead, len(probs))
 
 
-def correct_tails(recon: np.ndarray, offsets: np.ndarray, probs=TAIL_PROBS, anchors=ANCHORS,
-                  resolution: float = 0.01) -> np.ndarray:
+def correct_tails(
+    recon: np.ndarray,
+    offsets: np.ndarray,
+    probs=TAIL_PROBS,
+    anchors=ANCHORS,
+    resolution: float = 0.01,
+) -> np.ndarray:
     """Apply stored :func:`tail_offsets` to decoded fields (..., H, W); NaN stays NaN."""
     recon, offsets = np.asarray(recon), np.asarray(offsets)
     if offsets.shape != (*recon.shape[:-2], len(probs)):
-        raise SchemaError(f"tail offsets: expected shape {(*recon.shape[:-2], len(probs))} for fields "
-                          f"{recon.shape} and {len(probs)} probabilities, found {offsets.shape}")
+        raise SchemaError(
+            f"tail offsets: expected shape {(*recon.shape[:-2], len(probs))} for fields "
+            f"{recon.shape} and {len(probs)} probabilities, found {offsets.shape}"
+        )
     allp = _check(probs, anchors)
     fields = recon.reshape(-1, *recon.shape[-2:])
     rq = _quantiles(fields, allp)

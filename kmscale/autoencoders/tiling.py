@@ -50,8 +50,12 @@ def padded_shape(shape: Sequence[int], factor: int) -> tuple[int, int]:
     return tuple(-(-int(s) // factor) * factor for s in shape)  # type: ignore[return-value]
 
 
-def _layout(shape: tuple[int, int], tile: int | Sequence[int] | None,
-            overlap: int | Sequence[int], factor: int) -> TileLayout:
+def _layout(
+    shape: tuple[int, int],
+    tile: int | Sequence[int] | None,
+    overlap: int | Sequence[int],
+    factor: int,
+) -> TileLayout:
     """Pixel layout on the padded field; ``tile=None`` means one tile covering everything."""
     if tile is None:
         return TileLayout(shape=shape, tile=shape, overlap=(0, 0))
@@ -92,7 +96,7 @@ def _ramp_1d(n: int, start: int, stop: int, overlap: int, size: int) -> np.ndarr
     if start > 0:  # interior edge: discard what the padding reached, then taper in
         w[: len(lo)] = np.minimum(w[: len(lo)], lo)
     if stop < size:
-        w[n - len(lo):] = np.minimum(w[n - len(lo):], lo[::-1])
+        w[n - len(lo) :] = np.minimum(w[n - len(lo) :], lo[::-1])
     return w
 
 
@@ -238,7 +242,9 @@ def tiled_decode(
     jobs = [(b, i) for b in range(z.shape[0]) for i in range(len(latent_slices))]
     for start in range(0, len(jobs), batch_size):
         part = jobs[start : start + batch_size]
-        batch = torch.from_numpy(np.stack([z[b, :, latent_slices[i][0], latent_slices[i][1]] for b, i in part]))
+        batch = torch.from_numpy(
+            np.stack([z[b, :, latent_slices[i][0], latent_slices[i][1]] for b, i in part])
+        )
         x = autoencoder.decode(batch.to(device)).float().cpu()
         for (b, i), xi in zip(part, x, strict=True):
             accs[b].add(i, xi)
@@ -246,7 +252,9 @@ def tiled_decode(
     if mask is not None:
         valid = torch.as_tensor(np.asarray(mask, dtype=bool))
         if tuple(valid.shape[-2:]) != tuple(shape):
-            raise GridError(f"tiled_decode: expected a mask of shape {tuple(shape)}, found {tuple(valid.shape)}")
+            raise GridError(
+                f"tiled_decode: expected a mask of shape {tuple(shape)}, found {tuple(valid.shape)}"
+            )
         out = torch.where(valid.expand_as(out), out, torch.tensor(float("nan")))
     return out[0] if single else out
 

@@ -53,9 +53,15 @@ log = logging.getLogger(__name__)
 @dataclass
 class DataConfig:
     targets: str = ""  # targets store of `kmscale prepare`, any canonical zarr, or NetCDF
-    variables: list[str] = field(default_factory=list)  # the variable group; empty = all (time, Y, X) vars
-    train_period: list[str] = field(default_factory=list)  # [start, end] inclusive; empty = all times
-    val_period: list[str] = field(default_factory=list)  # held-out [start, end]; empty = no validation
+    variables: list[str] = field(
+        default_factory=list
+    )  # the variable group; empty = all (time, Y, X) vars
+    train_period: list[str] = field(
+        default_factory=list
+    )  # [start, end] inclusive; empty = all times
+    val_period: list[str] = field(
+        default_factory=list
+    )  # held-out [start, end]; empty = no validation
     stats: str = ""  # stats.json of `kmscale prepare`; empty = fit on train_period
     val_max_fields: int = 32  # validation fields (evenly spaced over val_period)
     # Level-shift augmentation: std (standardized units) of a random constant added to
@@ -90,7 +96,9 @@ class LossConfig:
 
 @dataclass
 class StageConfig:
-    patch: list[int] = field(default_factory=lambda: [64, 64])  # (rows, cols) px, multiples of 2**n_down
+    patch: list[int] = field(
+        default_factory=lambda: [64, 64]
+    )  # (rows, cols) px, multiples of 2**n_down
     total_samples: int = 20_000
     lr: float = 1e-3
     # Quantization-aware training: > 0 makes the decoder see the posterior mean plus uniform
@@ -144,8 +152,11 @@ class AutoencoderConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(
-        default_factory=lambda: StageConfig(patch=[256, 256], total_samples=5_000, lr=2e-4))
-    decoder: DecoderStageConfig = field(default_factory=lambda: DecoderStageConfig(patch=[256, 256]))
+        default_factory=lambda: StageConfig(patch=[256, 256], total_samples=5_000, lr=2e-4)
+    )
+    decoder: DecoderStageConfig = field(
+        default_factory=lambda: DecoderStageConfig(patch=[256, 256])
+    )
     train: TrainingSettings = field(default_factory=TrainingSettings)  # shared loop settings
 
 
@@ -174,8 +185,14 @@ class PatchDataset(torch.utils.data.Dataset):
         length: number of items (an epoch); patches repeat with period ``length``.
     """
 
-    def __init__(self, x: torch.Tensor, valid: torch.Tensor, patch: tuple[int, int], seed: int,
-                 length: int = 100_000):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        valid: torch.Tensor,
+        patch: tuple[int, int],
+        seed: int,
+        length: int = 100_000,
+    ):
         self.x, self.valid, self.seed, self.length = x, valid, seed, length
         self.patch = (min(patch[0], x.shape[-2]), min(patch[1], x.shape[-1]))
 
@@ -201,11 +218,14 @@ def _target_names(ds: xr.Dataset, variables: list[str], source) -> list[str]:
     variable of ``ds``; checked."""
 
     ndim = 2 if "cell" in ds.dims else 3
-    names = list(variables) or [v for v, da in ds.data_vars.items()
-                                if da.ndim == ndim and da.dims[0] == "time"]
+    names = list(variables) or [
+        v for v, da in ds.data_vars.items() if da.ndim == ndim and da.dims[0] == "time"
+    ]
     if not names:
-        raise SchemaError(f"{source}: expected (time, Y, X) or (time, cell) target variables, "
-                          f"found {list(ds.data_vars)}")
+        raise SchemaError(
+            f"{source}: expected (time, Y, X) or (time, cell) target variables, "
+            f"found {list(ds.data_vars)}"
+        )
     if ndim == 2:
         from kmscale.sphere import check_healpix_dataset
 
@@ -222,9 +242,12 @@ def _build_model(cfg: ModelConfig, ds: xr.Dataset, names: list[str], stats: dict
     """The configured autoencoder class and a fresh instance for ``names``."""
     cls = get_autoencoder_class(cfg.name)
     if cfg.name == "vae":
-        kwargs = dict(block_out_channels=tuple(cfg.block_out_channels),
-                      layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups,
-                      norm_type=cfg.norm_type)
+        kwargs = dict(
+            block_out_channels=tuple(cfg.block_out_channels),
+            layers_per_block=cfg.layers_per_block,
+            norm_num_groups=cfg.norm_num_groups,
+            norm_type=cfg.norm_type,
+        )
     else:
         kwargs = dict(cfg.options)
     if "cell" in ds.dims:
@@ -232,17 +255,24 @@ def _build_model(cfg: ModelConfig, ds: xr.Dataset, names: list[str], stats: dict
 
         nside = check_healpix_dataset(ds).nside
         if kwargs.setdefault("nside", nside) != nside:
-            raise SchemaError(f"model.options.nside: expected the targets' nside {nside}, "
-                              f"found {kwargs['nside']}")
-    return cls, cls(variables=names, input_stats=stats, latent_channels=cfg.latent_channels, **kwargs)
+            raise SchemaError(
+                f"model.options.nside: expected the targets' nside {nside}, found {kwargs['nside']}"
+            )
+    return cls, cls(
+        variables=names, input_stats=stats, latent_channels=cfg.latent_channels, **kwargs
+    )
 
 
 def _encode_all(model, fields: np.ndarray, batch: int = 16) -> torch.Tensor:
     """Latents of physical fields (T, C, *spatial): tiled for grids, batched for HEALPix."""
     if fields.ndim == 3:
         with torch.no_grad():
-            return torch.cat([model.encode(torch.from_numpy(fields[i:i + batch]))
-                              for i in range(0, fields.shape[0], batch)])
+            return torch.cat(
+                [
+                    model.encode(torch.from_numpy(fields[i : i + batch]))
+                    for i in range(0, fields.shape[0], batch)
+                ]
+            )
     tile, overlap = auto_tiling(fields.shape[-2:], model.downsample_factor)
     return tiled_encode(model, fields, tile=tile, overlap=overlap)
 
@@ -251,11 +281,20 @@ def _reconstruct(model, fields: np.ndarray, batch: int = 16) -> np.ndarray:
     """encode -> decode of physical fields (T, C, *spatial)."""
     if fields.ndim == 3:
         with torch.no_grad():
-            return torch.cat([model.decode(model.encode(torch.from_numpy(fields[i:i + batch])))
-                              for i in range(0, fields.shape[0], batch)]).numpy()
+            return torch.cat(
+                [
+                    model.decode(model.encode(torch.from_numpy(fields[i : i + batch])))
+                    for i in range(0, fields.shape[0], batch)
+                ]
+            ).numpy()
     tile, overlap = auto_tiling(fields.shape[-2:], model.downsample_factor)
-    return tiled_decode(model, tiled_encode(model, fields, tile=tile, overlap=overlap),
-                        shape=fields.shape[-2:], tile=tile, overlap=overlap).numpy()
+    return tiled_decode(
+        model,
+        tiled_encode(model, fields, tile=tile, overlap=overlap),
+        shape=fields.shape[-2:],
+        tile=tile,
+        overlap=overlap,
+    ).numpy()
 
 
 def select_period(
@@ -286,25 +325,34 @@ def _input_stats(cfg: DataConfig, train: xr.Dataset, names: list[str]) -> dict:
 def _shiftable(model) -> torch.Tensor:
     """(C,) 1.0 for variables whose standardized values may be shifted (no value transform)."""
     stats = model.config.input_stats
-    return torch.tensor([float(stats[v].get("transform", "none") in (None, "none")) for v in model.variables])
+    return torch.tensor(
+        [float(stats[v].get("transform", "none") in (None, "none")) for v in model.variables]
+    )
 
 
 def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, valid, val_fn) -> Path:
     """Train one stage; returns the directory of its exported EMA weights."""
     f = model.downsample_factor
     if x.ndim == 4 and (stage.patch[0] % f or stage.patch[1] % f):
-        raise ConfigError(f"{name}.patch: expected multiples of the downsample factor {f}, found {stage.patch}")
+        raise ConfigError(
+            f"{name}.patch: expected multiples of the downsample factor {f}, found {stage.patch}"
+        )
     out = Path(cfg.out_dir) / name
     final = out / "final"
     if (final / "config.json").is_file():
         log.info("%s already trained (%s): skipped", name, final)
         return final
-    settings = TrainingSettings(**{**to_dict(cfg.train), "total_samples": stage.total_samples, "lr": stage.lr})
+    settings = TrainingSettings(
+        **{**to_dict(cfg.train), "total_samples": stage.total_samples, "lr": stage.lr}
+    )
     decoder_only = isinstance(stage, DecoderStageConfig)
     loss_settings = to_dict(cfg.loss)
     if decoder_only:
-        loss_settings.update(spectral_weight=stage.spectral_weight, spectral_mode=stage.spectral_mode,
-                             spectral_floor=stage.spectral_floor)
+        loss_settings.update(
+            spectral_weight=stage.spectral_weight,
+            spectral_mode=stage.spectral_mode,
+            spectral_floor=stage.spectral_floor,
+        )
         model.train_decoder_only()  # the Trainer's optimizer only takes parameters that require gradients
     loss = VAELoss(**loss_settings)
     box: dict = {}
@@ -321,15 +369,31 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
         seen = box["trainer"].counters.samples_seen
         return loss(out.sample, xb, out.latent_dist, mask=vb, samples_seen=seen)["total"].mean()
 
-    data = (FieldDataset(x, valid, seed=cfg.train.seed) if x.ndim == 3
-            else PatchDataset(x, valid, tuple(stage.patch), seed=cfg.train.seed))
+    data = (
+        FieldDataset(x, valid, seed=cfg.train.seed)
+        if x.ndim == 3
+        else PatchDataset(x, valid, tuple(stage.patch), seed=cfg.train.seed)
+    )
     # The decoder stage keeps its final weights (see train_autoencoder): validation only logs.
-    trainer = Trainer(model, loss_fn, data, out, settings, validate_fn=val_fn,
-                      best_metric="rmse_norm" if val_fn and not decoder_only else None, run_config=to_dict(cfg))
+    trainer = Trainer(
+        model,
+        loss_fn,
+        data,
+        out,
+        settings,
+        validate_fn=val_fn,
+        best_metric="rmse_norm" if val_fn and not decoder_only else None,
+        run_config=to_dict(cfg),
+    )
     box["trainer"] = trainer
     result = trainer.fit()
-    log.info("%s: %d samples, last loss %.4g, best %s", name, result.samples_seen, result.last_loss,
-             result.best_score)
+    log.info(
+        "%s: %d samples, last loss %.4g, best %s",
+        name,
+        result.samples_seen,
+        result.last_loss,
+        result.best_score,
+    )
     return final
 
 
@@ -361,11 +425,24 @@ def _train_groups(cfg: AutoencoderConfig, ds: xr.Dataset, names: list[str]):
     out = Path(cfg.out_dir)
     parts = []
     for i, group in enumerate(cfg.groups):
-        stages = {name: dataclasses.replace(stage, total_samples=int(round(stage.total_samples * group.budget_factor)))
-                  for name, stage in (("stage1", cfg.stage1), ("stage2", cfg.stage2), ("decoder", cfg.decoder))}
+        stages = {
+            name: dataclasses.replace(
+                stage, total_samples=int(round(stage.total_samples * group.budget_factor))
+            )
+            for name, stage in (
+                ("stage1", cfg.stage1),
+                ("stage2", cfg.stage2),
+                ("decoder", cfg.decoder),
+            )
+        }
         sub = dataclasses.replace(
-            cfg, out_dir=str(out / group_dir(i, group.variables)), groups=[], model=group.model,
-            data=dataclasses.replace(cfg.data, variables=list(group.variables)), **stages)
+            cfg,
+            out_dir=str(out / group_dir(i, group.variables)),
+            groups=[],
+            model=group.model,
+            data=dataclasses.replace(cfg.data, variables=list(group.variables)),
+            **stages,
+        )
         parts.append(_train_one(sub, ds, list(group.variables)))
     model = GroupedAutoencoder(parts, names, cfg.group_factor or None)
     model.save_pretrained(out / "autoencoder")
@@ -390,7 +467,11 @@ def _train_one(cfg: AutoencoderConfig, ds: xr.Dataset, names: list[str]):
     val_fn = None
     if cfg.data.val_period:
         val = select_period(ds, cfg.data.val_period, "data.val_period")
-        idx = np.unique(np.linspace(0, val.sizes["time"] - 1, min(cfg.data.val_max_fields, val.sizes["time"])).astype(int))
+        idx = np.unique(
+            np.linspace(
+                0, val.sizes["time"] - 1, min(cfg.data.val_max_fields, val.sizes["time"])
+            ).astype(int)
+        )
         val_fields = stack_fields(val.isel(time=idx), names)
         val_fn = _validator(val_fields, names, stats)
     two_stages = cfg.stage2.total_samples > 0
@@ -436,10 +517,23 @@ def _validator(fields: np.ndarray, names: list[str], stats: dict):
 
 
 def vae_config(
-    out: str | Path, field_shape: list[int], widths: list[int], latent_channels: int, samples: int, *,
-    batch: int = 16, seed: int = 0, spectral_weight: float = 0.1, lr: float = 1e-3, shift_augment: float = 0.0,
-    spectral_mode: str = "log_amplitude", small_patch: list[int] | None = None, small_fraction: float = 0.5,
-    decoder_samples: int = 0, decoder_spectral_weight: float = 0.3, groups: list[GroupConfig] | None = None,
+    out: str | Path,
+    field_shape: list[int],
+    widths: list[int],
+    latent_channels: int,
+    samples: int,
+    *,
+    batch: int = 16,
+    seed: int = 0,
+    spectral_weight: float = 0.1,
+    lr: float = 1e-3,
+    shift_augment: float = 0.0,
+    spectral_mode: str = "log_amplitude",
+    small_patch: list[int] | None = None,
+    small_fraction: float = 0.5,
+    decoder_samples: int = 0,
+    decoder_spectral_weight: float = 0.3,
+    groups: list[GroupConfig] | None = None,
     group_factor: int = 0,
 ) -> AutoencoderConfig:
     """The config of a short VAE run on whole fields of ``field_shape`` (the demo's and
@@ -454,24 +548,46 @@ def vae_config(
     return AutoencoderConfig(
         out_dir=str(out),
         data=DataConfig(shift_augment=shift_augment),
-        model=ModelConfig(block_out_channels=list(widths), latent_channels=latent_channels,
-                          norm_num_groups=min(16, *widths)),
+        model=ModelConfig(
+            block_out_channels=list(widths),
+            latent_channels=latent_channels,
+            norm_num_groups=min(16, *widths),
+        ),
         groups=list(groups or []),
         group_factor=group_factor,
-        loss=LossConfig(kl_weight=1e-6, kl_warmup_samples=max(1, samples // 4), spectral_weight=spectral_weight,
-                        spectral_mode=spectral_mode),
+        loss=LossConfig(
+            kl_weight=1e-6,
+            kl_warmup_samples=max(1, samples // 4),
+            spectral_weight=spectral_weight,
+            spectral_mode=spectral_mode,
+        ),
         stage1=StageConfig(patch=list(small_patch or field_shape), total_samples=n_small, lr=lr),
         stage2=StageConfig(patch=list(field_shape), total_samples=samples - n_small, lr=lr),
-        decoder=DecoderStageConfig(patch=list(field_shape), total_samples=decoder_samples,
-                                   spectral_weight=decoder_spectral_weight),
-        train=TrainingSettings(global_batch_size=batch, warmup_samples=min(200, samples), lr_decay="cosine",
-                               ema_decay=0.99, checkpoint_every_samples=max(batch, samples // 2),
-                               log_every_samples=max(batch, samples // 10), seed=seed),
+        decoder=DecoderStageConfig(
+            patch=list(field_shape),
+            total_samples=decoder_samples,
+            spectral_weight=decoder_spectral_weight,
+        ),
+        train=TrainingSettings(
+            global_batch_size=batch,
+            warmup_samples=min(200, samples),
+            lr_decay="cosine",
+            ema_decay=0.99,
+            checkpoint_every_samples=max(batch, samples // 2),
+            log_every_samples=max(batch, samples // 10),
+            seed=seed,
+        ),
     )
 
 
-def fit_vae(targets: xr.Dataset, out: str | Path, widths: list[int], latent_channels: int, samples: int,
-            **kwargs) -> Path:
+def fit_vae(
+    targets: xr.Dataset,
+    out: str | Path,
+    widths: list[int],
+    latent_channels: int,
+    samples: int,
+    **kwargs,
+) -> Path:
     """Train on ``targets`` (time, lat, lon per variable; all of them are training fields)
     with :func:`vae_config` (``kwargs``) and :func:`train_autoencoder`; returns
     ``out/autoencoder`` (kept if already there). Input statistics come from the
@@ -480,5 +596,7 @@ def fit_vae(targets: xr.Dataset, out: str | Path, widths: list[int], latent_chan
     final = out / "autoencoder"
     if not (final / "config.json").is_file():
         shape = [int(targets.sizes["lat"]), int(targets.sizes["lon"])]
-        train_autoencoder(vae_config(out, shape, widths, latent_channels, samples, **kwargs), targets)
+        train_autoencoder(
+            vae_config(out, shape, widths, latent_channels, samples, **kwargs), targets
+        )
     return final

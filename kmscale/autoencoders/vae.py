@@ -148,7 +148,10 @@ class VAEAutoencoder(Autoencoder):
 
     # ---- training ------------------------------------------------------------------
     def forward(
-        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None,
+        self,
+        x: torch.Tensor,
+        sample_posterior: bool = True,
+        generator: torch.Generator | None = None,
         quant_step: float = 0.0,
     ) -> AutoencoderOutput:
         """Training pass on standardized x (B, C, H, W): x_hat (standardized) and the posterior.

@@ -81,8 +81,13 @@ def _model(freqs_row: np.ndarray, length: int) -> Categorical:
     return Categorical(freqs_row[: length + 1].astype(np.float64), perfect=False)
 
 
-def encode(symbols: np.ndarray, indexes: np.ndarray, freqs: np.ndarray, offsets: np.ndarray,
-           lengths: np.ndarray) -> bytes:
+def encode(
+    symbols: np.ndarray,
+    indexes: np.ndarray,
+    freqs: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+) -> bytes:
     """Integer symbols -> bytes.
 
     Args:
@@ -95,8 +100,10 @@ def encode(symbols: np.ndarray, indexes: np.ndarray, freqs: np.ndarray, offsets:
     symbols = np.asarray(symbols, dtype=np.int64).ravel()
     indexes = np.asarray(indexes, dtype=np.int64).ravel()
     if symbols.shape != indexes.shape:
-        raise SchemaError(f"encode: expected one index per symbol, found {symbols.shape} symbols "
-                          f"and {indexes.shape} indexes")
+        raise SchemaError(
+            f"encode: expected one index per symbol, found {symbols.shape} symbols "
+            f"and {indexes.shape} indexes"
+        )
     enc = RangeEncoder()
     escapes = []
     for k in np.unique(indexes):
@@ -111,13 +118,15 @@ def encode(symbols: np.ndarray, indexes: np.ndarray, freqs: np.ndarray, offsets:
     return _HEADER.pack(words.size, esc.size) + words.tobytes() + esc.tobytes()
 
 
-def decode(data: bytes, indexes: np.ndarray, freqs: np.ndarray, offsets: np.ndarray,
-           lengths: np.ndarray) -> np.ndarray:
+def decode(
+    data: bytes, indexes: np.ndarray, freqs: np.ndarray, offsets: np.ndarray, lengths: np.ndarray
+) -> np.ndarray:
     """Bytes -> (N,) int64 symbols, for the same ``indexes`` and tables as :func:`encode`."""
     indexes = np.asarray(indexes, dtype=np.int64).ravel()
     if len(data) < _HEADER.size:
-        raise CorruptFileError(f"entropy-coded stream: expected at least {_HEADER.size} bytes, "
-                               f"found {len(data)}")
+        raise CorruptFileError(
+            f"entropy-coded stream: expected at least {_HEADER.size} bytes, found {len(data)}"
+        )
     n_words, n_esc = _HEADER.unpack_from(data)
     want = _HEADER.size + 4 * (n_words + n_esc)
     if len(data) != want:
@@ -135,7 +144,7 @@ def decode(data: bytes, indexes: np.ndarray, freqs: np.ndarray, offsets: np.ndar
         if used + n_out > esc.size:
             raise CorruptFileError("entropy-coded stream: more escapes than escaped values")
         s = s + int(offsets[k])
-        s[outside] = esc[used:used + n_out]
+        s[outside] = esc[used : used + n_out]
         used += n_out
         out[where] = s
     if used != esc.size:
@@ -200,4 +209,6 @@ def decode_adaptive(data: bytes) -> np.ndarray:
     for c, freqs in enumerate(rows):
         table[c, : freqs.size] = freqs
     idx = np.broadcast_to(np.arange(channels)[:, None], (channels, n))
-    return decode(data[pos:], idx, table, np.asarray(offsets), np.asarray(lengths)).reshape(channels, n)
+    return decode(data[pos:], idx, table, np.asarray(offsets), np.asarray(lengths)).reshape(
+        channels, n
+    )

@@ -51,9 +51,9 @@ class Chunk:
 class ArchiveWriter:
     """Write an archive atomically::
 
-        with ArchiveWriter(path, header) as w:
-            w.add("t2m/2026-03-19T00", payload)
-        # renamed to ``path`` here; on an exception nothing appears at ``path``
+    with ArchiveWriter(path, header) as w:
+        w.add("t2m/2026-03-19T00", payload)
+    # renamed to ``path`` here; on an exception nothing appears at ``path``
     """
 
     def __init__(self, path: str | Path, header: Mapping, *, overwrite: bool = False):
@@ -64,8 +64,11 @@ class ArchiveWriter:
         self.chunks: list[Chunk] = []
         self._names: set[str] = set()
         self._spool = tempfile.NamedTemporaryFile(
-            prefix=f".{self.path.name}.", suffix=".chunks.partial", dir=self.path.parent or ".",
-            delete=False)
+            prefix=f".{self.path.name}.",
+            suffix=".chunks.partial",
+            dir=self.path.parent or ".",
+            delete=False,
+        )
         self._size = 0
 
     def add(self, name: str, data: bytes) -> None:
@@ -80,8 +83,11 @@ class ArchiveWriter:
     def close(self) -> Path:
         """Write header + chunks under a temporary name, fsync, rename over ``path``."""
         self._spool.flush()
-        header = dict(self.header, format_version=FORMAT_VERSION,
-                      chunks=[[c.name, c.offset, c.length, c.crc32] for c in self.chunks])
+        header = dict(
+            self.header,
+            format_version=FORMAT_VERSION,
+            chunks=[[c.name, c.offset, c.length, c.crc32] for c in self.chunks],
+        )
         blob = json.dumps(header, sort_keys=True).encode()
         tmp = self.path.parent / f".{self.path.name}.partial"
         try:
@@ -129,16 +135,22 @@ class Archive:
         with open(self.path, "rb") as f:
             prefix = f.read(_PREFIX.size)
             if len(prefix) < _PREFIX.size or not prefix.startswith(MAGIC):
-                raise CorruptFileError(f"{self.path}: expected a kmscale archive (magic {MAGIC!r}), "
-                                       f"found {prefix[:8]!r}")
+                raise CorruptFileError(
+                    f"{self.path}: expected a kmscale archive (magic {MAGIC!r}), "
+                    f"found {prefix[:8]!r}"
+                )
             _, version, _, n, crc = _PREFIX.unpack(prefix)
             if version > FORMAT_VERSION:
-                raise StoreError(f"{self.path}: archive format version {version} is newer than the "
-                                 f"versions this kmscale reads (<= {FORMAT_VERSION}); upgrade kmscale")
+                raise StoreError(
+                    f"{self.path}: archive format version {version} is newer than the "
+                    f"versions this kmscale reads (<= {FORMAT_VERSION}); upgrade kmscale"
+                )
             blob = f.read(n)
         if len(blob) != n or zlib.crc32(blob) != crc:
-            raise CorruptFileError(f"{self.path}: the archive header is truncated or corrupt "
-                                   f"(expected {n} bytes with CRC-32 {crc:#010x})")
+            raise CorruptFileError(
+                f"{self.path}: the archive header is truncated or corrupt "
+                f"(expected {n} bytes with CRC-32 {crc:#010x})"
+            )
         self.header = json.loads(blob)
         self._data_start = _PREFIX.size + n
         self.chunks = {c[0]: Chunk(*c) for c in self.header.pop("chunks")}
@@ -156,8 +168,10 @@ class Archive:
             f.seek(self._data_start + c.offset)
             data = f.read(c.length)
         if len(data) != c.length:
-            raise CorruptFileError(f"{self.path}: chunk {name!r} is truncated "
-                                   f"(expected {c.length} bytes, found {len(data)})")
+            raise CorruptFileError(
+                f"{self.path}: chunk {name!r} is truncated "
+                f"(expected {c.length} bytes, found {len(data)})"
+            )
         if zlib.crc32(data) != c.crc32:
             raise CorruptFileError(f"{self.path}: chunk {name!r} is corrupt (CRC-32 mismatch)")
         return data

@@ -106,7 +106,9 @@ class EntropyBottleneck(nn.Module):
         for i in range(len(self.filters) + 1):
             init = math.log(math.expm1(1 / scale / dims[i + 1]))
             self.matrices.append(nn.Parameter(torch.full((channels, dims[i + 1], dims[i]), init)))
-            self.biases.append(nn.Parameter(torch.empty(channels, dims[i + 1], 1).uniform_(-0.5, 0.5)))
+            self.biases.append(
+                nn.Parameter(torch.empty(channels, dims[i + 1], 1).uniform_(-0.5, 0.5))
+            )
             if i < len(self.filters):
                 self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
         # quantiles[:, 0, :] = (lower tail, median, upper tail), learned by loss()
@@ -152,16 +154,19 @@ class EntropyBottleneck(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z (B, C, *spatial) -> (z_hat, likelihoods), both (B, C, *spatial)."""
         if z.ndim < 2 or z.shape[1] != self.channels:
-            raise SchemaError(f"EntropyBottleneck: expected (batch, {self.channels}, ...), "
-                              f"found {tuple(z.shape)}")
+            raise SchemaError(
+                f"EntropyBottleneck: expected (batch, {self.channels}, ...), found {tuple(z.shape)}"
+            )
         values = z.transpose(0, 1).reshape(self.channels, 1, -1)
         med = self.medians().detach().reshape(-1, 1, 1)
         out = noisy_or_rounded(values, med, self.training)
         like, _, _ = self._likelihood(out)
         like = lower_bound(like, self.likelihood_bound)
         shape = (self.channels, z.shape[0]) + tuple(z.shape[2:])
-        return (out.reshape(shape).transpose(0, 1).contiguous(),
-                like.reshape(shape).transpose(0, 1).contiguous())
+        return (
+            out.reshape(shape).transpose(0, 1).contiguous(),
+            like.reshape(shape).transpose(0, 1).contiguous(),
+        )
 
     def loss(self) -> torch.Tensor:
         """Auxiliary loss: moves ``quantiles`` to c^-1 of the tail targets (the network's
@@ -195,8 +200,10 @@ class EntropyBottleneck(nn.Module):
 
     def _check_tables(self) -> None:
         if int(self.lengths.min()) <= 0:
-            raise ConfigError("EntropyBottleneck: integer tables are empty; call update() "
-                              "after training (and before save_pretrained)")
+            raise ConfigError(
+                "EntropyBottleneck: integer tables are empty; call update() "
+                "after training (and before save_pretrained)"
+            )
 
     def symbols(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, C, *spatial) -> integers round(z - median) (int64)."""
@@ -207,8 +214,9 @@ class EntropyBottleneck(nn.Module):
         """z (B, C, *spatial) -> one byte string per batch element."""
         self._check_tables()
         sym = self.symbols(z).cpu().numpy()
-        idx = np.broadcast_to(np.arange(self.channels).reshape((-1,) + (1,) * (z.ndim - 2)),
-                              sym.shape[1:])
+        idx = np.broadcast_to(
+            np.arange(self.channels).reshape((-1,) + (1,) * (z.ndim - 2)), sym.shape[1:]
+        )
         tables = self._tables()
         return [coding.encode(s, idx, *tables) for s in sym]
 
@@ -223,8 +231,11 @@ class EntropyBottleneck(nn.Module):
         return torch.from_numpy(sym).to(med.dtype) + med
 
     def _tables(self):
-        return (self.freqs.cpu().numpy().astype(np.int64), self.offsets.cpu().numpy().astype(np.int64),
-                self.lengths.cpu().numpy().astype(np.int64))
+        return (
+            self.freqs.cpu().numpy().astype(np.int64),
+            self.offsets.cpu().numpy().astype(np.int64),
+            self.lengths.cpu().numpy().astype(np.int64),
+        )
 
 
 def default_scale_table(lo: float = 0.11, hi: float = 256.0, levels: int = 64) -> list[float]:
@@ -243,10 +254,14 @@ class GaussianConditional(nn.Module):
         likelihood_bound: float = 1e-9,  # floor of the likelihood in the rate
     ):
         super().__init__()
-        table = np.asarray(default_scale_table() if scale_table is None else scale_table, np.float64)
+        table = np.asarray(
+            default_scale_table() if scale_table is None else scale_table, np.float64
+        )
         if table.size < 1 or np.any(table <= 0) or np.any(np.diff(table) <= 0):
-            raise ConfigError(f"GaussianConditional: expected a positive increasing scale table, "
-                              f"found {table.tolist()}")
+            raise ConfigError(
+                f"GaussianConditional: expected a positive increasing scale table, "
+                f"found {table.tolist()}"
+            )
         if scale_bound <= 0:
             raise ConfigError(f"GaussianConditional: expected scale_bound > 0, found {scale_bound}")
         self.scale_bound = float(scale_bound)
@@ -276,16 +291,18 @@ class GaussianConditional(nn.Module):
         # Phi(x) through erfc keeps precision in the lower tail
         return 0.5 * torch.erfc(-(2**-0.5) * x)
 
-    def likelihood(self, y_hat: torch.Tensor, scales: torch.Tensor,
-                   means: torch.Tensor | None = None) -> torch.Tensor:
+    def likelihood(
+        self, y_hat: torch.Tensor, scales: torch.Tensor, means: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """p(y_hat | mu, sigma) elementwise, sigma lower-bounded (Minnen 2018, eq. 4)."""
         v = torch.abs(y_hat - means) if means is not None else torch.abs(y_hat)
         s = lower_bound(scales, self.scale_bound)
         like = self._cumulative((0.5 - v) / s) - self._cumulative((-0.5 - v) / s)
         return lower_bound(like, self.likelihood_bound)
 
-    def forward(self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, y: torch.Tensor, scales: torch.Tensor, means: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """y, sigma, mu (same shape) -> (y_hat, likelihoods)."""
         y_hat = noisy_or_rounded(y, means, self.training)
         return y_hat, self.likelihood(y_hat, scales, means)
@@ -297,30 +314,44 @@ class GaussianConditional(nn.Module):
         table = self.scale_table[:-1].to(s.device).contiguous()
         return torch.searchsorted(table, s, right=False)
 
-    def compress(self, y: torch.Tensor, indexes: torch.Tensor,
-                 means: torch.Tensor | None = None) -> list[bytes]:
+    def compress(
+        self, y: torch.Tensor, indexes: torch.Tensor, means: torch.Tensor | None = None
+    ) -> list[bytes]:
         """y (B, ...) with table indexes (B, ...) -> one byte string per batch element."""
         if indexes.shape != y.shape:
-            raise SchemaError(f"GaussianConditional.compress: expected indexes of shape "
-                              f"{tuple(y.shape)}, found {tuple(indexes.shape)}")
+            raise SchemaError(
+                f"GaussianConditional.compress: expected indexes of shape "
+                f"{tuple(y.shape)}, found {tuple(indexes.shape)}"
+            )
         v = y - means if means is not None else y
         sym = torch.round(v).long().cpu().numpy()
         idx = indexes.cpu().numpy()
         tables = self._tables()
         return [coding.encode(s, i, *tables) for s, i in zip(sym, idx, strict=True)]
 
-    def decompress(self, strings: Sequence[bytes], indexes: torch.Tensor,
-                   means: torch.Tensor | None = None) -> torch.Tensor:
+    def decompress(
+        self, strings: Sequence[bytes], indexes: torch.Tensor, means: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Byte strings + indexes (B, ...) -> y_hat (B, ...) = symbols + mu."""
         if len(strings) != indexes.shape[0]:
-            raise SchemaError(f"GaussianConditional.decompress: expected {indexes.shape[0]} "
-                              f"strings, found {len(strings)}")
+            raise SchemaError(
+                f"GaussianConditional.decompress: expected {indexes.shape[0]} "
+                f"strings, found {len(strings)}"
+            )
         idx = indexes.cpu().numpy()
         tables = self._tables()
-        sym = np.stack([coding.decode(s, i, *tables).reshape(i.shape) for s, i in zip(strings, idx, strict=True)])
+        sym = np.stack(
+            [
+                coding.decode(s, i, *tables).reshape(i.shape)
+                for s, i in zip(strings, idx, strict=True)
+            ]
+        )
         out = torch.from_numpy(sym).float()
         return out + means.detach().cpu() if means is not None else out
 
     def _tables(self):
-        return (self.freqs.cpu().numpy().astype(np.int64), self.offsets.cpu().numpy().astype(np.int64),
-                self.lengths.cpu().numpy().astype(np.int64))
+        return (
+            self.freqs.cpu().numpy().astype(np.int64),
+            self.offsets.cpu().numpy().astype(np.int64),
+            self.lengths.cpu().numpy().astype(np.int64),
+        )

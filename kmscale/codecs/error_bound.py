@@ -50,13 +50,16 @@ def step(bound: float, largest: float) -> float:
     b = check_bound(bound)
     margin = max(MARGIN * b, ULPS * float(np.spacing(np.float32(largest))))
     if b - margin <= 0:
-        raise ConfigError(f"max error {bound}: below what float32 resolves for values near "
-                          f"{largest:.4g} (spacing {np.spacing(np.float32(largest)):.3g})")
+        raise ConfigError(
+            f"max error {bound}: below what float32 resolves for values near "
+            f"{largest:.4g} (spacing {np.spacing(np.float32(largest)):.3g})"
+        )
     return 2.0 * (b - margin)
 
 
-def encode_residual(x: np.ndarray, x_rec: np.ndarray, bound: float, *,
-                    where: str = "field") -> tuple[bytes, np.ndarray]:
+def encode_residual(
+    x: np.ndarray, x_rec: np.ndarray, bound: float, *, where: str = "field"
+) -> tuple[bytes, np.ndarray]:
     """Field x and its reconstruction (same shape; NaN in x = masked) -> (bytes, x_out).
 
     ``x_out`` (float32, NaN where x is NaN) is what :func:`decode_residual` returns.
@@ -65,20 +68,24 @@ def encode_residual(x: np.ndarray, x_rec: np.ndarray, bound: float, *,
     x = np.asarray(x, np.float32)
     x_rec = np.asarray(x_rec, np.float32)
     if x.shape != x_rec.shape:
-        raise SchemaError(f"{where}: expected a reconstruction of shape {x.shape}, "
-                          f"found {x_rec.shape}")
+        raise SchemaError(
+            f"{where}: expected a reconstruction of shape {x.shape}, found {x_rec.shape}"
+        )
     valid = np.isfinite(x)
     if not np.all(np.isfinite(x_rec[valid])):
-        raise SchemaError(f"{where}: expected a finite reconstruction at unmasked points, "
-                          f"found NaN or inf")
+        raise SchemaError(
+            f"{where}: expected a finite reconstruction at unmasked points, found NaN or inf"
+        )
     d = step(bound, float(np.max(np.abs(x[valid]), initial=0.0)))
     q = np.rint((x[valid].astype(np.float64) - x_rec[valid]) / d).astype(np.int64)
     x_out = _apply(x_rec, valid, q, d)
     err = float(np.max(np.abs(x_out[valid].astype(np.float64) - x[valid]), initial=0.0))
     if err > bound:
-        raise ConfigError(f"{where}: max error {bound} cannot be met in float32 (found "
-                          f"{err:.3g} after rounding; values near {np.nanmax(np.abs(x)):.4g} "
-                          f"have a float32 spacing of {np.spacing(np.nanmax(np.abs(x))):.3g})")
+        raise ConfigError(
+            f"{where}: max error {bound} cannot be met in float32 (found "
+            f"{err:.3g} after rounding; values near {np.nanmax(np.abs(x)):.4g} "
+            f"have a float32 spacing of {np.spacing(np.nanmax(np.abs(x))):.3g})"
+        )
     plain = coding.encode_adaptive(q[None])
     if x.ndim >= 2:
         full = np.zeros(x.shape, np.int64)
@@ -108,8 +115,10 @@ def decode_residual(data: bytes, x_rec: np.ndarray, valid: np.ndarray) -> np.nda
             raise SchemaError(f"residual: expected {valid.size} Lorenzo values, found {q.size}")
         q = _inverse_lorenzo(q.reshape(valid.shape))[valid]
     if q.size != int(np.count_nonzero(valid)):
-        raise SchemaError(f"residual: expected {int(np.count_nonzero(valid))} values for the "
-                          f"unmasked points, found {q.size}")
+        raise SchemaError(
+            f"residual: expected {int(np.count_nonzero(valid))} values for the "
+            f"unmasked points, found {q.size}"
+        )
     return _apply(np.asarray(x_rec, np.float32), valid, q, d)
 
 

@@ -49,11 +49,15 @@ def latent_grid(lat: np.ndarray, lon: np.ndarray, factor: int) -> tuple[np.ndarr
     if factor == 1:
         return lat, lon
     if lat.size % factor or lon.size % factor:
-        raise GridError(f"latent grid: expected sizes divisible by {factor}, found {lat.size} x {lon.size}")
+        raise GridError(
+            f"latent grid: expected sizes divisible by {factor}, found {lat.size} x {lon.size}"
+        )
     return lat.reshape(-1, factor).mean(1), lon.reshape(-1, factor).mean(1)
 
 
-def pair_times(target_time: np.ndarray, predictor_time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pair_times(
+    target_time: np.ndarray, predictor_time: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (into targets, into predictors) of the valid times both hold, ascending.
 
     Raises:
@@ -61,8 +65,12 @@ def pair_times(target_time: np.ndarray, predictor_time: np.ndarray) -> tuple[np.
     """
     for name, t in (("targets", target_time), ("predictors", predictor_time)):
         if len(np.unique(t)) != len(t):
-            raise AlignmentError(f"{name}: expected unique valid times, found {len(t) - len(np.unique(t))} duplicates")
-    common, it, ip = np.intersect1d(np.asarray(target_time), np.asarray(predictor_time), return_indices=True)
+            raise AlignmentError(
+                f"{name}: expected unique valid times, found {len(t) - len(np.unique(t))} duplicates"
+            )
+    common, it, ip = np.intersect1d(
+        np.asarray(target_time), np.asarray(predictor_time), return_indices=True
+    )
     if common.size == 0:
         raise AlignmentError(
             f"pairing: expected valid times shared by targets ({target_time[0]}..{target_time[-1]}) and "
@@ -143,12 +151,16 @@ class ConditioningSpec:
         )
 
     # ---- building tensors ------------------------------------------------------------
-    def static_tensor(self, static: xr.Dataset | None, lat: np.ndarray, lon: np.ndarray) -> torch.Tensor:
+    def static_tensor(
+        self, static: xr.Dataset | None, lat: np.ndarray, lon: np.ndarray
+    ) -> torch.Tensor:
         """(C_s, h, w) standardized static channels on the latent grid."""
         fields = static_fields(static, lat, lon, self.static_variables)
         return torch.from_numpy(static_stack(fields, self.static_stats, self.factor))
 
-    def predictor_tensor(self, predictors: xr.Dataset, lat: np.ndarray, lon: np.ndarray) -> torch.Tensor:
+    def predictor_tensor(
+        self, predictors: xr.Dataset, lat: np.ndarray, lon: np.ndarray
+    ) -> torch.Tensor:
         """(T, C_p, h, w) standardized predictors on the latent grid."""
         llat, llon = latent_grid(lat, lon, self.factor)
         return self.predictors.stack(predictors, llat, llon, mode=self.interpolation)
@@ -156,13 +168,19 @@ class ConditioningSpec:
     def embedding(self, predictors: xr.Dataset) -> torch.Tensor:
         """(T, E) embeddings from the predictors' valid times and lead times."""
         return torch.from_numpy(
-            time_embedding(predictors["time"].values, lead_times_of(predictors), self.max_lead_hours)
+            time_embedding(
+                predictors["time"].values, lead_times_of(predictors), self.max_lead_hours
+            )
         )
 
 
 def physical_targets(targets: xr.Dataset, variables: Sequence[str]) -> torch.Tensor:
     """(T, C, H, W) float32 physical fields of ``variables`` (channel order)."""
-    arr = targets[list(variables)].to_dataarray("variable").transpose("time", "variable", "lat", "lon")
+    arr = (
+        targets[list(variables)]
+        .to_dataarray("variable")
+        .transpose("time", "variable", "lat", "lon")
+    )
     return torch.from_numpy(np.asarray(arr.values, np.float32))
 
 
@@ -180,12 +198,16 @@ def encode_targets(
     names = list(autoencoder.variables)
     missing = [n for n in names if n not in targets]
     if missing:
-        raise SchemaError(f"targets: expected variables {names} (the autoencoder's), missing {missing}")
+        raise SchemaError(
+            f"targets: expected variables {names} (the autoencoder's), missing {missing}"
+        )
     arr = targets[names].to_dataarray("variable").transpose("time", "variable", "lat", "lon")
     out = []
     n = arr.sizes["time"]
     for start in tqdm(range(0, n, batch_size), desc="encode", disable=not progress, leave=False):
-        x = torch.from_numpy(np.asarray(arr.isel(time=slice(start, start + batch_size)).values, np.float32))
+        x = torch.from_numpy(
+            np.asarray(arr.isel(time=slice(start, start + batch_size)).values, np.float32)
+        )
         out.append(autoencoder.encode(x).float())
     return torch.cat(out)
 
@@ -217,11 +239,15 @@ class DownscalingDataset(Dataset):
         n = predictors.shape[0]
         for name, t in (("emb", emb), ("z", z), ("z_mean", z_mean), ("x", x)):
             if t is not None and t.shape[0] != n:
-                raise AlignmentError(f"dataset: expected {n} {name} rows (one per time), found {t.shape[0]}")
+                raise AlignmentError(
+                    f"dataset: expected {n} {name} rows (one per time), found {t.shape[0]}"
+                )
         grid = tuple(predictors.shape[-2:])
         for name, t in (("static", static), ("z", z), ("z_mean", z_mean)):
             if t is not None and tuple(t.shape[-2:]) != grid:
-                raise SchemaError(f"dataset: expected {name} on the latent grid {grid}, found {tuple(t.shape[-2:])}")
+                raise SchemaError(
+                    f"dataset: expected {name} on the latent grid {grid}, found {tuple(t.shape[-2:])}"
+                )
         self.predictors, self.static, self.emb = predictors, static, emb
         self.z, self.z_mean, self.time, self.x = z, z_mean, time, x
 
@@ -244,13 +270,20 @@ class DownscalingDataset(Dataset):
 
     def with_z_mean(self, z_mean: torch.Tensor) -> DownscalingDataset:
         """The same examples with regression predictions attached (diffusion stage)."""
-        return DownscalingDataset(self.predictors, self.static, self.emb, self.z, z_mean, self.time, self.x)
+        return DownscalingDataset(
+            self.predictors, self.static, self.emb, self.z, z_mean, self.time, self.x
+        )
 
     def subset(self, index: np.ndarray | slice) -> DownscalingDataset:
-        pick = (lambda t: None if t is None else t[index])  # noqa: E731
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
         return DownscalingDataset(
-            self.predictors[index], self.static, self.emb[index], pick(self.z), pick(self.z_mean),
-            None if self.time is None else self.time[index], pick(self.x),
+            self.predictors[index],
+            self.static,
+            self.emb[index],
+            pick(self.z),
+            pick(self.z_mean),
+            None if self.time is None else self.time[index],
+            pick(self.x),
         )
 
 

@@ -54,9 +54,13 @@ def time_embedding(
         if lead.ndim == 0:
             lead = np.full(n, float(lead))
     if lead.shape != (n,):
-        raise AlignmentError(f"lead times: expected {n} values (one per valid time), found {lead.shape}")
+        raise AlignmentError(
+            f"lead times: expected {n} values (one per valid time), found {lead.shape}"
+        )
     if not np.all(np.isfinite(lead)) or np.any(lead < 0):
-        raise AlignmentError(f"lead times: expected finite hours >= 0, found range [{lead.min()}, {lead.max()}]")
+        raise AlignmentError(
+            f"lead times: expected finite hours >= 0, found range [{lead.min()}, {lead.max()}]"
+        )
     day = t.astype("datetime64[D]")
     hour = (t - day).astype(np.float64) / 3600.0
     year = t.astype("datetime64[Y]").astype("datetime64[D]")

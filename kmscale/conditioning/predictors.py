@@ -86,7 +86,9 @@ def interpolate_regular(
     Returns:
         (..., len(dst_lat), len(dst_lon)) float32 tensor.
     """
-    x = torch.as_tensor(np.asarray(values) if not torch.is_tensor(values) else values, dtype=torch.float32)
+    x = torch.as_tensor(
+        np.asarray(values) if not torch.is_tensor(values) else values, dtype=torch.float32
+    )
     lead = x.shape[:-2]
     x = x.reshape(-1, 1, *x.shape[-2:])
     iy = fractional_index(src_lat, dst_lat, "latitude")
@@ -96,7 +98,9 @@ def interpolate_regular(
     gx = torch.as_tensor(2 * ix / (len(src_lon) - 1) - 1, dtype=torch.float32)
     grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)  # (H, W, 2) as (x, y)
     grid = grid.unsqueeze(0).expand(x.shape[0], -1, -1, -1)
-    y = torch.nn.functional.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=True)
+    y = torch.nn.functional.grid_sample(
+        x, grid, mode=mode, padding_mode="border", align_corners=True
+    )
     return y.reshape(*lead, len(dst_lat), len(dst_lon))
 
 
@@ -131,11 +135,17 @@ class PredictorSpec:
         return cls(variables=names, units=units, stats=fit_predictor_stats(ds, names))
 
     def to_dict(self) -> dict:
-        return {"variables": list(self.variables), "units": dict(self.units), "stats": dict(self.stats)}
+        return {
+            "variables": list(self.variables),
+            "units": dict(self.units),
+            "stats": dict(self.stats),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> PredictorSpec:
-        return cls(variables=list(d["variables"]), units=dict(d.get("units", {})), stats=dict(d["stats"]))
+        return cls(
+            variables=list(d["variables"]), units=dict(d.get("units", {})), stats=dict(d["stats"])
+        )
 
     def check(self, ds: xr.Dataset, where: str = "predictors") -> None:
         """Raise SchemaError/UnitsError unless ``ds`` holds every variable in the right units."""
@@ -149,9 +159,13 @@ class PredictorSpec:
             want = self.units.get(name, "")
             found = str(ds[name].attrs.get("units", ""))
             if want and found != want:
-                raise UnitsError(f"{where}: variable {name!r} expected units {want!r}, found {found!r}")
+                raise UnitsError(
+                    f"{where}: variable {name!r} expected units {want!r}, found {found!r}"
+                )
             if set(ds[name].dims) != {"time", "lat", "lon"}:
-                raise SchemaError(f"{where}: variable {name!r} expected dims (time, lat, lon), found {ds[name].dims}")
+                raise SchemaError(
+                    f"{where}: variable {name!r} expected dims (time, lat, lon), found {ds[name].dims}"
+                )
 
     def stack(
         self, ds: xr.Dataset, lat: np.ndarray, lon: np.ndarray, mode: str = "bilinear"

@@ -33,7 +33,9 @@ def grid_coords(ds: xr.Dataset | xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
     """
     for name in ("lat", "lon"):
         if name not in ds.coords:
-            raise GridError(f"expected a {name!r} coordinate (canonical dims), found coords {list(ds.coords)}")
+            raise GridError(
+                f"expected a {name!r} coordinate (canonical dims), found coords {list(ds.coords)}"
+            )
     lat, lon = np.asarray(ds["lat"].values, np.float64), np.asarray(ds["lon"].values, np.float64)
     if lat.ndim != 1 or lon.ndim != 1:
         raise GridError(
@@ -55,7 +57,9 @@ def block_mean(x: np.ndarray, factor: int) -> np.ndarray:
         return x
     h, w = x.shape[-2:]
     if h % factor or w % factor:
-        raise GridError(f"block mean by {factor}: expected a grid divisible by {factor}, found {h} x {w}")
+        raise GridError(
+            f"block mean by {factor}: expected a grid divisible by {factor}, found {h} x {w}"
+        )
     y = x.reshape(*x.shape[:-2], h // factor, factor, w // factor, factor)
     return y.mean(axis=(-3, -1)).astype(x.dtype, copy=False)
 
@@ -87,8 +91,10 @@ def static_fields(
     out = xr.Dataset(coords={"lat": lat, "lon": lon})
     if static is not None:
         s_lat, s_lon = grid_coords(static)
-        if s_lat.shape != lat.shape or s_lon.shape != lon.shape or not (
-            np.allclose(s_lat, lat, atol=atol) and np.allclose(s_lon, lon, atol=atol)
+        if (
+            s_lat.shape != lat.shape
+            or s_lon.shape != lon.shape
+            or not (np.allclose(s_lat, lat, atol=atol) and np.allclose(s_lon, lon, atol=atol))
         ):
             raise GridError(
                 f"static fields: expected the target grid {lat.size} x {lon.size} "
@@ -96,9 +102,11 @@ def static_fields(
                 f"{s_lat.size} x {s_lon.size} (lat {s_lat[0]:.4f}..{s_lat[-1]:.4f}, "
                 f"lon {s_lon[0]:.4f}..{s_lon[-1]:.4f}); regrid them first"
             )
-        names = list(variables) if variables is not None else [
-            n for n, v in static.data_vars.items() if set(v.dims) == {"lat", "lon"}
-        ]
+        names = (
+            list(variables)
+            if variables is not None
+            else [n for n, v in static.data_vars.items() if set(v.dims) == {"lat", "lon"}]
+        )
         missing = [n for n in names if n not in static]
         if missing:
             raise SchemaError(f"static fields: expected variables {names}, missing {missing}")
@@ -110,7 +118,12 @@ def static_fields(
                 )
             out[name] = (("lat", "lon"), values, dict(static[name].attrs))
     la, lo = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
-    enc = {"lat_sin": np.sin(la), "lat_cos": np.cos(la), "lon_sin": np.sin(lo), "lon_cos": np.cos(lo)}
+    enc = {
+        "lat_sin": np.sin(la),
+        "lat_cos": np.cos(la),
+        "lon_sin": np.sin(lo),
+        "lon_cos": np.cos(lo),
+    }
     for name in STATIC_ENCODINGS:
         out[name] = (("lat", "lon"), enc[name].astype(np.float32), {"units": "1"})
     return out
@@ -122,7 +135,11 @@ def fit_static_stats(fields: xr.Dataset) -> dict[str, dict]:
     for name, var in fields.data_vars.items():
         values = np.asarray(var.values, np.float64)
         std = float(values.std())
-        stats[name] = {"mean": float(values.mean()), "std": std if std > 1e-12 else 1.0, "transform": "none"}
+        stats[name] = {
+            "mean": float(values.mean()),
+            "std": std if std > 1e-12 else 1.0,
+            "transform": "none",
+        }
     return stats
 
 
@@ -138,8 +155,11 @@ def static_stack(fields: xr.Dataset, stats: Mapping[str, Mapping], factor: int =
     """
     missing = [n for n in fields.data_vars if n not in stats]
     if missing:
-        raise SchemaError(f"static stats: expected entries for {list(fields.data_vars)}, missing {missing}")
+        raise SchemaError(
+            f"static stats: expected entries for {list(fields.data_vars)}, missing {missing}"
+        )
     chans = [
-        (np.asarray(v.values, np.float32) - stats[n]["mean"]) / stats[n]["std"] for n, v in fields.data_vars.items()
+        (np.asarray(v.values, np.float32) - stats[n]["mean"]) / stats[n]["std"]
+        for n, v in fields.data_vars.items()
     ]
     return block_mean(np.stack(chans).astype(np.float32), factor)

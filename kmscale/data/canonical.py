@@ -73,13 +73,21 @@ def _canonical_time(ds: xr.Dataset, where: str) -> xr.Dataset:
     elif "valid_time" in ds.coords and "time" in ds.dims and ds["valid_time"].dims == ("time",):
         step = ds.coords.get("step")
         ds = ds.assign_coords(time=ds["valid_time"].values).drop_vars("valid_time")
-        if step is not None and step.ndim == 0 and np.asarray(step.values).astype("timedelta64[ns]") != np.timedelta64(0, "ns"):
+        if (
+            step is not None
+            and step.ndim == 0
+            and np.asarray(step.values).astype("timedelta64[ns]") != np.timedelta64(0, "ns")
+        ):
             ds = ds.assign_coords(lead_time=("time", np.repeat(step.values, ds.sizes["time"])))
     elif "valid_time" in ds.coords and ds["valid_time"].ndim == 0 and "time" not in ds.dims:
         # one GRIB message: the valid time (not the reference time) is what pairs with targets
         step = ds.coords.get("step")
         ds = ds.drop_vars("time", errors="ignore").rename({"valid_time": "time"})
-        if step is not None and step.ndim == 0 and np.asarray(step.values).astype("timedelta64[ns]") != np.timedelta64(0, "ns"):
+        if (
+            step is not None
+            and step.ndim == 0
+            and np.asarray(step.values).astype("timedelta64[ns]") != np.timedelta64(0, "ns")
+        ):
             ds = ds.expand_dims("time").assign_coords(lead_time=("time", [step.values]))
     # WRF: Time dim with a Times character variable.
     if "Time" in ds.dims and "Times" in ds.variables:
@@ -104,7 +112,11 @@ def _canonical_time(ds: xr.Dataset, where: str) -> xr.Dataset:
     if "time" in ds.coords and ds["time"].dtype == object:
         # cftime values: a model calendar (360_day, noleap) that pandas/numpy cannot pair
         # with observations; converting it would invent or drop days, so the user decides
-        cal = getattr(ds["time"].values.ravel()[0], "calendar", "non-standard") if ds["time"].size else "?"
+        cal = (
+            getattr(ds["time"].values.ravel()[0], "calendar", "non-standard")
+            if ds["time"].size
+            else "?"
+        )
         raise CoordinateError(
             f"{where}: coordinate 'time': expected a standard (proleptic Gregorian) calendar, found {cal!r} "
             f"(convert it first, e.g. ds.convert_calendar('standard', align_on='date'))"
@@ -146,7 +158,9 @@ def _check_time(ds: xr.Dataset, where: str) -> xr.Dataset:
     keys = pd.MultiIndex.from_arrays([ds["time"].values, ds["lead_time"].values])
     if keys.has_duplicates:
         dup = keys[keys.duplicated()][:3].tolist()
-        raise CoordinateError(f"{where}: coordinate 'time': expected unique (valid time, lead time) pairs, found duplicates {dup}")
+        raise CoordinateError(
+            f"{where}: coordinate 'time': expected unique (valid time, lead time) pairs, found duplicates {dup}"
+        )
     if pd.isnull(ds["time"].values).any():
         raise CoordinateError(f"{where}: coordinate 'time': expected valid times, found NaT")
     order = np.lexsort((ds["lead_time"].values, ds["time"].values))
@@ -158,12 +172,16 @@ def _check_axis(values: np.ndarray, name: str, where: str, allow_descending: boo
     if values.size < 2:
         return False
     if pd.isnull(values).any():
-        raise CoordinateError(f"{where}: coordinate {name!r}: expected finite values, found NaN/NaT")
+        raise CoordinateError(
+            f"{where}: coordinate {name!r}: expected finite values, found NaN/NaT"
+        )
     diffs = np.diff(values)
     zero = np.zeros((), dtype=diffs.dtype)
     if (diffs == zero).any():
         dup = values[1:][diffs == zero][:3]
-        raise CoordinateError(f"{where}: coordinate {name!r}: expected unique values, found duplicates {list(dup)}")
+        raise CoordinateError(
+            f"{where}: coordinate {name!r}: expected unique values, found duplicates {list(dup)}"
+        )
     if (diffs > zero).all():
         return False
     if allow_descending and (diffs < zero).all():
@@ -179,8 +197,12 @@ def _check_axis(values: np.ndarray, name: str, where: str, allow_descending: boo
 def _canonical_space(ds: xr.Dataset, where: str) -> xr.Dataset:
     """Rename spatial dims to lat/lon or y/x, flip descending axes, attach 2-D lat/lon."""
     rename: dict[str, str] = {}
-    lat1 = next((n for n in _LAT_NAMES if n in ds.coords and ds[n].ndim == 1 and n in ds.dims), None)
-    lon1 = next((n for n in _LON_NAMES if n in ds.coords and ds[n].ndim == 1 and n in ds.dims), None)
+    lat1 = next(
+        (n for n in _LAT_NAMES if n in ds.coords and ds[n].ndim == 1 and n in ds.dims), None
+    )
+    lon1 = next(
+        (n for n in _LON_NAMES if n in ds.coords and ds[n].ndim == 1 and n in ds.dims), None
+    )
     if lat1 and lon1:
         rename.update({lat1: "lat", lon1: "lon"})
         axes = ("lat", "lon")
@@ -307,9 +329,12 @@ def canonicalize(
                     f"({out[canon].attrs.get('source_name')!r} and {name!r}); pass rename= to choose"
                 )
             out[canon] = _to_canonical_units(
-                part, canon, name, units.get(canon), accumulation_period, where)
+                part, canon, name, units.get(canon), accumulation_period, where
+            )
             if check_range:
-                out[canon] = ranges.guard(out[canon], canon, where=f"{where} (file variable {name!r})")
+                out[canon] = ranges.guard(
+                    out[canon], canon, where=f"{where} (file variable {name!r})"
+                )
 
     if variables is not None:
         missing = [v for v in variables if v not in out]
@@ -321,7 +346,9 @@ def canonicalize(
                 f"(file variables {raw}; pass rename={{'FILE_NAME': '{missing[0]}'}} if it is there under another name)"
             )
         out = {v: out[v] for v in variables}
-    result = xr.Dataset(out, attrs={k: v for k, v in ds.attrs.items() if not str(k).startswith("GRIB_")})
+    result = xr.Dataset(
+        out, attrs={k: v for k, v in ds.attrs.items() if not str(k).startswith("GRIB_")}
+    )
     result.attrs[SOURCE_ATTR] = where
     keep = {"time", "lead_time", "member", "lat", "lon", "y", "x", "crs", "mask"}
     result = result.drop_vars([c for c in result.coords if c not in keep])
@@ -330,10 +357,18 @@ def canonicalize(
     return result.transpose(*order, ...)
 
 
-def _to_canonical_units(da: xr.DataArray, canon: str, source_name: str, override: str | None,
-                        period: str | None, where: str) -> xr.DataArray:
+def _to_canonical_units(
+    da: xr.DataArray,
+    canon: str,
+    source_name: str,
+    override: str | None,
+    period: str | None,
+    where: str,
+) -> xr.DataArray:
     var = cat.lookup(canon)
-    declared = override if override is not None else da.attrs.get("units", da.attrs.get("GRIB_units"))
+    declared = (
+        override if override is not None else da.attrs.get("units", da.attrs.get("GRIB_units"))
+    )
     where_var = f"{where} (file variable {source_name!r})"
     if period is None and canon == "tp":
         period = unit_conv.declared_period(da.attrs) or FILE_ACCUMULATION_PERIOD

@@ -47,26 +47,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=PREPARE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--targets", nargs="+", required=True, metavar="GLOB", help="high-resolution target files")
-    p.add_argument("--predictors", nargs="+", metavar="GLOB", help="coarse predictor files (forecasts or analyses)")
-    p.add_argument("--static", nargs="+", metavar="GLOB", help="static fields (orography, land-sea mask)")
-    p.add_argument("--variables", metavar="V1,V2", help="target variables, canonical names (default: all known)")
-    p.add_argument("--predictor-variables", metavar="V1,V2", help="predictor variables (default: all known)")
-    p.add_argument("--train-period", required=True, metavar="START..END",
-                   help="inclusive period the statistics are fitted on, e.g. 2019-03-01..2019-03-20")
+    p.add_argument(
+        "--targets", nargs="+", required=True, metavar="GLOB", help="high-resolution target files"
+    )
+    p.add_argument(
+        "--predictors",
+        nargs="+",
+        metavar="GLOB",
+        help="coarse predictor files (forecasts or analyses)",
+    )
+    p.add_argument(
+        "--static", nargs="+", metavar="GLOB", help="static fields (orography, land-sea mask)"
+    )
+    p.add_argument(
+        "--variables",
+        metavar="V1,V2",
+        help="target variables, canonical names (default: all known)",
+    )
+    p.add_argument(
+        "--predictor-variables", metavar="V1,V2", help="predictor variables (default: all known)"
+    )
+    p.add_argument(
+        "--train-period",
+        required=True,
+        metavar="START..END",
+        help="inclusive period the statistics are fitted on, e.g. 2019-03-01..2019-03-20",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--chunk-time", type=int, metavar="N", help="time steps per chunk (default 24)")
-    p.add_argument("--chunk-space", type=int, metavar="N", help="spatial chunk edge in pixels (default 512)")
-    p.add_argument("--lead-time", type=float, metavar="HOURS", help="forecast lead time to use from the predictors")
-    p.add_argument("--static-method", choices=("area", "bilinear", "bicubic", "nearest"),
-                   help="regridding of static fields onto the target grid (default area)")
-    p.add_argument("--mask-nans", action="store_true",
-                   help="allow NaNs outside a fixed footprint (radar composites); stored as the 'mask' coordinate")
-    p.add_argument("--rename", nargs="+", metavar="FILE_NAME=CANONICAL", help="map file variable names")
-    p.add_argument("--units", nargs="+", metavar="VAR=UNITS", help="override units attributes (e.g. t2m=degC)")
-    p.add_argument("--no-range-check", action="store_true",
-                   help="accept values outside the variables' plausible ranges (exotic data)")
-    p.add_argument("--overwrite", action="store_true", help="replace stores written from other inputs/options")
+    p.add_argument(
+        "--chunk-space", type=int, metavar="N", help="spatial chunk edge in pixels (default 512)"
+    )
+    p.add_argument(
+        "--lead-time",
+        type=float,
+        metavar="HOURS",
+        help="forecast lead time to use from the predictors",
+    )
+    p.add_argument(
+        "--static-method",
+        choices=("area", "bilinear", "bicubic", "nearest"),
+        help="regridding of static fields onto the target grid (default area)",
+    )
+    p.add_argument(
+        "--mask-nans",
+        action="store_true",
+        help="allow NaNs outside a fixed footprint (radar composites); stored as the 'mask' coordinate",
+    )
+    p.add_argument(
+        "--rename", nargs="+", metavar="FILE_NAME=CANONICAL", help="map file variable names"
+    )
+    p.add_argument(
+        "--units", nargs="+", metavar="VAR=UNITS", help="override units attributes (e.g. t2m=degC)"
+    )
+    p.add_argument(
+        "--no-range-check",
+        action="store_true",
+        help="accept values outside the variables' plausible ranges (exotic data)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace stores written from other inputs/options"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_scheduler_argument(p)
     p.set_defaults(func=_prepare)
@@ -105,8 +146,14 @@ def _prepare(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             setattr(opts, key, value)
-    result = prepare(args.targets, args.out, predictors=args.predictors, static=args.static,
-                     options=opts, progress=not args.no_progress)
+    result = prepare(
+        args.targets,
+        args.out,
+        predictors=args.predictors,
+        static=args.static,
+        options=opts,
+        progress=not args.no_progress,
+    )
     for kind, path in result.stores.items():
         print(f"{kind:>10}: {path}")
     print(f"{'stats':>10}: {result.out_dir / 'stats.json'}  (fingerprint {result.fingerprint})")
@@ -119,8 +166,12 @@ def _inspect(args: argparse.Namespace) -> int:
     from kmscale.errors import GridError
 
     # values out of range are listed with the other problems below, not raised on opening
-    ds = open_dataset(args.files, rename=_key_values(args.rename, "--rename"), units=_key_values(args.units, "--units"),
-                      check_range=False)
+    ds = open_dataset(
+        args.files,
+        rename=_key_values(args.rename, "--rename"),
+        units=_key_values(args.units, "--units"),
+        check_range=False,
+    )
     print(ds)
     try:
         print(f"grid: {grid_of(ds)!r}")
@@ -128,7 +179,9 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"grid: none ({err})")
     problems = schema_problems(ds, _names(args.variables), allow_nan=args.allow_nan)
     for name, da in ds.data_vars.items():
-        print(f"  {name:<14} {da.attrs.get('units', '?'):<8} dims={da.dims} from {da.attrs.get('source_name')!r}")
+        print(
+            f"  {name:<14} {da.attrs.get('units', '?'):<8} dims={da.dims} from {da.attrs.get('source_name')!r}"
+        )
     if problems:
         print(f"{len(problems)} problem(s):")
         for prob in problems:

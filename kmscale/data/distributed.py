@@ -49,7 +49,9 @@ ChunkFn = Callable[[int, slice], "xr.Dataset"]
 
 def add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--scheduler ADDRESS|local[:N]`` to a per-time stage's parser."""
-    parser.add_argument("--scheduler", default=None, metavar="ADDRESS|local[:N]", help=SCHEDULER_HELP)
+    parser.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS|local[:N]", help=SCHEDULER_HELP
+    )
 
 
 @contextlib.contextmanager
@@ -76,16 +78,24 @@ def connect(scheduler: str | None) -> Iterator[object | None]:
         except ValueError:
             n = 0
         if n < 1:
-            raise ConfigError(f"--scheduler: expected local or local:N with N >= 1, found {scheduler!r}")
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster, set_as_default=False) as client:
+            raise ConfigError(
+                f"--scheduler: expected local or local:N with N >= 1, found {scheduler!r}"
+            )
+        with (
+            LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
             yield client
         return
     kwargs = {"scheduler_file": scheduler} if Path(scheduler).is_file() else {"address": scheduler}
     try:
         client = Client(**kwargs, set_as_default=False, timeout="30s")
     except (OSError, TimeoutError) as err:
-        raise ConfigError(f"--scheduler: expected a reachable dask scheduler at {scheduler!r}, found none ({err})") from err
+        raise ConfigError(
+            f"--scheduler: expected a reachable dask scheduler at {scheduler!r}, found none ({err})"
+        ) from err
     with client:
         yield client
 
@@ -137,8 +147,15 @@ def run_chunks(
         # ship ``compute`` (models, lazy inputs) to every worker once, not once per task
         shared = client.scatter(compute, broadcast=True, hash=False)
         futures = [
-            client.submit(_compute_and_write, shared, str(writer.partial), writer.dim, i,
-                          writer.chunk_slice(i), key=f"kmscale-{writer.partial.name}-{run}-{i}")
+            client.submit(
+                _compute_and_write,
+                shared,
+                str(writer.partial),
+                writer.dim,
+                i,
+                writer.chunk_slice(i),
+                key=f"kmscale-{writer.partial.name}-{run}-{i}",
+            )
             for i in pending
         ]
         error: BaseException | None = None

@@ -85,7 +85,9 @@ def check_grib_messages(path: Path) -> int:
             elif edition == 2 and len(head) == 16:
                 length, large = int.from_bytes(head[8:16], "big"), False
             else:
-                raise CorruptFileError(f"{path}: expected GRIB edition 1 or 2 at byte {offset}, found {edition}")
+                raise CorruptFileError(
+                    f"{path}: expected GRIB edition 1 or 2 at byte {offset}, found {edition}"
+                )
             if offset + length > size:
                 raise CorruptFileError(
                     f"{path}: GRIB message {count + 1} at byte {offset}: expected {length} bytes, "
@@ -93,7 +95,9 @@ def check_grib_messages(path: Path) -> int:
                 )
             f.seek(offset + length - 4)
             if not large and f.read(4) != b"7777":
-                raise CorruptFileError(f"{path}: GRIB message {count + 1}: expected the end marker 7777, found none (corrupt file)")
+                raise CorruptFileError(
+                    f"{path}: GRIB message {count + 1}: expected the end marker 7777, found none (corrupt file)"
+                )
             count += 1
             if large:
                 break
@@ -106,8 +110,18 @@ def check_grib_messages(path: Path) -> int:
 # What the file parsers raise on corrupt or truncated bytes: besides OSError and
 # ValueError, scipy's NetCDF-3 parser lets IndexError, TypeError, struct.error and even
 # SyntaxError (from numpy parsing a garbled dtype string) escape.
-PARSER_ERRORS = (OSError, ValueError, RuntimeError, KeyError, EOFError, IndexError, TypeError,
-                 SyntaxError, struct.error, OverflowError)
+PARSER_ERRORS = (
+    OSError,
+    ValueError,
+    RuntimeError,
+    KeyError,
+    EOFError,
+    IndexError,
+    TypeError,
+    SyntaxError,
+    struct.error,
+    OverflowError,
+)
 
 
 def open_raw(path: Path, engine: str, chunks) -> xr.Dataset:
@@ -122,7 +136,13 @@ def open_raw(path: Path, engine: str, chunks) -> xr.Dataset:
     try:
         with warnings.catch_warnings():
             # zarr without consolidated metadata (what StoreWriter writes) is fine
-            warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated", category=RuntimeWarning)
+            warnings.filterwarnings(
+                "ignore",
+                message="Failed to open Zarr store with consolidated",
+                category=RuntimeWarning,
+            )
             return xr.open_dataset(path, **kwargs)
     except PARSER_ERRORS as err:
-        raise CorruptFileError(f"{path}: expected a readable {engine} file, found an unreadable one ({err})") from err
+        raise CorruptFileError(
+            f"{path}: expected a readable {engine} file, found an unreadable one ({err})"
+        ) from err

@@ -40,7 +40,9 @@ def _unit(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
 
 
 def _latlon(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.degrees(np.arcsin(np.clip(v[..., 2], -1, 1))), np.degrees(np.arctan2(v[..., 1], v[..., 0]))
+    return np.degrees(np.arcsin(np.clip(v[..., 2], -1, 1))), np.degrees(
+        np.arctan2(v[..., 1], v[..., 0])
+    )
 
 
 def _edges(c: np.ndarray) -> np.ndarray:
@@ -106,7 +108,9 @@ class RegularLatLonGrid(Grid):
     dims: tuple[str, str] = ("lat", "lon")
 
     @classmethod
-    def from_bounds(cls, lat0: float, lat1: float, lon0: float, lon1: float, step: float) -> RegularLatLonGrid:
+    def from_bounds(
+        cls, lat0: float, lat1: float, lon0: float, lon1: float, step: float
+    ) -> RegularLatLonGrid:
         """Grid with centres lat0..lat1, lon0..lon1 (inclusive) every ``step`` degrees."""
         ny = int(round((lat1 - lat0) / step)) + 1
         nx = int(round((lon1 - lon0) / step)) + 1
@@ -141,8 +145,10 @@ class RegularLatLonGrid(Grid):
         )
 
     def __repr__(self) -> str:
-        return (f"RegularLatLonGrid({self.shape[0]}x{self.shape[1]}, lat {self.lat[0]:g}..{self.lat[-1]:g}, "
-                f"lon {self.lon[0]:g}..{self.lon[-1]:g})")
+        return (
+            f"RegularLatLonGrid({self.shape[0]}x{self.shape[1]}, lat {self.lat[0]:g}..{self.lat[-1]:g}, "
+            f"lon {self.lon[0]:g}..{self.lon[-1]:g})"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,7 +183,9 @@ class RotatedPoleGrid(Grid):
         return rlat, _wrap_about(rlon, self.rlon)
 
     def latlon(self):
-        rlat, rlon = np.meshgrid(self.rlat, self.rlon + self.north_pole_grid_longitude, indexing="ij")
+        rlat, rlon = np.meshgrid(
+            self.rlat, self.rlon + self.north_pole_grid_longitude, indexing="ij"
+        )
         return _latlon(_unit(rlat, rlon) @ self._axes())
 
     def locate(self, lat, lon):
@@ -186,23 +194,37 @@ class RotatedPoleGrid(Grid):
 
     def coords(self):
         lat, lon = self.latlon()
-        crs = xr.Variable((), np.int32(0), {
-            "grid_mapping_name": "rotated_latitude_longitude",
-            "grid_north_pole_latitude": float(self.pole_lat),
-            "grid_north_pole_longitude": float(self.pole_lon),
-            "north_pole_grid_longitude": float(self.north_pole_grid_longitude),
-        })
+        crs = xr.Variable(
+            (),
+            np.int32(0),
+            {
+                "grid_mapping_name": "rotated_latitude_longitude",
+                "grid_north_pole_latitude": float(self.pole_lat),
+                "grid_north_pole_longitude": float(self.pole_lon),
+                "north_pole_grid_longitude": float(self.north_pole_grid_longitude),
+            },
+        )
         return {
             "y": ("y", self.rlat, {"units": "degrees", "standard_name": "grid_latitude"}),
             "x": ("x", self.rlon, {"units": "degrees", "standard_name": "grid_longitude"}),
-            "lat": (("y", "x"), lat.astype("float32"), {"units": "degrees_north", "standard_name": "latitude"}),
-            "lon": (("y", "x"), lon.astype("float32"), {"units": "degrees_east", "standard_name": "longitude"}),
+            "lat": (
+                ("y", "x"),
+                lat.astype("float32"),
+                {"units": "degrees_north", "standard_name": "latitude"},
+            ),
+            "lon": (
+                ("y", "x"),
+                lon.astype("float32"),
+                {"units": "degrees_east", "standard_name": "longitude"},
+            ),
             "crs": crs,
         }
 
     def __repr__(self):
-        return (f"RotatedPoleGrid({self.shape[0]}x{self.shape[1]}, pole {self.pole_lat:g}N {self.pole_lon:g}E, "
-                f"rlat {self.rlat[0]:g}..{self.rlat[-1]:g}, rlon {self.rlon[0]:g}..{self.rlon[-1]:g})")
+        return (
+            f"RotatedPoleGrid({self.shape[0]}x{self.shape[1]}, pole {self.pole_lat:g}N {self.pole_lon:g}E, "
+            f"rlat {self.rlat[0]:g}..{self.rlat[-1]:g}, rlon {self.rlon[0]:g}..{self.rlon[-1]:g})"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -235,7 +257,9 @@ class ProjectedGrid(Grid):
         cy, cx = self.shape[0] // 2, self.shape[1] // 2
         c = _unit(np.float64(self.lat2d[cy, cx]), np.float64(self.lon2d[cy, cx]))
         east = np.cross([0.0, 0.0, 1.0], c)
-        east = east / np.linalg.norm(east) if np.linalg.norm(east) > 1e-12 else np.array([1.0, 0, 0])
+        east = (
+            east / np.linalg.norm(east) if np.linalg.norm(east) > 1e-12 else np.array([1.0, 0, 0])
+        )
         north = np.cross(c, east)
         v = _unit(np.asarray(lat, "float64"), np.asarray(lon, "float64"))
         d = v @ c
@@ -253,7 +277,9 @@ class ProjectedGrid(Grid):
         sub_lon = self.lon2d[np.ix_(iy, ix)]
         px, py = self._plane(sub_lat, sub_lon)
         gy, gx = np.meshgrid(iy.astype("float64"), ix.astype("float64"), indexing="ij")
-        interp = LinearNDInterpolator(np.column_stack([px.ravel(), py.ravel()]), np.column_stack([gy.ravel(), gx.ravel()]))
+        interp = LinearNDInterpolator(
+            np.column_stack([px.ravel(), py.ravel()]), np.column_stack([gy.ravel(), gx.ravel()])
+        )
         tx, ty = self._plane(lat, lon)
         out = interp(np.column_stack([np.ravel(tx), np.ravel(ty)]))
         shape = np.shape(lat)
@@ -263,8 +289,16 @@ class ProjectedGrid(Grid):
         out = {
             "y": ("y", self.y, {"units": "m", "standard_name": "projection_y_coordinate"}),
             "x": ("x", self.x, {"units": "m", "standard_name": "projection_x_coordinate"}),
-            "lat": (("y", "x"), self.lat2d, {"units": "degrees_north", "standard_name": "latitude"}),
-            "lon": (("y", "x"), self.lon2d, {"units": "degrees_east", "standard_name": "longitude"}),
+            "lat": (
+                ("y", "x"),
+                self.lat2d,
+                {"units": "degrees_north", "standard_name": "latitude"},
+            ),
+            "lon": (
+                ("y", "x"),
+                self.lon2d,
+                {"units": "degrees_east", "standard_name": "longitude"},
+            ),
         }
         if self.mapping:
             out["crs"] = xr.Variable((), np.int32(0), dict(self.mapping))
@@ -283,23 +317,39 @@ def grid_of(ds: xr.Dataset | xr.DataArray) -> Grid:
     """
     where = ds.attrs.get("kmscale_source", "<dataset>")
     if "lat" in ds.dims and "lon" in ds.dims:
-        return RegularLatLonGrid(np.asarray(ds["lat"].values, "float64"), np.asarray(ds["lon"].values, "float64"))
+        return RegularLatLonGrid(
+            np.asarray(ds["lat"].values, "float64"), np.asarray(ds["lon"].values, "float64")
+        )
     if "y" in ds.dims and "x" in ds.dims:
         mapping = dict(ds["crs"].attrs) if "crs" in ds.coords else {}
         if mapping.get("grid_mapping_name") == "rotated_latitude_longitude":
             return RotatedPoleGrid(
-                np.asarray(ds["y"].values, "float64"), np.asarray(ds["x"].values, "float64"),
-                float(mapping["grid_north_pole_latitude"]), float(mapping["grid_north_pole_longitude"]),
+                np.asarray(ds["y"].values, "float64"),
+                np.asarray(ds["x"].values, "float64"),
+                float(mapping["grid_north_pole_latitude"]),
+                float(mapping["grid_north_pole_longitude"]),
                 float(mapping.get("north_pole_grid_longitude", 0.0)),
             )
         if "lat" in ds.coords and ds["lat"].ndim == 2:
             ny, nx = ds.sizes["y"], ds.sizes["x"]
-            y = np.asarray(ds["y"].values, "float64") if "y" in ds.coords else np.arange(ny, dtype="float64")
-            x = np.asarray(ds["x"].values, "float64") if "x" in ds.coords else np.arange(nx, dtype="float64")
+            y = (
+                np.asarray(ds["y"].values, "float64")
+                if "y" in ds.coords
+                else np.arange(ny, dtype="float64")
+            )
+            x = (
+                np.asarray(ds["x"].values, "float64")
+                if "x" in ds.coords
+                else np.arange(nx, dtype="float64")
+            )
             lat = np.asarray(ds["lat"].transpose("y", "x").values, "float64")
             lon = np.asarray(ds["lon"].transpose("y", "x").values, "float64")
             return ProjectedGrid(y, x, lat, lon, mapping)
-        if mapping.get("grid_mapping_name") in projections.SUPPORTED and "x" in ds.coords and "y" in ds.coords:
+        if (
+            mapping.get("grid_mapping_name") in projections.SUPPORTED
+            and "x" in ds.coords
+            and "y" in ds.coords
+        ):
             y = np.asarray(ds["y"].values, "float64")
             x = np.asarray(ds["x"].values, "float64")
             xx, yy = np.meshgrid(x, y)
@@ -317,7 +367,9 @@ def grid_of(ds: xr.Dataset | xr.DataArray) -> Grid:
 
 
 # ---- coarsening --------------------------------------------------------------------------
-def coarsen(ds: xr.Dataset, factor: int, *, nan_policy: str = "any", trim: bool = False) -> xr.Dataset:
+def coarsen(
+    ds: xr.Dataset, factor: int, *, nan_policy: str = "any", trim: bool = False
+) -> xr.Dataset:
     """Block mean of ``factor`` x ``factor`` cells (coordinates become block centres).
 
     Args:
@@ -347,7 +399,9 @@ def coarsen(ds: xr.Dataset, factor: int, *, nan_policy: str = "any", trim: bool 
     reducer = np.nanmean if nan_policy == "all" else np.mean
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks are NaN by design
-        out = ds.coarsen({d: factor for d in dims}, boundary="exact", coord_func="mean").reduce(reducer)
+        out = ds.coarsen({d: factor for d in dims}, boundary="exact", coord_func="mean").reduce(
+            reducer
+        )
     for name, var in ds.variables.items():
         if name in out.variables:
             if var.dtype == bool:  # masks: a block is valid only if all its cells are
@@ -417,7 +471,9 @@ def _area_matrix(source: Grid, target: Grid, where: str):
     return sparse.diags(1.0 / rowsum) @ w
 
 
-def regrid(ds: xr.Dataset, target: Grid, method: str = "bilinear", *, where: str | None = None) -> xr.Dataset:
+def regrid(
+    ds: xr.Dataset, target: Grid, method: str = "bilinear", *, where: str | None = None
+) -> xr.Dataset:
     """Interpolate every variable of ``ds`` onto ``target``.
 
     Args:
@@ -471,7 +527,9 @@ def regrid(ds: xr.Dataset, target: Grid, method: str = "bilinear", *, where: str
                 filled = np.where(nan, 0.0, field2d).astype("float64")
                 out[k] = ndimage.map_coordinates(filled, coords, order=order, mode="nearest")
                 if nan.any():
-                    touched = ndimage.map_coordinates(nan.astype("float64"), coords, order=min(order, 1), mode="nearest")
+                    touched = ndimage.map_coordinates(
+                        nan.astype("float64"), coords, order=min(order, 1), mode="nearest"
+                    )
                     out[k][touched > 1e-6] = np.nan
             return out.reshape(*a.shape[:-2], ty, tx)
 
@@ -486,17 +544,26 @@ def regrid(ds: xr.Dataset, target: Grid, method: str = "bilinear", *, where: str
         if da.chunks is not None:
             da = da.chunk({tmp[d]: -1 for d in sdims})
         res = xr.apply_ufunc(
-            apply, da,
-            input_core_dims=[[tmp[d] for d in sdims]], output_core_dims=[list(tdims)],
-            dask="parallelized", output_dtypes=[np.float32],
+            apply,
+            da,
+            input_core_dims=[[tmp[d] for d in sdims]],
+            output_core_dims=[list(tdims)],
+            dask="parallelized",
+            output_dtypes=[np.float32],
             dask_gufunc_kwargs={"output_sizes": dict(zip(tdims, (ty, tx), strict=True))},
             keep_attrs=True,
         )
         out_vars[name] = res
     drop = [c for c in ds.coords if set(ds[c].dims) & set(sdims) or c == "crs"]
     base = ds.drop_vars(drop)
-    out = xr.Dataset({k: v.drop_vars([c for c in v.coords if c in drop], errors="ignore") for k, v in out_vars.items()},
-                     coords={k: v for k, v in base.coords.items()}, attrs=dict(ds.attrs))
+    out = xr.Dataset(
+        {
+            k: v.drop_vars([c for c in v.coords if c in drop], errors="ignore")
+            for k, v in out_vars.items()
+        },
+        coords={k: v for k, v in base.coords.items()},
+        attrs=dict(ds.attrs),
+    )
     out = out.assign_coords(target.coords())
     for name in out.data_vars:
         if "crs" in out.coords:

@@ -40,17 +40,25 @@ def read_mask_rows(row0: int, row1: int, path: Path | None = None) -> np.ndarray
         with zipfile.ZipFile(path) as zf, zf.open("mask.npy") as f:
             version = npformat.read_magic(f)
             shape, fortran, dtype = (
-                npformat.read_array_header_1_0(f) if version == (1, 0) else npformat.read_array_header_2_0(f)
+                npformat.read_array_header_1_0(f)
+                if version == (1, 0)
+                else npformat.read_array_header_2_0(f)
             )
             if fortran or dtype != np.bool_ or len(shape) != 2:
-                raise CorruptFileError(f"{path}: expected a C-ordered 2-D bool mask, found {shape} {dtype}")
+                raise CorruptFileError(
+                    f"{path}: expected a C-ordered 2-D bool mask, found {shape} {dtype}"
+                )
             ncol = shape[1]
             f.read(row0 * ncol)  # skip (decompressing) the rows north of the target
             buf = f.read((row1 - row0) * ncol)
     except (zipfile.BadZipFile, KeyError, EOFError, ValueError) as err:
-        raise CorruptFileError(f"{path}: expected the global-land-mask npz, found an unreadable file ({err})") from err
+        raise CorruptFileError(
+            f"{path}: expected the global-land-mask npz, found an unreadable file ({err})"
+        ) from err
     if len(buf) != (row1 - row0) * ncol:
-        raise CorruptFileError(f"{path}: expected {row1 - row0} rows of the mask, found a truncated file")
+        raise CorruptFileError(
+            f"{path}: expected {row1 - row0} rows of the mask, found a truncated file"
+        )
     return np.frombuffer(buf, dtype=np.bool_).reshape(row1 - row0, ncol)
 
 
@@ -77,7 +85,13 @@ def land_fraction(target: Grid, *, path: Path | None = None) -> xr.DataArray:
         mlon = lon_w[sel][order]
         rows = rows[:, np.flatnonzero(sel)[order]]
     src = xr.Dataset(
-        {"land_sea_mask": (("lat", "lon"), (~rows[::-1]).astype("float32"), CATALOGUE["land_sea_mask"].cf_attrs())},
+        {
+            "land_sea_mask": (
+                ("lat", "lon"),
+                (~rows[::-1]).astype("float32"),
+                CATALOGUE["land_sea_mask"].cf_attrs(),
+            )
+        },
         coords={"lat": mlat[::-1], "lon": mlon},
         attrs={"kmscale_source": str(path or default_mask_file())},
     )

@@ -35,6 +35,7 @@ from kmscale.errors import AlignmentError, GridError, MissingValueError, SchemaE
 G = 9.80665  # m s-2, standard gravity
 EARTH_RADIUS_M = 6_371_000.0
 
+
 # ---- units of TP ------------------------------------------------------------------------
 def tp_to_mm_per_hour(values, units: str, period: str | float | None = None):
     """TP (array or DataArray) in ``units`` -> mean rate in mm h-1 over its period.

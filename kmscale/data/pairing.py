@@ -32,7 +32,9 @@ def _fmt(times: np.ndarray, n: int = 5) -> str:
     return f"[{shown}{', ...' if len(times) > n else ''}] ({len(times)} in all)"
 
 
-def check_time_axis(ds: xr.Dataset, *, freq: str | pd.Timedelta | None = None, role: str = "targets") -> pd.Timedelta:
+def check_time_axis(
+    ds: xr.Dataset, *, freq: str | pd.Timedelta | None = None, role: str = "targets"
+) -> pd.Timedelta:
     """Check ``time`` is strictly increasing, unique and gap-free at step ``freq``.
 
     Args:
@@ -49,7 +51,9 @@ def check_time_axis(ds: xr.Dataset, *, freq: str | pd.Timedelta | None = None, r
         raise AlignmentError(f"{where}: expected a 'time' dimension, found dims {tuple(ds.dims)}")
     t = pd.DatetimeIndex(ds["time"].values)
     if t.has_duplicates:
-        raise AlignmentError(f"{where}: expected unique valid times, found duplicates {_fmt(t[t.duplicated()].values)}")
+        raise AlignmentError(
+            f"{where}: expected unique valid times, found duplicates {_fmt(t[t.duplicated()].values)}"
+        )
     if not t.is_monotonic_increasing:
         raise AlignmentError(f"{where}: expected increasing valid times, found them out of order")
     if len(t) < 2:
@@ -59,9 +63,13 @@ def check_time_axis(ds: xr.Dataset, *, freq: str | pd.Timedelta | None = None, r
     missing = full.difference(t)
     off_grid = t.difference(full)
     if len(off_grid):
-        raise AlignmentError(f"{where}: expected valid times every {step} from {t[0]}, found off-step times {_fmt(off_grid.values)}")
+        raise AlignmentError(
+            f"{where}: expected valid times every {step} from {t[0]}, found off-step times {_fmt(off_grid.values)}"
+        )
     if len(missing):
-        raise AlignmentError(f"{where}: expected valid times every {step} without gaps, missing {_fmt(missing.values)}")
+        raise AlignmentError(
+            f"{where}: expected valid times every {step} without gaps, missing {_fmt(missing.values)}"
+        )
     return step
 
 
@@ -102,7 +110,9 @@ def select_lead_time(predictors: xr.Dataset, lead_time: float | None) -> xr.Data
     where = _where(predictors, "predictors")
     if "lead_time" not in predictors.coords:
         if lead_time not in (None, 0, 0.0):
-            raise AlignmentError(f"{where}: expected forecasts with lead time {lead_time} h, found no lead_time coordinate")
+            raise AlignmentError(
+                f"{where}: expected forecasts with lead time {lead_time} h, found no lead_time coordinate"
+            )
         return predictors
     leads = np.asarray(predictors["lead_time"].values, dtype="float64")
     if lead_time is None:
@@ -149,18 +159,26 @@ def pair(
     else:
         t = pd.DatetimeIndex(targets["time"].values)
         if t.has_duplicates or not t.is_monotonic_increasing:
-            raise AlignmentError(f"{_where(targets, 'targets')}: expected unique increasing valid times")
+            raise AlignmentError(
+                f"{_where(targets, 'targets')}: expected unique increasing valid times"
+            )
     pred = None
     if predictors is not None:
         pred = select_lead_time(predictors, lead_time)
         where = _where(pred, "predictors")
         pt = pd.DatetimeIndex(pred["time"].values)
         if pt.has_duplicates:
-            raise AlignmentError(f"{where}: expected one field per valid time, found duplicates {_fmt(pt[pt.duplicated()].values)}")
+            raise AlignmentError(
+                f"{where}: expected one field per valid time, found duplicates {_fmt(pt[pt.duplicated()].values)}"
+            )
         tt = pd.DatetimeIndex(targets["time"].values)
         missing = tt.difference(pt)
         if len(missing):
-            near = pt[np.searchsorted(pt.values, missing.values[:1]).clip(0, len(pt) - 1)] if len(pt) else []
+            near = (
+                pt[np.searchsorted(pt.values, missing.values[:1]).clip(0, len(pt) - 1)]
+                if len(pt)
+                else []
+            )
             hint = f"; nearest predictor time {near[0]}" if len(near) else ""
             raise AlignmentError(
                 f"{where}: expected a predictor valid at every target time, missing {_fmt(missing.values)}{hint}"
@@ -168,7 +186,9 @@ def pair(
         pred = pred.sel(time=tt)
     if static is not None:
         if "time" in static.dims:
-            raise AlignmentError(f"{_where(static, 'static')}: expected time-invariant fields, found a 'time' dim")
+            raise AlignmentError(
+                f"{_where(static, 'static')}: expected time-invariant fields, found a 'time' dim"
+            )
         if not _same_grid(static, targets):
             raise GridError(
                 f"{_where(static, 'static')}: expected fields on the target grid {grid_of(targets)!r}, "
@@ -203,14 +223,18 @@ def split_by_time(
     """
     periods = {k: v for k, v in (("train", train), ("val", val), ("test", test)) if v is not None}
     if not periods:
-        raise ConfigError("split_by_time: expected at least one of train/val/test periods, found none")
+        raise ConfigError(
+            "split_by_time: expected at least one of train/val/test periods, found none"
+        )
     bounds = {}
     for name, (start, end) in periods.items():
         s, e = pd.Timestamp(start), pd.Timestamp(end)
         if len(str(end)) <= 10:  # a date: include the whole day
             e = e + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
         if e < s:
-            raise ConfigError(f"split_by_time: {name} period expected start <= end, found {start}..{end}")
+            raise ConfigError(
+                f"split_by_time: {name} period expected start <= end, found {start}..{end}"
+            )
         bounds[name] = (s, e)
     names = sorted(bounds, key=lambda k: bounds[k][0])
     for a, b in zip(names, names[1:], strict=False):
@@ -225,7 +249,9 @@ def split_by_time(
         if idx.size == 0:
             raise AlignmentError(
                 f"{_where(ds, 'dataset')}: {name} period {periods[name][0]}..{periods[name][1]}: expected times, "
-                f"found none (data spans {t[0]}..{t[-1]})" if len(t) else f"{name}: expected times, found an empty dataset"
+                f"found none (data spans {t[0]}..{t[-1]})"
+                if len(t)
+                else f"{name}: expected times, found an empty dataset"
             )
         out[name] = ds.isel(time=idx)
     return out
@@ -237,7 +263,9 @@ def parse_period(text: str) -> Period:
         if sep in text and not (sep == ":" and text.count(":") != 1):
             start, end = text.split(sep, 1)
             return start.strip(), end.strip()
-    raise ConfigError(f"period: expected 'START..END' (e.g. 2019-03-01..2019-03-20), found {text!r}")
+    raise ConfigError(
+        f"period: expected 'START..END' (e.g. 2019-03-01..2019-03-20), found {text!r}"
+    )
 
 
 def periods_overlap(a: Sequence[str], b: Sequence[str]) -> bool:

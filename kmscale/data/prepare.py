@@ -93,7 +93,10 @@ class PrepareOptions:
 
 
 def _file_identity(paths: Sequence[Path]) -> list[list]:
-    return [[str(p.resolve()), p.stat().st_size if p.is_file() else 0, int(p.stat().st_mtime)] for p in paths]
+    return [
+        [str(p.resolve()), p.stat().st_size if p.is_file() else 0, int(p.stat().st_mtime)]
+        for p in paths
+    ]
 
 
 def fingerprint(inputs: Mapping[str, Sequence[Path]], options: PrepareOptions) -> str:
@@ -102,7 +105,11 @@ def fingerprint(inputs: Mapping[str, Sequence[Path]], options: PrepareOptions) -
     opts.pop("overwrite")
     opts.pop("in_memory_gb")  # how, not what: does not change the stores
     opts.pop("scheduler")
-    blob = json.dumps({k: _file_identity(v) for k, v in inputs.items()} | {"options": opts}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {k: _file_identity(v) for k, v in inputs.items()} | {"options": opts},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -110,7 +117,11 @@ def _encoding(ds: xr.Dataset, options: PrepareOptions) -> dict:
     enc = {}
     for name, da in ds.data_vars.items():
         chunks = tuple(
-            options.chunk_time if d == "time" else min(da.sizes[d], options.chunk_space) if d in ("lat", "lon", "y", "x") else da.sizes[d]
+            options.chunk_time
+            if d == "time"
+            else min(da.sizes[d], options.chunk_space)
+            if d in ("lat", "lon", "y", "x")
+            else da.sizes[d]
             for d in da.dims
         )
         enc[name] = {"chunks": chunks, "dtype": "float32"}
@@ -134,7 +145,9 @@ def _complete(path: Path, kind: str, fp: str, overwrite: bool) -> bool:
         return False
 
 
-def _write_time_store(path: Path, ds: xr.Dataset, kind: str, fp: str, options: PrepareOptions, bar, attrs: dict) -> None:
+def _write_time_store(
+    path: Path, ds: xr.Dataset, kind: str, fp: str, options: PrepareOptions, bar, attrs: dict
+) -> None:
     if _complete(path, kind, fp, options.overwrite):
         bar.update(-(-ds.sizes["time"] // options.chunk_time))
         return
@@ -144,11 +157,23 @@ def _write_time_store(path: Path, ds: xr.Dataset, kind: str, fp: str, options: P
             shutil.rmtree(partial_path(path))
     enc = _encoding(ds, options)
     template = ds.chunk({d: enc_chunk for d, enc_chunk in _dim_chunks(ds, options).items()})
-    writer = StoreWriter(path, template, kind=kind, fingerprint=fp, dim="time", chunk=options.chunk_time,
-                         attrs=attrs, encoding=enc)
+    writer = StoreWriter(
+        path,
+        template,
+        kind=kind,
+        fingerprint=fp,
+        dim="time",
+        chunk=options.chunk_time,
+        attrs=attrs,
+        encoding=enc,
+    )
     bar.update(writer.n_chunks - len(writer.pending()))
-    run_chunks(writer, lambda _, sl: ds.isel(time=sl).compute(), scheduler=options.scheduler,
-               on_done=lambda _: bar.update(1))
+    run_chunks(
+        writer,
+        lambda _, sl: ds.isel(time=sl).compute(),
+        scheduler=options.scheduler,
+        on_done=lambda _: bar.update(1),
+    )
     writer.finalize()
 
 
@@ -173,7 +198,9 @@ def _dim_chunks(ds: xr.Dataset, options: PrepareOptions) -> dict:
     return out
 
 
-def _write_static_store(path: Path, ds: xr.Dataset, fp: str, options: PrepareOptions, attrs: dict) -> None:
+def _write_static_store(
+    path: Path, ds: xr.Dataset, fp: str, options: PrepareOptions, attrs: dict
+) -> None:
     """Static fields have no time axis: written whole under .partial, then renamed."""
     if _complete(path, "static", fp, options.overwrite):
         return
@@ -182,7 +209,14 @@ def _write_static_store(path: Path, ds: xr.Dataset, fp: str, options: PrepareOpt
         shutil.rmtree(tmp)
     out = ds.copy()
     out.attrs.update(attrs)
-    out.attrs.update({STATUS_KEY: "incomplete", KIND_KEY: "static", FINGERPRINT_KEY: fp, VERSION_KEY: __version__})
+    out.attrs.update(
+        {
+            STATUS_KEY: "incomplete",
+            KIND_KEY: "static",
+            FINGERPRINT_KEY: fp,
+            VERSION_KEY: __version__,
+        }
+    )
     out.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=_encoding(out, options))
     import zarr
 
@@ -211,9 +245,13 @@ def load_inputs(
     read = {"rename": options.rename, "units": options.units, "check_range": options.check_range}
     tgt = _maybe_load(open_dataset(targets, variables=options.variables, **read), options)
     if not tgt.data_vars:
-        raise ConfigError(f"{tgt.attrs.get('kmscale_source')}: expected target variables, found none kmscale knows")
+        raise ConfigError(
+            f"{tgt.attrs.get('kmscale_source')}: expected target variables, found none kmscale knows"
+        )
     if options.mask_nans:
-        mask = xr.concat([tgt[v].notnull().all("time") for v in tgt.data_vars], "v").all("v").compute()
+        mask = (
+            xr.concat([tgt[v].notnull().all("time") for v in tgt.data_vars], "v").all("v").compute()
+        )
         mask.attrs = {"long_name": "valid footprint of the targets (True = data)"}
         tgt = tgt.assign_coords(mask=mask)
     validate(tgt, check_range=options.check_range)
@@ -227,10 +265,14 @@ def load_inputs(
         stat = open_dataset(static, **read)
         stat = stat[[v for v in stat.data_vars if "time" not in stat[v].dims]]
         if not stat.data_vars:
-            raise ConfigError(f"{stat.attrs.get('kmscale_source')}: expected static fields (orography, land_sea_mask), found none")
+            raise ConfigError(
+                f"{stat.attrs.get('kmscale_source')}: expected static fields (orography, land_sea_mask), found none"
+            )
         target_grid = grid_of(tgt)
         src_grid = grid_of(stat)
-        if src_grid.shape != target_grid.shape or not np.allclose(src_grid.latlon()[0], target_grid.latlon()[0], atol=1e-5):
+        if src_grid.shape != target_grid.shape or not np.allclose(
+            src_grid.latlon()[0], target_grid.latlon()[0], atol=1e-5
+        ):
             stat = regrid(stat.load(), target_grid, options.static_method)
             for c in ("mask",):
                 if c in tgt.coords:
@@ -269,7 +311,9 @@ def prepare(
 
     options = options or PrepareOptions()
     if options.train_period is None:
-        raise ConfigError("prepare: expected a training period (e.g. 2019-03-01..2019-03-20), found none")
+        raise ConfigError(
+            "prepare: expected a training period (e.g. 2019-03-01..2019-03-20), found none"
+        )
     if options.chunk_time < 1:
         raise ConfigError(f"prepare: expected chunk_time >= 1, found {options.chunk_time}")
     inputs = {"targets": expand_paths(targets)}
@@ -279,7 +323,9 @@ def prepare(
         inputs["static"] = expand_paths(static)
     fp = fingerprint(inputs, options)
     log.info("reading and checking %d input file(s)", sum(len(v) for v in inputs.values()))
-    tgt, pred, stat = load_inputs(inputs["targets"], inputs.get("predictors"), inputs.get("static"), options)
+    tgt, pred, stat = load_inputs(
+        inputs["targets"], inputs.get("predictors"), inputs.get("static"), options
+    )
 
     log.info("fitting normalization statistics on %s..%s", *options.train_period)
     stats = {"targets": NormStats.fit(tgt, train_period=options.train_period)}
@@ -339,5 +385,7 @@ def load_stats(path: str | Path, group: str = "targets") -> NormStats:
     data = json.loads(path.read_text())
     groups = data.get("groups", {})
     if group not in groups:
-        raise ConfigError(f"{path}: expected statistics group {group!r}, found {['targets', *groups]}")
+        raise ConfigError(
+            f"{path}: expected statistics group {group!r}, found {['targets', *groups]}"
+        )
     return NormStats.from_dict(groups[group], where=f"{path}[{group}]")

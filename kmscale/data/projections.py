@@ -21,7 +21,12 @@ import numpy as np
 
 from kmscale.errors import GridError
 
-SUPPORTED = ("lambert_azimuthal_equal_area", "polar_stereographic", "mercator", "lambert_conformal_conic")
+SUPPORTED = (
+    "lambert_azimuthal_equal_area",
+    "polar_stereographic",
+    "mercator",
+    "lambert_conformal_conic",
+)
 WGS84 = (6378137.0, 1.0 / 298.257223563)  # semi-major axis (m), flattening: the CF-silent default
 
 
@@ -33,7 +38,11 @@ def ellipsoid(attrs: Mapping) -> tuple[float, float]:
     if "semi_minor_axis" in attrs:
         b = float(attrs["semi_minor_axis"])
         return a, float(np.sqrt(max(0.0, 1.0 - (b / a) ** 2)))
-    inv_f = float(attrs.get("inverse_flattening", 0.0)) if "semi_major_axis" in attrs else 1.0 / WGS84[1]
+    inv_f = (
+        float(attrs.get("inverse_flattening", 0.0))
+        if "semi_major_axis" in attrs
+        else 1.0 / WGS84[1]
+    )
     if inv_f == 0.0:
         return a, 0.0  # a sphere
     f = 1.0 / inv_f
@@ -87,8 +96,14 @@ def _laea(x, y, attrs, a, e):
     rho = np.hypot(x / d, d * y)  # (24-28)
     with np.errstate(invalid="ignore", divide="ignore"):
         ce = 2 * np.arcsin(np.clip(rho / (2 * rq), -1, 1))  # (24-29)
-        q = qp * (np.cos(ce) * np.sin(beta1) + np.where(rho > 0, d * y * np.sin(ce) * np.cos(beta1) / rho, 0.0))  # (24-30)
-        lam = lam0 + np.arctan2(x * np.sin(ce), d * rho * np.cos(beta1) * np.cos(ce) - d * d * y * np.sin(beta1) * np.sin(ce))  # (24-26)
+        q = qp * (
+            np.cos(ce) * np.sin(beta1)
+            + np.where(rho > 0, d * y * np.sin(ce) * np.cos(beta1) / rho, 0.0)
+        )  # (24-30)
+        lam = lam0 + np.arctan2(
+            x * np.sin(ce),
+            d * rho * np.cos(beta1) * np.cos(ce) - d * d * y * np.sin(beta1) * np.sin(ce),
+        )  # (24-26)
     phi = np.where(rho > 0, _phi_from_q(q, e), phi1)
     return phi, lam
 
@@ -96,7 +111,14 @@ def _laea(x, y, attrs, a, e):
 def _polar_stereographic(x, y, attrs, a, e):
     origin = float(attrs.get("latitude_of_projection_origin", 90.0))
     south = origin < 0
-    lam0 = np.radians(float(attrs.get("straight_vertical_longitude_from_pole", attrs.get("longitude_of_projection_origin", 0.0))))
+    lam0 = np.radians(
+        float(
+            attrs.get(
+                "straight_vertical_longitude_from_pole",
+                attrs.get("longitude_of_projection_origin", 0.0),
+            )
+        )
+    )
     sgn = -1.0 if south else 1.0
     xs, ys = sgn * x, sgn * y  # Snyder: the south case is the north case with signs flipped
     rho = np.hypot(xs, ys)
@@ -132,7 +154,9 @@ def _lcc(x, y, attrs, a, e):
     if np.isclose(p1, p2):
         n = np.sin(p1)
     else:
-        n = (np.log(_m(p1, e)) - np.log(_m(p2, e))) / (np.log(_t(p1, e)) - np.log(_t(p2, e)))  # (15-8)
+        n = (np.log(_m(p1, e)) - np.log(_m(p2, e))) / (
+            np.log(_t(p1, e)) - np.log(_t(p2, e))
+        )  # (15-8)
     f = _m(p1, e) / (n * _t(p1, e) ** n)  # (15-10)
     rho0 = a * f * _t(phi0, e) ** n  # (15-7)
     sn = np.sign(n)
@@ -171,6 +195,8 @@ def inverse(x: np.ndarray, y: np.ndarray, attrs: Mapping) -> tuple[np.ndarray, n
     try:
         phi, lam = _INVERSE[name](x, y, attrs, a, e)
     except KeyError as err:
-        raise GridError(f"grid mapping {name!r}: expected the CF attribute {err.args[0]!r}, found none") from err
+        raise GridError(
+            f"grid mapping {name!r}: expected the CF attribute {err.args[0]!r}, found none"
+        ) from err
     lon = (np.degrees(lam) + 180.0) % 360.0 - 180.0
     return np.degrees(phi), lon

@@ -99,13 +99,17 @@ def guard(da: xr.DataArray, name: str, *, where: str = "") -> xr.DataArray:
     Raises:
         RangeError: (numpy-backed ``da`` here; dask-backed when computed).
     """
-    coords = {d: (np.asarray(da[d].values) if d in da.coords and da[d].ndim == 1 else None)
-              for d in da.dims}
-    check = partial(_check_block, name=name, dims=tuple(map(str, da.dims)), coords=coords,
-                    where=where)
+    coords = {
+        d: (np.asarray(da[d].values) if d in da.coords and da[d].ndim == 1 else None)
+        for d in da.dims
+    }
+    check = partial(
+        _check_block, name=name, dims=tuple(map(str, da.dims)), coords=coords, where=where
+    )
     if da.chunks is None:
-        check_array(np.asarray(da.values), name, dims=tuple(map(str, da.dims)), coords=coords,
-                    where=where)
+        check_array(
+            np.asarray(da.values), name, dims=tuple(map(str, da.dims)), coords=coords, where=where
+        )
         return da
     return da.copy(data=da.data.map_blocks(check, dtype=da.dtype, meta=da.data._meta))
 

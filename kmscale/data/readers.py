@@ -99,7 +99,9 @@ def open_dataset(
             elsewhere when the values are computed).
     """
     if hrcldas.is_hrcldas(path_or_paths):  # one file per variable and hour
-        return hrcldas.open_hrcldas(path_or_paths, variables, units=dict(units or {}), chunks=chunks)
+        return hrcldas.open_hrcldas(
+            path_or_paths, variables, units=dict(units or {}), chunks=chunks
+        )
     paths = expand_paths(path_or_paths)
     chunks = {} if chunks is None else chunks
     parts = []
@@ -107,8 +109,15 @@ def open_dataset(
         eng = engine or detect_engine(path)
         raw = open_raw(path, eng, chunks)
         raw.attrs[SOURCE_ATTR] = str(path)
-        ds = canonicalize(raw, source=str(path), variables=variables, rename=rename, units=units,
-                          accumulation_period=accumulation_period, check_range=check_range)
+        ds = canonicalize(
+            raw,
+            source=str(path),
+            variables=variables,
+            rename=rename,
+            units=units,
+            accumulation_period=accumulation_period,
+            check_range=check_range,
+        )
         _probe(ds, str(path))
         parts.append(ds)
     if len(parts) == 1:
@@ -128,7 +137,8 @@ def _probe(ds: xr.Dataset, where: str) -> None:
         if empty:
             raise SchemaError(
                 f"{where}: variable {name!r}: expected at least one element along every dim, "
-                f"found empty dims {empty} (sizes {dict(da.sizes)})")
+                f"found empty dims {empty} (sizes {dict(da.sizes)})"
+            )
         sel = {d: -1 for d in da.dims if d in ("time", "member")}
         try:
             np.asarray(da.isel(sel).values)
@@ -153,9 +163,18 @@ def _combine(parts: list[xr.Dataset], names: list[str]) -> xr.Dataset:
             continue
         group = sorted(group, key=lambda d: d["time"].values[0])
         try:
-            cat_ds = xr.concat(group, dim="time", join="exact", data_vars="minimal", coords="minimal", compat="override")
+            cat_ds = xr.concat(
+                group,
+                dim="time",
+                join="exact",
+                data_vars="minimal",
+                coords="minimal",
+                compat="override",
+            )
         except ValueError as err:
-            raise GridError(f"{', '.join(names)}: expected files on one grid, found different grids ({err})") from err
+            raise GridError(
+                f"{', '.join(names)}: expected files on one grid, found different grids ({err})"
+            ) from err
         try:
             _check_axis(cat_ds["time"].values, "time", ", ".join(names), allow_descending=False)
         except CoordinateError as err:
@@ -164,7 +183,9 @@ def _combine(parts: list[xr.Dataset], names: list[str]) -> xr.Dataset:
     try:
         out = xr.merge(merged, join="exact", compat="override", combine_attrs="drop_conflicts")
     except ValueError as err:
-        raise GridError(f"{', '.join(names)}: expected files on one grid and time axis, found ({err})") from err
+        raise GridError(
+            f"{', '.join(names)}: expected files on one grid and time axis, found ({err})"
+        ) from err
     out.attrs[SOURCE_ATTR] = ", ".join(names)
     return out
 
@@ -196,7 +217,11 @@ def schema_problems(
     names = list(variables) if variables is not None else list(ds.data_vars)
     missing = [v for v in names if v not in ds.data_vars]
     if missing:
-        problems.append(SchemaError(f"{where}: expected variables {names}, missing {missing}; found {sorted(ds.data_vars)}"))
+        problems.append(
+            SchemaError(
+                f"{where}: expected variables {names}, missing {missing}; found {sorted(ds.data_vars)}"
+            )
+        )
     spatial = ("lat", "lon") if "lat" in ds.dims else ("y", "x")
     for ax in (*spatial, "time"):
         if ax == "time" and "lead_time" in ds.coords:
@@ -224,18 +249,29 @@ def schema_problems(
             continue
         extra = [d for d in da.dims if d not in ("time", "member", *spatial)]
         if extra or not set(spatial) <= set(da.dims):
-            problems.append(SchemaError(
-                f"{where}: variable {name!r}: expected dims (time, [member], {', '.join(spatial)}), found {da.dims}"))
+            problems.append(
+                SchemaError(
+                    f"{where}: variable {name!r}: expected dims (time, [member], {', '.join(spatial)}), found {da.dims}"
+                )
+            )
             continue
         found_units = da.attrs.get("units")
         if cat.normalize_units(found_units) != cat.normalize_units(var.units):
-            problems.append(UnitsError(f"{where}: variable {name!r}: expected units {var.units}, found {found_units!r}"))
+            problems.append(
+                UnitsError(
+                    f"{where}: variable {name!r}: expected units {var.units}, found {found_units!r}"
+                )
+            )
             continue
         if not check_range and allow_nan:
             continue
         isnan = da.isnull()
         if mask is not None:
-            m = mask if isinstance(mask, xr.DataArray) else xr.DataArray(np.asarray(mask, bool), dims=spatial)
+            m = (
+                mask
+                if isinstance(mask, xr.DataArray)
+                else xr.DataArray(np.asarray(mask, bool), dims=spatial)
+            )
             bad_nan = (isnan & m.astype(bool)).sum()
         else:
             bad_nan = isnan.sum()
@@ -248,9 +284,12 @@ def schema_problems(
         nbad = int(nbad)
         if nbad and not allow_nan:
             place = "inside the mask" if mask is not None else "and no mask allows them"
-            problems.append(MissingValueError(
-                f"{where}: variable {name!r}: expected finite values{' inside the mask' if mask is not None else ''}, "
-                f"found {nbad} NaNs {place}"))
+            problems.append(
+                MissingValueError(
+                    f"{where}: variable {name!r}: expected finite values{' inside the mask' if mask is not None else ''}, "
+                    f"found {nbad} NaNs {place}"
+                )
+            )
     return problems
 
 
@@ -263,7 +302,9 @@ def validate(
     check_range: bool = True,
 ) -> xr.Dataset:
     """Raise the first schema problem of ``ds`` (see :func:`schema_problems`); return ``ds``."""
-    problems = schema_problems(ds, variables, allow_nan=allow_nan, mask=mask, check_range=check_range)
+    problems = schema_problems(
+        ds, variables, allow_nan=allow_nan, mask=mask, check_range=check_range
+    )
     if problems:
         raise problems[0]
     return ds

@@ -46,7 +46,9 @@ def _period_slice(ds: xr.Dataset, period: Sequence[str] | None, where: str) -> x
         t = ds["time"].values
         raise AlignmentError(
             f"{where}: expected times inside the training period {period[0]}..{period[1]}, "
-            f"found data only from {t[0]} to {t[-1]}" if t.size else f"{where}: expected times, found none"
+            f"found data only from {t[0]} to {t[-1]}"
+            if t.size
+            else f"{where}: expected times, found none"
         )
     return sub
 
@@ -88,7 +90,9 @@ class NormStats:
         names = list(variables) if variables is not None else list(ds.data_vars)
         missing = [v for v in names if v not in ds.data_vars]
         if missing:
-            raise SchemaError(f"{where}: expected variables {names} to fit statistics, missing {missing}")
+            raise SchemaError(
+                f"{where}: expected variables {names} to fit statistics, missing {missing}"
+            )
         sub = _period_slice(ds, train_period, where)
         out: dict[str, dict[str, Any]] = {}
         for name in names:
@@ -96,19 +100,37 @@ class NormStats:
             scale = float((scales or {}).get(name, 1.0))
             transforms_check(transform, name)
             da = sub[name]
-            y = xr.apply_ufunc(vt.forward, da, kwargs={"name": transform, "scale": scale},
-                               dask="parallelized", output_dtypes=[np.float64]).astype("float64")
-            mean, std, count, vmin, vmax = dask.compute(y.mean(), y.std(), da.count(), da.min(), da.max())
+            y = xr.apply_ufunc(
+                vt.forward,
+                da,
+                kwargs={"name": transform, "scale": scale},
+                dask="parallelized",
+                output_dtypes=[np.float64],
+            ).astype("float64")
+            mean, std, count, vmin, vmax = dask.compute(
+                y.mean(), y.std(), da.count(), da.min(), da.max()
+            )
             mean, std, count = float(mean), float(std), int(count)
             if count == 0 or not math.isfinite(mean):
-                raise SchemaError(f"{where}: variable {name!r}: expected finite training values, found none")
+                raise SchemaError(
+                    f"{where}: variable {name!r}: expected finite training values, found none"
+                )
             if not std > 0:
-                log.warning("%s: variable %r is constant over the training period; std set to 1", where, name)
+                log.warning(
+                    "%s: variable %r is constant over the training period; std set to 1",
+                    where,
+                    name,
+                )
                 std = 1.0
             out[name] = {
-                "mean": mean, "std": std, "transform": transform, "scale": scale,
+                "mean": mean,
+                "std": std,
+                "transform": transform,
+                "scale": scale,
                 "units": da.attrs.get("units", lookup(name).units),
-                "count": count, "min": float(vmin), "max": float(vmax),
+                "count": count,
+                "min": float(vmin),
+                "max": float(vmax),
             }
         period = (str(train_period[0]), str(train_period[1])) if train_period is not None else None
         return cls(out, period)
@@ -117,19 +139,25 @@ class NormStats:
     def stat(self, name: str) -> dict[str, Any]:
         """The ``{"mean", "std", "transform", "scale"}`` dict of ``transforms.standardize``."""
         if name not in self.variables:
-            raise SchemaError(f"normalization statistics: expected variable {name!r}, found only {sorted(self.variables)}")
+            raise SchemaError(
+                f"normalization statistics: expected variable {name!r}, found only {sorted(self.variables)}"
+            )
         return {k: self.variables[name][k] for k in _REQUIRED}
 
     def standardize(self, x: Any, name: str) -> Any:
         """z = (T(x) - mean) / std for arrays, tensors or DataArrays of variable ``name``."""
         if isinstance(x, xr.DataArray):
-            return xr.apply_ufunc(vt.standardize, x, kwargs={"stat": self.stat(name)}, dask="allowed")
+            return xr.apply_ufunc(
+                vt.standardize, x, kwargs={"stat": self.stat(name)}, dask="allowed"
+            )
         return vt.standardize(x, self.stat(name))
 
     def destandardize(self, z: Any, name: str) -> Any:
         """Inverse of :meth:`standardize`, back to physical units."""
         if isinstance(z, xr.DataArray):
-            return xr.apply_ufunc(vt.destandardize, z, kwargs={"stat": self.stat(name)}, dask="allowed")
+            return xr.apply_ufunc(
+                vt.destandardize, z, kwargs={"stat": self.stat(name)}, dask="allowed"
+            )
         return vt.destandardize(z, self.stat(name))
 
     def __contains__(self, name: str) -> bool:
@@ -147,17 +175,29 @@ class NormStats:
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "<stats>") -> NormStats:
         """Build from :meth:`to_dict` output, checking the schema."""
         if not isinstance(data, Mapping) or data.get("kmscale_stats_version") != STATS_VERSION:
-            found = data.get("kmscale_stats_version") if isinstance(data, Mapping) else type(data).__name__
-            raise SchemaError(f"{where}: expected kmscale statistics version {STATS_VERSION}, found {found!r}")
+            found = (
+                data.get("kmscale_stats_version")
+                if isinstance(data, Mapping)
+                else type(data).__name__
+            )
+            raise SchemaError(
+                f"{where}: expected kmscale statistics version {STATS_VERSION}, found {found!r}"
+            )
         variables = data.get("variables")
         if not isinstance(variables, Mapping) or not variables:
-            raise SchemaError(f"{where}: expected a non-empty 'variables' mapping, found {variables!r}")
+            raise SchemaError(
+                f"{where}: expected a non-empty 'variables' mapping, found {variables!r}"
+            )
         for name, entry in variables.items():
             missing = [k for k in _REQUIRED if k not in entry]
             if missing:
-                raise SchemaError(f"{where}: variable {name!r}: expected keys {list(_REQUIRED)}, missing {missing}")
+                raise SchemaError(
+                    f"{where}: variable {name!r}: expected keys {list(_REQUIRED)}, missing {missing}"
+                )
             if not (isinstance(entry["std"], (int, float)) and entry["std"] > 0):
-                raise SchemaError(f"{where}: variable {name!r}: expected std > 0, found {entry['std']!r}")
+                raise SchemaError(
+                    f"{where}: variable {name!r}: expected std > 0, found {entry['std']!r}"
+                )
             transforms_check(entry["transform"], name)
         period = data.get("train_period")
         return cls({k: dict(v) for k, v in variables.items()}, tuple(period) if period else None)
@@ -177,10 +217,14 @@ class NormStats:
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
-            raise SchemaError(f"{path}: expected kmscale statistics JSON, found invalid JSON ({err})") from err
+            raise SchemaError(
+                f"{path}: expected kmscale statistics JSON, found invalid JSON ({err})"
+            ) from err
         return cls.from_dict(data, where=str(path))
 
 
 def transforms_check(name: str, variable: str) -> None:
     if name not in vt.TRANSFORMS:
-        raise ConfigError(f"variable {variable!r}: expected a transform in {vt.TRANSFORMS}, found {name!r}")
+        raise ConfigError(
+            f"variable {variable!r}: expected a transform in {vt.TRANSFORMS}, found {name!r}"
+        )

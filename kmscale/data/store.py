@@ -51,8 +51,9 @@ def consolidate(path: str | Path) -> None:
     with warnings.catch_warnings():
         # zarr 3 notes that consolidated metadata is not yet in the v3 specification;
         # xarray and zarr-python read it, and a reader without it falls back to the files
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part",
-                                category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="Consolidated metadata is currently not part", category=UserWarning
+        )
         zarr.consolidate_metadata(str(path))
 
 
@@ -105,7 +106,9 @@ class StoreWriter:
         self.dim = dim
         self.chunk = int(chunk)
         if dim not in template.dims:
-            raise StoreError(f"{self.path}: expected the write dimension {dim!r} in {dict(template.sizes)}")
+            raise StoreError(
+                f"{self.path}: expected the write dimension {dim!r} in {dict(template.sizes)}"
+            )
         self.length = template.sizes[dim]
         self.n_chunks = -(-self.length // self.chunk)
         if self.path.exists():
@@ -149,7 +152,9 @@ class StoreWriter:
         if creating.exists():
             shutil.rmtree(creating)
         # Metadata only (compute=False); static variables without ``dim`` are written now.
-        ds.to_zarr(creating, mode="w", compute=False, zarr_format=3, encoding=enc, consolidated=False)
+        ds.to_zarr(
+            creating, mode="w", compute=False, zarr_format=3, encoding=enc, consolidated=False
+        )
         # Everything without ``dim`` (static fields, 2-D lat/lon coordinates) is written now.
         static = ds.drop_dims(self.dim)
         if static.variables:
@@ -171,7 +176,9 @@ class StoreWriter:
         try:
             return list(json.loads(file.read_text())["done"])
         except (json.JSONDecodeError, KeyError) as err:
-            raise StoreError(f"{file}: expected a progress record, found a corrupt file ({err})") from err
+            raise StoreError(
+                f"{file}: expected a progress record, found a corrupt file ({err})"
+            ) from err
 
     # ---- writing ------------------------------------------------------------------
     def chunk_slice(self, index: int) -> slice:
@@ -189,7 +196,9 @@ class StoreWriter:
 
     def write(self, index: int, ds: xr.Dataset) -> None:
         """Write chunk ``index``: ``ds`` covers exactly ``chunk_slice(index)`` along ``dim``."""
-        write_region(self.partial, ds, self.dim, self.chunk_slice(index), where=f"{self.path}: chunk {index}")
+        write_region(
+            self.partial, ds, self.dim, self.chunk_slice(index), where=f"{self.path}: chunk {index}"
+        )
         self.mark_done(index)
 
     def mark_done(self, index: int) -> None:
@@ -223,7 +232,9 @@ class StoreWriter:
         return self.path
 
 
-def write_region(partial: str | Path, ds: xr.Dataset, dim: str, sl: slice, *, where: str = "") -> None:
+def write_region(
+    partial: str | Path, ds: xr.Dataset, dim: str, sl: slice, *, where: str = ""
+) -> None:
     """Write ``ds`` (covering exactly ``sl`` along ``dim``) into the store at ``partial``.
 
     Regions of different chunks touch different zarr chunks, so writers in several
@@ -266,12 +277,18 @@ def open_store(
     """
     path = Path(path)
     if not path.exists():
-        hint = " (an interrupted run left a .partial store: run again to resume)" if partial_path(path).exists() else ""
+        hint = (
+            " (an interrupted run left a .partial store: run again to resume)"
+            if partial_path(path).exists()
+            else ""
+        )
         raise StoreError(f"{path}: expected a kmscale zarr store, found nothing{hint}")
     try:
         ds = xr.open_zarr(path, zarr_format=3, consolidated=None, chunks=chunks)
     except (FileNotFoundError, ValueError, KeyError, OSError) as err:
-        raise StoreError(f"{path}: expected a zarr v3 store, found an unreadable one ({err})") from err
+        raise StoreError(
+            f"{path}: expected a zarr v3 store, found an unreadable one ({err})"
+        ) from err
     status = ds.attrs.get(STATUS_KEY)
     if status != "complete":
         raise StoreError(f"{path}: expected a complete store, found status {status!r}")

@@ -50,8 +50,14 @@ _RATES: dict[str, tuple[float, pd.Timedelta]] = {
     "mm day-1": (1.0, pd.Timedelta(days=1)),
 }
 _EXTRA_RATE_SPELLINGS: dict[str, str] = {
-    "mm d-1": "mm day-1", "mm/day": "mm day-1", "mm/d": "mm day-1", "kg m-2 day-1": "mm day-1",
-    "kg m-2 d-1": "mm day-1", "m/h": "m h-1", "m h**-1": "m h-1", "m hr-1": "m h-1",
+    "mm d-1": "mm day-1",
+    "mm/day": "mm day-1",
+    "mm/d": "mm day-1",
+    "kg m-2 day-1": "mm day-1",
+    "kg m-2 d-1": "mm day-1",
+    "m/h": "m h-1",
+    "m h**-1": "m h-1",
+    "m hr-1": "m h-1",
 }
 # "<amount> / <n> <time unit>" (mm/5min, mm (5 min)-1, kg m-2 per 3 h, mm 10min-1).
 _PER_PERIOD = re.compile(
@@ -60,9 +66,23 @@ _PER_PERIOD = re.compile(
     r"\s*\)?\s*(?:-1|\*\*-1|\^-1)?$"
 )
 _CELL_METHODS_SUM = re.compile(r"time\s*:\s*sum\s*\(\s*interval\s*:\s*(?P<period>[^)]+)\)")
-_PANDAS_UNIT = {"s": "s", "sec": "s", "second": "s", "seconds": "s", "min": "min",
-                "mins": "min", "minute": "min", "minutes": "min", "h": "h", "hr": "h",
-                "hour": "h", "hours": "h", "d": "D", "day": "D", "days": "D"}
+_PANDAS_UNIT = {
+    "s": "s",
+    "sec": "s",
+    "second": "s",
+    "seconds": "s",
+    "min": "min",
+    "mins": "min",
+    "minute": "min",
+    "minutes": "min",
+    "h": "h",
+    "hr": "h",
+    "hour": "h",
+    "hours": "h",
+    "d": "D",
+    "day": "D",
+    "days": "D",
+}
 
 
 def parse_period(text: object, *, where: str = "") -> pd.Timedelta:

@@ -58,7 +58,9 @@ class EDMSettings:
     residual_scale: list[float] = field(default_factory=lambda: [1.0])  # per latent channel
     sigma_min: float = NoiseSchedule.sigma_min
     sigma_max: float = NoiseSchedule.sigma_max
-    context_size: list[int] | None = None  # coarse global context of patch training (PatchedDenoiser)
+    context_size: list[int] | None = (
+        None  # coarse global context of patch training (PatchedDenoiser)
+    )
     train_patch: list[int] | None = None  # latent patch size trained on; None: whole field
 
 
@@ -123,14 +125,20 @@ class ModelBundle:
             "kmscale_version": __version__,
             "variables": [{"name": n, "units": u} for n, u in self.units().items()],
             "target_grid": {
-                "dims": ["lat", "lon"], "shape": [int(lat.size), int(lon.size)],
-                "lat": [float(lat[0]), float(lat[-1])], "lon": [float(lon[0]), float(lon[-1])],
+                "dims": ["lat", "lon"],
+                "shape": [int(lat.size), int(lon.size)],
+                "lat": [float(lat[0]), float(lat[-1])],
+                "lon": [float(lon[0]), float(lon[-1])],
             },
-            "latent_grid": {"shape": [int(lat.size) // self.spec.factor, int(lon.size) // self.spec.factor],
-                            "channels": int(self.autoencoder.latent_channels)},
-            "autoencoder": {"name": type(self.autoencoder).registry_name,
-                            "fingerprint": self.autoencoder.fingerprint(),
-                            "groups": group_layout(self.autoencoder)},
+            "latent_grid": {
+                "shape": [int(lat.size) // self.spec.factor, int(lon.size) // self.spec.factor],
+                "channels": int(self.autoencoder.latent_channels),
+            },
+            "autoencoder": {
+                "name": type(self.autoencoder).registry_name,
+                "fingerprint": self.autoencoder.fingerprint(),
+                "groups": group_layout(self.autoencoder),
+            },
             "conditioning": self.spec.to_dict(),
             "static_fields": list(self.spec.static_variables),
             "predictors": list(self.spec.predictors.variables),
@@ -189,8 +197,12 @@ class ModelBundle:
         except json.JSONDecodeError as err:
             raise BundleError(f"{meta_file}: expected JSON, found a corrupt file ({err})") from err
         if meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{meta_file}: expected bundle format {BUNDLE_FORMAT}, found {meta.get('format')!r}")
-        for part in ("autoencoder", "regression", GRID_STORE) + (("diffusion",) if meta["edm"]["enabled"] else ()):
+            raise BundleError(
+                f"{meta_file}: expected bundle format {BUNDLE_FORMAT}, found {meta.get('format')!r}"
+            )
+        for part in ("autoencoder", "regression", GRID_STORE) + (
+            ("diffusion",) if meta["edm"]["enabled"] else ()
+        ):
             if not (path / part).exists():
                 raise BundleError(f"{path}: expected the bundle part {part!r}, found nothing")
         try:
@@ -207,10 +219,14 @@ class ModelBundle:
         grid = xr.open_zarr(path / GRID_STORE, zarr_format=3, consolidated=False).load()
         edm = {k: v for k, v in meta["edm"].items() if k != "enabled"}
         bundle = cls(
-            autoencoder=autoencoder.eval(), regression=regression.eval(),
+            autoencoder=autoencoder.eval(),
+            regression=regression.eval(),
             diffusion=None if diffusion is None else diffusion.eval(),
-            spec=ConditioningSpec.from_dict(meta["conditioning"]), grid=grid, edm=EDMSettings(**edm),
-            lead_times=list(meta["lead_times"]), data_fingerprint=meta.get("data_fingerprint", ""),
+            spec=ConditioningSpec.from_dict(meta["conditioning"]),
+            grid=grid,
+            edm=EDMSettings(**edm),
+            lead_times=list(meta["lead_times"]),
+            data_fingerprint=meta.get("data_fingerprint", ""),
             extra=dict(meta.get("extra", {})),
         )
         recorded = meta.get("fingerprint")
@@ -256,10 +272,18 @@ class ModelBundle:
                 f"{lo:g}..{hi:g} h, found {np.unique(bad)[:10].tolist()} h"
             )
         if target_grid is not None:
-            lat, lon = grid_coords(target_grid) if isinstance(target_grid, (xr.Dataset, xr.DataArray)) else target_grid
+            lat, lon = (
+                grid_coords(target_grid)
+                if isinstance(target_grid, (xr.Dataset, xr.DataArray))
+                else target_grid
+            )
             lat, lon = np.asarray(lat), np.asarray(lon)
-            if lat.shape != self.lat.shape or lon.shape != self.lon.shape or not (
-                np.allclose(lat, self.lat, atol=1e-4) and np.allclose(lon, self.lon, atol=1e-4)
+            if (
+                lat.shape != self.lat.shape
+                or lon.shape != self.lon.shape
+                or not (
+                    np.allclose(lat, self.lat, atol=1e-4) and np.allclose(lon, self.lon, atol=1e-4)
+                )
             ):
                 raise BundleError(
                     f"bundle/target grid mismatch: expected {self.lat.size} x {self.lon.size} "
@@ -269,14 +293,19 @@ class ModelBundle:
                 )
 
 
-def grid_dataset(lat: np.ndarray, lon: np.ndarray, static: xr.Dataset | None, variables: list[str]) -> xr.Dataset:
+def grid_dataset(
+    lat: np.ndarray, lon: np.ndarray, static: xr.Dataset | None, variables: list[str]
+) -> xr.Dataset:
     """The bundle's grid.zarr content: target coordinates plus the physical static fields."""
     ds = xr.Dataset(coords={"lat": ("lat", np.asarray(lat)), "lon": ("lon", np.asarray(lon))})
     for name in variables:
         if static is None or name not in static:
             raise BundleError(f"bundle grid: expected the static field {name!r}, found none")
-        ds[name] = (("lat", "lon"), np.asarray(static[name].transpose("lat", "lon").values, np.float32),
-                    dict(static[name].attrs))
+        ds[name] = (
+            ("lat", "lon"),
+            np.asarray(static[name].transpose("lat", "lon").values, np.float32),
+            dict(static[name].attrs),
+        )
     return ds
 
 

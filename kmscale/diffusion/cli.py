@@ -45,66 +45,128 @@ def _pair(text: str) -> list[int]:
     if len(parts) == 1:
         parts = parts * 2
     if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected N or H,W with positive integers, found {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected N or H,W with positive integers, found {text!r}"
+        )
     return parts
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "sample", help="sample a downscaled ensemble from predictors with a model bundle",
-        description=SAMPLE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "sample",
+        help="sample a downscaled ensemble from predictors with a model bundle",
+        description=SAMPLE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--bundle", required=True, help="model bundle directory (bundle.json, autoencoder/, ...)")
-    p.add_argument("--predictors", required=True, nargs="+",
-                   help="predictor file(s): NetCDF/GRIB/zarr, canonical variables (time, lat, lon)")
+    p.add_argument(
+        "--bundle", required=True, help="model bundle directory (bundle.json, autoencoder/, ...)"
+    )
+    p.add_argument(
+        "--predictors",
+        required=True,
+        nargs="+",
+        help="predictor file(s): NetCDF/GRIB/zarr, canonical variables (time, lat, lon)",
+    )
     p.add_argument("--out", required=True, help="output ensemble store (.zarr)")
     d = SamplerSettings()
-    p.add_argument("--members", type=int, default=d.members,
-                   help=f"ensemble size M (default {d.members})")
-    p.add_argument("--steps", type=int, default=d.steps,
-                   help=f"EDM noise levels N (default {d.steps})")
-    p.add_argument("--solver", choices=SOLVERS, default=d.solver,
-                   help=f"{HEUN}: EDM Algorithm 2; {EULER}: first order, few-step option "
-                        f"(default {d.solver})")
-    p.add_argument("--churn", type=float, default=d.S_churn,
-                   help=f"S_churn stochasticity (default {d.S_churn:g})")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help=f"member m uses seed SEED+m (default {d.seed})")
-    p.add_argument("--center-residuals", action="store_true",
-                   help="re-centre the members on the regression mean: remove their mean latent residual, "
-                        "keep its variance (members then depend on M and on every seed)")
-    p.add_argument("--member-batch", type=int, default=d.member_batch,
-                   help=f"members denoised together (memory only; default {d.member_batch})")
-    p.add_argument("--patch", type=_pair, default=None, metavar="H,W",
-                   help="patch-wise sampling with latent tiles of H,W (large domains)")
-    p.add_argument("--overlap", type=_pair, default=None, metavar="H,W",
-                   help="tile overlap in latent pixels (default: a quarter of the tile)")
-    p.add_argument("--time-chunk", type=int, default=d.time_chunk,
-                   help=f"valid times per store chunk (unit of resume; default {d.time_chunk})")
+    p.add_argument(
+        "--members", type=int, default=d.members, help=f"ensemble size M (default {d.members})"
+    )
+    p.add_argument(
+        "--steps", type=int, default=d.steps, help=f"EDM noise levels N (default {d.steps})"
+    )
+    p.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default=d.solver,
+        help=f"{HEUN}: EDM Algorithm 2; {EULER}: first order, few-step option (default {d.solver})",
+    )
+    p.add_argument(
+        "--churn",
+        type=float,
+        default=d.S_churn,
+        help=f"S_churn stochasticity (default {d.S_churn:g})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help=f"member m uses seed SEED+m (default {d.seed})"
+    )
+    p.add_argument(
+        "--center-residuals",
+        action="store_true",
+        help="re-centre the members on the regression mean: remove their mean latent residual, "
+        "keep its variance (members then depend on M and on every seed)",
+    )
+    p.add_argument(
+        "--member-batch",
+        type=int,
+        default=d.member_batch,
+        help=f"members denoised together (memory only; default {d.member_batch})",
+    )
+    p.add_argument(
+        "--patch",
+        type=_pair,
+        default=None,
+        metavar="H,W",
+        help="patch-wise sampling with latent tiles of H,W (large domains)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=_pair,
+        default=None,
+        metavar="H,W",
+        help="tile overlap in latent pixels (default: a quarter of the tile)",
+    )
+    p.add_argument(
+        "--time-chunk",
+        type=int,
+        default=d.time_chunk,
+        help=f"valid times per store chunk (unit of resume; default {d.time_chunk})",
+    )
     p.add_argument("--start", default=None, help="first valid time to downscale (ISO)")
     p.add_argument("--end", default=None, help="last valid time to downscale (ISO)")
-    p.add_argument("--target-grid", default=None, metavar="FILE",
-                   help="a dataset on the grid you expect the output on (e.g. your truth or static file): "
-                        "checked against the bundle's target grid before sampling")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--target-grid",
+        default=None,
+        metavar="FILE",
+        help="a dataset on the grid you expect the output on (e.g. your truth or static file): "
+        "checked against the bundle's target grid before sampling",
+    )
+    p.add_argument(
+        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a complete store at --out")
-    p.add_argument("--no-range-check", action="store_true",
-                   help="accept predictor values outside the variables' plausible ranges (exotic data)")
+    p.add_argument(
+        "--no-range-check",
+        action="store_true",
+        help="accept predictor values outside the variables' plausible ranges (exotic data)",
+    )
     add_scheduler_argument(p)
     p.set_defaults(func=run_sample)
 
     d = subparsers.add_parser(
-        "demo", help="run the whole pipeline on the built-in demo data (<= 10 min on 2 cores)",
-        description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "demo",
+        help="run the whole pipeline on the built-in demo data (<= 10 min on 2 cores)",
+        description=DEMO_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    d.add_argument("--size", choices=("small", "gpu", "tiny"), default="small",
-                   help="small: 2 CPU cores, <= 10 min (default); gpu: larger setting for one GPU; "
-                        "tiny: smoke test")
-    d.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    d.add_argument(
+        "--size",
+        choices=("small", "gpu", "tiny"),
+        default="small",
+        help="small: 2 CPU cores, <= 10 min (default); gpu: larger setting for one GPU; "
+        "tiny: smoke test",
+    )
+    d.add_argument(
+        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
+    )
     d.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
-    d.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; use 1 on a busy shared machine)")
+    d.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; use 1 on a busy shared machine)",
+    )
     d.set_defaults(func=run_demo)
 
 
@@ -122,24 +184,46 @@ def run_sample(args: argparse.Namespace) -> int:
     from kmscale.diffusion.pipeline import DownscalingPipeline
 
     bundle = ModelBundle.load(args.bundle)
-    predictors = open_dataset(args.predictors, variables=bundle.spec.predictors.variables,
-                              check_range=not args.no_range_check)
+    predictors = open_dataset(
+        args.predictors,
+        variables=bundle.spec.predictors.variables,
+        check_range=not args.no_range_check,
+    )
     if args.start or args.end:
-        sl = slice(None if args.start is None else np.datetime64(args.start),
-                   None if args.end is None else np.datetime64(args.end))
+        sl = slice(
+            None if args.start is None else np.datetime64(args.start),
+            None if args.end is None else np.datetime64(args.end),
+        )
         predictors = predictors.sel(time=sl)
     bundle.validate(predictors, open_dataset(args.target_grid) if args.target_grid else None)
     settings = SamplerSettings(
-        members=args.members, steps=args.steps, solver=args.solver, S_churn=args.churn, seed=args.seed,
-        member_batch=args.member_batch, patch=args.patch, overlap=args.overlap, time_chunk=args.time_chunk,
+        members=args.members,
+        steps=args.steps,
+        solver=args.solver,
+        S_churn=args.churn,
+        seed=args.seed,
+        member_batch=args.member_batch,
+        patch=args.patch,
+        overlap=args.overlap,
+        time_chunk=args.time_chunk,
         center_residuals=args.center_residuals,
     )
     resolved = {k: v for k, v in vars(args).items() if k != "func"}
     pipe = DownscalingPipeline(bundle, device=_device(args.device))
-    path = pipe.run(predictors, args.out, settings, overwrite=args.overwrite, resolved_config=resolved,
-                    scheduler=args.scheduler)
-    print(json.dumps({"store": str(path), "members": args.members, "times": int(predictors.sizes["time"])}),
-          file=sys.stdout)
+    path = pipe.run(
+        predictors,
+        args.out,
+        settings,
+        overwrite=args.overwrite,
+        resolved_config=resolved,
+        scheduler=args.scheduler,
+    )
+    print(
+        json.dumps(
+            {"store": str(path), "members": args.members, "times": int(predictors.sizes["time"])}
+        ),
+        file=sys.stdout,
+    )
     return 0
 
 
@@ -155,7 +239,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from kmscale.diffusion.demo_checks import format_checks
 
     summary = demo(args.out, size=args.size, device=_device(args.device), fresh=args.fresh)
-    print(json.dumps({k: v for k, v in summary.items() if k != "demo_checks"}, indent=2, default=str))
+    print(
+        json.dumps({k: v for k, v in summary.items() if k != "demo_checks"}, indent=2, default=str)
+    )
     print(f"\ndemo checks on the validation hours ({args.out}/summary.json, demo_checks):")
     print(format_checks(summary["demo_checks"]))
     return 0

@@ -57,8 +57,12 @@ def _pixel(variables: list[str]) -> GroupConfig:
 
 
 def _vae(variables: list[str], widths: list[int], channels: int) -> GroupConfig:
-    return GroupConfig(variables, ModelConfig(block_out_channels=widths, latent_channels=channels,
-                                              norm_num_groups=min(16, *widths)))
+    return GroupConfig(
+        variables,
+        ModelConfig(
+            block_out_channels=widths, latent_channels=channels, norm_num_groups=min(16, *widths)
+        ),
+    )
 
 
 @dataclass
@@ -81,14 +85,16 @@ class DemoSize:
     # into channels: a VAE trained for the minutes a 2-core demo has reconstructs t2m no
     # better than 1.7 K (3,200 samples, 4 min), above the 1 K the regression gains over
     # interpolation, so the latent space would hide the skill the demo is meant to show.
-    groups: list[GroupConfig] = field(default_factory=lambda: [_pixel(["t2m"]), _pixel(["u10", "v10"]),
-                                                               _pixel(["tp"])])
+    groups: list[GroupConfig] = field(
+        default_factory=lambda: [_pixel(["t2m"]), _pixel(["u10", "v10"]), _pixel(["tp"])]
+    )
     group_factor: int = 2
     vae_samples: int = 0  # samples per VAE group (VAE groups only)
     vae_batch: int = 16
     vae_patch: list[int] = field(default_factory=lambda: [32, 32])  # VAE training patches (px)
-    unet: UNetSettings = field(default_factory=lambda: UNetSettings(block_out_channels=[32, 64],
-                                                                    norm_num_groups=16))
+    unet: UNetSettings = field(
+        default_factory=lambda: UNetSettings(block_out_channels=[32, 64], norm_num_groups=16)
+    )
     regression_samples: int = 1_600
     ldm_samples: int = 3_200
     residual_folds: int = 2  # cross-fitted residuals: two more regressions on half the hours each
@@ -100,17 +106,42 @@ class DemoSize:
 
 SIZES = {
     "small": DemoSize(),
-    "gpu": DemoSize(ny=256, nx=256, groups=[_vae(["t2m"], [64, 128, 128], 4), _vae(["u10", "v10"], [64, 128, 128], 8),
-                                            _pixel(["tp"])],
-                    group_factor=4, vae_samples=40_000, vae_patch=[64, 64],
-                    unet=UNetSettings(block_out_channels=[64, 128, 256], norm_num_groups=16),
-                    regression_samples=32_000, ldm_samples=48_000, batch=32, members=16, steps=18),
+    "gpu": DemoSize(
+        ny=256,
+        nx=256,
+        groups=[
+            _vae(["t2m"], [64, 128, 128], 4),
+            _vae(["u10", "v10"], [64, 128, 128], 8),
+            _pixel(["tp"]),
+        ],
+        group_factor=4,
+        vae_samples=40_000,
+        vae_patch=[64, 64],
+        unet=UNetSettings(block_out_channels=[64, 128, 256], norm_num_groups=16),
+        regression_samples=32_000,
+        ldm_samples=48_000,
+        batch=32,
+        members=16,
+        steps=18,
+    ),
     # smoke test (tests, CI): every stage, a VAE group included, tiny budgets
-    "tiny": DemoSize(ny=32, nx=32, train_times="2023-07-01T00/2023-07-01T15", val_times="2023-07-01T16/2023-07-01T19",
-                     val_every_hours=2, groups=[_vae(["t2m"], [16, 16], 2), _pixel(["u10", "v10"]), _pixel(["tp"])],
-                     vae_samples=32, vae_batch=8, vae_patch=[16, 16],
-                     unet=UNetSettings(block_out_channels=[16, 16], norm_num_groups=16),
-                     regression_samples=32, ldm_samples=32, batch=8, members=2, steps=2),
+    "tiny": DemoSize(
+        ny=32,
+        nx=32,
+        train_times="2023-07-01T00/2023-07-01T15",
+        val_times="2023-07-01T16/2023-07-01T19",
+        val_every_hours=2,
+        groups=[_vae(["t2m"], [16, 16], 2), _pixel(["u10", "v10"]), _pixel(["tp"])],
+        vae_samples=32,
+        vae_batch=8,
+        vae_patch=[16, 16],
+        unet=UNetSettings(block_out_channels=[16, 16], norm_num_groups=16),
+        regression_samples=32,
+        ldm_samples=32,
+        batch=8,
+        members=2,
+        steps=2,
+    ),
 }
 
 
@@ -120,8 +151,10 @@ def demo_hours(size: DemoSize) -> tuple[pd.DatetimeIndex, pd.DatetimeIndex]:
 
     train, val = demo_times(size.train_times), demo_times(size.val_times)[:: size.val_every_hours]
     if val[0] <= train[-1]:
-        raise ConfigError(f"demo: expected validation hours after the training hours ({train[-1]}), "
-                          f"found {val[0]}")
+        raise ConfigError(
+            f"demo: expected validation hours after the training hours ({train[-1]}), "
+            f"found {val[0]}"
+        )
     return train, val
 
 
@@ -133,14 +166,24 @@ class _Stages:
         self.timings: dict[str, float] = {}
 
     def done(self, name: str) -> None:
-        self.timings[name] = max(0.0, round(time.perf_counter() - self.start - sum(self.timings.values()), 2))
+        self.timings[name] = max(
+            0.0, round(time.perf_counter() - self.start - sum(self.timings.values()), 2)
+        )
         log.info("demo: %s done (%.1f s)", name, self.timings[name])
 
 
 def _settings(size: DemoSize, samples: int, seed: int = 0) -> TrainingSettings:
-    return TrainingSettings(total_samples=samples, global_batch_size=size.batch, lr=size.lr, warmup_samples=200,
-                            lr_decay="cosine", ema_decay=0.99, checkpoint_every_samples=max(size.batch, samples // 2),
-                            log_every_samples=max(size.batch, samples // 8), seed=seed)
+    return TrainingSettings(
+        total_samples=samples,
+        global_batch_size=size.batch,
+        lr=size.lr,
+        warmup_samples=200,
+        lr_decay="cosine",
+        ema_decay=0.99,
+        checkpoint_every_samples=max(size.batch, samples // 2),
+        log_every_samples=max(size.batch, samples // 8),
+        seed=seed,
+    )
 
 
 def train_autoencoders(size: DemoSize, targets: xr.Dataset, out: Path) -> Path:
@@ -150,15 +193,30 @@ def train_autoencoders(size: DemoSize, targets: xr.Dataset, out: Path) -> Path:
     final = out / "autoencoder"
     if not (final / "config.json").is_file():
         shape = [int(targets.sizes["lat"]), int(targets.sizes["lon"])]
-        cfg = vae_config(out, shape, [16], 1, max(1, size.vae_samples), batch=size.vae_batch,
-                         small_patch=size.vae_patch, small_fraction=1.0, groups=size.groups,
-                         group_factor=size.group_factor)
+        cfg = vae_config(
+            out,
+            shape,
+            [16],
+            1,
+            max(1, size.vae_samples),
+            batch=size.vae_batch,
+            small_patch=size.vae_patch,
+            small_fraction=1.0,
+            groups=size.groups,
+            group_factor=size.group_factor,
+        )
         train_autoencoder(cfg, targets)
     return final
 
 
-def train_models(size: DemoSize, data, autoencoder: Path, latents: Path, out: Path,
-                 periods: tuple[list[str], list[str]]) -> tuple[Path, Path]:
+def train_models(
+    size: DemoSize,
+    data,
+    autoencoder: Path,
+    latents: Path,
+    out: Path,
+    periods: tuple[list[str], list[str]],
+) -> tuple[Path, Path]:
     """The regression (regression-only bundle) and the diffusion model (full bundle)."""
     from kmscale.diffusion.train import (
         DataSettings,
@@ -172,21 +230,41 @@ def train_models(size: DemoSize, data, autoencoder: Path, latents: Path, out: Pa
     settings = DataSettings(train_period=train_period, val_period=val_period, latents=str(latents))
     reg_bundle = out / "regression" / "bundle"
     if not (reg_bundle / "bundle.json").is_file():
-        train_regression(RegressionConfig(out_dir=str(out / "regression"), autoencoder=str(autoencoder),
-                                          data=settings, unet=size.unet,
-                                          train=_settings(size, size.regression_samples)), data)
+        train_regression(
+            RegressionConfig(
+                out_dir=str(out / "regression"),
+                autoencoder=str(autoencoder),
+                data=settings,
+                unet=size.unet,
+                train=_settings(size, size.regression_samples),
+            ),
+            data,
+        )
     ldm_bundle = out / "ldm" / "bundle"
     if not (ldm_bundle / "bundle.json").is_file():
         from kmscale.diffusion.train import EnsembleValidation
 
-        train = replace(_settings(size, size.ldm_samples), validate_every_samples=size.ldm_samples // 2)
-        train_ldm(LDMConfig(out_dir=str(out / "ldm"), regression_bundle=str(reg_bundle), data=settings,
-                            unet=size.unet, train=train, residual_folds=size.residual_folds,
-                            validation=EnsembleValidation(members=4, steps=6, max_times=4)), data)
+        train = replace(
+            _settings(size, size.ldm_samples), validate_every_samples=size.ldm_samples // 2
+        )
+        train_ldm(
+            LDMConfig(
+                out_dir=str(out / "ldm"),
+                regression_bundle=str(reg_bundle),
+                data=settings,
+                unet=size.unet,
+                train=train,
+                residual_folds=size.residual_folds,
+                validation=EnsembleValidation(members=4, steps=6, max_times=4),
+            ),
+            data,
+        )
     return reg_bundle, ldm_bundle
 
 
-def sample(bundle: Path, predictors: xr.Dataset, out: Path, members: int, steps: int, device: str) -> Path:
+def sample(
+    bundle: Path, predictors: xr.Dataset, out: Path, members: int, steps: int, device: str
+) -> Path:
     """An ensemble store of ``bundle`` for every time of ``predictors`` (kept if complete)."""
     from kmscale.diffusion.bundle import ModelBundle
     from kmscale.diffusion.pipeline import DownscalingPipeline, SamplerSettings
@@ -195,15 +273,21 @@ def sample(bundle: Path, predictors: xr.Dataset, out: Path, members: int, steps:
         return out
     pipe = DownscalingPipeline(ModelBundle.load(bundle), device=device)
     settings = SamplerSettings(members=members, steps=steps, time_chunk=4)
-    return pipe.run(predictors, out, settings, progress=False, resolved_config={"demo": str(bundle)})
+    return pipe.run(
+        predictors, out, settings, progress=False, resolved_config={"demo": str(bundle)}
+    )
 
 
-def score_and_report(forecasts: dict[str, xr.Dataset], truth: xr.Dataset, out: Path, title: str) -> Path:
+def score_and_report(
+    forecasts: dict[str, xr.Dataset], truth: xr.Dataset, out: Path, title: str
+) -> Path:
     """metrics.nc and report/ (markdown) for ``forecasts`` against ``truth``."""
     from kmscale.evaluation.report import load_metrics, write_report
     from kmscale.evaluation.scoring import ScoreOptions, score, write_metrics
 
-    metrics = write_metrics(score(forecasts, truth, ScoreOptions(), progress=False), out / "metrics.nc")
+    metrics = write_metrics(
+        score(forecasts, truth, ScoreOptions(), progress=False), out / "metrics.nc"
+    )
     write_report(load_metrics([metrics]), out / "report", fmt="md", title=title)
     return metrics
 
@@ -220,13 +304,20 @@ def hrcldas_truth(targets: xr.Dataset, out: Path, variables: list[str]) -> xr.Da
     # GRIB2 stores coordinates in micro-degrees: the same grid, up to that rounding
     for c in ("lat", "lon"):
         if truth.sizes[c] != targets.sizes[c] or not np.allclose(truth[c], targets[c], atol=1e-5):
-            raise GridError(f"{out}: expected the targets' {c} ({targets.sizes[c]} values from "
-                            f"{float(targets[c][0]):.5f}), found {truth.sizes[c]} from {float(truth[c][0]):.5f}")
+            raise GridError(
+                f"{out}: expected the targets' {c} ({targets.sizes[c]} values from "
+                f"{float(targets[c][0]):.5f}), found {truth.sizes[c]} from {float(truth[c][0]):.5f}"
+            )
     return truth.assign_coords(lat=targets["lat"], lon=targets["lon"])
 
 
-def run_demo(out: str | Path, size: str = "small", device: str = "cpu", fresh: bool = False,
-             criteria: DemoCriteria | None = None) -> dict:
+def run_demo(
+    out: str | Path,
+    size: str = "small",
+    device: str = "cpu",
+    fresh: bool = False,
+    criteria: DemoCriteria | None = None,
+) -> dict:
     """Run every stage; returns the summary (also written to ``out/summary.json``).
 
     The checks of :mod:`kmscale.diffusion.demo_checks` are in ``summary["demo_checks"]``;
@@ -276,19 +367,34 @@ def run_demo(out: str | Path, size: str = "small", device: str = "cpu", fresh: b
     stages.done("sample")
     ensemble = xr.open_zarr(ens_path, consolidated=False).load()
     regression = xr.open_zarr(reg_path, consolidated=False).load()
-    baselines = baseline_forecasts(pred_val, truth, list(BASELINES), s.variables, truth["time"].values)
-    metrics = score_and_report({"ldm": ensemble, "regression": regression, **baselines}, truth, out,
-                               f"kmscale demo ({size})")
+    baselines = baseline_forecasts(
+        pred_val, truth, list(BASELINES), s.variables, truth["time"].values
+    )
+    metrics = score_and_report(
+        {"ldm": ensemble, "regression": regression, **baselines},
+        truth,
+        out,
+        f"kmscale demo ({size})",
+    )
     stages.done("score_report")
     checks = demo_checks(ensemble, regression, baselines["bilinear"], truth, s.variables, criteria)
     summary = {
-        "size": size, "seconds": round(time.perf_counter() - stages.start, 1), "stages": stages.timings,
-        "region": [s.ny, s.nx], "variables": s.variables, "groups": [g.variables for g in s.groups],
+        "size": size,
+        "seconds": round(time.perf_counter() - stages.start, 1),
+        "stages": stages.timings,
+        "region": [s.ny, s.nx],
+        "variables": s.variables,
+        "groups": [g.variables for g in s.groups],
         "train_hours": [str(train_t[0]), str(train_t[-1]), len(train_t)],
         "validation_hours": [str(val_t[0]), str(val_t[-1]), len(val_t)],
-        "members": s.members, "torch_threads": torch.get_num_threads(),
-        "outputs": {"bundle": str(ldm_bundle), "ensemble": str(ens_path), "metrics": str(metrics),
-                    "report": str(out / "report")},
+        "members": s.members,
+        "torch_threads": torch.get_num_threads(),
+        "outputs": {
+            "bundle": str(ldm_bundle),
+            "ensemble": str(ens_path),
+            "metrics": str(metrics),
+            "report": str(out / "report"),
+        },
         "demo_checks": checks,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

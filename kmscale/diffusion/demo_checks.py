@@ -42,13 +42,24 @@ class DemoCriteria:
 
 
 def _check(name: str, value: float, limit: float | tuple[float, float], passed: bool) -> dict:
-    return {"check": name, "value": round(float(value), 4),
-            "limit": [round(float(x), 4) for x in limit] if isinstance(limit, tuple) else round(float(limit), 4),
-            "passed": bool(passed)}
+    return {
+        "check": name,
+        "value": round(float(value), 4),
+        "limit": [round(float(x), 4) for x in limit]
+        if isinstance(limit, tuple)
+        else round(float(limit), 4),
+        "passed": bool(passed),
+    }
 
 
-def variable_checks(ensemble: xr.DataArray, regression: xr.DataArray, bilinear: xr.DataArray,
-                    truth: xr.DataArray, name: str, criteria: DemoCriteria) -> dict:
+def variable_checks(
+    ensemble: xr.DataArray,
+    regression: xr.DataArray,
+    bilinear: xr.DataArray,
+    truth: xr.DataArray,
+    name: str,
+    criteria: DemoCriteria,
+) -> dict:
     """Figures and checks of one variable.
 
     Args:
@@ -68,11 +79,24 @@ def variable_checks(ensemble: xr.DataArray, regression: xr.DataArray, bilinear: 
     }
     lo, hi = criteria.spread_skill
     checks = [
-        _check("crps_fair < regression_mae", values["crps_fair"], values["regression_mae"],
-               values["crps_fair"] < values["regression_mae"]),
-        _check("regression_mae < bilinear_mae", values["regression_mae"], values["bilinear_mae"],
-               values["regression_mae"] < values["bilinear_mae"]),
-        _check("spread_skill in range", values["spread_skill"], (lo, hi), lo <= values["spread_skill"] <= hi),
+        _check(
+            "crps_fair < regression_mae",
+            values["crps_fair"],
+            values["regression_mae"],
+            values["crps_fair"] < values["regression_mae"],
+        ),
+        _check(
+            "regression_mae < bilinear_mae",
+            values["regression_mae"],
+            values["bilinear_mae"],
+            values["regression_mae"] < values["bilinear_mae"],
+        ),
+        _check(
+            "spread_skill in range",
+            values["spread_skill"],
+            (lo, hi),
+            lo <= values["spread_skill"] <= hi,
+        ),
     ]
     if name in PRECIP_VARIABLES:
         ens = np.asarray(ensemble.values, np.float64)
@@ -80,17 +104,31 @@ def variable_checks(ensemble: xr.DataArray, regression: xr.DataArray, bilinear: 
         ens, obs = ens[np.isfinite(ens)], obs[np.isfinite(obs)]
         wet_obs = float(np.mean(obs > criteria.wet_threshold))
         q_obs = float(np.quantile(obs, criteria.quantile))
-        values["wet_fraction_ratio"] = float(np.mean(ens > criteria.wet_threshold)) / wet_obs if wet_obs else np.nan
-        values["q99_ratio"] = float(np.quantile(ens, criteria.quantile)) / q_obs if q_obs else np.nan
-        for key, tol in (("wet_fraction_ratio", criteria.wet_fraction_tolerance),
-                         ("q99_ratio", criteria.q99_tolerance)):
+        values["wet_fraction_ratio"] = (
+            float(np.mean(ens > criteria.wet_threshold)) / wet_obs if wet_obs else np.nan
+        )
+        values["q99_ratio"] = (
+            float(np.quantile(ens, criteria.quantile)) / q_obs if q_obs else np.nan
+        )
+        for key, tol in (
+            ("wet_fraction_ratio", criteria.wet_fraction_tolerance),
+            ("q99_ratio", criteria.q99_tolerance),
+        ):
             limit = (1.0 - tol, 1.0 + tol)
-            checks.append(_check(f"{key} in range", values[key], limit, limit[0] <= values[key] <= limit[1]))
+            checks.append(
+                _check(f"{key} in range", values[key], limit, limit[0] <= values[key] <= limit[1])
+            )
     return {"values": {k: round(v, 4) for k, v in values.items()}, "checks": checks}
 
 
-def demo_checks(ensemble: xr.Dataset, regression: xr.Dataset, bilinear: xr.Dataset, truth: xr.Dataset,
-                variables: Sequence[str], criteria: DemoCriteria | None = None) -> dict:
+def demo_checks(
+    ensemble: xr.Dataset,
+    regression: xr.Dataset,
+    bilinear: xr.Dataset,
+    truth: xr.Dataset,
+    variables: Sequence[str],
+    criteria: DemoCriteria | None = None,
+) -> dict:
     """The checks of every variable: ``{variable: variable_checks(...), "all_passed": bool,
     "failed": ["<variable>: <check> (value ..., limit ...)", ...]}``.
 
@@ -100,12 +138,17 @@ def demo_checks(ensemble: xr.Dataset, regression: xr.Dataset, bilinear: xr.Datas
     out: dict = {}
     failed = []
     for name in variables:
-        reg, bil = (ds[name].isel(member=0, drop=True) if "member" in ds[name].dims else ds[name]
-                    for ds in (regression, bilinear))
+        reg, bil = (
+            ds[name].isel(member=0, drop=True) if "member" in ds[name].dims else ds[name]
+            for ds in (regression, bilinear)
+        )
         res = variable_checks(ensemble[name], reg, bil, truth[name], name, criteria)
         out[name] = res
-        failed += [f"{name}: {c['check']} (value {c['value']:g}, limit {c['limit']})"
-                   for c in res["checks"] if not c["passed"]]
+        failed += [
+            f"{name}: {c['check']} (value {c['value']:g}, limit {c['limit']})"
+            for c in res["checks"]
+            if not c["passed"]
+        ]
     out["all_passed"] = not failed
     out["failed"] = failed
     return out
@@ -120,8 +163,16 @@ def format_checks(result: dict) -> str:
         for c in res["checks"]:
             limit = c["limit"]
             text = f"{limit[0]:g}..{limit[1]:g}" if isinstance(limit, list) else f"{limit:g}"
-            lines.append(f"{name:<9}{c['check']:<32}{c['value']:>10.4g}  {text:<18}"
-                         f"{'pass' if c['passed'] else 'FAIL'}")
-    verdict = "all demo checks passed" if result.get("all_passed") else (
-        f"{len(result.get('failed', []))} demo check(s) failed: " + "; ".join(result.get("failed", [])))
+            lines.append(
+                f"{name:<9}{c['check']:<32}{c['value']:>10.4g}  {text:<18}"
+                f"{'pass' if c['passed'] else 'FAIL'}"
+            )
+    verdict = (
+        "all demo checks passed"
+        if result.get("all_passed")
+        else (
+            f"{len(result.get('failed', []))} demo check(s) failed: "
+            + "; ".join(result.get("failed", []))
+        )
+    )
     return "\n".join(lines + [verdict])

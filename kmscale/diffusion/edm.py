@@ -29,7 +29,13 @@ def _sigma_like(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
         sigma = sigma.expand(x.shape[0])
     sigma = sigma.reshape(-1, *([1] * (x.ndim - 1)))
     if sigma.shape[0] != x.shape[0]:
-        raise GridError(describe(f"one sigma or {x.shape[0]} (one per batch element)", sigma.shape[0], where="EDMPrecond"))
+        raise GridError(
+            describe(
+                f"one sigma or {x.shape[0]} (one per batch element)",
+                sigma.shape[0],
+                where="EDMPrecond",
+            )
+        )
     return sigma
 
 
@@ -57,7 +63,9 @@ class EDMPrecond(nn.Module):
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
 
-    def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def coefficients(
+        self, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(c_skip, c_out, c_in, c_noise) for noise levels ``sigma`` (any shape)."""
         sd = self.sigma_data
         c_skip = sd**2 / (sigma**2 + sd**2)  # Eq. 7 / Table 1
@@ -90,9 +98,15 @@ class EDMPrecond(nn.Module):
         if cond is not None:
             if cond.shape[0] != x.shape[0] or cond.shape[2:] != x.shape[2:]:
                 raise GridError(
-                    describe(f"cond shaped (B={x.shape[0]}, C, {tuple(x.shape[2:])})", tuple(cond.shape), where="EDMPrecond")
+                    describe(
+                        f"cond shaped (B={x.shape[0]}, C, {tuple(x.shape[2:])})",
+                        tuple(cond.shape),
+                        where="EDMPrecond",
+                    )
                 )
-            x_in = torch.cat([x_in, cond.to(x_in.dtype)], dim=1)  # after c_in: conditioning is never scaled
+            x_in = torch.cat(
+                [x_in, cond.to(x_in.dtype)], dim=1
+            )  # after c_in: conditioning is never scaled
         F_x = self.backbone(x_in, c_noise.flatten(), emb)
         D_x = c_skip * x.to(torch.float32) + c_out * F_x.to(torch.float32)  # Eq. 7
         return D_x.to(x.dtype)
@@ -119,9 +133,13 @@ class EDMLoss:
         """λ(σ) = (σ² + σ_data²) / (σ σ_data)² (Table 1)."""
         return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
 
-    def sample_sigma(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_sigma(
+        self, batch: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """σ (B, 1, 1, 1) drawn from the training distribution ln σ ~ N(P_mean, P_std²)."""
-        rnd_normal = torch.randn([batch, 1, 1, 1], generator=generator, device=_gen_device(generator, device))
+        rnd_normal = torch.randn(
+            [batch, 1, 1, 1], generator=generator, device=_gen_device(generator, device)
+        )
         return (rnd_normal * self.P_std + self.P_mean).exp().to(device)
 
     def __call__(
@@ -145,7 +163,12 @@ class EDMLoss:
         """
         sigma = self.sample_sigma(y.shape[0], y.device, generator)
         weight = self.weight(sigma)
-        n = torch.randn(y.shape, generator=generator, device=_gen_device(generator, y.device)).to(y.device) * sigma
+        n = (
+            torch.randn(y.shape, generator=generator, device=_gen_device(generator, y.device)).to(
+                y.device
+            )
+            * sigma
+        )
         D_yn = net(y + n, sigma, cond, emb)
         return weight * (D_yn.to(torch.float32) - y.to(torch.float32)) ** 2
 

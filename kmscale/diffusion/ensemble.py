@@ -57,7 +57,13 @@ def sample_ensemble(
     members = int(members)
     seeds = [int(s) for s in seeds]
     if members < 1 or len(seeds) != members:
-        raise ConfigError(describe(f"{members} seeds (one per member, members >= 1)", len(seeds), where="sample_ensemble"))
+        raise ConfigError(
+            describe(
+                f"{members} seeds (one per member, members >= 1)",
+                len(seeds),
+                where="sample_ensemble",
+            )
+        )
     if len(set(seeds)) != len(seeds):
         raise ConfigError(describe("distinct member seeds", seeds, where="sample_ensemble"))
     if int(batch_size) < 1:
@@ -66,12 +72,23 @@ def sample_ensemble(
     kwargs = dict(sampler_kwargs or {})
     for reserved in ("noise", "cond", "emb", "generators"):
         if reserved in kwargs:
-            raise ConfigError(describe("sampler_kwargs without " + reserved + " (set here per member)",
-                                       sorted(kwargs), where="sample_ensemble"))
+            raise ConfigError(
+                describe(
+                    "sampler_kwargs without " + reserved + " (set here per member)",
+                    sorted(kwargs),
+                    where="sample_ensemble",
+                )
+            )
     cond = _one_case(cond, 3, "cond")
     emb = _one_case(emb, 1, "emb")
     if cond is not None and tuple(cond.shape[-2:]) != latent_shape[-2:]:
-        raise GridError(describe(f"cond on the sample grid {latent_shape[-2:]}", tuple(cond.shape), where="sample_ensemble"))
+        raise GridError(
+            describe(
+                f"cond on the sample grid {latent_shape[-2:]}",
+                tuple(cond.shape),
+                where="sample_ensemble",
+            )
+        )
     if device is None:
         device = cond.device if cond is not None else torch.device("cpu")
 
@@ -102,5 +119,10 @@ def _one_case(t: torch.Tensor | None, ndim: int, name: str) -> torch.Tensor | No
         return t.unsqueeze(0)
     if t.ndim == ndim + 1 and t.shape[0] == 1:
         return t
-    raise GridError(describe(f"{name} of one case ({ndim} dims, or {ndim + 1} with a leading 1)", tuple(t.shape),
-                             where="sample_ensemble"))
+    raise GridError(
+        describe(
+            f"{name} of one case ({ndim} dims, or {ndim + 1} with a leading 1)",
+            tuple(t.shape),
+            where="sample_ensemble",
+        )
+    )

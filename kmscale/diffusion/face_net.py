@@ -37,21 +37,30 @@ class FaceDenoiser(ModelMixin, ConfigMixin):
     """Residual face-convolution network with noise-level FiLM."""
 
     @register_to_config
-    def __init__(self, in_channels: int = 2, out_channels: int = 1, channels: int = 32,
-                 blocks: int = 4, emb_dim: int = 64):
+    def __init__(
+        self,
+        in_channels: int = 2,
+        out_channels: int = 1,
+        channels: int = 32,
+        blocks: int = 4,
+        emb_dim: int = 64,
+    ):
         super().__init__()
         # random Fourier features of c_noise = ln(sigma) / 4 (NCSN++ style, EDM Table 1)
         self.noise_embed = nn.Sequential(
             GaussianFourierProjection(emb_dim // 2, scale=4.0, log=False),
-            nn.Linear(emb_dim, emb_dim), nn.SiLU())
+            nn.Linear(emb_dim, emb_dim),
+            nn.SiLU(),
+        )
         self.conv_in = FaceConv2d(in_channels, channels, 3)
         self.res_blocks = nn.ModuleList([_Block(channels, emb_dim) for _ in range(blocks)])
         self.conv_out = FaceConv2d(channels, out_channels, 3)
         nn.init.zeros_(self.conv_out.conv.weight)
         nn.init.zeros_(self.conv_out.conv.bias)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor,
-                emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c_noise: torch.Tensor, emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
         e = self.noise_embed(c_noise)
         h = self.conv_in(to_faces(x[..., 0]))
         for block in self.res_blocks:

@@ -56,7 +56,9 @@ class UNetSettings:
     dropout: float = 0.0
 
 
-def _pad(x: torch.Tensor, multiple: int, mode: str) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+def _pad(
+    x: torch.Tensor, multiple: int, mode: str
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Pad (B, C, H, W) on all sides up to a multiple of ``multiple``; returns the padding
     (left, right, top, bottom) for :func:`_crop`."""
     H, W = x.shape[-2:]
@@ -120,26 +122,40 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         levels = len(block_out_channels)
         if levels < 1 or in_channels < 1 or out_channels < 1:
             raise ConfigError(
-                describe("at least one level and positive channel counts",
-                         (in_channels, out_channels, block_out_channels), where="ConditionalUNet")
+                describe(
+                    "at least one level and positive channel counts",
+                    (in_channels, out_channels, block_out_channels),
+                    where="ConditionalUNet",
+                )
             )
         if attention_levels is None:
             attention_levels = tuple(i == levels - 1 for i in range(levels))
         attention_levels = tuple(bool(a) for a in attention_levels)
         if len(attention_levels) != levels:
             raise ConfigError(
-                describe(f"{levels} attention_levels (one per block_out_channels entry)",
-                         len(attention_levels), where="ConditionalUNet")
+                describe(
+                    f"{levels} attention_levels (one per block_out_channels entry)",
+                    len(attention_levels),
+                    where="ConditionalUNet",
+                )
             )
         bad = [c for c in block_out_channels if c % norm_num_groups]
         if bad:
             raise ConfigError(
-                describe(f"block_out_channels divisible by norm_num_groups={norm_num_groups}",
-                         block_out_channels, where="ConditionalUNet")
+                describe(
+                    f"block_out_channels divisible by norm_num_groups={norm_num_groups}",
+                    block_out_channels,
+                    where="ConditionalUNet",
+                )
             )
         if pad_mode not in ("replicate", "reflect", "constant"):
-            raise ConfigError(describe("pad_mode in ('replicate', 'reflect', 'constant')", repr(pad_mode),
-                                       where="ConditionalUNet"))
+            raise ConfigError(
+                describe(
+                    "pad_mode in ('replicate', 'reflect', 'constant')",
+                    repr(pad_mode),
+                    where="ConditionalUNet",
+                )
+            )
         down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels)
         up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels))
         self.unet = UNet2DModel(
@@ -161,7 +177,11 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         )
         time_embed_dim = block_out_channels[0] * 4  # UNet2DModel's time-embedding width
         self.emb_proj = (
-            nn.Sequential(nn.Linear(embedding_dim, time_embed_dim), nn.SiLU(), nn.Linear(time_embed_dim, time_embed_dim))
+            nn.Sequential(
+                nn.Linear(embedding_dim, time_embed_dim),
+                nn.SiLU(),
+                nn.Linear(time_embed_dim, time_embed_dim),
+            )
             if embedding_dim
             else None
         )
@@ -186,20 +206,37 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             (B, C_out, H, W).
         """
         if x_in.ndim != 4 or x_in.shape[1] != self.config.in_channels:
-            raise GridError(describe(f"input (B, {self.config.in_channels}, H, W)", tuple(x_in.shape),
-                                     where="ConditionalUNet"))
+            raise GridError(
+                describe(
+                    f"input (B, {self.config.in_channels}, H, W)",
+                    tuple(x_in.shape),
+                    where="ConditionalUNet",
+                )
+            )
         B = x_in.shape[0]
-        c_noise = torch.as_tensor(c_noise, dtype=torch.float32, device=x_in.device).reshape(-1).expand(B)
+        c_noise = (
+            torch.as_tensor(c_noise, dtype=torch.float32, device=x_in.device).reshape(-1).expand(B)
+        )
         class_labels = None
         if self.emb_proj is not None:
             E = self.config.embedding_dim
             if emb is None or tuple(emb.shape) != (B, E):
-                raise GridError(describe(f"emb shaped ({B}, {E})", None if emb is None else tuple(emb.shape),
-                                         where="ConditionalUNet"))
+                raise GridError(
+                    describe(
+                        f"emb shaped ({B}, {E})",
+                        None if emb is None else tuple(emb.shape),
+                        where="ConditionalUNet",
+                    )
+                )
             class_labels = self.emb_proj(emb.to(self.emb_proj[0].weight.dtype))
         elif emb is not None:
-            raise GridError(describe("emb=None (model built without embedding_dim)", tuple(emb.shape),
-                                     where="ConditionalUNet"))
+            raise GridError(
+                describe(
+                    "emb=None (model built without embedding_dim)",
+                    tuple(emb.shape),
+                    where="ConditionalUNet",
+                )
+            )
         x_in, pad = _pad(x_in, self.pad_multiple, self.config.pad_mode)
         out = self.unet(x_in.to(self.dtype), c_noise, class_labels=class_labels).sample
         return _crop(out, pad)
@@ -216,7 +253,9 @@ def _sincos_2d(h: int, w: int, dim: int, device: torch.device) -> torch.Tensor:
     whatever the grid size (a model trained on patches sees consistent positions).
     """
     quarter = dim // 4
-    freqs = torch.pi * 2.0 ** torch.arange(quarter, device=device, dtype=torch.float32)  # pi, 2pi, 4pi, ...
+    freqs = torch.pi * 2.0 ** torch.arange(
+        quarter, device=device, dtype=torch.float32
+    )  # pi, 2pi, 4pi, ...
     ys = torch.linspace(0, 1, h, device=device) if h > 1 else torch.zeros(1, device=device)
     xs = torch.linspace(0, 1, w, device=device) if w > 1 else torch.zeros(1, device=device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
@@ -277,27 +316,51 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
         self.register_to_config(block_out_channels=block_out_channels)  # the config names them
         levels = len(block_out_channels)
         if not 0 < cond_channels < in_channels:
-            raise ConfigError(describe(f"0 < cond_channels < in_channels={in_channels}", cond_channels,
-                                       where="CrossAttentionUNet"))
+            raise ConfigError(
+                describe(
+                    f"0 < cond_channels < in_channels={in_channels}",
+                    cond_channels,
+                    where="CrossAttentionUNet",
+                )
+            )
         if cross_attention_levels is None:
             cross_attention_levels = tuple(i > 0 or levels == 1 for i in range(levels))
         cross_attention_levels = tuple(bool(a) for a in cross_attention_levels)
         if len(cross_attention_levels) != levels:
-            raise ConfigError(describe(f"{levels} cross_attention_levels", len(cross_attention_levels),
-                                       where="CrossAttentionUNet"))
+            raise ConfigError(
+                describe(
+                    f"{levels} cross_attention_levels",
+                    len(cross_attention_levels),
+                    where="CrossAttentionUNet",
+                )
+            )
         if any(c % norm_num_groups or c % attention_heads for c in block_out_channels):
-            raise ConfigError(describe(f"block_out_channels divisible by norm_num_groups={norm_num_groups} and "
-                                       f"attention_heads={attention_heads}", block_out_channels,
-                                       where="CrossAttentionUNet"))
+            raise ConfigError(
+                describe(
+                    f"block_out_channels divisible by norm_num_groups={norm_num_groups} and "
+                    f"attention_heads={attention_heads}",
+                    block_out_channels,
+                    where="CrossAttentionUNet",
+                )
+            )
         if pad_mode not in ("replicate", "reflect", "constant"):
-            raise ConfigError(describe("pad_mode in ('replicate', 'reflect', 'constant')", repr(pad_mode),
-                                       where="CrossAttentionUNet"))
+            raise ConfigError(
+                describe(
+                    "pad_mode in ('replicate', 'reflect', 'constant')",
+                    repr(pad_mode),
+                    where="CrossAttentionUNet",
+                )
+            )
         unet_in = in_channels if concat_cond else in_channels - cond_channels
         self.unet = UNet2DConditionModel(
             in_channels=unet_in,
             out_channels=out_channels,
-            down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention_levels),
-            up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention_levels)),
+            down_block_types=tuple(
+                "CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention_levels
+            ),
+            up_block_types=tuple(
+                "CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention_levels)
+            ),
             mid_block_type="UNetMidBlock2DCrossAttn",
             block_out_channels=block_out_channels,
             layers_per_block=layers_per_block,
@@ -309,7 +372,9 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
             class_embed_type="projection" if embedding_dim else None,
             projection_class_embeddings_input_dim=embedding_dim or None,
         )
-        self.tokenizer = nn.Conv2d(cond_channels, cross_attention_dim, token_patch, stride=token_patch)
+        self.tokenizer = nn.Conv2d(
+            cond_channels, cross_attention_dim, token_patch, stride=token_patch
+        )
         self.token_norm = nn.LayerNorm(cross_attention_dim)
 
     @property
@@ -324,20 +389,41 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
         t = t.flatten(2).transpose(1, 2) + _sincos_2d(h, w, D, t.device).to(t.dtype)
         return self.token_norm(t)
 
-    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor | float, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x_in: torch.Tensor, c_noise: torch.Tensor | float, emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Same contract as :meth:`ConditionalUNet.forward`."""
         cfg = self.config
         if x_in.ndim != 4 or x_in.shape[1] != cfg.in_channels:
-            raise GridError(describe(f"input (B, {cfg.in_channels}, H, W)", tuple(x_in.shape), where="CrossAttentionUNet"))
+            raise GridError(
+                describe(
+                    f"input (B, {cfg.in_channels}, H, W)",
+                    tuple(x_in.shape),
+                    where="CrossAttentionUNet",
+                )
+            )
         B = x_in.shape[0]
-        c_noise = torch.as_tensor(c_noise, dtype=torch.float32, device=x_in.device).reshape(-1).expand(B)
-        if bool(cfg.embedding_dim) != (emb is not None) or (emb is not None and tuple(emb.shape) != (B, cfg.embedding_dim)):
-            raise GridError(describe(f"emb shaped ({B}, {cfg.embedding_dim})" if cfg.embedding_dim else "emb=None",
-                                     None if emb is None else tuple(emb.shape), where="CrossAttentionUNet"))
+        c_noise = (
+            torch.as_tensor(c_noise, dtype=torch.float32, device=x_in.device).reshape(-1).expand(B)
+        )
+        if bool(cfg.embedding_dim) != (emb is not None) or (
+            emb is not None and tuple(emb.shape) != (B, cfg.embedding_dim)
+        ):
+            raise GridError(
+                describe(
+                    f"emb shaped ({B}, {cfg.embedding_dim})" if cfg.embedding_dim else "emb=None",
+                    None if emb is None else tuple(emb.shape),
+                    where="CrossAttentionUNet",
+                )
+            )
         cond = x_in[:, cfg.in_channels - cfg.cond_channels :]
         tokens = self.tokens(cond)
         sample = x_in if cfg.concat_cond else x_in[:, : cfg.in_channels - cfg.cond_channels]
         sample, pad = _pad(sample, self.pad_multiple, cfg.pad_mode)
-        out = self.unet(sample.to(self.dtype), c_noise, encoder_hidden_states=tokens,
-                        class_labels=None if emb is None else emb.to(self.dtype)).sample
+        out = self.unet(
+            sample.to(self.dtype),
+            c_noise,
+            encoder_hidden_states=tokens,
+            class_labels=None if emb is None else emb.to(self.dtype),
+        ).sample
         return _crop(out, pad)

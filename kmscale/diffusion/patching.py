@@ -54,7 +54,9 @@ def context_channels(cond_channels: int, context_size: tuple[int, int] | int | N
 def _size_pair(size: tuple[int, int] | int) -> tuple[int, int]:
     pair = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
     if len(pair) != 2 or min(pair) < 1:
-        raise ConfigError(describe("context_size as a positive int or pair", size, where="PatchedDenoiser"))
+        raise ConfigError(
+            describe("context_size as a positive int or pair", size, where="PatchedDenoiser")
+        )
     return pair  # type: ignore[return-value]
 
 
@@ -63,8 +65,12 @@ def global_context(cond: torch.Tensor, context_size: tuple[int, int] | int) -> t
     return F_nn.adaptive_avg_pool2d(cond.to(torch.float32), _size_pair(context_size))
 
 
-def footprint(shape: tuple[int, int], slices: Slices, context_size: tuple[int, int] | int,
-              device: torch.device | str = "cpu") -> torch.Tensor:
+def footprint(
+    shape: tuple[int, int],
+    slices: Slices,
+    context_size: tuple[int, int] | int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """Fraction of each context cell covered by the tile ``slices``: (1, 1, ch, cw)."""
     mask = torch.zeros((1, 1, *shape), dtype=torch.float32, device=device)
     mask[..., slices[0], slices[1]] = 1.0
@@ -100,7 +106,9 @@ def with_context(
     if where is None:
         where = footprint(tuple(cond.shape[-2:]), slices, context_size, cond.device)
     where = where.to(pooled.device).expand(cond.shape[0], -1, -1, -1)
-    ctx = F_nn.interpolate(torch.cat([pooled, where], dim=1), size=(th, tw), mode="bilinear", align_corners=False)
+    ctx = F_nn.interpolate(
+        torch.cat([pooled, where], dim=1), size=(th, tw), mode="bilinear", align_corners=False
+    )
     return torch.cat([tile, ctx.to(tile.dtype)], dim=1)
 
 
@@ -132,7 +140,11 @@ def training_patches(
         if cond is not None:
             conds.append(with_context(cond[b : b + 1], sl, context_size)[0])
         elif context_size is not None:
-            raise GridError(describe("cond (the global context is computed from it)", None, where="training_patches"))
+            raise GridError(
+                describe(
+                    "cond (the global context is computed from it)", None, where="training_patches"
+                )
+            )
     return torch.stack(ys), (torch.stack(conds) if cond is not None else None)
 
 
@@ -157,7 +169,9 @@ class PatchedDenoiser(nn.Module):
     ) -> None:
         super().__init__()
         if tile_batch_size < 1:
-            raise ConfigError(describe("tile_batch_size >= 1", tile_batch_size, where="PatchedDenoiser"))
+            raise ConfigError(
+                describe("tile_batch_size >= 1", tile_batch_size, where="PatchedDenoiser")
+            )
         self.net = net
         self.layout = layout
         self.context_size = None if context_size is None else _size_pair(context_size)
@@ -186,22 +200,38 @@ class PatchedDenoiser(nn.Module):
             (B, C, H, W), weighted mean of the tiles' denoised values.
         """
         if x.ndim != 4 or tuple(x.shape[-2:]) != self.layout.shape:
-            raise GridError(describe(f"x (B, C, {self.layout.shape[0]}, {self.layout.shape[1]})", tuple(x.shape),
-                                     where="PatchedDenoiser"))
+            raise GridError(
+                describe(
+                    f"x (B, C, {self.layout.shape[0]}, {self.layout.shape[1]})",
+                    tuple(x.shape),
+                    where="PatchedDenoiser",
+                )
+            )
         B = x.shape[0]
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(B)
         if cond is not None and tuple(cond.shape[-2:]) != self.layout.shape:
-            raise GridError(describe(f"cond on the field grid {self.layout.shape}", tuple(cond.shape),
-                                     where="PatchedDenoiser"))
+            raise GridError(
+                describe(
+                    f"cond on the field grid {self.layout.shape}",
+                    tuple(cond.shape),
+                    where="PatchedDenoiser",
+                )
+            )
         if cond is None and self.context_size is not None:
-            raise GridError(describe("cond (the global context is computed from it)", None, where="PatchedDenoiser"))
+            raise GridError(
+                describe(
+                    "cond (the global context is computed from it)", None, where="PatchedDenoiser"
+                )
+            )
         pooled = None
         if self.context_size is not None:
             pooled = global_context(cond, self.context_size)
             if self._footprints is None or self._footprints[0].device != cond.device:
                 # Depends on the layout only: computed once, not at every step.
-                self._footprints = [footprint(self.layout.shape, sl, self.context_size, cond.device)
-                                    for sl in self.layout.slices]
+                self._footprints = [
+                    footprint(self.layout.shape, sl, self.context_size, cond.device)
+                    for sl in self.layout.slices
+                ]
         slices = self.layout.slices
         x_tiles = extract_tiles(x, self.layout)  # (N, B, C, th, tw)
         out_tiles = torch.empty_like(x_tiles)
@@ -213,9 +243,16 @@ class PatchedDenoiser(nn.Module):
             tile_cond = None
             if cond is not None:
                 tile_cond = torch.cat(
-                    [with_context(cond[b : b + 1], slices[n], self.context_size,
-                                  None if pooled is None else pooled[b : b + 1],
-                                  None if pooled is None else self._footprints[n]) for n, b in chunk]
+                    [
+                        with_context(
+                            cond[b : b + 1],
+                            slices[n],
+                            self.context_size,
+                            None if pooled is None else pooled[b : b + 1],
+                            None if pooled is None else self._footprints[n],
+                        )
+                        for n, b in chunk
+                    ]
                 )
             tile_emb = None if emb is None else emb[[b for _, b in chunk]]
             out = self.net(tiles, sigma[[b for _, b in chunk]], tile_cond, tile_emb)

@@ -54,8 +54,13 @@ def time_seeds(member_seeds: list[int], valid_time: np.datetime64) -> list[int]:
     return [(int(s) * 1_000_003 + hours) % (2**63 - 1) for s in member_seeds]
 
 
-def patched_denoiser(denoiser, shape: tuple[int, int], patch: list[int], overlap: list[int] | None = None,
-                     context_size: list[int] | None = None):
+def patched_denoiser(
+    denoiser,
+    shape: tuple[int, int],
+    patch: list[int],
+    overlap: list[int] | None = None,
+    context_size: list[int] | None = None,
+):
     """``denoiser`` applied tile by tile on a latent field of ``shape`` (blended every step).
 
     A model trained on patches with global context (``context_size``) gets the same
@@ -65,9 +70,14 @@ def patched_denoiser(denoiser, shape: tuple[int, int], patch: list[int], overlap
     from kmscale.diffusion.patching import PatchedDenoiser
 
     tile = tuple(min(int(v), n) for v, n in zip(patch, shape, strict=True))
-    overlap = tuple(int(v) for v in (overlap or [t // 4 if t < n else 0 for t, n in zip(tile, shape, strict=True)]))
+    overlap = tuple(
+        int(v)
+        for v in (overlap or [t // 4 if t < n else 0 for t, n in zip(tile, shape, strict=True)])
+    )
     layout = TileLayout(shape=tuple(shape), tile=tile, overlap=overlap)
-    return PatchedDenoiser(denoiser, layout, context_size=tuple(context_size) if context_size else None)
+    return PatchedDenoiser(
+        denoiser, layout, context_size=tuple(context_size) if context_size else None
+    )
 
 
 class DownscalingPipeline:
@@ -85,7 +95,9 @@ class DownscalingPipeline:
         self.regression = bundle.regression.to(self.device).eval()
         self.denoiser = None
         if bundle.diffusion is not None:
-            self.denoiser = build_denoiser(bundle.diffusion.to(self.device).eval(), bundle.edm).eval()
+            self.denoiser = build_denoiser(
+                bundle.diffusion.to(self.device).eval(), bundle.edm
+            ).eval()
 
     # ---- stages --------------------------------------------------------------------
     def conditioning(self, predictors: xr.Dataset) -> DownscalingDataset:
@@ -107,7 +119,11 @@ class DownscalingPipeline:
 
     @torch.no_grad()
     def sample_time(
-        self, item: Mapping[str, torch.Tensor], z_mean: torch.Tensor, seeds: list[int], settings: SamplerSettings,
+        self,
+        item: Mapping[str, torch.Tensor],
+        z_mean: torch.Tensor,
+        seeds: list[int],
+        settings: SamplerSettings,
         denoiser=None,
     ) -> torch.Tensor:
         """Members at one valid time: (M, C, H, W) physical fields.
@@ -121,18 +137,31 @@ class DownscalingPipeline:
             denoiser = denoiser or self._denoiser_for(settings)
             cond = torch.cat([z_mean, item["cond"].to(self.device)], dim=0)
             r = sample_ensemble(
-                denoiser, cond, item["emb"].to(self.device), len(seeds), seeds, settings.sampler_kwargs(),
-                batch_size=settings.member_batch, latent_shape=tuple(z_mean.shape), device=self.device,
+                denoiser,
+                cond,
+                item["emb"].to(self.device),
+                len(seeds),
+                seeds,
+                settings.sampler_kwargs(),
+                batch_size=settings.member_batch,
+                latent_shape=tuple(z_mean.shape),
+                device=self.device,
             )
             if settings.center_residuals:
                 r = residual.center_members(r)
-            scale = torch.tensor(self.bundle.edm.residual_scale, device=self.device).reshape(-1, 1, 1)
+            scale = torch.tensor(self.bundle.edm.residual_scale, device=self.device).reshape(
+                -1, 1, 1
+            )
             z = residual.compose(z_mean.expand_as(r), r, scale)
         return self.autoencoder.decode(z.float()).cpu()
 
     # ---- the store ------------------------------------------------------------------
     def template(
-        self, dataset: DownscalingDataset, members: int, lead: np.ndarray | None, time_chunk: int = 1
+        self,
+        dataset: DownscalingDataset,
+        members: int,
+        lead: np.ndarray | None,
+        time_chunk: int = 1,
     ) -> xr.Dataset:
         """Full-size lazy template of the ensemble store (dims time, member, lat, lon)."""
         import dask.array as da
@@ -144,20 +173,31 @@ class DownscalingPipeline:
         T, H, W = len(dataset), b.lat.size, b.lon.size
         coords = {
             "time": ("time", dataset.time, {"standard_name": "time", "long_name": "valid time"}),
-            "member": ("member", np.arange(members, dtype=np.int32), {"long_name": "ensemble member"}),
+            "member": (
+                "member",
+                np.arange(members, dtype=np.int32),
+                {"long_name": "ensemble member"},
+            ),
             "lat": ("lat", b.lat, {"units": "degrees_north", "standard_name": "latitude"}),
             "lon": ("lon", b.lon, {"units": "degrees_east", "standard_name": "longitude"}),
         }
         if lead is not None:
-            coords["lead_time"] = ("time", lead.astype(np.float32), {"units": "hours", "long_name": "forecast lead time"})
+            coords["lead_time"] = (
+                "time",
+                lead.astype(np.float32),
+                {"units": "hours", "long_name": "forecast lead time"},
+            )
         data_vars = {}
         for name in b.variables:
             try:
                 attrs = lookup(name).cf_attrs()
             except SchemaError:
                 attrs = {"long_name": name}
-            data_vars[name] = (("time", "member", "lat", "lon"),
-                               da.zeros((T, members, H, W), dtype=np.float32, chunks=(time_chunk, members, H, W)), attrs)
+            data_vars[name] = (
+                ("time", "member", "lat", "lon"),
+                da.zeros((T, members, H, W), dtype=np.float32, chunks=(time_chunk, members, H, W)),
+                attrs,
+            )
         return xr.Dataset(data_vars, coords=coords)
 
     def run(
@@ -213,25 +253,52 @@ class DownscalingPipeline:
             "kmscale_seed_rule": SEED_RULE,
             "kmscale_config": json.dumps(dict(resolved_config or {}), default=str),
         }
-        fp = hashlib.sha256(json.dumps(
-            [b.fingerprint(), asdict(settings), str(dataset.time[0]), str(dataset.time[-1]), len(dataset)],
-            default=str,
-        ).encode()).hexdigest()[:16]
+        fp = hashlib.sha256(
+            json.dumps(
+                [
+                    b.fingerprint(),
+                    asdict(settings),
+                    str(dataset.time[0]),
+                    str(dataset.time[-1]),
+                    len(dataset),
+                ],
+                default=str,
+            ).encode()
+        ).hexdigest()[:16]
         template = self.template(dataset, settings.members, lead, settings.time_chunk)
-        writer = StoreWriter(out, template, kind="ensemble", fingerprint=fp, dim="time",
-                             chunk=settings.time_chunk, attrs=provenance, overwrite=overwrite)
+        writer = StoreWriter(
+            out,
+            template,
+            kind="ensemble",
+            fingerprint=fp,
+            dim="time",
+            chunk=settings.time_chunk,
+            attrs=provenance,
+            overwrite=overwrite,
+        )
         pending = writer.pending()
         if max_chunks is not None:
             pending = pending[:max_chunks]
         denoiser = self._denoiser_for(settings) if self.denoiser is not None else None
-        bar = tqdm(total=len(dataset) * settings.members, unit="member", desc="sample", disable=not progress,
-                   initial=(writer.n_chunks - len(writer.pending())) * settings.time_chunk * settings.members)
+        bar = tqdm(
+            total=len(dataset) * settings.members,
+            unit="member",
+            desc="sample",
+            disable=not progress,
+            initial=(writer.n_chunks - len(writer.pending()))
+            * settings.time_chunk
+            * settings.members,
+        )
 
         def compute(index: int, sl: slice) -> xr.Dataset:
             part = dataset.subset(np.arange(sl.start, sl.stop))
             z_mean = predict_mean(self.regression, part, progress=False)
-            fields = [self.sample_time(part[j], z_mean[j], time_seeds(member_seeds, part.time[j]), settings,
-                                       denoiser) for j in range(len(part))]
+            fields = [
+                self.sample_time(
+                    part[j], z_mean[j], time_seeds(member_seeds, part.time[j]), settings, denoiser
+                )
+                for j in range(len(part))
+            ]
             arr = torch.stack(fields).numpy()  # (t, M, C, H, W)
             chunk = template.isel(time=sl).copy()
             for c, name in enumerate(b.variables):

@@ -85,14 +85,20 @@ class DecoderRefinement:
                 f"{type(autoencoder).__name__} (pixel space has nothing to refine); set total_samples: 0"
             )
         if self.generated_members < 1 or self.max_times < 1:
-            raise ConfigError(f"decoder_refinement: expected generated_members and max_times >= 1, found "
-                              f"{self.generated_members} and {self.max_times}")
+            raise ConfigError(
+                f"decoder_refinement: expected generated_members and max_times >= 1, found "
+                f"{self.generated_members} and {self.max_times}"
+            )
         if self.patch is not None and any(p % autoencoder.downsample_factor for p in self.patch):
-            raise ConfigError(f"decoder_refinement.patch: expected multiples of the downsample factor "
-                              f"{autoencoder.downsample_factor}, found {self.patch}")
+            raise ConfigError(
+                f"decoder_refinement.patch: expected multiples of the downsample factor "
+                f"{autoencoder.downsample_factor}, found {self.patch}"
+            )
         if self.regression_mean not in ("full", "training"):
-            raise ConfigError(f"decoder_refinement.regression_mean: expected full or training, found "
-                              f"{self.regression_mean!r}")
+            raise ConfigError(
+                f"decoder_refinement.regression_mean: expected full or training, found "
+                f"{self.regression_mean!r}"
+            )
 
 
 class RefinementData(Dataset):
@@ -123,8 +129,14 @@ def generate_latents(denoiser, dataset, scale: list[float], s: DecoderRefinement
     device = next(denoiser.parameters()).device
     sc = torch.tensor(scale, dtype=torch.float32, device=device).reshape(-1, 1, 1)
     g = s.generated_members
-    out = [latent_members(denoiser, dataset[i], sc, default_seeds(g, s.seed + i * g), s.steps, s.solver).cpu().float()
-           for i in tqdm(range(len(dataset)), desc="generate latents", leave=False)]
+    out = [
+        latent_members(
+            denoiser, dataset[i], sc, default_seeds(g, s.seed + i * g), s.steps, s.solver
+        )
+        .cpu()
+        .float()
+        for i in tqdm(range(len(dataset)), desc="generate latents", leave=False)
+    ]
     return torch.stack(out)
 
 
@@ -139,7 +151,9 @@ def refinement_loss(model, batch: dict[str, torch.Tensor], s: DecoderRefinement)
         f = x.shape[-1] // z.shape[-1]
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
         shape = tuple(z.shape[-2:])
-        lat_sl = random_patch(shape, [min(p // f, n) for p, n in zip(s.patch, shape, strict=True)], rng)
+        lat_sl = random_patch(
+            shape, [min(p // f, n) for p, n in zip(s.patch, shape, strict=True)], rng
+        )
         z, z_gen = z[..., lat_sl[0], lat_sl[1]], z_gen[..., lat_sl[0], lat_sl[1]]
         px = tuple(slice(sl.start * f, sl.stop * f) for sl in lat_sl)
         x, valid = x[..., px[0], px[1]], valid[..., px[0], px[1]]
@@ -148,12 +162,25 @@ def refinement_loss(model, batch: dict[str, torch.Tensor], s: DecoderRefinement)
     w = valid.float()
     recon = (charbonnier(x_hat - x, s.charbonnier_eps) * w).sum() / w.sum().clamp(min=1.0)
     target = torch.where(valid, x, x_hat.detach())  # masked points do not pull the spectrum
-    return (recon + s.spectral_weight * mean_log_power_distance(x_hat, target, s.spectral_floor)
-            + s.spectral_weight * mean_log_power_distance(x_gen, target, s.spectral_floor))
+    return (
+        recon
+        + s.spectral_weight * mean_log_power_distance(x_hat, target, s.spectral_floor)
+        + s.spectral_weight * mean_log_power_distance(x_gen, target, s.spectral_floor)
+    )
 
 
-def refine_decoder(autoencoder, denoiser, dataset, x: torch.Tensor, scale: list[float], s: DecoderRefinement,
-                   out_dir: str | Path, train: TrainingSettings, validate_fn=None, run_config=None):
+def refine_decoder(
+    autoencoder,
+    denoiser,
+    dataset,
+    x: torch.Tensor,
+    scale: list[float],
+    s: DecoderRefinement,
+    out_dir: str | Path,
+    train: TrainingSettings,
+    validate_fn=None,
+    run_config=None,
+):
     """Fine-tune a copy of ``autoencoder``'s decoder; returns (refined autoencoder, record).
 
     Args:
@@ -173,7 +200,10 @@ def refine_decoder(autoencoder, denoiser, dataset, x: torch.Tensor, scale: list[
     out = Path(out_dir)
     t0 = time.perf_counter()
     cache = out / "generated.pt"
-    key = {k: getattr(s, k) for k in ("generated_members", "steps", "solver", "max_times", "seed", "regression_mean")}
+    key = {
+        k: getattr(s, k)
+        for k in ("generated_members", "steps", "solver", "max_times", "seed", "regression_mean")
+    }
     state = PartialState()
     if state.is_main_process and not cache.is_file():
         out.mkdir(parents=True, exist_ok=True)
@@ -183,18 +213,35 @@ def refine_decoder(autoencoder, denoiser, dataset, x: torch.Tensor, scale: list[
     state.wait_for_everyone()
     saved = torch.load(cache, weights_only=True)
     if saved["settings"] != key or saved["z_gen"].shape[0] != len(dataset):
-        raise ConfigError(f"{cache}: expected generated latents for these settings and {len(dataset)} times, "
-                          f"found another run's; remove {out} to refine again")
+        raise ConfigError(
+            f"{cache}: expected generated latents for these settings and {len(dataset)} times, "
+            f"found another run's; remove {out} to refine again"
+        )
     model = copy.deepcopy(autoencoder)
     model.train_decoder_only()  # the Trainer's optimizer only takes parameters that require gradients
     data = RefinementData(model.normalize_input(x), ~torch.isnan(x), dataset.z, saved["z_gen"])
-    settings = TrainingSettings(**{**to_dict(train), "total_samples": s.total_samples, "lr": s.lr,
-                                   "global_batch_size": s.batch_size or train.global_batch_size,
-                                   "ema_decay": train.ema_decay if s.ema_decay is None else s.ema_decay,
-                                   "max_grad_norm": train.max_grad_norm if s.max_grad_norm is None else s.max_grad_norm,
-                                   "warmup_samples": 0, "lr_decay": "constant", "validate_every_samples": 0})
-    trainer = Trainer(model, lambda m, b: refinement_loss(m, b, s), data, out, settings,
-                      validate_fn=validate_fn, run_config=run_config)
+    settings = TrainingSettings(
+        **{
+            **to_dict(train),
+            "total_samples": s.total_samples,
+            "lr": s.lr,
+            "global_batch_size": s.batch_size or train.global_batch_size,
+            "ema_decay": train.ema_decay if s.ema_decay is None else s.ema_decay,
+            "max_grad_norm": train.max_grad_norm if s.max_grad_norm is None else s.max_grad_norm,
+            "warmup_samples": 0,
+            "lr_decay": "constant",
+            "validate_every_samples": 0,
+        }
+    )
+    trainer = Trainer(
+        model,
+        lambda m, b: refinement_loss(m, b, s),
+        data,
+        out,
+        settings,
+        validate_fn=validate_fn,
+        run_config=run_config,
+    )
     before = None
     if validate_fn is not None and state.is_main_process:
         with torch.no_grad():
@@ -202,8 +249,14 @@ def refine_decoder(autoencoder, denoiser, dataset, x: torch.Tensor, scale: list[
     result = trainer.fit()
     refined = load_autoencoder(out / "final").eval()
     scored = [r for r in trainer.history if any(k.startswith("val/") for k in r)]
-    record = {"settings": to_dict(s), "samples_seen": result.samples_seen, "seconds": time.perf_counter() - t0,
-              "autoencoder_before": autoencoder.fingerprint(), "autoencoder_after": refined.fingerprint(),
-              "validation_before": before, "validation_after": scored[-1] if scored else None}
+    record = {
+        "settings": to_dict(s),
+        "samples_seen": result.samples_seen,
+        "seconds": time.perf_counter() - t0,
+        "autoencoder_before": autoencoder.fingerprint(),
+        "autoencoder_after": refined.fingerprint(),
+        "validation_before": before,
+        "validation_after": scored[-1] if scored else None,
+    }
     log.info("decoder refinement: %d samples in %.0f s", result.samples_seen, record["seconds"])
     return refined, record

@@ -24,7 +24,10 @@ from kmscale.errors import CheckpointError
 
 
 def build_unet(
-    in_channels: int, out_channels: int, embedding_dim: int | None, settings: UNetSettings,
+    in_channels: int,
+    out_channels: int,
+    embedding_dim: int | None,
+    settings: UNetSettings,
     cross_attention_cond: int | None = None,
 ):
     """A backbone with channel counts from the data and width from ``settings``.
@@ -38,12 +41,19 @@ def build_unet(
     """
     if cross_attention_cond:
         return CrossAttentionUNet(
-            in_channels=int(in_channels), out_channels=int(out_channels), cond_channels=int(cross_attention_cond),
-            block_out_channels=list(settings.block_out_channels), layers_per_block=settings.layers_per_block,
-            norm_num_groups=settings.norm_num_groups, embedding_dim=embedding_dim, dropout=settings.dropout,
+            in_channels=int(in_channels),
+            out_channels=int(out_channels),
+            cond_channels=int(cross_attention_cond),
+            block_out_channels=list(settings.block_out_channels),
+            layers_per_block=settings.layers_per_block,
+            norm_num_groups=settings.norm_num_groups,
+            embedding_dim=embedding_dim,
+            dropout=settings.dropout,
         )
     return ConditionalUNet(
-        in_channels=int(in_channels), out_channels=int(out_channels), embedding_dim=embedding_dim,
+        in_channels=int(in_channels),
+        out_channels=int(out_channels),
+        embedding_dim=embedding_dim,
         **asdict(settings),
     )
 
@@ -53,7 +63,9 @@ def load_backbone(path: str | Path) -> ConditionalUNet | CrossAttentionUNet:
     name = json.loads((Path(path) / "config.json").read_text()).get("_class_name")
     cls = {"ConditionalUNet": ConditionalUNet, "CrossAttentionUNet": CrossAttentionUNet}.get(name)
     if cls is None:
-        raise CheckpointError(f"{path}: expected a ConditionalUNet or CrossAttentionUNet, found {name!r}")
+        raise CheckpointError(
+            f"{path}: expected a ConditionalUNet or CrossAttentionUNet, found {name!r}"
+        )
     return cls.from_pretrained(path)
 
 

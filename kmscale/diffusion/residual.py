@@ -28,7 +28,11 @@ Array = TypeVar("Array", torch.Tensor, np.ndarray)
 def _check_shapes(a, b, names: tuple[str, str]) -> None:
     if tuple(a.shape) != tuple(b.shape):
         raise GridError(
-            describe(f"{names[1]} shaped like {names[0]} {tuple(a.shape)}", tuple(b.shape), where="residual")
+            describe(
+                f"{names[1]} shaped like {names[0]} {tuple(a.shape)}",
+                tuple(b.shape),
+                where="residual",
+            )
         )
 
 
@@ -66,9 +70,13 @@ def compose(z_mean: Array, r: Array, scale: float | Array = 1.0) -> Array:
     Returns:
         z: shape of ``r``.
     """
-    if tuple(r.shape[-z_mean.ndim:]) != tuple(z_mean.shape):
+    if tuple(r.shape[-z_mean.ndim :]) != tuple(z_mean.shape):
         raise GridError(
-            describe(f"residual ending in z_mean's shape {tuple(z_mean.shape)}", tuple(r.shape), where="residual")
+            describe(
+                f"residual ending in z_mean's shape {tuple(z_mean.shape)}",
+                tuple(r.shape),
+                where="residual",
+            )
         )
     _check_scale(scale)
     return z_mean + scale * r
@@ -101,5 +109,7 @@ def center_members(r: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """
     m = r.shape[dim]
     if m < 2:
-        raise ValueError(describe("at least 2 members to centre an ensemble", m, where="residual.center_members"))
+        raise ValueError(
+            describe("at least 2 members to centre an ensemble", m, where="residual.center_members")
+        )
     return (r - r.mean(dim=dim, keepdim=True)) * (m / (m - 1)) ** 0.5

@@ -34,7 +34,6 @@ from kmscale.errors import ConfigError, GridError, describe
 Denoiser = Callable[..., torch.Tensor]  # D(x (B,C,H,W), sigma (B,), cond, emb) -> (B,C,H,W)
 
 
-
 def time_steps(
     num_steps: int,
     sigma_min: float = NoiseSchedule.sigma_min,
@@ -46,18 +45,25 @@ def time_steps(
     if int(num_steps) < 1:
         raise ConfigError(describe("num_steps >= 1", num_steps, where="time_steps"))
     if not 0 < sigma_min <= sigma_max or not math.isfinite(sigma_max):
-        raise ConfigError(describe("0 < sigma_min <= sigma_max < inf", (sigma_min, sigma_max), where="time_steps"))
+        raise ConfigError(
+            describe("0 < sigma_min <= sigma_max < inf", (sigma_min, sigma_max), where="time_steps")
+        )
     if not rho > 0:
         raise ConfigError(describe("rho > 0", rho, where="time_steps"))
     if num_steps == 1:
         t = torch.tensor([sigma_max], dtype=torch.float64, device=device)
     else:
         i = torch.arange(num_steps, dtype=torch.float64, device=device)
-        t = (sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho  # Eq. 5
+        t = (
+            sigma_max ** (1 / rho)
+            + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+        ) ** rho  # Eq. 5
     return torch.cat([t, torch.zeros_like(t[:1])])  # t_N = 0
 
 
-def member_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+def member_generators(
+    seeds: Sequence[int], device: torch.device | str = "cpu"
+) -> list[torch.Generator]:
     """One ``torch.Generator`` per ensemble member, seeded with that member's seed."""
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
@@ -78,8 +84,15 @@ def member_noise(
     if generators is None:
         generators = member_generators(seeds)
     elif len(generators) != len(seeds):
-        raise ConfigError(describe(f"{len(seeds)} generators (one per seed)", len(generators), where="member_noise"))
-    noise = [torch.randn(tuple(shape), generator=g, device=g.device, dtype=torch.float32) for g in generators]
+        raise ConfigError(
+            describe(
+                f"{len(seeds)} generators (one per seed)", len(generators), where="member_noise"
+            )
+        )
+    noise = [
+        torch.randn(tuple(shape), generator=g, device=g.device, dtype=torch.float32)
+        for g in generators
+    ]
     if not noise:
         raise ConfigError(describe("at least one seed", 0, where="member_noise"))
     return torch.stack(noise).to(device=device, dtype=dtype)
@@ -90,7 +103,10 @@ def _randn_like(x: torch.Tensor, generators: Sequence[torch.Generator] | None) -
     if generators is None:
         return torch.randn_like(x)
     return torch.stack(
-        [torch.randn(tuple(x.shape[1:]), generator=g, device=g.device, dtype=torch.float32) for g in generators]
+        [
+            torch.randn(tuple(x.shape[1:]), generator=g, device=g.device, dtype=torch.float32)
+            for g in generators
+        ]
     ).to(device=x.device, dtype=x.dtype)
 
 
@@ -132,10 +148,20 @@ def edm_sampler(
     if solver not in SOLVERS:
         raise ConfigError(describe(f"solver in {SOLVERS}", repr(solver), where="edm_sampler"))
     if generators is not None and len(generators) != noise.shape[0]:
-        raise ConfigError(describe(f"{noise.shape[0]} generators (one per batch element)", len(generators), where="edm_sampler"))
+        raise ConfigError(
+            describe(
+                f"{noise.shape[0]} generators (one per batch element)",
+                len(generators),
+                where="edm_sampler",
+            )
+        )
     for name, t in (("cond", cond), ("emb", emb)):
         if t is not None and t.shape[0] != noise.shape[0]:
-            raise GridError(describe(f"{name} with batch size {noise.shape[0]}", tuple(t.shape), where="edm_sampler"))
+            raise GridError(
+                describe(
+                    f"{name} with batch size {noise.shape[0]}", tuple(t.shape), where="edm_sampler"
+                )
+            )
     # Respect the range the network supports (as generate.py does with net.sigma_min/max).
     sigma_min = max(sigma_min, getattr(net, "sigma_min", 0.0))
     sigma_max = min(sigma_max, getattr(net, "sigma_max", math.inf))
@@ -147,10 +173,14 @@ def edm_sampler(
 
     x_next = noise.to(dtype) * t_steps[0]  # x_0 ~ N(0, t_0^2 I)
     steps = list(zip(t_steps[:-1], t_steps[1:], strict=True))
-    for i, (t_cur, t_next) in enumerate(tqdm(steps, desc="denoising", disable=not progress, leave=False)):
+    for i, (t_cur, t_next) in enumerate(
+        tqdm(steps, desc="denoising", disable=not progress, leave=False)
+    ):
         x_cur = x_next
         # Increase noise temporarily (Algorithm 2, lines 4-6).
-        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= float(t_cur) <= S_max else 0.0
+        gamma = (
+            min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= float(t_cur) <= S_max else 0.0
+        )
         t_hat = t_cur + gamma * t_cur
         if gamma > 0:
             x_hat = x_cur + (t_hat**2 - t_cur**2).sqrt() * S_noise * _randn_like(x_cur, generators)
@@ -204,21 +234,39 @@ def diffusers_euler_sampler(
     from diffusers import EDMEulerScheduler  # imports much of diffusers: only when used
 
     if solver != EULER:
-        raise ConfigError(describe("solver='euler' (EDMEulerScheduler is first order)", repr(solver),
-                                   where="diffusers_euler_sampler"))
+        raise ConfigError(
+            describe(
+                "solver='euler' (EDMEulerScheduler is first order)",
+                repr(solver),
+                where="diffusers_euler_sampler",
+            )
+        )
     if S_churn > 0:
-        raise ConfigError(describe("S_churn=0 (diffusers churns after evaluating the network, not Algorithm 2)",
-                                   S_churn, where="diffusers_euler_sampler"))
+        raise ConfigError(
+            describe(
+                "S_churn=0 (diffusers churns after evaluating the network, not Algorithm 2)",
+                S_churn,
+                where="diffusers_euler_sampler",
+            )
+        )
     sigma_min = max(sigma_min, getattr(net, "sigma_min", 0.0))
     sigma_max = min(sigma_max, getattr(net, "sigma_max", math.inf))
     precond = net if isinstance(net, EDMPrecond) else None
     sigma_data = precond.sigma_data if precond is not None else EDMLossSettings.sigma_data
-    sched = EDMEulerScheduler(sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data, rho=rho,
-                              sigma_schedule="karras", final_sigmas_type="zero")
+    sched = EDMEulerScheduler(
+        sigma_min=sigma_min,
+        sigma_max=sigma_max,
+        sigma_data=sigma_data,
+        rho=rho,
+        sigma_schedule="karras",
+        final_sigmas_type="zero",
+    )
     sched.set_timesteps(num_steps, device=noise.device)
     B = noise.shape[0]
     x = noise.to(torch.float32) * sched.sigmas[0]
-    for i, t in enumerate(tqdm(sched.timesteps, desc="denoising", disable=not progress, leave=False)):
+    for i, t in enumerate(
+        tqdm(sched.timesteps, desc="denoising", disable=not progress, leave=False)
+    ):
         sigma = sched.sigmas[i].to(noise.device)
         x_in = sched.scale_model_input(x, t)  # c_in x
         if precond is not None:
@@ -228,6 +276,8 @@ def diffusers_euler_sampler(
         else:
             sd2 = sigma_data**2
             c_skip, c_out = sd2 / (sigma**2 + sd2), sigma * sigma_data / (sigma**2 + sd2).sqrt()
-            F_x = (net(x.to(noise.dtype), sigma.expand(B), cond, emb).to(torch.float32) - c_skip * x) / c_out
+            F_x = (
+                net(x.to(noise.dtype), sigma.expand(B), cond, emb).to(torch.float32) - c_skip * x
+            ) / c_out
         x = sched.step(F_x, t, x, return_dict=False)[0]
     return x.to(noise.dtype)

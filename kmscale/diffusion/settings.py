@@ -56,5 +56,11 @@ class SamplerSettings:
 
     def sampler_kwargs(self) -> dict:
         """Keyword arguments of :func:`kmscale.diffusion.samplers.edm_sampler`."""
-        return {"num_steps": self.steps, "solver": self.solver, "S_churn": self.S_churn,
-                "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "rho": self.rho}
+        return {
+            "num_steps": self.steps,
+            "solver": self.solver,
+            "S_churn": self.S_churn,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "rho": self.rho,
+        }

@@ -104,7 +104,9 @@ class EnsembleValidation:
     solver: str = HEUN
     max_times: int = 8  # held-out times scored (evenly spread over the validation period)
     seed: int = 0
-    center_residuals: bool = False  # as SamplerSettings.center_residuals (members re-centred on the regression)
+    center_residuals: bool = (
+        False  # as SamplerSettings.center_residuals (members re-centred on the regression)
+    )
 
 
 @dataclass
@@ -178,7 +180,7 @@ def _fit_input_stats(targets: xr.Dataset, variables: list[str]) -> dict[str, dic
 
 
 def make_autoencoder(spec: str, targets: xr.Dataset, variables: list[str] | None):
-    """"identity" (pixel space, stats fitted on ``targets``) or a pretrained directory."""
+    """ "identity" (pixel space, stats fitted on ``targets``) or a pretrained directory."""
     if spec == "identity":
         names = variables or [n for n, v in targets.data_vars.items() if "time" in v.dims]
         ae = get_autoencoder_class("identity")(variables=names)
@@ -186,7 +188,9 @@ def make_autoencoder(spec: str, targets: xr.Dataset, variables: list[str] | None
         return ae
     ae = load_autoencoder(spec)
     if variables and list(variables) != list(ae.variables):
-        raise ConfigError(f"data.variables: expected the autoencoder's {list(ae.variables)}, found {variables}")
+        raise ConfigError(
+            f"data.variables: expected the autoencoder's {list(ae.variables)}, found {variables}"
+        )
     return ae
 
 
@@ -217,24 +221,40 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 # ---- stage 1: regression --------------------------------------------------------------
-def train_regression(cfg: RegressionConfig, data: TrainingData | None = None) -> tuple[TrainResult, Path]:
+def train_regression(
+    cfg: RegressionConfig, data: TrainingData | None = None
+) -> tuple[TrainResult, Path]:
     """Train the regression U-Net; returns the training result and the bundle path."""
     data = data or TrainingData.open(cfg.data)
     targets_tr, preds_tr = data.period(cfg.data.train_period)
     ae = make_autoencoder(cfg.autoencoder, targets_tr, cfg.data.variables).eval()
     lat, lon = grid_coords(data.targets)
     spec = ConditioningSpec.from_data(
-        preds_tr, data.static, lat, lon, ae.downsample_factor, cfg.data.predictor_variables,
-        cfg.data.static_variables, cfg.max_lead_hours, cfg.interpolation,
+        preds_tr,
+        data.static,
+        lat,
+        lon,
+        ae.downsample_factor,
+        cfg.data.predictor_variables,
+        cfg.data.static_variables,
+        cfg.max_lead_hours,
+        cfg.interpolation,
     )
     z_tr = target_latents(ae, targets_tr, cfg.data.latents)
     train_ds = build_dataset(spec, preds_tr, data.static, lat, lon, z_tr, targets_tr["time"].values)
     val_ds = None
     if cfg.data.val_period is not None:
         targets_va, preds_va = data.period(cfg.data.val_period)
-        val_ds = build_dataset(spec, preds_va, data.static, lat, lon,
-                               target_latents(ae, targets_va, cfg.data.latents),
-                               targets_va["time"].values, physical_targets(targets_va, ae.variables))
+        val_ds = build_dataset(
+            spec,
+            preds_va,
+            data.static,
+            lat,
+            lon,
+            target_latents(ae, targets_va, cfg.data.latents),
+            targets_va["time"].values,
+            physical_targets(targets_va, ae.variables),
+        )
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     model = build_unet(spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet)
 
@@ -246,10 +266,17 @@ def train_regression(cfg: RegressionConfig, data: TrainingData | None = None) ->
         mse = torch.mean((z_hat - val_ds.z) ** 2).item()
         x_hat = ae.decode(z_hat)  # scored against the truth, not its reconstruction
         rmse = torch.sqrt(torch.nanmean((x_hat - val_ds.x) ** 2, dim=(0, 2, 3)))
-        return {"mse_latent": mse, **{f"rmse_{v}": float(r) for v, r in zip(ae.variables, rmse, strict=True)}}
+        return {
+            "mse_latent": mse,
+            **{f"rmse_{v}": float(r) for v, r in zip(ae.variables, rmse, strict=True)},
+        }
 
     trainer = Trainer(
-        model, loss_fn, train_ds, cfg.out_dir, cfg.train,
+        model,
+        loss_fn,
+        train_ds,
+        cfg.out_dir,
+        cfg.train,
         validate_fn=validate_fn if val_ds is not None else None,
         best_metric="mse_latent" if val_ds is not None else None,
         run_config=to_dict(cfg),
@@ -260,12 +287,21 @@ def train_regression(cfg: RegressionConfig, data: TrainingData | None = None) ->
         weights = Path(cfg.out_dir) / ("best" if (Path(cfg.out_dir) / "best").is_dir() else "final")
         leads = lead_times_of(preds_tr)
         bundle = ModelBundle(
-            autoencoder=ae, regression=ConditionalUNet.from_pretrained(weights).eval(), diffusion=None,
-            spec=spec, grid=grid_dataset(lat, lon, data.static, spec.static_variables),
+            autoencoder=ae,
+            regression=ConditionalUNet.from_pretrained(weights).eval(),
+            diffusion=None,
+            spec=spec,
+            grid=grid_dataset(lat, lon, data.static, spec.static_variables),
             lead_times=sorted({0.0} if leads is None else set(np.unique(leads).tolist())),
             data_fingerprint=data_fingerprint(targets_tr, preds_tr, data.static),
-            extra={"regression": {"config": to_dict(cfg), "weights": weights.name,
-                                  "samples_seen": result.samples_seen, "best_score": result.best_score}},
+            extra={
+                "regression": {
+                    "config": to_dict(cfg),
+                    "weights": weights.name,
+                    "samples_seen": result.samples_seen,
+                    "best_score": result.best_score,
+                }
+            },
         )
         bundle.save(bundle_path)
     trainer.accelerator.wait_for_everyone()
@@ -288,8 +324,15 @@ def diffusion_inputs(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([batch["z_mean"], batch["cond"]], dim=1)
 
 
-def out_of_fold_means(cfg: LDMConfig, base: ModelBundle, data: TrainingData, targets_tr: xr.Dataset,
-                      preds_tr: xr.Dataset, train_ds, grid: tuple[np.ndarray, np.ndarray]) -> torch.Tensor:
+def out_of_fold_means(
+    cfg: LDMConfig,
+    base: ModelBundle,
+    data: TrainingData,
+    targets_tr: xr.Dataset,
+    preds_tr: xr.Dataset,
+    train_ds,
+    grid: tuple[np.ndarray, np.ndarray],
+) -> torch.Tensor:
     """Regression means (N, C_z, h, w) of every row of ``train_ds``, each from a regression
     U-Net trained without that row's block of times (see ``LDMConfig.residual_folds``).
 
@@ -307,7 +350,9 @@ def out_of_fold_means(cfg: LDMConfig, base: ModelBundle, data: TrainingData, tar
     k = cfg.residual_folds
     n = len(train_ds)
     if n < 2 * k:
-        raise ConfigError(f"residual_folds: expected at least {2 * k} training times for {k} folds, found {n}")
+        raise ConfigError(
+            f"residual_folds: expected at least {2 * k} training times for {k} folds, found {n}"
+        )
     folds_dir = Path(cfg.out_dir) / "folds"
     ae_dir = folds_dir / "autoencoder"
     state = PartialState()
@@ -324,14 +369,26 @@ def out_of_fold_means(cfg: LDMConfig, base: ModelBundle, data: TrainingData, tar
             rc = from_dict(RegressionConfig, recorded)
             rc.out_dir, rc.autoencoder = str(run), str(ae_dir)
             rc.data.train_period, rc.data.val_period = None, None
-            rc.train.total_samples = max(rc.train.global_batch_size, rc.train.total_samples * (k - 1) // k)
+            rc.train.total_samples = max(
+                rc.train.global_batch_size, rc.train.total_samples * (k - 1) // k
+            )
             keep = ~np.isin(targets_tr["time"].values, times[block])
-            log.info("residual fold %d/%d: regression on %d of %d training times", i + 1, k, int(keep.sum()), n)
+            log.info(
+                "residual fold %d/%d: regression on %d of %d training times",
+                i + 1,
+                k,
+                int(keep.sum()),
+                n,
+            )
             train_regression(rc, TrainingData(targets_tr.isel(time=keep), preds_tr, data.static))
         fold = ModelBundle.load(bundle_path)
-        held = build_dataset(fold.spec, preds_tr, data.static, lat, lon, train_ds.z[block], times[block])
+        held = build_dataset(
+            fold.spec, preds_tr, data.static, lat, lon, train_ds.z[block], times[block]
+        )
         if not np.array_equal(np.asarray(held.time), times[block]):
-            raise AlignmentError(f"residual fold {i}: expected the block's {len(block)} times, found {len(held)}")
+            raise AlignmentError(
+                f"residual fold {i}: expected the block's {len(block)} times, found {len(held)}"
+            )
         z_mean[block] = predict_mean(fold.regression, held, cfg.eval_batch_size, progress=False)
     return z_mean
 
@@ -353,8 +410,15 @@ def ldm_data(cfg: LDMConfig, base: ModelBundle, data: TrainingData) -> LDMData:
     lat, lon = grid_coords(data.targets)
     base.validate(preds_tr, (lat, lon))
     ae, spec = base.autoencoder, base.spec
-    train_ds = build_dataset(spec, preds_tr, data.static, lat, lon,
-                             target_latents(ae, targets_tr, cfg.data.latents), targets_tr["time"].values)
+    train_ds = build_dataset(
+        spec,
+        preds_tr,
+        data.static,
+        lat,
+        lon,
+        target_latents(ae, targets_tr, cfg.data.latents),
+        targets_tr["time"].values,
+    )
     if cfg.residual_folds > 1:
         z_mean = out_of_fold_means(cfg, base, data, targets_tr, preds_tr, train_ds, (lat, lon))
     else:
@@ -363,11 +427,20 @@ def ldm_data(cfg: LDMConfig, base: ModelBundle, data: TrainingData) -> LDMData:
     val_ds = None
     if cfg.data.val_period is not None:
         targets_va, preds_va = data.period(cfg.data.val_period)
-        val_ds = build_dataset(spec, preds_va, data.static, lat, lon,
-                               target_latents(ae, targets_va, cfg.data.latents),
-                               targets_va["time"].values, physical_targets(targets_va, ae.variables))
+        val_ds = build_dataset(
+            spec,
+            preds_va,
+            data.static,
+            lat,
+            lon,
+            target_latents(ae, targets_va, cfg.data.latents),
+            targets_va["time"].values,
+            physical_targets(targets_va, ae.variables),
+        )
         val_ds = val_ds.subset(pick_times(len(val_ds), cfg.validation.max_times))
-        val_ds = val_ds.with_z_mean(predict_mean(base.regression, val_ds, cfg.eval_batch_size, progress=False))
+        val_ds = val_ds.with_z_mean(
+            predict_mean(base.regression, val_ds, cfg.eval_batch_size, progress=False)
+        )
     return LDMData(train_ds, val_ds, targets_tr, residual_scale(train_ds.z, train_ds.z_mean))
 
 
@@ -383,7 +456,9 @@ def residual_loss(cfg: LDMConfig, scale: list[float], field_shape: tuple[int, in
         if cfg.patch is not None:
             # Drawn from torch's RNG so that the patch sequence resumes with the Accelerate state.
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ())))
-            sl = random_patch(field_shape, [min(p, n) for p, n in zip(cfg.patch, field_shape, strict=True)], rng)
+            sl = random_patch(
+                field_shape, [min(p, n) for p, n in zip(cfg.patch, field_shape, strict=True)], rng
+            )
             r, cond = r[..., sl[0], sl[1]], with_context(cond, sl, cfg.context_size)
         return loss(net, r, cond, b["emb"]).mean()
 
@@ -397,31 +472,52 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
     if cfg.decoder_refinement.total_samples > 0:
         cfg.decoder_refinement.check(ae)  # before hours of diffusion training, not after
     if cfg.context_size is not None and cfg.patch is None:
-        raise ConfigError("context_size: expected patch training (set patch: [th, tw]), "
-                          "found patch: null")
+        raise ConfigError(
+            "context_size: expected patch training (set patch: [th, tw]), found patch: null"
+        )
     d = ldm_data(cfg, base, data or TrainingData.open(cfg.data))
-    edm = EDMSettings(sigma_data=cfg.edm.sigma_data, residual_scale=d.scale, train_patch=cfg.patch,
-                      context_size=cfg.context_size)
+    edm = EDMSettings(
+        sigma_data=cfg.edm.sigma_data,
+        residual_scale=d.scale,
+        train_patch=cfg.patch,
+        context_size=cfg.context_size,
+    )
     C_z = ae.latent_channels
     C_c = C_z + spec.cond_channels  # [ẑ, cond]
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     C_in = C_c + context_channels(C_c, cfg.context_size)  # every conditioning channel
-    backbone = build_unet(C_z + C_in, C_z, spec.emb_dim, cfg.unet,
-                          C_in if cfg.cross_attention else None)
+    backbone = build_unet(
+        C_z + C_in, C_z, spec.emb_dim, cfg.unet, C_in if cfg.cross_attention else None
+    )
     field_shape = tuple(d.train.z.shape[-2:])
 
     def whole_field(net):
-        return net if cfg.patch is None else patched_denoiser(net, field_shape, cfg.patch, None, cfg.context_size)
+        return (
+            net
+            if cfg.patch is None
+            else patched_denoiser(net, field_shape, cfg.patch, None, cfg.context_size)
+        )
 
     def score(net, autoencoder):
         v = cfg.validation
-        return ensemble_scores(whole_field(net), d.val, autoencoder, d.scale, members=v.members,
-                               steps=v.steps, solver=v.solver, seed=v.seed,
-                               center_residuals=v.center_residuals)
+        return ensemble_scores(
+            whole_field(net),
+            d.val,
+            autoencoder,
+            d.scale,
+            members=v.members,
+            steps=v.steps,
+            solver=v.solver,
+            seed=v.seed,
+            center_residuals=v.center_residuals,
+        )
 
     trainer = Trainer(
-        build_denoiser(backbone, edm), residual_loss(cfg, d.scale, field_shape), d.train,
-        cfg.out_dir, cfg.train,
+        build_denoiser(backbone, edm),
+        residual_loss(cfg, d.scale, field_shape),
+        d.train,
+        cfg.out_dir,
+        cfg.train,
         validate_fn=(lambda net: score(net, ae)) if d.val is not None else None,
         best_metric="crps" if d.val is not None else None,
         export_fn=lambda m, path: m.backbone.save_pretrained(path),
@@ -430,19 +526,32 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
     result = trainer.fit()
     weights = Path(cfg.out_dir) / ("best" if (Path(cfg.out_dir) / "best").is_dir() else "final")
     backbone = load_backbone(weights).eval()
-    record = {"config": to_dict(cfg), "weights": weights.name, "samples_seen": result.samples_seen,
-              "best_score": result.best_score}
+    record = {
+        "config": to_dict(cfg),
+        "weights": weights.name,
+        "samples_seen": result.samples_seen,
+        "best_score": result.best_score,
+    }
     if cfg.decoder_refinement.total_samples > 0:
         net = build_denoiser(backbone, edm).eval()
         times = d.train.subset(pick_times(len(d.train), cfg.decoder_refinement.max_times))
         if cfg.decoder_refinement.regression_mean == "full":
-            times = times.with_z_mean(predict_mean(base.regression, times, cfg.eval_batch_size, progress=False))
+            times = times.with_z_mean(
+                predict_mean(base.regression, times, cfg.eval_batch_size, progress=False)
+            )
         truth = physical_targets(d.targets.sel(time=times.time), ae.variables)
         ae, record["decoder_refinement"] = refine_decoder(
-            ae, whole_field(net), times, truth, d.scale, cfg.decoder_refinement,
-            Path(cfg.out_dir) / "decoder_refinement", cfg.train,
+            ae,
+            whole_field(net),
+            times,
+            truth,
+            d.scale,
+            cfg.decoder_refinement,
+            Path(cfg.out_dir) / "decoder_refinement",
+            cfg.train,
             validate_fn=(lambda m: score(net, m)) if d.val is not None else None,
-            run_config=to_dict(cfg))
+            run_config=to_dict(cfg),
+        )
     bundle_path = Path(cfg.out_dir) / "bundle"
     if trainer.accelerator.is_main_process:
         base.autoencoder, base.diffusion, base.edm = ae, backbone, edm

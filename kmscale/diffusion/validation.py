@@ -33,7 +33,11 @@ def standardized(x: torch.Tensor, autoencoder) -> torch.Tensor:
     stats = autoencoder.config.input_stats or {}
     out = torch.empty_like(x)
     for c, name in enumerate(autoencoder.variables):
-        out[..., c, :, :] = transforms.standardize(x[..., c, :, :], stats[name]) if name in stats else x[..., c, :, :]
+        out[..., c, :, :] = (
+            transforms.standardize(x[..., c, :, :], stats[name])
+            if name in stats
+            else x[..., c, :, :]
+        )
     return out
 
 
@@ -46,7 +50,9 @@ def smallest_scale_power_ratio(ens: torch.Tensor, truth: torch.Tensor) -> torch.
     from kmscale.evaluation.spectra import zonal_power_spectrum
 
     p_ens = zonal_power_spectrum(ens.detach().cpu().double().numpy(), detrend=True, window="hann")
-    p_true = zonal_power_spectrum(truth.detach().cpu().double().numpy(), detrend=True, window="hann")
+    p_true = zonal_power_spectrum(
+        truth.detach().cpu().double().numpy(), detrend=True, window="hann"
+    )
     pe = p_ens.reshape(-1, p_ens.shape[-1]).mean(0)
     pt = p_true.reshape(-1, p_true.shape[-1]).mean(0)
     return torch.from_numpy(pe[-2:] / pt[-2:]).float()
@@ -66,16 +72,27 @@ def physical_scores(ens: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
         "power_ratio_2": float(ratio[1]),
     }
     if e.shape[0] > 1:
-        dims = (*(f"dim_{i}" for i in range(t.ndim - 2)), "y", "x")  # points pooled: names are labels
+        dims = (
+            *(f"dim_{i}" for i in range(t.ndim - 2)),
+            "y",
+            "x",
+        )  # points pooled: names are labels
         fc = xr.DataArray(e, dims=("member", *dims))
-        ssr = SpreadSkillRatio().compute(fc, xr.DataArray(t, dims=dims), reduce_dims=dims, area_weighted=False)
+        ssr = SpreadSkillRatio().compute(
+            fc, xr.DataArray(t, dims=dims), reduce_dims=dims, area_weighted=False
+        )
         scores["spread_skill"] = float(ssr)
     return scores
 
 
 @torch.no_grad()
 def latent_members(
-    denoiser, item: dict, scale: torch.Tensor, seeds: list[int], steps: int, solver: str,
+    denoiser,
+    item: dict,
+    scale: torch.Tensor,
+    seeds: list[int],
+    steps: int,
+    solver: str,
     center_residuals: bool = False,
 ) -> torch.Tensor:
     """Composed latent members (M, C_z, h, w) for one example (needs "z_mean", "cond", "emb");
@@ -84,9 +101,15 @@ def latent_members(
     z_mean = item["z_mean"].to(device)
     cond = torch.cat([z_mean, item["cond"].to(device)], dim=0)
     r = sample_ensemble(
-        denoiser, cond, item["emb"].to(device), len(seeds), seeds,
-        {"num_steps": steps, "solver": solver}, batch_size=len(seeds),
-        latent_shape=tuple(z_mean.shape), device=device,
+        denoiser,
+        cond,
+        item["emb"].to(device),
+        len(seeds),
+        seeds,
+        {"num_steps": steps, "solver": solver},
+        batch_size=len(seeds),
+        latent_shape=tuple(z_mean.shape),
+        device=device,
     )
     if center_residuals:
         r = residual.center_members(r)
@@ -95,8 +118,16 @@ def latent_members(
 
 @torch.no_grad()
 def sample_physical_ensemble(
-    denoiser, dataset, autoencoder, scale: list[float], members: int, steps: int, solver: str, seed: int,
-    progress: bool = False, center_residuals: bool = False,
+    denoiser,
+    dataset,
+    autoencoder,
+    scale: list[float],
+    members: int,
+    steps: int,
+    solver: str,
+    seed: int,
+    progress: bool = False,
+    center_residuals: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Members for every example of ``dataset``: (M, N, C, H, W) physical, and the truth (N, C, H, W)."""
     device = next(denoiser.parameters()).device
@@ -116,10 +147,28 @@ def sample_physical_ensemble(
 
 
 def ensemble_scores(
-    denoiser, dataset, autoencoder, scale: list[float], members: int = 4, steps: int = 12,
-    solver: str = HEUN, seed: int = 0, center_residuals: bool = False,
+    denoiser,
+    dataset,
+    autoencoder,
+    scale: list[float],
+    members: int = 4,
+    steps: int = 12,
+    solver: str = HEUN,
+    seed: int = 0,
+    center_residuals: bool = False,
 ) -> dict[str, float]:
     """Scores of a small ensemble on ``dataset`` (needs "z", "z_mean", "cond", "emb")."""
-    ens, truth = sample_physical_ensemble(denoiser, dataset, autoencoder, scale, members, steps, solver, seed,
-                                          center_residuals=center_residuals)
-    return physical_scores(standardized(ens, autoencoder).double(), standardized(truth, autoencoder).double())
+    ens, truth = sample_physical_ensemble(
+        denoiser,
+        dataset,
+        autoencoder,
+        scale,
+        members,
+        steps,
+        solver,
+        seed,
+        center_residuals=center_residuals,
+    )
+    return physical_scores(
+        standardized(ens, autoencoder).double(), standardized(truth, autoencoder).double()
+    )

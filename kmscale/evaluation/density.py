@@ -35,7 +35,9 @@ class DensityHistogram:
     def __post_init__(self) -> None:
         self.edges = np.asarray(self.edges, dtype=float)
         if self.edges.ndim != 1 or self.edges.size < 2 or np.any(np.diff(self.edges) <= 0):
-            raise ValueError(f"density: expected increasing 1-D bin edges, found {self.edges[:5]}...")
+            raise ValueError(
+                f"density: expected increasing 1-D bin edges, found {self.edges[:5]}..."
+            )
         self.counts = np.zeros(self.edges.size - 1, dtype=np.int64)
 
     def add(self, values: np.ndarray) -> None:
@@ -85,7 +87,9 @@ def shared_edges(*samples: np.ndarray, n_bins: int = 100, margin: float = 0.25) 
     return np.linspace(lo - margin * span, hi + margin * span, n_bins + 1)
 
 
-def log_density_error(forecast_density: np.ndarray, truth_density: np.ndarray, widths: np.ndarray) -> float:
+def log_density_error(
+    forecast_density: np.ndarray, truth_density: np.ndarray, widths: np.ndarray
+) -> float:
     """Truth-mass-weighted mean |log10 p_f - log10 p_t| over bins where both are > 0.
 
     NaN when no bin has both densities positive.
@@ -98,7 +102,9 @@ def log_density_error(forecast_density: np.ndarray, truth_density: np.ndarray, w
     return float((np.abs(np.log10(pf[both]) - np.log10(pt[both])) * w).sum() / w.sum())
 
 
-def density_comparison(forecast: xr.DataArray, truth: xr.DataArray, *, n_bins: int = 100) -> xr.Dataset:
+def density_comparison(
+    forecast: xr.DataArray, truth: xr.DataArray, *, n_bins: int = 100
+) -> xr.Dataset:
     """Densities of forecast (members pooled) and truth on shared bins, and their error.
 
     Returns a Dataset with ``density_forecast`` and ``density_truth`` over ``bin``

@@ -35,7 +35,11 @@ class RMSE(Metric):
     """sqrt of the spatial-mean squared error (the root is taken after the mean)."""
 
     def compute(self, forecast, truth, *, reduce_dims=None, mask=None, area_weighted=True):
-        return np.sqrt(MSE().compute(forecast, truth, reduce_dims=reduce_dims, mask=mask, area_weighted=area_weighted))
+        return np.sqrt(
+            MSE().compute(
+                forecast, truth, reduce_dims=reduce_dims, mask=mask, area_weighted=area_weighted
+            )
+        )
 
 
 @dataclasses.dataclass
@@ -55,7 +59,11 @@ class Bias(Metric):
 
 
 def ssim_field(
-    x: np.ndarray, y: np.ndarray, *, valid: np.ndarray | None = None, data_range: float | None = None
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    data_range: float | None = None,
 ) -> float:
     """Mean structural similarity of one 2-D field ``x`` against the reference ``y``.
 
@@ -68,7 +76,11 @@ def ssim_field(
     """
     # float32 input stays float32 (centred below, so the moments keep their digits):
     # a full 4384 x 6880 field needs ~10 work arrays.
-    dtype = np.float32 if np.asarray(x).dtype == np.float32 and np.asarray(y).dtype == np.float32 else np.float64
+    dtype = (
+        np.float32
+        if np.asarray(x).dtype == np.float32 and np.asarray(y).dtype == np.float32
+        else np.float64
+    )
     x = np.asarray(x, dtype=dtype)
     y = np.asarray(y, dtype=dtype)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -113,15 +125,26 @@ class SSIM(Metric):
         check_aligned(forecast, truth, where="SSIM")
         dims = list(spatial_dims(truth))
         if reduce_dims is not None and set(reduce_dims) != set(dims):
-            raise ValueError(f"SSIM: expected reduce_dims over the spatial dims {dims}, found {list(reduce_dims)}")
-        valid = mask.astype(bool) if mask is not None else xr.ones_like(truth.isel({d: 0 for d in truth.dims if d not in dims}, drop=True), dtype=bool)
+            raise ValueError(
+                f"SSIM: expected reduce_dims over the spatial dims {dims}, found {list(reduce_dims)}"
+            )
+        valid = (
+            mask.astype(bool)
+            if mask is not None
+            else xr.ones_like(
+                truth.isel({d: 0 for d in truth.dims if d not in dims}, drop=True), dtype=bool
+            )
+        )
 
         def per_field(x, y, ok):
             lead = np.broadcast_shapes(x.shape[:-2], y.shape[:-2])
             x = np.broadcast_to(x, lead + x.shape[-2:]).reshape(-1, *x.shape[-2:])
             y = np.broadcast_to(y, lead + y.shape[-2:]).reshape(-1, *y.shape[-2:])
             ok = np.broadcast_to(ok, x.shape)
-            out = [ssim_field(a, b, valid=c, data_range=self.data_range) for a, b, c in zip(x, y, ok, strict=True)]
+            out = [
+                ssim_field(a, b, valid=c, data_range=self.data_range)
+                for a, b, c in zip(x, y, ok, strict=True)
+            ]
             return np.asarray(out, dtype=float).reshape(lead)
 
         return xr.apply_ufunc(

@@ -37,7 +37,12 @@ def _fractions(event: np.ndarray, valid: np.ndarray, n: int) -> np.ndarray:
 
 
 def fss_field(
-    forecast: np.ndarray, truth: np.ndarray, threshold: float, window: int, *, valid: np.ndarray | None = None
+    forecast: np.ndarray,
+    truth: np.ndarray,
+    threshold: float,
+    window: int,
+    *,
+    valid: np.ndarray | None = None,
 ) -> float:
     """FSS of one field. ``forecast`` (H, W) or (M, H, W) (members give probabilities)."""
     if window < 1 or window % 2 == 0:
@@ -73,12 +78,18 @@ class FSS(Metric):
         check_aligned(forecast, truth, where="FSS")
         dims = list(spatial_dims(truth))
         fdims = ([MEMBER_DIM] if MEMBER_DIM in forecast.dims else []) + dims
-        valid = mask.astype(bool) if mask is not None else xr.ones_like(truth.isel({d: 0 for d in truth.dims if d not in dims}, drop=True), dtype=bool)
+        valid = (
+            mask.astype(bool)
+            if mask is not None
+            else xr.ones_like(
+                truth.isel({d: 0 for d in truth.dims if d not in dims}, drop=True), dtype=bool
+            )
+        )
         nt, nw = len(self.thresholds), len(self.windows)
 
         def per_field(f, y, ok):
             lead = y.shape[:-2]
-            f = f.reshape(-1, *f.shape[len(lead):]) if lead else f[None]
+            f = f.reshape(-1, *f.shape[len(lead) :]) if lead else f[None]
             y = y.reshape(-1, *y.shape[-2:])
             ok = np.broadcast_to(ok, y.shape)
             out = np.empty((y.shape[0], nt, nw))

@@ -36,7 +36,11 @@ DEFAULT_QUANTILES = (0.99, 0.999)
 
 
 def quantile_error(
-    forecast: np.ndarray, truth: np.ndarray, quantiles: Sequence[float] = DEFAULT_QUANTILES, *, overwrite: bool = False
+    forecast: np.ndarray,
+    truth: np.ndarray,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    *,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """Q_q(forecast) - Q_q(truth) over all finite values of each, one per q.
 
@@ -57,13 +61,19 @@ def quantile_error(
     return np.quantile(f, q, overwrite_input=fo) - np.quantile(t, q, overwrite_input=to)
 
 
-def twcrps(ensemble: np.ndarray, truth: np.ndarray, threshold: float, *, axis: int = 0, fair: bool = True) -> np.ndarray:
+def twcrps(
+    ensemble: np.ndarray, truth: np.ndarray, threshold: float, *, axis: int = 0, fair: bool = True
+) -> np.ndarray:
     """Point-wise threshold-weighted CRPS, weight 1{z >= threshold}; units of x."""
     ens = np.asarray(ensemble)
     m = ens.shape[axis]
     dtype = np.result_type(ens.dtype, np.float32)
     # np.maximum keeps NaN (a NaN point stays NaN, as for the CRPS).
-    skill, pair_sum = crps_parts(np.maximum(ens, dtype.type(threshold)), np.maximum(np.asarray(truth), dtype.type(threshold)), axis=axis)
+    skill, pair_sum = crps_parts(
+        np.maximum(ens, dtype.type(threshold)),
+        np.maximum(np.asarray(truth), dtype.type(threshold)),
+        axis=axis,
+    )
     return skill - 0.5 * spread_from_pair_sum(pair_sum, m, fair=fair)
 
 
@@ -89,7 +99,10 @@ class QuantileError(Metric):
             output_core_dims=[["quantile"]],
             dask="parallelized",
             output_dtypes=[float],
-            dask_gufunc_kwargs={"output_sizes": {"quantile": len(self.quantiles)}, "allow_rechunk": True},
+            dask_gufunc_kwargs={
+                "output_sizes": {"quantile": len(self.quantiles)},
+                "allow_rechunk": True,
+            },
         ).assign_coords(quantile=list(self.quantiles))
 
 

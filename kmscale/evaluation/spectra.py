@@ -69,7 +69,9 @@ def detrend_linear(x: np.ndarray) -> np.ndarray:
     return x - mean - slope * t
 
 
-def zonal_power_spectrum(x: np.ndarray, *, detrend: bool = True, window: str | None = "hann") -> np.ndarray:
+def zonal_power_spectrum(
+    x: np.ndarray, *, detrend: bool = True, window: str | None = "hann"
+) -> np.ndarray:
     """S_k for k = 1..L//2 along the last axis of ``x`` (..., L) -> (..., L//2).
 
     Units: those of x squared (power per wavenumber bin). NaN anywhere on a line gives
@@ -158,7 +160,9 @@ def _radial_bins(h: int, w: int, include_corners: bool) -> tuple[np.ndarray, int
     return labels, n_bins
 
 
-def radial_wavelengths_km(h: int, w: int, dx_km: float, include_corners: bool = False) -> np.ndarray:
+def radial_wavelengths_km(
+    h: int, w: int, dx_km: float, include_corners: bool = False
+) -> np.ndarray:
     """Wavelength of each ring n: min(H, W) dx / n, km."""
     n_bins = _radial_bins(h, w, include_corners)[1]
     return min(h, w) * dx_km / np.arange(1, n_bins + 1)
@@ -170,15 +174,28 @@ def radial_wavelengths_km(h: int, w: int, dx_km: float, include_corners: bool = 
 def grid_spacing_km(da: xr.DataArray, dim: str) -> float:
     """Spacing of a projected coordinate in km (units 'm' or 'km' required)."""
     if dim not in da.coords:
-        raise SchemaError(f"spectrum: expected a {dim!r} coordinate to get the grid spacing, found none (pass dx_km)")
+        raise SchemaError(
+            f"spectrum: expected a {dim!r} coordinate to get the grid spacing, found none (pass dx_km)"
+        )
     c = np.asarray(da[dim].values, dtype=float)
     steps = np.diff(c)
     if steps.size == 0 or not np.allclose(steps, steps[0], rtol=1e-3):
-        raise SchemaError(f"spectrum: expected a uniform {dim!r} coordinate, found steps {steps[:3]}...")
+        raise SchemaError(
+            f"spectrum: expected a uniform {dim!r} coordinate, found steps {steps[:3]}..."
+        )
     units = str(da[dim].attrs.get("units", "")).strip()
-    scale = {"m": 1e-3, "metre": 1e-3, "meter": 1e-3, "metres": 1e-3, "meters": 1e-3, "km": 1.0}.get(units)
+    scale = {
+        "m": 1e-3,
+        "metre": 1e-3,
+        "meter": 1e-3,
+        "metres": 1e-3,
+        "meters": 1e-3,
+        "km": 1.0,
+    }.get(units)
     if scale is None:
-        raise UnitsError(f"spectrum: expected {dim!r} in units 'm' or 'km', found {units!r} (pass dx_km)")
+        raise UnitsError(
+            f"spectrum: expected {dim!r} in units 'm' or 'km', found {units!r} (pass dx_km)"
+        )
     return abs(float(steps[0])) * scale
 
 
@@ -227,7 +244,10 @@ def zonal_spectrum(
     out = out.assign_coords(wavelength=("wavenumber", wavelengths_km(n, dx_km)))
     out["wavelength"].attrs = {"units": "km", "long_name": "wavelength"}
     units = da.attrs.get("units")
-    out.attrs = {"long_name": f"zonal power spectrum of {da.name or 'field'}", "dx_km": float(dx_km)}
+    out.attrs = {
+        "long_name": f"zonal power spectrum of {da.name or 'field'}",
+        "dx_km": float(dx_km),
+    }
     if units:
         out.attrs["units"] = f"({units})2"
     return out
@@ -251,16 +271,34 @@ def radial_spectrum(
     ydim, xdim = spatial_dims(da, where="radial_spectrum")
     h, w = da.sizes[ydim], da.sizes[xdim]
     n_bins = min(h, w) // 2
-    valid = mask.astype(bool) if mask is not None else xr.ones_like(da.isel({d: 0 for d in da.dims if d not in (ydim, xdim)}, drop=True), dtype=bool)
+    valid = (
+        mask.astype(bool)
+        if mask is not None
+        else xr.ones_like(
+            da.isel({d: 0 for d in da.dims if d not in (ydim, xdim)}, drop=True), dtype=bool
+        )
+    )
 
     def one(a: np.ndarray, ok: np.ndarray) -> np.ndarray:
         lead = a.shape[:-2]
         flat = a.reshape(-1, h, w)
         ok2 = np.broadcast_to(ok, a.shape).reshape(-1, h, w)
-        res = np.stack([
-            radial_power_spectrum(f, detrend=detrend, window=window, valid=v, min_valid_fraction=min_valid_fraction)
-            for f, v in zip(flat, ok2, strict=True)
-        ]) if flat.shape[0] else np.empty((0, n_bins))
+        res = (
+            np.stack(
+                [
+                    radial_power_spectrum(
+                        f,
+                        detrend=detrend,
+                        window=window,
+                        valid=v,
+                        min_valid_fraction=min_valid_fraction,
+                    )
+                    for f, v in zip(flat, ok2, strict=True)
+                ]
+            )
+            if flat.shape[0]
+            else np.empty((0, n_bins))
+        )
         return res.reshape(*lead, n_bins)
 
     spec = xr.apply_ufunc(
@@ -278,9 +316,14 @@ def radial_spectrum(
     out = spec.mean(avg, skipna=True)
     if dx_km is None:
         if (ydim, xdim) == LATLON_DIMS:
-            raise SchemaError("radial_spectrum: expected a projected (y, x) km grid or an explicit dx_km, found (lat, lon)")
+            raise SchemaError(
+                "radial_spectrum: expected a projected (y, x) km grid or an explicit dx_km, found (lat, lon)"
+            )
         dx_km = grid_spacing_km(da, xdim)
     out = out.assign_coords(wavelength=("wavenumber", radial_wavelengths_km(h, w, dx_km)))
     out["wavelength"].attrs = {"units": "km", "long_name": "wavelength"}
-    out.attrs = {"long_name": f"radial power spectrum of {da.name or 'field'}", "dx_km": float(dx_km)}
+    out.attrs = {
+        "long_name": f"radial power spectrum of {da.name or 'field'}",
+        "dx_km": float(dx_km),
+    }
     return out

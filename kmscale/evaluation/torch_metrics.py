@@ -52,7 +52,9 @@ def crps_parts(ensemble: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tenso
         pair_sum = 2.0 * pair_sum
     else:
         ds, _ = torch.sort(d, dim=0)
-        coef = (2 * torch.arange(1, m + 1, device=d.device, dtype=d.dtype) - m - 1).view(m, *([1] * truth.ndim))
+        coef = (2 * torch.arange(1, m + 1, device=d.device, dtype=d.dtype) - m - 1).view(
+            m, *([1] * truth.ndim)
+        )
         pair_sum = 2.0 * (coef * ds).sum(0)
     # torch.sort puts NaN last but does not propagate it: make a NaN member poison the point.
     nan = torch.isnan(d).any(0)
@@ -95,7 +97,9 @@ def _hann(n: int, like: torch.Tensor) -> torch.Tensor:
     return torch.hann_window(n, periodic=True, dtype=like.dtype, device=like.device)
 
 
-def zonal_power_spectrum(x: torch.Tensor, detrend: bool = True, window: str | None = "hann") -> torch.Tensor:
+def zonal_power_spectrum(
+    x: torch.Tensor, detrend: bool = True, window: str | None = "hann"
+) -> torch.Tensor:
     """S_k = 2|F_k|^2, k = 1..W//2, along the last axis: (..., W) -> (..., W//2).
 
     Same definition as ``spectra.zonal_power_spectrum`` (linear detrend, periodic Hann

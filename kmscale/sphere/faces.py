@@ -62,8 +62,9 @@ def to_faces(x: Array) -> Array:
 def from_faces(x: Array) -> Array:
     """``(..., 12, nside, nside)`` face images -> ``(..., 12 * nside**2)`` nested (inverse of to_faces)."""
     if x.ndim < 3 or x.shape[-3] != 12 or x.shape[-1] != x.shape[-2]:
-        raise SchemaError(describe("face images (..., 12, nside, nside)", tuple(x.shape),
-                                   where="from_faces"))
+        raise SchemaError(
+            describe("face images (..., 12, nside, nside)", tuple(x.shape), where="from_faces")
+        )
     nside = check_nside(x.shape[-1])
     flat = x.reshape(*x.shape[:-3], 12 * nside * nside)
     return _take(flat, _inverse_permutation(nside))
@@ -102,8 +103,9 @@ def padding_tables(nside: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     if n == 1 and width == 1:
         return _base_ring()
     m = n + 2 * width
-    f, a, b = np.meshgrid(np.arange(12), np.arange(-width, n + width),
-                          np.arange(-width, n + width), indexing="ij")
+    f, a, b = np.meshgrid(
+        np.arange(12), np.arange(-width, n + width), np.arange(-width, n + width), indexing="ij"
+    )
     f, a, b = f.ravel(), a.ravel(), b.ravel()
     ca, cb = np.clip(a, 0, n - 1), np.clip(b, 0, n - 1)
     da, db = a - ca, b - cb  # signed distance outside the face along x and y
@@ -122,11 +124,19 @@ def padding_tables(nside: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     if corner.any():
         c = np.flatnonzero(corner)
         # x then y: continue the padded column (a, cb - sb) -> (a, cb) by |db| cells.
-        prev = _walk(n, cell(f[c], ca[c] - sa[c], cb[c] - sb[c]), cell(f[c], ca[c], cb[c] - sb[c]),
-                     np.abs(da[c]))
+        prev = _walk(
+            n,
+            cell(f[c], ca[c] - sa[c], cb[c] - sb[c]),
+            cell(f[c], ca[c], cb[c] - sb[c]),
+            np.abs(da[c]),
+        )
         out_a[c] = _walk(n, prev, pa[c], np.abs(db[c]))
-        prev = _walk(n, cell(f[c], ca[c] - sa[c], cb[c] - sb[c]), cell(f[c], ca[c] - sa[c], cb[c]),
-                     np.abs(db[c]))
+        prev = _walk(
+            n,
+            cell(f[c], ca[c] - sa[c], cb[c] - sb[c]),
+            cell(f[c], ca[c] - sa[c], cb[c]),
+            np.abs(db[c]),
+        )
         out_b[c] = _walk(n, prev, pb[c], np.abs(da[c]))
     inv = _inverse_permutation(n)
     shape = (12, m, m)
@@ -155,8 +165,9 @@ def _base_ring() -> tuple[np.ndarray, np.ndarray]:
 def pad_faces(x: torch.Tensor, width: int) -> torch.Tensor:
     """Neighbour-correct padding: ``(B, C, 12, n, n) -> (B, C, 12, n + 2w, n + 2w)``."""
     if x.ndim != 5 or x.shape[2] != 12 or x.shape[-1] != x.shape[-2]:
-        raise SchemaError(describe("face images (B, C, 12, nside, nside)", tuple(x.shape),
-                                   where="pad_faces"))
+        raise SchemaError(
+            describe("face images (B, C, 12, nside, nside)", tuple(x.shape), where="pad_faces")
+        )
     if width == 0:
         return x
     ta, tb = padding_tables(x.shape[-1], width)
@@ -184,8 +195,9 @@ class FaceConv2d(nn.Module):
     (``k`` odd keeps the size at stride 1; ``k = stride`` is a non-overlapping downsample).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1,
-                 bias: bool = True):
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, bias: bool = True
+    ):
         super().__init__()
         self.pad = FacePad((kernel_size - 1) // 2)
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, bias=bias)

@@ -26,8 +26,9 @@ def check_nside(nside: int) -> int:
         raise SchemaError(describe("an integer HEALPix nside", repr(nside), where="nside"))
     nside = int(nside)
     if nside < 1 or nside & (nside - 1):
-        raise SchemaError(describe("a HEALPix nside that is a power of two (1, 2, 4, ...)",
-                                   nside, where="nside"))
+        raise SchemaError(
+            describe("a HEALPix nside that is a power of two (1, 2, 4, ...)", nside, where="nside")
+        )
     return nside
 
 
@@ -87,14 +88,23 @@ class HealpixGrid:
 
     def attrs(self) -> dict:
         """CF-style grid attributes for a store or DataArray with a ``cell`` dim."""
-        return {"grid_mapping_name": "healpix", "healpix_nside": self.nside,
-                "healpix_order": "nested", "refinement_level": self.level}
+        return {
+            "grid_mapping_name": "healpix",
+            "healpix_nside": self.nside,
+            "healpix_order": "nested",
+            "refinement_level": self.level,
+        }
 
     def check(self, x: Array, *, where: str = "field") -> None:
         """Raise SchemaError unless the last axis of ``x`` has ``npix`` cells."""
         if x.shape[-1] != self.npix:
-            raise SchemaError(describe(f"{self.npix} cells on the last axis (nside {self.nside})",
-                                       f"shape {tuple(x.shape)}", where=where))
+            raise SchemaError(
+                describe(
+                    f"{self.npix} cells on the last axis (nside {self.nside})",
+                    f"shape {tuple(x.shape)}",
+                    where=where,
+                )
+            )
 
 
 def _cells(x: Array, where: str) -> int:
@@ -111,8 +121,9 @@ def coarsen(x: Array, levels: int = 1) -> Array:
     npix = _cells(x, "coarsen")
     k = 4**levels
     if levels < 0 or npix // k < 12:
-        raise SchemaError(describe(f"0 <= levels <= log2(nside) ({npix} cells)", levels,
-                                   where="coarsen"))
+        raise SchemaError(
+            describe(f"0 <= levels <= log2(nside) ({npix} cells)", levels, where="coarsen")
+        )
     shape = (*x.shape[:-1], npix // k, k)
     return x.reshape(shape).mean(-1)
 

@@ -26,8 +26,13 @@ def _points(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray, t
         return lat, lon, (lat.size, lon.size)
     if lat.ndim == 2 and lat.shape == lon.shape:
         return lat, lon, lat.shape
-    raise SchemaError(describe("1-D lat and lon, or 2-D lat/lon of one shape",
-                               f"{lat.shape}, {lon.shape}", where="RegionalHealpix"))
+    raise SchemaError(
+        describe(
+            "1-D lat and lon, or 2-D lat/lon of one shape",
+            f"{lat.shape}, {lon.shape}",
+            where="RegionalHealpix",
+        )
+    )
 
 
 @dataclass(eq=False)
@@ -52,7 +57,7 @@ class RegionalHealpix:
         self.lat, self.lon, self.shape = _points(self.lat, self.lon)
         pix = np.empty(int(np.prod(self.shape)), np.int64)
         for start, la, lo in self._chunks():
-            pix[start:start + la.size] = hp.ang2pix(self.nside, lo, la, nest=True, lonlat=True)
+            pix[start : start + la.size] = hp.ang2pix(self.nside, lo, la, nest=True, lonlat=True)
         self.cells, inverse = np.unique(pix, return_inverse=True)
         self.point_cell = inverse.astype(np.int32 if self.cells.size < 2**31 else np.int64)
         self._count = np.bincount(self.point_cell, minlength=self.cells.size)
@@ -75,9 +80,12 @@ class RegionalHealpix:
     def to_cells(self, values: np.ndarray) -> np.ndarray:
         """Grid fields ``(..., *shape)`` -> cell means ``(..., ncell)`` (NaN points skipped)."""
         values = np.asarray(values, float)
-        if values.shape[-len(self.shape):] != self.shape:
-            raise SchemaError(describe(f"fields (..., {self.shape})", values.shape,
-                                       where="RegionalHealpix.to_cells"))
+        if values.shape[-len(self.shape) :] != self.shape:
+            raise SchemaError(
+                describe(
+                    f"fields (..., {self.shape})", values.shape, where="RegionalHealpix.to_cells"
+                )
+            )
         flat = values.reshape(-1, int(np.prod(self.shape)))
         out = np.empty((flat.shape[0], self.ncell))
         for k, row in enumerate(flat):
@@ -86,15 +94,18 @@ class RegionalHealpix:
             c = np.bincount(self.point_cell[ok], minlength=self.ncell)
             with np.errstate(invalid="ignore"):
                 out[k] = s / c
-        return out.reshape(*values.shape[:-len(self.shape)], self.ncell)
+        return out.reshape(*values.shape[: -len(self.shape)], self.ncell)
 
     def to_grid(self, values: np.ndarray) -> np.ndarray:
         """Cell fields ``(..., ncell)`` -> grid ``(..., *shape)``, healpy bilinear weights;
         stencil cells outside the region drop out and the others are renormalised."""
         values = np.asarray(values, float)
         if values.shape[-1] != self.ncell:
-            raise SchemaError(describe(f"{self.ncell} regional cells", values.shape,
-                                       where="RegionalHealpix.to_grid"))
+            raise SchemaError(
+                describe(
+                    f"{self.ncell} regional cells", values.shape, where="RegionalHealpix.to_grid"
+                )
+            )
         flat = values.reshape(-1, self.ncell)
         out = np.empty((flat.shape[0], int(np.prod(self.shape))))
         for start, la, lo in self._chunks():
@@ -102,12 +113,14 @@ class RegionalHealpix:
             pos = np.clip(np.searchsorted(self.cells, idx), 0, self.ncell - 1)
             w = np.where(self.cells[pos] == idx, w, 0.0)
             w = w / w.sum(0, keepdims=True)
-            out[:, start:start + la.size] = (flat[:, pos] * w).sum(-2)
+            out[:, start : start + la.size] = (flat[:, pos] * w).sum(-2)
         return out.reshape(*values.shape[:-1], *self.shape)
 
     def to_global(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
         """Regional ``(..., ncell)`` -> full sphere ``(..., npix)`` with ``fill`` elsewhere."""
         values = np.asarray(values)
-        out = np.full((*values.shape[:-1], self.grid.npix), fill, dtype=np.result_type(values, fill))
+        out = np.full(
+            (*values.shape[:-1], self.grid.npix), fill, dtype=np.result_type(values, fill)
+        )
         out[..., self.cells] = values
         return out

@@ -44,20 +44,38 @@ def _check_global(lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndar
     """Validate a global regular-longitude grid; return lat ascending order, lon, lon step."""
     lat, lon = np.asarray(lat, float), np.asarray(lon, float)
     if lat.ndim != 1 or lon.ndim != 1 or lat.size < 2 or lon.size < 3:
-        raise SchemaError(describe("1-D lat and lon coordinates", f"{lat.shape}, {lon.shape}",
-                                   where="lat-lon grid"))
+        raise SchemaError(
+            describe(
+                "1-D lat and lon coordinates", f"{lat.shape}, {lon.shape}", where="lat-lon grid"
+            )
+        )
     dlat, dlon = np.diff(lat), np.diff(lon)
     if not (np.all(dlat > 0) or np.all(dlat < 0)) or not np.all(dlon > 0):
-        raise CoordinateError(describe("monotonic latitudes and increasing longitudes",
-                                       "non-monotonic coordinates", where="lat-lon grid"))
+        raise CoordinateError(
+            describe(
+                "monotonic latitudes and increasing longitudes",
+                "non-monotonic coordinates",
+                where="lat-lon grid",
+            )
+        )
     step = float(np.median(dlon))
     if abs(lon.size * step - 360.0) > 0.5 * step or np.ptp(dlon) > 1e-3 * step:
-        raise GridError(describe("regular longitudes covering 360 deg (global grid)",
-                                 f"{lon.size} x {step:.4g} deg", where="lat-lon grid"))
+        raise GridError(
+            describe(
+                "regular longitudes covering 360 deg (global grid)",
+                f"{lon.size} x {step:.4g} deg",
+                where="lat-lon grid",
+            )
+        )
     spacing = float(np.abs(dlat).max())
     if 90.0 - lat.max() > spacing or lat.min() + 90.0 > spacing:
-        raise GridError(describe("latitudes reaching within one grid step of both poles",
-                                 f"{lat.min():.2f}..{lat.max():.2f} deg", where="lat-lon grid"))
+        raise GridError(
+            describe(
+                "latitudes reaching within one grid step of both poles",
+                f"{lat.min():.2f}..{lat.max():.2f} deg",
+                where="lat-lon grid",
+            )
+        )
     return lat, lon, step
 
 
@@ -97,22 +115,24 @@ def _conservative_matrix(lat_key: tuple, lon_key: tuple, nside: int, sub: int):
     k = (np.arange(sub) + 0.5) / sub
     s = bounds[:-1, None] + (bounds[1:] - bounds[:-1])[:, None] * k  # (nlat, sub) sin(lat)
     sublat = np.degrees(np.arcsin(s))
-    sublon = (lon[:, None] - 0.5 * step + step * k)  # (nlon, sub)
+    sublon = lon[:, None] - 0.5 * step + step * k  # (nlon, sub)
     la = np.broadcast_to(sublat[:, None, :, None], (lat.size, lon.size, sub, sub))
     lo = np.broadcast_to(sublon[None, :, None, :], (lat.size, lon.size, sub, sub))
     pix = hp.ang2pix(nside, lo.ravel(), la.ravel(), nest=True, lonlat=True)
     cell_area = np.radians(step) * (bounds[1:] - bounds[:-1])  # (nlat,)
     area = np.broadcast_to((cell_area / sub**2)[:, None, None, None], la.shape).ravel()
-    col = np.broadcast_to(np.arange(lat.size * lon.size).reshape(lat.size, lon.size, 1, 1),
-                          la.shape).ravel()
+    col = np.broadcast_to(
+        np.arange(lat.size * lon.size).reshape(lat.size, lon.size, 1, 1), la.shape
+    ).ravel()
     npix = 12 * nside**2
     m = sparse.csr_matrix((area, (pix, col)), shape=(npix, lat.size * lon.size))
     m.sum_duplicates()
     return m, np.repeat(cell_area, lon.size)
 
 
-def _conservative_to_healpix(values: np.ndarray, lat, lon, nside: int,
-                             subsamples: int | None) -> np.ndarray:
+def _conservative_to_healpix(
+    values: np.ndarray, lat, lon, nside: int, subsamples: int | None
+) -> np.ndarray:
     lat, lon, step = _check_global(lat, lon)
     v = np.asarray(values, float)
     if lat[0] > lat[-1]:
@@ -125,9 +145,13 @@ def _conservative_to_healpix(values: np.ndarray, lat, lon, nside: int,
     num = m @ np.where(valid, flat, 0.0)
     den = m @ valid.astype(float)
     if np.any(m.sum(axis=1) == 0):
-        raise GridError(describe("every HEALPix cell overlapped by the lat-lon grid",
-                                 f"empty cells at {sub}x{sub} sub-samples (raise subsamples)",
-                                 where="conservative regrid"))
+        raise GridError(
+            describe(
+                "every HEALPix cell overlapped by the lat-lon grid",
+                f"empty cells at {sub}x{sub} sub-samples (raise subsamples)",
+                where="conservative regrid",
+            )
+        )
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / den  # (npix, nfield)
     full = valid.all(0)
@@ -137,8 +161,14 @@ def _conservative_to_healpix(values: np.ndarray, lat, lon, nside: int,
     return out.T.reshape(*v.shape[:-2], -1)
 
 
-def latlon_to_healpix(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, nside: int,
-                      method: str = "bilinear", subsamples: int | None = None) -> np.ndarray:
+def latlon_to_healpix(
+    values: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    nside: int,
+    method: str = "bilinear",
+    subsamples: int | None = None,
+) -> np.ndarray:
     """Global lat-lon fields ``(..., nlat, nlon)`` -> HEALPix nested ``(..., 12 * nside**2)``.
 
     Args:
@@ -152,8 +182,13 @@ def latlon_to_healpix(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, nsid
     HealpixGrid(nside)
     values = np.asarray(values)
     if values.ndim < 2 or values.shape[-2:] != (np.size(lat), np.size(lon)):
-        raise SchemaError(describe(f"fields (..., {np.size(lat)}, {np.size(lon)})",
-                                   values.shape, where="latlon_to_healpix"))
+        raise SchemaError(
+            describe(
+                f"fields (..., {np.size(lat)}, {np.size(lon)})",
+                values.shape,
+                where="latlon_to_healpix",
+            )
+        )
     if method == "bilinear":
         return _bilinear_to_healpix(values, lat, lon, nside)
     if method == "conservative":
@@ -161,8 +196,13 @@ def latlon_to_healpix(values: np.ndarray, lat: np.ndarray, lon: np.ndarray, nsid
     raise SchemaError(describe(f"method in {METHODS}", repr(method), where="latlon_to_healpix"))
 
 
-def healpix_to_latlon(values: np.ndarray, nside: int | None, lat: np.ndarray, lon: np.ndarray,
-                      method: str = "bilinear") -> np.ndarray:
+def healpix_to_latlon(
+    values: np.ndarray,
+    nside: int | None,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    method: str = "bilinear",
+) -> np.ndarray:
     """HEALPix nested ``(..., npix)`` -> points: ``(..., nlat, nlon)`` for 1-D ``lat``/``lon``
     (a grid), or ``(..., *lat.shape)`` for 2-D lat/lon arrays of one shape (a projected grid).
     ``method``: "bilinear" or "spectral" (module docstring); NaN input: bilinear only.
@@ -172,16 +212,22 @@ def healpix_to_latlon(values: np.ndarray, nside: int | None, lat: np.ndarray, lo
     if nside is not None and found != nside:
         raise SchemaError(describe(f"nside {nside}", f"nside {found}", where="healpix_to_latlon"))
     if method not in BACK_METHODS:
-        raise SchemaError(describe(f"method in {BACK_METHODS}", repr(method),
-                                   where="healpix_to_latlon"))
+        raise SchemaError(
+            describe(f"method in {BACK_METHODS}", repr(method), where="healpix_to_latlon")
+        )
     lat, lon = np.asarray(lat, float), np.asarray(lon, float)
     if lat.ndim == 1 and lon.ndim == 1:
         lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
     elif lat.shape == lon.shape:
         lat2, lon2 = lat, lon
     else:
-        raise SchemaError(describe("1-D lat and lon, or 2-D lat and lon of one shape",
-                                   f"{lat.shape}, {lon.shape}", where="healpix_to_latlon"))
+        raise SchemaError(
+            describe(
+                "1-D lat and lon, or 2-D lat and lon of one shape",
+                f"{lat.shape}, {lon.shape}",
+                where="healpix_to_latlon",
+            )
+        )
     if method == "spectral":
         values, found = _spectral_refine(values, found), found * SPECTRAL_OVERSAMPLING
     idx, w = hp.get_interp_weights(found, lon2.ravel(), lat2.ravel(), nest=True, lonlat=True)
@@ -216,13 +262,19 @@ def _dim(obj: xr.DataArray | xr.Dataset, names: tuple[str, ...]) -> str:
 def healpix_coords(nside: int) -> dict:
     """``cell`` coordinates (index, centre lat/lon in degrees) for a nested grid."""
     g = HealpixGrid(nside)
-    return {"cell": ("cell", np.arange(g.npix)),
-            "lat": ("cell", g.lat, {"units": "degrees_north"}),
-            "lon": ("cell", g.lon, {"units": "degrees_east"})}
+    return {
+        "cell": ("cell", np.arange(g.npix)),
+        "lat": ("cell", g.lat, {"units": "degrees_north"}),
+        "lon": ("cell", g.lon, {"units": "degrees_east"}),
+    }
 
 
-def regrid_to_healpix(obj: xr.DataArray | xr.Dataset, nside: int, method: str = "bilinear",
-                      subsamples: int | None = None) -> xr.DataArray | xr.Dataset:
+def regrid_to_healpix(
+    obj: xr.DataArray | xr.Dataset,
+    nside: int,
+    method: str = "bilinear",
+    subsamples: int | None = None,
+) -> xr.DataArray | xr.Dataset:
     """xarray lat-lon (dims ``lat``/``latitude``, ``lon``/``longitude``) -> a ``cell`` dim.
 
     Variables without the lat/lon dims are carried unchanged; the grid attributes
@@ -237,10 +289,15 @@ def regrid_to_healpix(obj: xr.DataArray | xr.Dataset, nside: int, method: str = 
         da = da.transpose(..., ydim, xdim)
         out = latlon_to_healpix(da.values, lat, lon, nside, method, subsamples)
         dims = (*da.dims[:-2], "cell")
-        return xr.DataArray(out.astype(da.dtype if da.dtype.kind == "f" else float), dims=dims,
-                            coords={k: c for k, c in da.coords.items()
-                                    if ydim not in c.dims and xdim not in c.dims},
-                            attrs=dict(da.attrs), name=da.name)
+        return xr.DataArray(
+            out.astype(da.dtype if da.dtype.kind == "f" else float),
+            dims=dims,
+            coords={
+                k: c for k, c in da.coords.items() if ydim not in c.dims and xdim not in c.dims
+            },
+            attrs=dict(da.attrs),
+            name=da.name,
+        )
 
     if isinstance(obj, xr.DataArray):
         res = one(obj)
@@ -251,8 +308,9 @@ def regrid_to_healpix(obj: xr.DataArray | xr.Dataset, nside: int, method: str = 
     return res
 
 
-def regrid_to_latlon(obj: xr.DataArray | xr.Dataset, lat: np.ndarray, lon: np.ndarray,
-                     method: str = "bilinear") -> xr.DataArray | xr.Dataset:
+def regrid_to_latlon(
+    obj: xr.DataArray | xr.Dataset, lat: np.ndarray, lon: np.ndarray, method: str = "bilinear"
+) -> xr.DataArray | xr.Dataset:
     """xarray with a nested ``cell`` dim -> 1-D ``lat`` x ``lon`` grid (``healpix_to_latlon``)."""
     if "cell" not in obj.dims:
         raise SchemaError(describe("a 'cell' dim", tuple(obj.dims), where="regrid_to_latlon"))
@@ -263,12 +321,18 @@ def regrid_to_latlon(obj: xr.DataArray | xr.Dataset, lat: np.ndarray, lon: np.nd
             return da
         da = da.transpose(..., "cell")
         out = healpix_to_latlon(da.values, nside, lat, lon, method)
-        return xr.DataArray(out, dims=(*da.dims[:-1], "lat", "lon"),
-                            coords={k: c for k, c in da.coords.items() if "cell" not in c.dims},
-                            attrs=dict(da.attrs), name=da.name)
+        return xr.DataArray(
+            out,
+            dims=(*da.dims[:-1], "lat", "lon"),
+            coords={k: c for k, c in da.coords.items() if "cell" not in c.dims},
+            attrs=dict(da.attrs),
+            name=da.name,
+        )
 
-    coords = {"lat": ("lat", np.asarray(lat), {"units": "degrees_north"}),
-              "lon": ("lon", np.asarray(lon), {"units": "degrees_east"})}
+    coords = {
+        "lat": ("lat", np.asarray(lat), {"units": "degrees_north"}),
+        "lon": ("lon", np.asarray(lon), {"units": "degrees_east"}),
+    }
     if isinstance(obj, xr.DataArray):
         res = one(obj)
     else:

@@ -29,22 +29,35 @@ def check_healpix_dataset(ds: xr.Dataset | xr.DataArray, nside: int | None = Non
     found = nside_from_npix(ds.sizes["cell"])
     attr = ds.attrs.get("healpix_nside")
     if attr != found:
-        raise SchemaError(describe(f"healpix_nside {found} (from {ds.sizes['cell']} cells)",
-                                   repr(attr), where="HEALPix dataset"))
+        raise SchemaError(
+            describe(
+                f"healpix_nside {found} (from {ds.sizes['cell']} cells)",
+                repr(attr),
+                where="HEALPix dataset",
+            )
+        )
     if nside is not None and found != nside:
         raise SchemaError(describe(f"nside {nside}", f"nside {found}", where="HEALPix dataset"))
     return HealpixGrid(found)
 
 
-def write_healpix_store(ds: xr.Dataset, path: str | Path, *, overwrite: bool = False,
-                        fingerprint: str = "") -> Path:
+def write_healpix_store(
+    ds: xr.Dataset, path: str | Path, *, overwrite: bool = False, fingerprint: str = ""
+) -> Path:
     """Write a HEALPix dataset to a zarr v3 store atomically (one chunk along its first
     non-cell dim, or along ``cell`` for a single field)."""
     grid = check_healpix_dataset(ds)
     ds = ds.assign_attrs(grid.attrs())
     dim = next((d for d in ds.dims if d != "cell"), "cell")
-    writer = StoreWriter(path, ds, kind=KIND, fingerprint=fingerprint, dim=dim,
-                         chunk=ds.sizes[dim], overwrite=overwrite)
+    writer = StoreWriter(
+        path,
+        ds,
+        kind=KIND,
+        fingerprint=fingerprint,
+        dim=dim,
+        chunk=ds.sizes[dim],
+        overwrite=overwrite,
+    )
     for i in writer.pending():
         writer.write(i, ds.isel({dim: writer.chunk_slice(i)}))
     return writer.finalize()

@@ -8,10 +8,12 @@ from kmscale.autoencoders.testing import ConformanceCase, check_autoencoder
 
 def _model():
     model = ConvPseudoPrecip(variables=["tp", "q850"], hidden_width=8)
-    model.set_input_stats({
-        "tp": {"mean": 0.3, "std": 0.5, "transform": "log1p", "scale": 1.0},
-        "q850": {"mean": 0.008, "std": 0.002, "transform": "none", "scale": 1.0},
-    })
+    model.set_input_stats(
+        {
+            "tp": {"mean": 0.3, "std": 0.5, "transform": "log1p", "scale": 1.0},
+            "q850": {"mean": 0.008, "std": 0.002, "transform": "none", "scale": 1.0},
+        }
+    )
     return model
 
 

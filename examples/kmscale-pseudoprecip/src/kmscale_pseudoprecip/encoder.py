@@ -75,8 +75,10 @@ class ConvPseudoPrecip(Autoencoder):
     def check_input(self, x: torch.Tensor) -> None:
         super().check_input(x)
         if bool((x[:, self.precip_index] < 0).any()):
-            raise SchemaError(f"pseudo-precip-conv: expected {self.config.precip_variable} >= 0, "
-                              f"found negative values")
+            raise SchemaError(
+                f"pseudo-precip-conv: expected {self.config.precip_variable} >= 0, "
+                f"found negative values"
+            )
 
     def _encode_normalized(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
