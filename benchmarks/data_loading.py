@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     train = train_step_time(args.repeats)
     print(
-        f"train step ({train['parameters'] / 1e6:.1f} M params, batch {BATCH}): {train['train_step_s']:.2f} s"
+        f"train step ({train['parameters'] / 1e6:.1f} M params, batch {BATCH}): "
+        f"{train['train_step_s']:.2f} s"
     )
 
     best = loads[1]
@@ -256,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         "store": store,
         "patch": [PATCH, PATCH],
         "batch_size": BATCH,
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, shared with other jobs",
+        "machine": (
+            f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, shared with other "
+            "jobs"
+        ),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
         "command": " ".join(
             ["python benchmarks/data_loading.py", *(sys.argv[1:] if argv is None else argv)]

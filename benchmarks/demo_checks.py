@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.runs if args.summary is None else 0):
         runs.append(run_once(args.out, args.size, args.threads))
         print(
-            f"run {i + 1}/{args.runs}: {runs[-1]['demo_seconds']} s (load {runs[-1]['load_before']} -> "
-            f"{runs[-1]['load_after']})",
+            f"run {i + 1}/{args.runs}: {runs[-1]['demo_seconds']} s (load "
+            f"{runs[-1]['load_before']} -> {runs[-1]['load_after']})",
             flush=True,
         )
     last = runs[-1]["summary"]

@@ -199,7 +199,9 @@ def main(argv=None) -> int:
         "crps_benchmark": {
             "layouts": {
                 "kmscale": "member-first (M, H, W) C-contiguous; float64 and float32",
-                "properscoring": "member-last (H, W, M) C-contiguous float64, axis=-1 (no copy in the call)",
+                "properscoring": (
+                    "member-last (H, W, M) C-contiguous float64, axis=-1 (no copy in the call)"
+                ),
                 "torch_metrics": "member-first (M, H, W) float64 tensor",
             },
             "split": "none (synthetic fields, timing only)",
@@ -214,8 +216,10 @@ def main(argv=None) -> int:
             "sizes": by_size,
             "load_average_1_5_15_min_at_start": [round(x, 2) for x in load],
             "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()],
-            "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            "shared with other engineers' jobs while measured",
+            "machine": (
+                f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} "
+                "cores, shared with other engineers' jobs while measured"
+            ),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": "python benchmarks/evaluation_speed.py "
             + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             "mb_per_s": round(mbytes / med, 2),
         }
         print(
-            f"{name:>12}: median {med:.2f} s over {args.repeats} runs ({mbytes:.1f} MB in, {mbytes / med:.2f} MB/s)"
+            f"{name:>12}: median {med:.2f} s over {args.repeats} runs ({mbytes:.1f} MB in, "
+            f"{mbytes / med:.2f} MB/s)"
         )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

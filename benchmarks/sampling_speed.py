@@ -100,8 +100,8 @@ def measure(pix_net, lat_net, vae, pix_shape, lat_shape, args, threads: int) -> 
         dec.append(time_decode(vae, lat_shape, args.batch) / args.batch)
         pix.append(time_sampling(pix_net, pix_shape, args.cond_channels, args) / args.batch)
         print(
-            f"{threads} thread(s), run {r + 1}/{args.repeats}: latent {lat[-1]:.3f} s, decode {dec[-1]:.3f} s, "
-            f"pixel {pix[-1]:.3f} s per member",
+            f"{threads} thread(s), run {r + 1}/{args.repeats}: latent {lat[-1]:.3f} s, decode "
+            f"{dec[-1]:.3f} s, pixel {pix[-1]:.3f} s per member",
             flush=True,
         )
     t_lat, t_pix, t_dec = statistics.median(lat), statistics.median(pix), statistics.median(dec)
@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         t = r["seconds_per_member"]
         print(
             f"{threads} thread(s): latent {t['latent']:.3f} s, pixel {t['pixel']:.3f} s per member "
-            f"(median of {args.repeats}); speed-up {r['speedup']}x ({r['speedup_including_vae_decode']}x "
-            f"including VAE decode)"
+            f"(median of {args.repeats}); speed-up {r['speedup']}x "
+            f"({r['speedup_including_vae_decode']}x including VAE decode)"
         )
     print(f"-> {args.out}")
     return 0

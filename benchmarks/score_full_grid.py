@@ -57,7 +57,8 @@ def generate(work: Path, members: int, hours: int, region=None) -> tuple[Path, P
     need = 4 * shape[0] * shape[1] * hours * (members + 1) * 1.05
     if free < need + 10e9:
         sys.exit(
-            f"expected at least {(need + 10e9) / 1e9:.0f} GB free for the stores, found {free / 1e9:.0f} GB"
+            f"expected at least {(need + 10e9) / 1e9:.0f} GB free for the stores, found "
+            f"{free / 1e9:.0f} GB"
         )
     times = pd.date_range("2024-07-01T00", periods=hours, freq="h")
     truth = demo_targets(region or DemoRegion.full(), times, seed=0)[["t2m"]]

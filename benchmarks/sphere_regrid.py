@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["regional_demo_domain"] = regional(args.regional_nside)
     result.update(
         {
-            "machine": f"2-core shared dev VM, no GPU ({platform.processor() or platform.machine()})",
+            "machine": (
+                f"2-core shared dev VM, no GPU ({platform.processor() or platform.machine()})"
+            ),
             "load_avg_1min": os.getloadavg()[0],
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
             "command": "nice python benchmarks/sphere_regrid.py " + " ".join(argv or sys.argv[1:]),

@@ -175,7 +175,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, Mapping):
             raise ConfigError(
-                f"config file {path}: expected a mapping at top level, found {type(loaded).__name__}"
+                f"config file {path}: expected a mapping at top level, found "
+                f"{type(loaded).__name__}"
             )
         values = dict(loaded)
     values = _merge(values, parse_overrides(overrides))

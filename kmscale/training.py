@@ -226,8 +226,8 @@ class Trainer:
         self.export_fn = export_fn
         if settings.total_samples < settings.global_batch_size:
             raise ConfigError(
-                f"total_samples: expected at least one global batch ({settings.global_batch_size}), "
-                f"found {settings.total_samples}"
+                "total_samples: expected at least one global batch "
+                f"({settings.global_batch_size}), found {settings.total_samples}"
             )
         self.accelerator = Accelerator(
             mixed_precision=resolve_mixed_precision(settings.mixed_precision),
@@ -333,8 +333,8 @@ class Trainer:
         # whatever the type, it is re-raised as one clear error, never swallowed.
         except Exception as err:  # noqa: BLE001
             raise CheckpointError(
-                f"{path}: expected a loadable checkpoint, found a corrupt or incompatible one ({err}); "
-                f"remove it to resume from an earlier one"
+                f"{path}: expected a loadable checkpoint, found a corrupt or incompatible one "
+                f"({err}); remove it to resume from an earlier one"
             ) from err
         if meta.get("samples_seen") != self.counters.samples_seen:
             raise CheckpointError(
@@ -408,7 +408,8 @@ class Trainer:
             if self.best_metric is not None:
                 if self.best_metric not in scores:
                     raise KeyError(
-                        f"validate_fn: expected the metric {self.best_metric!r}, found {sorted(scores)}"
+                        f"validate_fn: expected the metric {self.best_metric!r}, found "
+                        f"{sorted(scores)}"
                     )
                 score = float(scores[self.best_metric])
                 if score < self.counters.best_score:
@@ -454,7 +455,8 @@ class Trainer:
                 loss = self.loss_fn(self.model, batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"training loss at step {self.counters.step}: expected a finite value, found {loss.item()}"
+                        f"training loss at step {self.counters.step}: expected a finite value, "
+                        f"found {loss.item()}"
                     )
                 acc.backward(loss)
                 if acc.sync_gradients and self.s.max_grad_norm > 0:

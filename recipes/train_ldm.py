@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     result, bundle = train_ldm(cfg)
     print(
-        f"trained {result.samples_seen} samples ({result.steps} steps), best {result.best_score}; bundle: {bundle}"
+        f"trained {result.samples_seen} samples ({result.steps} steps), best {result.best_score}; "
+        f"bundle: {bundle}"
     )
     return 0
 

@@ -387,7 +387,10 @@ def test_forecast_lead_times(tmp_path, rng):
     bad = _write(tmp_path, "fc_bad.nc", base, coords)
     with pytest.raises(
         AlignmentError,
-        match=r"fc_bad.nc: expected valid time = forecast_reference_time \+ lead_time, found 4 misaligned",
+        match=(
+            r"fc_bad.nc: expected valid time = forecast_reference_time \+ lead_time, found 4 "
+            r"misaligned"
+        ),
     ):
         open_dataset(bad)
     # several leads valid at one time are fine; the same (valid time, lead) twice is not

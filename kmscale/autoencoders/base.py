@@ -168,8 +168,8 @@ class Autoencoder(ModelMixin, ConfigMixin):
         compare with ``normalize_input(x)``."""
         if z.ndim != 2 + self.spatial_dims or z.shape[1] != self.latent_channels:
             raise SchemaError(
-                f"{type(self).__name__}: expected latents (batch, {self.latent_channels}, ...) with "
-                f"{self.spatial_dims} spatial dims, found shape {tuple(z.shape)}"
+                f"{type(self).__name__}: expected latents (batch, {self.latent_channels}, ...) "
+                f"with {self.spatial_dims} spatial dims, found shape {tuple(z.shape)}"
             )
         stats = self._latent_stats(z)
         if stats is not None:

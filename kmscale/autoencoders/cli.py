@@ -33,9 +33,11 @@ def _tails_arg(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="RES",
-        help="also store per-field tail offsets in steps of RES (the variables' units, e.g. 0.01 "
-        "for K): decoding then restores each field's quantiles from 0.05 to 99.95 %% and its extremes "
-        "(24 int8 per field and variable; encoding decodes every chunk once more)",
+        help=(
+            "also store per-field tail offsets in steps of RES (the variables' units, e.g. 0.01 "
+            "for K): decoding then restores each field's quantiles from 0.05 to 99.95 %% and its "
+            "extremes (24 int8 per field and variable; encoding decodes every chunk once more)"
+        ),
     )
 
 
@@ -76,9 +78,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="encode a targets store to a latent zarr store",
         epilog=EPILOG,
         formatter_class=fmt,
-        description="Encode every time of a targets dataset (kmscale targets store, zarr or NetCDF) with a "
-        "trained autoencoder into a latent store chunked by time, recording the autoencoder "
-        "fingerprint, latent statistics and NaN mask. Resumable; atomic on completion.",
+        description=(
+            "Encode every time of a targets dataset (kmscale targets store, zarr or NetCDF) with a "
+            "trained autoencoder into a latent store chunked by time, recording the autoencoder "
+            "fingerprint, latent statistics and NaN mask. Resumable; atomic on completion."
+        ),
     )
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
     p.add_argument("--input", required=True, metavar="PATH", help="targets store / NetCDF file")
@@ -99,8 +103,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="decode a latent store back to physical fields",
         epilog=EPILOG,
         formatter_class=fmt,
-        description="Decode a latent store with the autoencoder that wrote it (checked by fingerprint) into "
-        "a targets store with CF attributes; masked points come back as NaN.",
+        description=(
+            "Decode a latent store with the autoencoder that wrote it (checked by fingerprint) "
+            "into a targets store with CF attributes; masked points come back as NaN."
+        ),
     )
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
     p.add_argument("--input", required=True, metavar="PATH", help="latent store (.zarr)")
@@ -120,9 +126,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="encode with quantized latents and report the compression ratio",
         epilog=EPILOG,
         formatter_class=fmt,
-        description="Encode to a quantized, zstd-coded latent store and report bytes on disk against the "
-        "original store and against raw float32; --verify N decodes the first N times and "
-        "reports RMSE and maximum error per variable.",
+        description=(
+            "Encode to a quantized, zstd-coded latent store and report bytes on disk against the "
+            "original store and against raw float32; --verify N decodes the first N times and "
+            "reports RMSE and maximum error per variable."
+        ),
     )
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
     p.add_argument("--input", required=True, metavar="PATH", help="targets store / NetCDF file")
@@ -340,7 +348,8 @@ def _compress_archive(args: argparse.Namespace) -> int:
     dec = getattr(model, "decoder_nbytes", None)
     if dec is not None:
         print(
-            f"decoder weights and tables (shipped once, not in the archive): {dec() / 2**20:.2f} MiB"
+            f"decoder weights and tables (shipped once, not in the archive): {dec() / 2**20:.2f} "
+            "MiB"
         )
     if res.max_abs_error is not None:
         print(

@@ -66,8 +66,8 @@ def check_groups(variables: Sequence[str], groups: Sequence[Sequence[str]]) -> N
         problems.append(f"variables {extra} are not among the bundle's variables {list(variables)}")
     if problems:
         raise SchemaError(
-            f"autoencoder groups {[list(g) for g in groups]}: expected each of {list(variables)} in "
-            f"exactly one group, found: {'; '.join(problems)}"
+            f"autoencoder groups {[list(g) for g in groups]}: expected each of {list(variables)} "
+            f"in exactly one group, found: {'; '.join(problems)}"
         )
 
 
@@ -118,8 +118,8 @@ class GroupedAutoencoder(Autoencoder):
         bad = [g for g, p in zip(groups, parts, strict=True) if factor % p.downsample_factor]
         if bad:
             raise ConfigError(
-                f"grouped autoencoder: expected part downsample factors dividing the common factor {factor}, "
-                f"found groups {bad} with factors {[p.downsample_factor for p in parts]}"
+                "grouped autoencoder: expected part downsample factors dividing the common factor "
+                f"{factor}, found groups {bad} with factors {[p.downsample_factor for p in parts]}"
             )
         self.parts = torch.nn.ModuleList(parts)
         stats = {v: s for p in parts for v, s in (p.config.input_stats or {}).items()}

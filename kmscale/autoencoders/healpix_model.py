@@ -46,8 +46,8 @@ class HealpixAutoencoder(Autoencoder):
         if found != expected:
             raise SchemaError(
                 describe(
-                    f"{what} with {expected} cells (nested nside {self.config.nside}, the level the "
-                    "model was built for)",
+                    f"{what} with {expected} cells (nested nside {self.config.nside}, the level "
+                    "the model was built for)",
                     f"{found} cells",
                     where=self.registry_name,
                 )

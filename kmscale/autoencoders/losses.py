@@ -124,7 +124,8 @@ class VAELoss:
     def __post_init__(self):
         if self.spectral_mode not in SPECTRAL_MODES:
             raise ValueError(
-                f"VAELoss.spectral_mode: expected one of {SPECTRAL_MODES}, found {self.spectral_mode!r}"
+                f"VAELoss.spectral_mode: expected one of {SPECTRAL_MODES}, found "
+                f"{self.spectral_mode!r}"
             )
 
     def beta(self, samples_seen: int) -> float:

@@ -45,7 +45,8 @@ class PixelGroupNorm(nn.Module):
         super().__init__()
         if num_groups < 1 or num_channels % num_groups:
             raise ConfigError(
-                f"PixelGroupNorm: expected num_groups dividing num_channels={num_channels}, found {num_groups}"
+                f"PixelGroupNorm: expected num_groups dividing num_channels={num_channels}, found "
+                f"{num_groups}"
             )
         self.num_groups = int(num_groups)
         self.num_channels = int(num_channels)
@@ -75,7 +76,8 @@ class PixelGroupNorm(nn.Module):
         """x (B, C, *spatial) -> same shape, normalized per pixel and group."""
         if x.ndim < 2 or x.shape[1] != self.num_channels:
             raise ValueError(
-                f"PixelGroupNorm: expected input (B, {self.num_channels}, ...), found {tuple(x.shape)}"
+                f"PixelGroupNorm: expected input (B, {self.num_channels}, ...), found "
+                f"{tuple(x.shape)}"
             )
         b, c, *spatial = x.shape
         g = self.num_groups

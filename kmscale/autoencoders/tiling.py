@@ -64,7 +64,8 @@ def _layout(
     for name, value in (("tile", (th, tw)), ("overlap", (oh, ow))):
         if value[0] % factor or value[1] % factor:
             raise GridError(
-                f"tiling: expected {name} divisible by the downsample factor {factor}, found {value}"
+                f"tiling: expected {name} divisible by the downsample factor {factor}, found "
+                f"{value}"
             )
     return TileLayout(shape=shape, tile=(th, tw), overlap=(oh, ow))
 
@@ -161,8 +162,8 @@ def tiled_encode(
         x = x[None]
     if x.ndim != 4 or x.shape[1] != autoencoder.in_channels:
         raise SchemaError(
-            f"tiled_encode for variables {list(autoencoder.variables)}: expected a field "
-            f"([B,] {autoencoder.in_channels}, H, W), found shape {tuple(_as_numpy_field(field).shape)}"
+            f"tiled_encode for variables {list(autoencoder.variables)}: expected a field ([B,] "
+            f"{autoencoder.in_channels}, H, W), found shape {tuple(_as_numpy_field(field).shape)}"
         )
     f = autoencoder.downsample_factor
     full = padded_shape(x.shape[-2:], f)

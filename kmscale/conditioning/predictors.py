@@ -63,8 +63,8 @@ def fractional_index(src: np.ndarray, dst: np.ndarray, what: str) -> np.ndarray:
     tol = 1e-6 * max(1.0, abs(hi - lo))
     if dst.min() < lo - tol or dst.max() > hi + tol:
         raise GridError(
-            f"{what}: expected the predictor grid to cover the target ({dst.min():.4f}..{dst.max():.4f}), "
-            f"found cells spanning only {lo:.4f}..{hi:.4f}"
+            f"{what}: expected the predictor grid to cover the target "
+            f"({dst.min():.4f}..{dst.max():.4f}), found cells spanning only {lo:.4f}..{hi:.4f}"
         )
     return np.interp(dst, s, idx)
 
@@ -164,7 +164,8 @@ class PredictorSpec:
                 )
             if set(ds[name].dims) != {"time", "lat", "lon"}:
                 raise SchemaError(
-                    f"{where}: variable {name!r} expected dims (time, lat, lon), found {ds[name].dims}"
+                    f"{where}: variable {name!r} expected dims (time, lat, lon), found "
+                    f"{ds[name].dims}"
                 )
 
     def stack(

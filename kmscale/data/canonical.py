@@ -118,8 +118,9 @@ def _canonical_time(ds: xr.Dataset, where: str) -> xr.Dataset:
             else "?"
         )
         raise CoordinateError(
-            f"{where}: coordinate 'time': expected a standard (proleptic Gregorian) calendar, found {cal!r} "
-            f"(convert it first, e.g. ds.convert_calendar('standard', align_on='date'))"
+            f"{where}: coordinate 'time': expected a standard (proleptic Gregorian) calendar, "
+            f"found {cal!r} (convert it first, e.g. ds.convert_calendar('standard', "
+            "align_on='date'))"
         )
     _check_lead_consistency(ds, where)
     if "time" in ds.dims:
@@ -143,9 +144,9 @@ def _check_lead_consistency(ds: xr.Dataset, where: str) -> None:
     if bad.size:
         i = int(bad[0])
         raise AlignmentError(
-            f"{where}: expected valid time = {init.name} + lead_time, found {bad.size} misaligned steps "
-            f"(first: {pd.Timestamp(init.values[i])} + {float(ds['lead_time'].values[i]):g} h "
-            f"!= {pd.Timestamp(ds['time'].values[i])})"
+            f"{where}: expected valid time = {init.name} + lead_time, found {bad.size} misaligned "
+            f"steps (first: {pd.Timestamp(init.values[i])} + {float(ds['lead_time'].values[i]):g} "
+            f"h != {pd.Timestamp(ds['time'].values[i])})"
         )
 
 
@@ -159,7 +160,8 @@ def _check_time(ds: xr.Dataset, where: str) -> xr.Dataset:
     if keys.has_duplicates:
         dup = keys[keys.duplicated()][:3].tolist()
         raise CoordinateError(
-            f"{where}: coordinate 'time': expected unique (valid time, lead time) pairs, found duplicates {dup}"
+            f"{where}: coordinate 'time': expected unique (valid time, lead time) pairs, found "
+            f"duplicates {dup}"
         )
     if pd.isnull(ds["time"].values).any():
         raise CoordinateError(f"{where}: coordinate 'time': expected valid times, found NaT")
@@ -326,7 +328,8 @@ def canonicalize(
             if canon in out:
                 raise SchemaError(
                     f"{where}: expected one source for variable {canon!r}, found two "
-                    f"({out[canon].attrs.get('source_name')!r} and {name!r}); pass rename= to choose"
+                    f"({out[canon].attrs.get('source_name')!r} and {name!r}); pass rename= to "
+                    "choose"
                 )
             out[canon] = _to_canonical_units(
                 part, canon, name, units.get(canon), accumulation_period, where
@@ -343,7 +346,8 @@ def canonicalize(
             raw = sorted(map(str, ds.data_vars))
             raise SchemaError(
                 f"{where}: expected variables {list(variables)}, missing {missing}; found {found} "
-                f"(file variables {raw}; pass rename={{'FILE_NAME': '{missing[0]}'}} if it is there under another name)"
+                f"(file variables {raw}; pass rename={{'FILE_NAME': '{missing[0]}'}} if it is "
+                "there under another name)"
             )
         out = {v: out[v] for v in variables}
     result = xr.Dataset(

@@ -37,7 +37,9 @@ def _names(text: str | None) -> list[str] | None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare",
-        help="build canonical zarr stores (targets, predictors, static) and normalization statistics",
+        help=(
+            "build canonical zarr stores (targets, predictors, static) and normalization statistics"
+        ),
         description=(
             "Read NetCDF/GRIB/zarr inputs, convert them to canonical names, units and dims, pair "
             "predictors with targets by valid time, regrid static fields onto the target grid, fit "
@@ -92,7 +94,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mask-nans",
         action="store_true",
-        help="allow NaNs outside a fixed footprint (radar composites); stored as the 'mask' coordinate",
+        help=(
+            "allow NaNs outside a fixed footprint (radar composites); stored as the 'mask' "
+            "coordinate"
+        ),
     )
     p.add_argument(
         "--rename", nargs="+", metavar="FILE_NAME=CANONICAL", help="map file variable names"
@@ -115,8 +120,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser(
         "inspect",
         help="show a file in kmscale's canonical form and list schema problems",
-        description="Open FILE(s) as kmscale would and print the canonical dataset, its grid and any problems "
-        "(exit status 1 when there are problems).",
+        description=(
+            "Open FILE(s) as kmscale would and print the canonical dataset, its grid and any "
+            "problems (exit status 1 when there are problems)."
+        ),
     )
     q.add_argument("files", nargs="+", metavar="FILE")
     q.add_argument("--variables", metavar="V1,V2", help="variables required")
@@ -180,7 +187,8 @@ def _inspect(args: argparse.Namespace) -> int:
     problems = schema_problems(ds, _names(args.variables), allow_nan=args.allow_nan)
     for name, da in ds.data_vars.items():
         print(
-            f"  {name:<14} {da.attrs.get('units', '?'):<8} dims={da.dims} from {da.attrs.get('source_name')!r}"
+            f"  {name:<14} {da.attrs.get('units', '?'):<8} dims={da.dims} from "
+            f"{da.attrs.get('source_name')!r}"
         )
     if problems:
         print(f"{len(problems)} problem(s):")

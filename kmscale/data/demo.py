@@ -136,7 +136,8 @@ class DemoRegion:
                 raise ValueError
         except (ValueError, IndexError) as err:
             raise ConfigError(
-                f"--region: expected 'small', 'full' or LAT0,LON0,NY,NX (e.g. 30.5,100,512,512), found {text!r}"
+                "--region: expected 'small', 'full' or LAT0,LON0,NY,NX (e.g. 30.5,100,512,512), "
+                f"found {text!r}"
             ) from err
         return cls.at(lat0, lon0, ny, nx)
 
@@ -259,8 +260,13 @@ def _global_attrs(region: DemoRegion, what: str, seed: int | None) -> dict[str, 
     attrs: dict[str, object] = {
         "Conventions": "CF-1.8",
         "title": f"kmscale synthetic demo {what}",
-        "source": f"kmscale {__version__} demo generator (kmscale.data.demo); synthetic, not observations",
-        "demo_grid": f"{FULL_SHAPE[0]} x {FULL_SHAPE[1]} cells of {RES} deg, lower-left corner {LAT0}N {LON0}E",
+        "source": (
+            f"kmscale {__version__} demo generator (kmscale.data.demo); synthetic, not observations"
+        ),
+        "demo_grid": (
+            f"{FULL_SHAPE[0]} x {FULL_SHAPE[1]} cells of {RES} deg, lower-left corner {LAT0}N "
+            f"{LON0}E"
+        ),
         "demo_region": f"row0={region.row0} col0={region.col0} ny={region.ny} nx={region.nx}",
         "land_sea_mask_source": "global-land-mask package (GLOBE, 30 arc-seconds)",
     }
@@ -421,7 +427,8 @@ def demo_predictors(
         leads = np.full(hours.shape, int(leads))
     if leads.shape != hours.shape or (leads < 0).any():
         raise ConfigError(
-            f"lead_time_hours: expected one value >= 0 or one per time ({len(hours)}), found {lead_time_hours!r}"
+            f"lead_time_hours: expected one value >= 0 or one per time ({len(hours)}), found "
+            f"{lead_time_hours!r}"
         )
     if chunk % BLOCK:
         raise ConfigError(

@@ -81,7 +81,8 @@ def _domain_mask() -> tuple[np.ndarray, int, int, tuple[float, float], tuple[flo
     spec = importlib.util.find_spec("global_land_mask")
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(
-            "the demo land-sea mask needs the 'global-land-mask' package: pip install global-land-mask",
+            "the demo land-sea mask needs the 'global-land-mask' package: pip install "
+            "global-land-mask",
             name="global_land_mask",
         )
     path = Path(spec.origin).with_name("globe_combined_mask_compressed.npz")

@@ -68,7 +68,8 @@ def check_grib_messages(path: Path) -> int:
                 gap = window if nxt < 0 else window[:nxt]
                 if gap.strip(b"\x00"):
                     raise CorruptFileError(
-                        f"{path}: expected a GRIB message at byte {offset}, found {head[:8]!r} (corrupt file)"
+                        f"{path}: expected a GRIB message at byte {offset}, found {head[:8]!r} "
+                        "(corrupt file)"
                     )
                 if nxt < 0:
                     if offset + len(window) >= size:
@@ -96,7 +97,8 @@ def check_grib_messages(path: Path) -> int:
             f.seek(offset + length - 4)
             if not large and f.read(4) != b"7777":
                 raise CorruptFileError(
-                    f"{path}: GRIB message {count + 1}: expected the end marker 7777, found none (corrupt file)"
+                    f"{path}: GRIB message {count + 1}: expected the end marker 7777, found none "
+                    "(corrupt file)"
                 )
             count += 1
             if large:

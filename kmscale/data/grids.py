@@ -146,8 +146,8 @@ class RegularLatLonGrid(Grid):
 
     def __repr__(self) -> str:
         return (
-            f"RegularLatLonGrid({self.shape[0]}x{self.shape[1]}, lat {self.lat[0]:g}..{self.lat[-1]:g}, "
-            f"lon {self.lon[0]:g}..{self.lon[-1]:g})"
+            f"RegularLatLonGrid({self.shape[0]}x{self.shape[1]}, lat "
+            f"{self.lat[0]:g}..{self.lat[-1]:g}, lon {self.lon[0]:g}..{self.lon[-1]:g})"
         )
 
 
@@ -222,8 +222,9 @@ class RotatedPoleGrid(Grid):
 
     def __repr__(self):
         return (
-            f"RotatedPoleGrid({self.shape[0]}x{self.shape[1]}, pole {self.pole_lat:g}N {self.pole_lon:g}E, "
-            f"rlat {self.rlat[0]:g}..{self.rlat[-1]:g}, rlon {self.rlon[0]:g}..{self.rlon[-1]:g})"
+            f"RotatedPoleGrid({self.shape[0]}x{self.shape[1]}, pole {self.pole_lat:g}N "
+            f"{self.pole_lon:g}E, rlat {self.rlat[0]:g}..{self.rlat[-1]:g}, rlon "
+            f"{self.rlon[0]:g}..{self.rlon[-1]:g})"
         )
 
 
@@ -359,9 +360,9 @@ def grid_of(ds: xr.Dataset | xr.DataArray) -> Grid:
                 raise GridError(f"{where}: {err}") from err
             return ProjectedGrid(y, x, lat, lon, mapping)
         raise GridError(
-            f"{where}: expected 2-D lat/lon coordinates, a rotated-pole grid mapping or one of the projections "
-            f"{projections.SUPPORTED} on the (y, x) grid, found coordinates {sorted(map(str, ds.coords))} "
-            f"and grid mapping {mapping.get('grid_mapping_name')!r}"
+            f"{where}: expected 2-D lat/lon coordinates, a rotated-pole grid mapping or one of the "
+            f"projections {projections.SUPPORTED} on the (y, x) grid, found coordinates "
+            f"{sorted(map(str, ds.coords))} and grid mapping {mapping.get('grid_mapping_name')!r}"
         )
     raise GridError(f"{where}: expected (lat, lon) or (y, x) dims, found {tuple(ds.dims)}")
 

@@ -52,7 +52,8 @@ def check_time_axis(
     t = pd.DatetimeIndex(ds["time"].values)
     if t.has_duplicates:
         raise AlignmentError(
-            f"{where}: expected unique valid times, found duplicates {_fmt(t[t.duplicated()].values)}"
+            f"{where}: expected unique valid times, found duplicates "
+            f"{_fmt(t[t.duplicated()].values)}"
         )
     if not t.is_monotonic_increasing:
         raise AlignmentError(f"{where}: expected increasing valid times, found them out of order")
@@ -64,11 +65,13 @@ def check_time_axis(
     off_grid = t.difference(full)
     if len(off_grid):
         raise AlignmentError(
-            f"{where}: expected valid times every {step} from {t[0]}, found off-step times {_fmt(off_grid.values)}"
+            f"{where}: expected valid times every {step} from {t[0]}, found off-step times "
+            f"{_fmt(off_grid.values)}"
         )
     if len(missing):
         raise AlignmentError(
-            f"{where}: expected valid times every {step} without gaps, missing {_fmt(missing.values)}"
+            f"{where}: expected valid times every {step} without gaps, missing "
+            f"{_fmt(missing.values)}"
         )
     return step
 
@@ -111,7 +114,8 @@ def select_lead_time(predictors: xr.Dataset, lead_time: float | None) -> xr.Data
     if "lead_time" not in predictors.coords:
         if lead_time not in (None, 0, 0.0):
             raise AlignmentError(
-                f"{where}: expected forecasts with lead time {lead_time} h, found no lead_time coordinate"
+                f"{where}: expected forecasts with lead time {lead_time} h, found no lead_time "
+                "coordinate"
             )
         return predictors
     leads = np.asarray(predictors["lead_time"].values, dtype="float64")
@@ -126,7 +130,8 @@ def select_lead_time(predictors: xr.Dataset, lead_time: float | None) -> xr.Data
     keep = np.isclose(leads, float(lead_time))
     if not keep.any():
         raise AlignmentError(
-            f"{where}: expected predictors with lead time {lead_time} h, found lead times {np.unique(leads).tolist()}"
+            f"{where}: expected predictors with lead time {lead_time} h, found lead times "
+            f"{np.unique(leads).tolist()}"
         )
     return predictors.isel(time=np.flatnonzero(keep))
 
@@ -169,7 +174,8 @@ def pair(
         pt = pd.DatetimeIndex(pred["time"].values)
         if pt.has_duplicates:
             raise AlignmentError(
-                f"{where}: expected one field per valid time, found duplicates {_fmt(pt[pt.duplicated()].values)}"
+                f"{where}: expected one field per valid time, found duplicates "
+                f"{_fmt(pt[pt.duplicated()].values)}"
             )
         tt = pd.DatetimeIndex(targets["time"].values)
         missing = tt.difference(pt)
@@ -181,7 +187,8 @@ def pair(
             )
             hint = f"; nearest predictor time {near[0]}" if len(near) else ""
             raise AlignmentError(
-                f"{where}: expected a predictor valid at every target time, missing {_fmt(missing.values)}{hint}"
+                f"{where}: expected a predictor valid at every target time, missing "
+                f"{_fmt(missing.values)}{hint}"
             )
         pred = pred.sel(time=tt)
     if static is not None:
@@ -191,8 +198,8 @@ def pair(
             )
         if not _same_grid(static, targets):
             raise GridError(
-                f"{_where(static, 'static')}: expected fields on the target grid {grid_of(targets)!r}, "
-                f"found {grid_of(static)!r} (regrid them first)"
+                f"{_where(static, 'static')}: expected fields on the target grid "
+                f"{grid_of(targets)!r}, found {grid_of(static)!r} (regrid them first)"
             )
     return PairedData(targets, pred, static, lead_time)
 
@@ -240,7 +247,8 @@ def split_by_time(
     for a, b in zip(names, names[1:], strict=False):
         if bounds[b][0] <= bounds[a][1]:
             raise ConfigError(
-                f"split_by_time: expected non-overlapping periods, found {a} {periods[a]} overlapping {b} {periods[b]}"
+                f"split_by_time: expected non-overlapping periods, found {a} {periods[a]} "
+                f"overlapping {b} {periods[b]}"
             )
     out = {}
     t = pd.DatetimeIndex(ds["time"].values)
@@ -248,8 +256,8 @@ def split_by_time(
         idx = np.flatnonzero((t >= s) & (t <= e))
         if idx.size == 0:
             raise AlignmentError(
-                f"{_where(ds, 'dataset')}: {name} period {periods[name][0]}..{periods[name][1]}: expected times, "
-                f"found none (data spans {t[0]}..{t[-1]})"
+                f"{_where(ds, 'dataset')}: {name} period {periods[name][0]}..{periods[name][1]}: "
+                f"expected times, found none (data spans {t[0]}..{t[-1]})"
                 if len(t)
                 else f"{name}: expected times, found an empty dataset"
             )

@@ -138,8 +138,8 @@ def _complete(path: Path, kind: str, fp: str, overwrite: bool) -> bool:
     except StoreError:
         if not overwrite:
             raise StoreError(
-                f"{path}: expected no store or one written by the same inputs/options (fingerprint {fp}), "
-                f"found another; pass --overwrite to replace it"
+                f"{path}: expected no store or one written by the same inputs/options (fingerprint "
+                f"{fp}), found another; pass --overwrite to replace it"
             ) from None
         shutil.rmtree(path)
         return False
@@ -246,7 +246,8 @@ def load_inputs(
     tgt = _maybe_load(open_dataset(targets, variables=options.variables, **read), options)
     if not tgt.data_vars:
         raise ConfigError(
-            f"{tgt.attrs.get('kmscale_source')}: expected target variables, found none kmscale knows"
+            f"{tgt.attrs.get('kmscale_source')}: expected target variables, found none kmscale "
+            "knows"
         )
     if options.mask_nans:
         mask = (
@@ -266,7 +267,8 @@ def load_inputs(
         stat = stat[[v for v in stat.data_vars if "time" not in stat[v].dims]]
         if not stat.data_vars:
             raise ConfigError(
-                f"{stat.attrs.get('kmscale_source')}: expected static fields (orography, land_sea_mask), found none"
+                f"{stat.attrs.get('kmscale_source')}: expected static fields (orography, "
+                "land_sea_mask), found none"
             )
         target_grid = grid_of(tgt)
         src_grid = grid_of(stat)

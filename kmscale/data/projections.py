@@ -187,7 +187,8 @@ def inverse(x: np.ndarray, y: np.ndarray, attrs: Mapping) -> tuple[np.ndarray, n
     name = attrs.get("grid_mapping_name")
     if name not in _INVERSE:
         raise GridError(
-            f"expected a grid mapping among {SUPPORTED} (or 2-D lat/lon coordinates in the file), found {name!r}"
+            f"expected a grid mapping among {SUPPORTED} (or 2-D lat/lon coordinates in the file), "
+            f"found {name!r}"
         )
     a, e = ellipsoid(attrs)
     x = np.asarray(x, "float64") - float(attrs.get("false_easting", 0.0))

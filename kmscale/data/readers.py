@@ -146,7 +146,8 @@ def _probe(ds: xr.Dataset, where: str) -> None:
             if isinstance(err, KmscaleError):
                 raise
             raise CorruptFileError(
-                f"{where}: variable {name!r}: expected readable data, found a truncated or corrupt file ({err})"
+                f"{where}: variable {name!r}: expected readable data, found a truncated or corrupt "
+                f"file ({err})"
             ) from err
 
 
@@ -219,7 +220,8 @@ def schema_problems(
     if missing:
         problems.append(
             SchemaError(
-                f"{where}: expected variables {names}, missing {missing}; found {sorted(ds.data_vars)}"
+                f"{where}: expected variables {names}, missing {missing}; found "
+                f"{sorted(ds.data_vars)}"
             )
         )
     spatial = ("lat", "lon") if "lat" in ds.dims else ("y", "x")
@@ -251,7 +253,8 @@ def schema_problems(
         if extra or not set(spatial) <= set(da.dims):
             problems.append(
                 SchemaError(
-                    f"{where}: variable {name!r}: expected dims (time, [member], {', '.join(spatial)}), found {da.dims}"
+                    f"{where}: variable {name!r}: expected dims (time, [member], "
+                    f"{', '.join(spatial)}), found {da.dims}"
                 )
             )
             continue
@@ -286,8 +289,9 @@ def schema_problems(
             place = "inside the mask" if mask is not None else "and no mask allows them"
             problems.append(
                 MissingValueError(
-                    f"{where}: variable {name!r}: expected finite values{' inside the mask' if mask is not None else ''}, "
-                    f"found {nbad} NaNs {place}"
+                    f"{where}: variable {name!r}: expected finite "
+                    f"values{' inside the mask' if mask is not None else ''}, found {nbad} NaNs "
+                    f"{place}"
                 )
             )
     return problems

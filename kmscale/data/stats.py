@@ -140,7 +140,8 @@ class NormStats:
         """The ``{"mean", "std", "transform", "scale"}`` dict of ``transforms.standardize``."""
         if name not in self.variables:
             raise SchemaError(
-                f"normalization statistics: expected variable {name!r}, found only {sorted(self.variables)}"
+                f"normalization statistics: expected variable {name!r}, found only "
+                f"{sorted(self.variables)}"
             )
         return {k: self.variables[name][k] for k in _REQUIRED}
 
@@ -192,7 +193,8 @@ class NormStats:
             missing = [k for k in _REQUIRED if k not in entry]
             if missing:
                 raise SchemaError(
-                    f"{where}: variable {name!r}: expected keys {list(_REQUIRED)}, missing {missing}"
+                    f"{where}: variable {name!r}: expected keys {list(_REQUIRED)}, missing "
+                    f"{missing}"
                 )
             if not (isinstance(entry["std"], (int, float)) and entry["std"] > 0):
                 raise SchemaError(

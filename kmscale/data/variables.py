@@ -178,13 +178,14 @@ def conversion(units: str | None, var: Variable, *, where: str = "") -> tuple[fl
     prefix = f"{where}: " if where else ""
     if units is None:
         raise UnitsError(
-            f"{prefix}variable {var.name!r}: expected a 'units' attribute ({var.units}), found none "
-            f"(pass units={{'{var.name}': '...'}} to open_dataset if you know them)"
+            f"{prefix}variable {var.name!r}: expected a 'units' attribute ({var.units}), found "
+            f"none (pass units={{'{var.name}': '...'}} to open_dataset if you know them)"
         )
     norm = normalize_units(units)
     if norm is None:
         raise UnitsError(
-            f"{prefix}variable {var.name!r}: expected units {var.units}, found unknown units {units!r}"
+            f"{prefix}variable {var.name!r}: expected units {var.units}, found unknown units "
+            f"{units!r}"
         )
     target = normalize_units(var.units)
     if norm == target:

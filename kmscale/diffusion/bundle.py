@@ -286,10 +286,10 @@ class ModelBundle:
                 )
             ):
                 raise BundleError(
-                    f"bundle/target grid mismatch: expected {self.lat.size} x {self.lon.size} "
-                    f"(lat {self.lat[0]:.4f}..{self.lat[-1]:.4f}, lon {self.lon[0]:.4f}..{self.lon[-1]:.4f}), "
-                    f"found {lat.size} x {lon.size} (lat {lat[0]:.4f}..{lat[-1]:.4f}, "
-                    f"lon {lon[0]:.4f}..{lon[-1]:.4f})"
+                    f"bundle/target grid mismatch: expected {self.lat.size} x {self.lon.size} (lat "
+                    f"{self.lat[0]:.4f}..{self.lat[-1]:.4f}, lon "
+                    f"{self.lon[0]:.4f}..{self.lon[-1]:.4f}), found {lat.size} x {lon.size} (lat "
+                    f"{lat[0]:.4f}..{lat[-1]:.4f}, lon {lon[0]:.4f}..{lon[-1]:.4f})"
                 )
 
 

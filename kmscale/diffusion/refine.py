@@ -81,8 +81,9 @@ class DecoderRefinement:
         before any training, so that a bad setting does not wait for the diffusion model."""
         if not autoencoder.decoder_modules():
             raise ConfigError(
-                f"decoder_refinement: expected an autoencoder with a trainable decoder, found "
-                f"{type(autoencoder).__name__} (pixel space has nothing to refine); set total_samples: 0"
+                "decoder_refinement: expected an autoencoder with a trainable decoder, found "
+                f"{type(autoencoder).__name__} (pixel space has nothing to refine); set "
+                "total_samples: 0"
             )
         if self.generated_members < 1 or self.max_times < 1:
             raise ConfigError(

@@ -81,12 +81,14 @@ def check_aligned(
     tdims = spatial_dims(truth, where=f"{prefix}truth")
     if fdims != tdims:
         raise GridError(
-            f"{prefix}expected forecast and truth on one grid type, found forecast {fdims} and truth {tdims}"
+            f"{prefix}expected forecast and truth on one grid type, found forecast {fdims} and "
+            f"truth {tdims}"
         )
     for d in fdims:
         if forecast.sizes[d] != truth.sizes[d]:
             raise GridError(
-                f"{prefix}expected truth {d} size {forecast.sizes[d]} (the forecast's), found {truth.sizes[d]}"
+                f"{prefix}expected truth {d} size {forecast.sizes[d]} (the forecast's), found "
+                f"{truth.sizes[d]}"
             )
     for name in set(fdims) | {"lat", "lon"}:
         if name in forecast.coords and name in truth.coords:
@@ -98,15 +100,16 @@ def check_aligned(
                 atol=1e-6,
             ):
                 raise GridError(
-                    f"{prefix}expected forecast and truth on the same grid, found different {name!r} "
-                    f"coordinates (forecast {_span(fc)}, truth {_span(tc)})"
+                    f"{prefix}expected forecast and truth on the same grid, found different "
+                    f"{name!r} coordinates (forecast {_span(fc)}, truth {_span(tc)})"
                 )
     for d in forecast.dims:
         if d in fdims or d == MEMBER_DIM:
             continue
         if d not in truth.dims:
             raise AlignmentError(
-                f"{prefix}expected truth to have the forecast's dim {d!r}, found dims {tuple(truth.dims)}"
+                f"{prefix}expected truth to have the forecast's dim {d!r}, found dims "
+                f"{tuple(truth.dims)}"
             )
         if forecast.sizes[d] != truth.sizes[d]:
             raise AlignmentError(
@@ -117,8 +120,8 @@ def check_aligned(
             if not np.array_equal(fv, tv):
                 bad = int(np.argmax(fv != tv)) if fv.shape == tv.shape else 0
                 raise AlignmentError(
-                    f"{prefix}expected the same {d!r} in forecast and truth, found forecast {fv[bad]} "
-                    f"vs truth {tv[bad]} at index {bad}"
+                    f"{prefix}expected the same {d!r} in forecast and truth, found forecast "
+                    f"{fv[bad]} vs truth {tv[bad]} at index {bad}"
                 )
 
 

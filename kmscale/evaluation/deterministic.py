@@ -126,7 +126,8 @@ class SSIM(Metric):
         dims = list(spatial_dims(truth))
         if reduce_dims is not None and set(reduce_dims) != set(dims):
             raise ValueError(
-                f"SSIM: expected reduce_dims over the spatial dims {dims}, found {list(reduce_dims)}"
+                f"SSIM: expected reduce_dims over the spatial dims {dims}, found "
+                f"{list(reduce_dims)}"
             )
         valid = (
             mask.astype(bool)

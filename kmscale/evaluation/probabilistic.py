@@ -103,7 +103,8 @@ def crps_parts(
     truth = np.asarray(truth)
     if ens.shape[1:] != truth.shape:
         raise ValueError(
-            f"crps: expected truth shape {ens.shape[1:]} (ensemble without members), found {truth.shape}"
+            f"crps: expected truth shape {ens.shape[1:]} (ensemble without members), found "
+            f"{truth.shape}"
         )
     m = ens.shape[0]
     if m < 1:

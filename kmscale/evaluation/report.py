@@ -42,7 +42,8 @@ def load_metrics(paths: Sequence[str | Path]) -> xr.Dataset:
         ds = xr.open_dataset(p, engine=detect_engine(p)).load()
         if "summary_crps_fair" not in ds:
             raise SchemaError(
-                f"{p}: expected a metrics file of `kmscale score` (summary_crps_fair), found variables {list(ds.data_vars)[:8]}"
+                f"{p}: expected a metrics file of `kmscale score` (summary_crps_fair), found "
+                f"variables {list(ds.data_vars)[:8]}"
             )
         dsets.append(ds)
     if len(dsets) == 1:
@@ -229,8 +230,9 @@ def _html(title, ranking, note, tables, sections, meta) -> str:
         "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "th{background:#eee}img{max-width:100%}figcaption{color:#444;margin-bottom:1.5em}</style></head><body>",
         f"<h1>{e(title)}</h1>",
-        "<p>Scores over all times. Fair CRPS is the headline (unbiased for the ensemble size); "
-        "the standard CRPS of the empirical distribution is shown for comparison with tools that report it.</p>",
+        "<p>Scores over all times. Fair CRPS is the headline (unbiased for the ensemble size); the "
+        "standard CRPS of the empirical distribution is shown for comparison with tools that "
+        "report it.</p>",
     ]
     parts.append(
         "<ul>"

@@ -175,7 +175,8 @@ def grid_spacing_km(da: xr.DataArray, dim: str) -> float:
     """Spacing of a projected coordinate in km (units 'm' or 'km' required)."""
     if dim not in da.coords:
         raise SchemaError(
-            f"spectrum: expected a {dim!r} coordinate to get the grid spacing, found none (pass dx_km)"
+            f"spectrum: expected a {dim!r} coordinate to get the grid spacing, found none (pass "
+            "dx_km)"
         )
     c = np.asarray(da[dim].values, dtype=float)
     steps = np.diff(c)
@@ -317,7 +318,8 @@ def radial_spectrum(
     if dx_km is None:
         if (ydim, xdim) == LATLON_DIMS:
             raise SchemaError(
-                "radial_spectrum: expected a projected (y, x) km grid or an explicit dx_km, found (lat, lon)"
+                "radial_spectrum: expected a projected (y, x) km grid or an explicit dx_km, found "
+                "(lat, lon)"
             )
         dx_km = grid_spacing_km(da, xdim)
     out = out.assign_coords(wavelength=("wavenumber", radial_wavelengths_km(h, w, dx_km)))

@@ -25,7 +25,8 @@ from kmscale.evaluation.probabilistic import (
 def _check(ensemble: torch.Tensor, truth: torch.Tensor) -> int:
     if ensemble.ndim < 1 or ensemble.shape[1:] != truth.shape:
         raise ValueError(
-            f"expected ensemble (M, *truth.shape) = (M, {tuple(truth.shape)}), found {tuple(ensemble.shape)}"
+            f"expected ensemble (M, *truth.shape) = (M, {tuple(truth.shape)}), found "
+            f"{tuple(ensemble.shape)}"
         )
     return int(ensemble.shape[0])
 
