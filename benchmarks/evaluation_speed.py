@@ -134,8 +134,9 @@ def time_size(size: int, args) -> dict:
     med = {k: float(np.median(v)) for k, v in times.items()}
 
     child = subprocess.run(
-        [sys.executable, __file__, "--child-plain", "--members", str(args.members), "--size", str(size),
-         "--plain-repeats", str(args.plain_repeats), "--threads", str(args.threads)],
+        [sys.executable, __file__, "--child-plain", "--members", str(args.members),
+         "--size", str(size), "--plain-repeats", str(args.plain_repeats),
+         "--threads", str(args.threads)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if child.returncode != 0:

@@ -5,7 +5,8 @@ by area onto the target grid) and RADOLAN RW (24 x 900 x 900, NaN footprint kept
 mask). Each case runs ``--repeats`` times from scratch into a temporary directory; the
 median wall time and the input megabytes per second are printed and written as JSON.
 
-    python benchmarks/prepare_real_data.py --repeats 3 --out benchmarks/results/prepare_real_data.json
+    python benchmarks/prepare_real_data.py --repeats 3 \
+        --out benchmarks/results/prepare_real_data.json
 """
 
 from __future__ import annotations

@@ -17,16 +17,18 @@ one warm-up, for each torch thread count in ``--threads`` (default 1, the headli
 then 2). On the shared development machine (2 cores, load average ~8-10 from other
 engineers' jobs) two threads per process oversubscribe the cores and the small latent
 kernels pay most for it (thread synchronisation, not arithmetic), so the single-thread
-figure measures the work and the two-thread figure is reported beside it. Per member = time of one batch / batch size. The latent figure is the
+figure measures the work and the two-thread figure is reported beside it. Per member =
+time of one batch / batch size. The latent figure is the
 sampler alone (the issue's definition); decoding one latent member with the default
 kmscale VAE (``VAEAutoencoder``, 8x down, 4 channels) is timed too and reported
 separately as the end-to-end speed-up.
 
-Budget: with the defaults (4 Heun steps = 7 network calls, 5 repeats) about 10 minutes on 2 shared CPU cores.
+Budget: with the defaults (4 Heun steps = 7 network calls, 5 repeats) about 10 minutes on
+2 shared CPU cores.
 
 Usage::
 
-    python benchmarks/sampling_speed.py                  # defaults, writes results/sampling_speed.json
+    python benchmarks/sampling_speed.py    # defaults, writes results/sampling_speed.json
     python benchmarks/sampling_speed.py --steps 18 --repeats 3 --threads 2
 """
 

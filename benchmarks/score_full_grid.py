@@ -63,18 +63,41 @@ def generate(work: Path, members: int, hours: int, region=None) -> tuple[Path, P
     times = pd.date_range("2024-07-01T00", periods=hours, freq="h")
     truth = demo_targets(region or DemoRegion.full(), times, seed=0)[["t2m"]]
     ny, nx = truth.sizes["lat"], truth.sizes["lon"]
+    zeros = __import__("dask.array", fromlist=["zeros"]).zeros(
+        (hours, members, ny, nx), dtype="float32", chunks=(1, 1, *SPATIAL_CHUNK)
+    )
+    lead_time = np.arange(1, hours + 1)
     ens_template = xr.Dataset(
-        {"t2m": (("time", "member", "lat", "lon"),
-                 __import__("dask.array", fromlist=["zeros"]).zeros((hours, members, ny, nx), dtype="float32",
-                                                                    chunks=(1, 1, *SPATIAL_CHUNK)),
-                 truth["t2m"].attrs)},
-        coords={"time": truth["time"], "member": np.arange(members), "lat": truth["lat"], "lon": truth["lon"],
-                "lead_time": ("time", np.arange(1, hours + 1), {"units": "h", "long_name": "hours since 2024-06-30T23"})},
-    )  # fmt: skip
-    tw = StoreWriter(truth_path, truth.chunk({"time": 1, "lat": SPATIAL_CHUNK[0], "lon": SPATIAL_CHUNK[1]}), kind="targets", fingerprint="bench-demo-seed0", chunk=1,
-                     encoding={"t2m": {"chunks": (1, *SPATIAL_CHUNK)}})  # fmt: skip
-    ew = StoreWriter(ens_path, ens_template, kind="ensemble", fingerprint="bench-demo-seed0", chunk=1,
-                     encoding={"t2m": {"chunks": (1, 1, *SPATIAL_CHUNK)}})  # fmt: skip
+        {"t2m": (("time", "member", "lat", "lon"), zeros, truth["t2m"].attrs)},
+        coords={
+            "time": truth["time"],
+            "member": np.arange(members),
+            "lat": truth["lat"],
+            "lon": truth["lon"],
+            "lead_time": (
+                "time",
+                lead_time,
+                {"units": "h", "long_name": "hours since 2024-06-30T23"},
+            ),
+        },
+    )
+    spatial = {"lat": SPATIAL_CHUNK[0], "lon": SPATIAL_CHUNK[1]}
+    tw = StoreWriter(
+        truth_path,
+        truth.chunk({"time": 1, **spatial}),
+        kind="targets",
+        fingerprint="bench-demo-seed0",
+        chunk=1,
+        encoding={"t2m": {"chunks": (1, *SPATIAL_CHUNK)}},
+    )
+    ew = StoreWriter(
+        ens_path,
+        ens_template,
+        kind="ensemble",
+        fingerprint="bench-demo-seed0",
+        chunk=1,
+        encoding={"t2m": {"chunks": (1, 1, *SPATIAL_CHUNK)}},
+    )
     rng = np.random.default_rng(1)
     for i in tqdm(range(hours), desc="writing truth + ensemble", unit="hour"):
         y = truth.isel(time=slice(i, i + 1)).compute()
@@ -98,8 +121,9 @@ def generate(work: Path, members: int, hours: int, region=None) -> tuple[Path, P
 
 
 def score(truth: Path, ens: Path, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "kmscale.cli", "score", "--forecast", f"demo={ens}", "--truth", str(truth),
-           "--out", str(out), "--overwrite", "--time-chunk", "1"]  # fmt: skip
+    cmd = [sys.executable, "-m", "kmscale.cli", "score", "--forecast", f"demo={ens}",
+           "--truth", str(truth), "--out", str(out),
+           "--overwrite", "--time-chunk", "1"]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     _, status, usage = os.wait4(proc.pid, 0)

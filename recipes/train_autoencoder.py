@@ -1,7 +1,8 @@
 """Train a convolutional VAE (AutoencoderKL) for one variable group, in two stages.
 
     accelerate launch recipes/train_autoencoder.py --config recipes/configs/autoencoder_t2m.yaml
-    accelerate launch --num_processes 2 recipes/train_autoencoder.py --config ... stage1.total_samples=40000
+    accelerate launch --num_processes 2 recipes/train_autoencoder.py --config ... \
+        stage1.total_samples=40000
     python recipes/train_autoencoder.py --config recipes/configs/autoencoder_t2m.yaml --dry-run
 
 Stage 1 trains on small random patches, stage 2 fine-tunes on large patches; both use

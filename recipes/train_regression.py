@@ -1,7 +1,8 @@
 """Train the regression U-Net (stage 1 of residual latent diffusion downscaling).
 
     accelerate launch recipes/train_regression.py --config recipes/configs/regression.yaml
-    accelerate launch --num_processes 2 --cpu recipes/train_regression.py ... train.total_samples=20000
+    accelerate launch --num_processes 2 --cpu recipes/train_regression.py ... \
+        train.total_samples=20000
     python recipes/train_regression.py --dry-run data.targets=t.nc data.predictors=p.nc
 
 The training length is counted in samples seen and the global batch is split over

@@ -228,7 +228,8 @@ def test_projection_inverses_match_snyder_examples():
         },
     )
     assert (lat, lon) == (pytest.approx(35.0, abs=1e-5), pytest.approx(-75.0, abs=1e-5))
-    # p. 334: LAEA on the ellipsoid; forward (24-...) written out here, x matches Snyder's -965932.1 m
+    # p. 334: LAEA on the ellipsoid; forward (24-...) written out here,
+    # x matches Snyder's -965932.1 m
     a, e = CLARKE1866["semi_major_axis"], np.sqrt(0.00676866)
     phi1, lam0, phi, lam = np.radians([40.0, -100.0, 30.0, -110.0])
     qp = _q(np.pi / 2, e)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.realdata
 
 
 def lagged(truth: xr.DataArray, members: int) -> xr.DataArray:
-    """Member j at time t is the truth at t - (j + 1) hours; the first ``members`` times are dropped."""
+    """Member j at time t is the truth at t - (j + 1) hours; the first ``members`` times go."""
     n = truth.sizes["time"]
     stack = [truth.isel(time=slice(members - 1 - j, n - 1 - j)).values for j in range(members)]
     return xr.DataArray(

@@ -149,8 +149,10 @@ def test_cli_score_and_report(tmp_path, rng, capsys):
     write_store(fc2.assign_coords(time=fc.time), tmp_path / "ens2.zarr", "ensemble")
     write_store(truth, tmp_path / "truth.zarr", "targets")
     out = tmp_path / "metrics.nc"
-    rc = main(["score", "--forecast", str(tmp_path / "ens.zarr"), "--forecast", f"biased={tmp_path / 'ens2.zarr'}",
-               "--truth", str(tmp_path / "truth.zarr"), "--out", str(out), "--mask", "land_sea_mask", "--no-progress"])  # fmt: skip
+    rc = main(["score", "--forecast", str(tmp_path / "ens.zarr"),
+               "--forecast", f"biased={tmp_path / 'ens2.zarr'}",
+               "--truth", str(tmp_path / "truth.zarr"),
+               "--out", str(out), "--mask", "land_sea_mask", "--no-progress"])  # fmt: skip
     assert rc == 0 and out.exists()
     assert "fair CRPS" in capsys.readouterr().out
     ds = xr.open_dataset(out, engine=netcdf_engine())
@@ -176,7 +178,8 @@ def test_cli_score_and_report(tmp_path, rng, capsys):
         == 1
     )
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["score", "--forecast", str(tmp_path / "truth.zarr"), "--truth", str(tmp_path / "truth.zarr"),
+    assert main(["score", "--forecast", str(tmp_path / "truth.zarr"),
+                 "--truth", str(tmp_path / "truth.zarr"),
                  "--out", str(tmp_path / "m2.nc")]) == 1  # fmt: skip
     assert "expected a 'ensemble' store" in capsys.readouterr().err
 
@@ -199,10 +202,12 @@ def test_plain_netcdf_inputs_and_merged_reports(tmp_path, rng):
     fc, truth = datasets(rng)
     fc.to_netcdf(tmp_path / "f.nc", engine=netcdf_engine())
     truth.to_netcdf(tmp_path / "t.nc", engine=netcdf_engine())
-    assert main(["score", "--forecast", f"x={tmp_path / 'f.nc'}", "--truth", str(tmp_path / "t.nc"), "--out", str(tmp_path / "a.nc"),
+    assert main(["score", "--forecast", f"x={tmp_path / 'f.nc'}", "--truth", str(tmp_path / "t.nc"),
+                 "--out", str(tmp_path / "a.nc"),
                  "--variables", "t2m", "--no-progress"]) == 0  # fmt: skip
-    assert main(["score", "--forecast", f"y={tmp_path / 'f.nc'}", "--truth", str(tmp_path / "t.nc"), "--out", str(tmp_path / "b.nc"),
-                 "--variables", "t2m", "--no-progress", "--no-ssim"]) == 0  # fmt: skip
+    assert main(["score", "--forecast", f"y={tmp_path / 'f.nc'}", "--truth", str(tmp_path / "t.nc"),
+                 "--out", str(tmp_path / "b.nc"), "--variables", "t2m", "--no-progress",
+                 "--no-ssim"]) == 0  # fmt: skip
     rep = tmp_path / "rep"
     assert (
         main(

@@ -18,7 +18,7 @@ from kmscale_testdata import ERA5_UK_SPLITS
 
 
 def _inputs(tmp_path, rng, nt=48):
-    """Targets in two daily files (degC, descending lat), 6/12 h forecasts, orography on a finer grid."""
+    """Targets in two daily files (degC, descending lat), 6/12 h forecasts, finer orography."""
     lat = np.linspace(51.0, 50.0, 8)  # descending, as in ERA5 files
     lon = np.linspace(0.0, 1.75, 8)
     times = pd.date_range("2020-01-01", periods=nt, freq="h")

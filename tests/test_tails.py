@@ -89,7 +89,7 @@ def test_store_with_tail_offsets(tmp_path):
     ref = open_store(plain)["t2m"].values
     truth = ds["t2m"].values
     np.testing.assert_array_equal(np.isnan(got), np.isnan(truth))
-    # an untrained decoder: offsets beyond 1.27 K are clipped, yet every tail moves towards the truth
+    # an untrained decoder: offsets beyond 1.27 K are clipped, yet every tail nears the truth
     for p in (0.001, 0.999):
         assert np.all(np.abs(_q(got, p) - _q(truth, p)) <= np.abs(_q(ref, p) - _q(truth, p)) + 1e-6)
     # nothing already written is replaced (the offsets are also part of the resume fingerprint)

@@ -103,7 +103,9 @@ class Autoencoder(ModelMixin, ConfigMixin):
 
     @property
     def compression_factor(self) -> float:
-        """Input values per latent value (float32 to float32), e.g. 3*64/4 = 48 for 3 vars, 8x, 4 ch."""
+        """Input values per latent value (float32 to float32).
+
+        E.g. 3 * 8**2 / 4 = 48 for 3 variables, 8x down, 4 latent channels."""
         return self.in_channels * self.downsample_factor**self.spatial_dims / self.latent_channels
 
     def latent_shape(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:

@@ -1,4 +1,6 @@
-"""``kmscale encode``, ``kmscale decode`` and ``kmscale compress`` (stdlib imports only at top level)."""
+"""``kmscale encode``, ``kmscale decode`` and ``kmscale compress``.
+
+Only stdlib imports at top level."""
 
 from __future__ import annotations
 
@@ -348,8 +350,8 @@ def _compress_archive(args: argparse.Namespace) -> int:
     dec = getattr(model, "decoder_nbytes", None)
     if dec is not None:
         print(
-            f"decoder weights and tables (shipped once, not in the archive): {dec() / 2**20:.2f} "
-            "MiB"
+            "decoder weights and tables (shipped once, not in the archive): "
+            f"{dec() / 2**20:.2f} MiB"
         )
     if res.max_abs_error is not None:
         print(

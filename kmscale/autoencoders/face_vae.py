@@ -97,7 +97,9 @@ class FaceVAE(HealpixAutoencoder):
         generator: torch.Generator | None = None,
         quant_step: float = 0.0,
     ) -> AutoencoderOutput:
-        """Training pass on standardized ``x (B, V, npix)``: ``AutoencoderOutput(x_hat, posterior)``."""
+        """Training pass on standardized ``x (B, V, npix)``.
+
+        Returns ``AutoencoderOutput(x_hat, posterior)``."""
         post = self.posterior(x)
         z = (post.sample(generator) if sample_posterior else post.mode())[..., 0]
         if quant_step > 0:

@@ -53,7 +53,9 @@ def window_offsets(nside: int, window: int) -> torch.Tensor:
 
 
 class SpherePositionBias(nn.Module):
-    """Continuous relative-position bias: offsets ``(nw, W, W, 2)`` -> bias ``(nw, heads, W, W)``."""
+    """Continuous relative-position bias.
+
+    Offsets ``(nw, W, W, 2)`` -> bias ``(nw, heads, W, W)``."""
 
     def __init__(self, heads: int, hidden: int = 64):
         super().__init__()

@@ -169,7 +169,7 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
         quant_step: float = 0.0,
         masked: torch.Tensor | None = None,
     ) -> AutoencoderOutput:
-        """Training pass on standardized ``x (B, V, npix)``: ``AutoencoderOutput(x_hat, posterior)``.
+        """Training pass on standardized ``x (B, V, npix)`` -> ``AutoencoderOutput(x_hat, post)``.
 
         The posterior is deterministic (KL 0): the FS-AE is a plain autoencoder.
         ``masked`` ``(B,)`` levels to mask; None draws them (``mask_prob``) in training mode.

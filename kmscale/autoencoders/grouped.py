@@ -202,7 +202,7 @@ class GroupedAutoencoder(Autoencoder):
         return out
 
     def unfold(self, z_group: torch.Tensor, index: int) -> torch.Tensor:
-        """The channels of group ``index`` (B, c_g k_g², h, w) -> its own latent (B, c_g, h k_g, w k_g)."""
+        """Group ``index``'s channels (B, c_g k_g², h, w) -> its latent (B, c_g, h k_g, w k_g)."""
         k = self.fold(index)
         return rearrange(z_group, "b (c k1 k2) h w -> b c (h k1) (w k2)", k1=k, k2=k)
 

@@ -9,15 +9,16 @@ Layout of a latent store (kind ``"latents"``)::
                 that restore the extremes (:mod:`kmscale.autoencoders.tails`), in steps
                 of the attribute ``tail_resolution`` (one per variable, physical units)
     time, <Y>, <X> (+ 2-D lat/lon, lead_time ...)  the targets' coordinates
-    attrs: autoencoder_fingerprint, encoder_fingerprint, autoencoder_class, variables, groups (variables and
-           latent channels of each group), latent_mean/std, downsample_factor, field_shape, quantization_step, target_attrs (CF), ...
+    attrs: autoencoder_fingerprint, encoder_fingerprint, autoencoder_class, variables,
+           groups (variables and latent channels of each group), latent_mean/std,
+           downsample_factor, field_shape, quantization_step, target_attrs (CF), ...
 
 ``<Y>, <X>`` are the targets' spatial dims (``lat, lon`` or ``y, x``). The store is
 chunked by time and written with :class:`kmscale.data.store.StoreWriter`, so it is
 atomic and resumable chunk by chunk. :func:`decode_store` refuses a store written by
 another autoencoder (fingerprint; a model whose decoder alone was fine-tuned since, with
-the same ``encoder_fingerprint``, may read a store without tail offsets) and rebuilds a ``"targets"`` store with the CF
-attributes and the NaN mask of the original.
+the same ``encoder_fingerprint``, may read a store without tail offsets) and rebuilds a
+``"targets"`` store with the CF attributes and the NaN mask of the original.
 
 The NaN mask is stored for every time (a radar composite's footprint changes from
 hour to hour; zstd makes a nearly constant mask cost a few kB per field), because a
@@ -351,7 +352,7 @@ def read_mask(ds: xr.Dataset, sl: slice, path: str | Path = "latent store") -> n
 
 
 def group_layout(autoencoder: Autoencoder) -> list[dict]:
-    """The variable groups of ``autoencoder`` and their latent channels (one group unless grouped)."""
+    """The variable groups of ``autoencoder`` and their latent channels (one unless grouped)."""
     if isinstance(autoencoder, GroupedAutoencoder):
         return autoencoder.layout()
     return [

@@ -353,7 +353,7 @@ def _stage(cfg: AutoencoderConfig, name: str, stage: StageConfig, model, x, vali
             spectral_mode=stage.spectral_mode,
             spectral_floor=stage.spectral_floor,
         )
-        model.train_decoder_only()  # the Trainer's optimizer only takes parameters that require gradients
+        model.train_decoder_only()  # the Trainer optimizes only parameters that require gradients
     loss = VAELoss(**loss_settings)
     box: dict = {}
 

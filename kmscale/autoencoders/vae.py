@@ -85,7 +85,7 @@ class VAEAutoencoder(Autoencoder):
         layers_per_block: int = VAESettings.layers_per_block,
         latent_channels: int = VAESettings.latent_channels,
         norm_num_groups: int = VAESettings.norm_num_groups,
-        mid_block_attention: bool = False,  # global self-attention in the bottleneck (breaks tiling)
+        mid_block_attention: bool = False,  # bottleneck global self-attention (breaks tiling)
         norm_type: str = VAESettings.norm_type,
     ):
         super().__init__()

@@ -479,7 +479,8 @@ def demo_predictors(
         return xr.DataArray(np.stack(fields).astype(np.float32), dims=("time", "lat", "lon"))
 
     lat2 = xr.DataArray(lat, dims="lat")
-    # msl: geostrophic pressure of the large-scale streamfunction, psi [m2 s-1] = 3.5 m s-1 * dx * psi_px
+    # msl: geostrophic pressure of the large-scale streamfunction,
+    # psi [m2 s-1] = 3.5 m s-1 * dx * psi_px
     psi = fbm(
         seed,
         S_PSI,

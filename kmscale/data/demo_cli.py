@@ -12,8 +12,10 @@ logger = logging.getLogger(__name__)
 
 _EPILOG = """\
 outputs (under --out):
-  targets.zarr     t2m (K), u10, v10 (m s-1), tp (mm h-1) on the 0.01 deg demo grid, dims (time, lat, lon)
-  predictors.zarr  coarse 0.25 deg forecast: t2m u10 v10 tp msl t850 u850 v850 z500 q850, lead_time coordinate
+  targets.zarr     t2m (K), u10, v10 (m s-1), tp (mm h-1) on the 0.01 deg demo grid,
+                   dims (time, lat, lon)
+  predictors.zarr  coarse 0.25 deg forecast: t2m u10 v10 tp msl t850 u850 v850 z500 q850,
+                   lead_time coordinate
   static.zarr      orography (m), land_sea_mask (1 = land, real GLOBE mask)
   (.nc files with --format netcdf). Zarr stores are atomic and resume after an interruption.
   hrcldas/         with --layout hrcldas: the targets also as HRCLDAS GRIB2 files, one per

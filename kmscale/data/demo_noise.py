@@ -93,7 +93,7 @@ def _bspline_d(f: np.ndarray) -> list[np.ndarray]:
 
 @functools.cache
 def _mean_sq(derivative: bool) -> float:
-    """Mean over the fraction of the sum of squared weights: variance of interpolated white noise."""
+    """Mean over the fraction of the summed squared weights: variance of interpolated noise."""
     f = (np.arange(4096) + 0.5) / 4096
     w = _bspline_d(f) if derivative else _bspline(f)
     return float(np.mean(sum(wi**2 for wi in w)))

@@ -42,7 +42,7 @@ def mean_flow(lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def diurnal_amplitude(lf, cloud, h):
-    """Half-range of the 2 m temperature diurnal cycle (K): land 6 K, sea 0.6 K, less under cloud."""
+    """Half-range of the 2 m temperature diurnal cycle (K): land 6, sea 0.6, less under cloud."""
     return (0.6 + 5.5 * lf) * (1.0 - 0.5 * cloud) * (1.0 + 0.15 * h / 1000.0)
 
 

@@ -34,7 +34,9 @@ def default_mask_file() -> Path:
 
 
 def read_mask_rows(row0: int, row1: int, path: Path | None = None) -> np.ndarray:
-    """Rows ``row0:row1`` of the stored global mask (bool, True = ocean, (row1-row0, 43200)), streamed."""
+    """Rows ``row0:row1`` of the stored global mask, streamed.
+
+    Returns bool (row1 - row0, 43200), True = ocean."""
     path = Path(path or default_mask_file())
     try:
         with zipfile.ZipFile(path) as zf, zf.open("mask.npy") as f:

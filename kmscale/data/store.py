@@ -3,8 +3,8 @@
 A store is written under ``<path>.partial`` and renamed to ``<path>`` only when every
 chunk along the write dimension is in place, so a store at its final name is always
 complete. An interrupted run leaves ``<path>.partial`` plus a progress file listing
-the chunks written (``<path>.partial.progress.json``); running again with the same ``kind`` and ``fingerprint`` resumes
-from there, and anything else refuses to touch it.
+the chunks written (``<path>.partial.progress.json``); running again with the same
+``kind`` and ``fingerprint`` resumes from there, and anything else refuses to touch it.
 
 Usage::
 

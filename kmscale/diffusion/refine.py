@@ -124,9 +124,10 @@ def pick_times(n: int, max_times: int) -> np.ndarray:
 @torch.no_grad()
 def generate_latents(denoiser, dataset, scale: list[float], s: DecoderRefinement) -> torch.Tensor:
     """(N, G, C_z, h, w) latents the diffusion model generates for every example of
-    ``dataset`` (which carries "z_mean"); time i gets member seeds ``seed + i G, ..., seed + i G + G - 1``
-    (G = ``generated_members``): the same seeds at every time would repeat the same noise
-    patterns, and the decoder would see G textures instead of N G."""
+    ``dataset`` (which carries "z_mean"); time i gets member seeds
+    ``seed + i G, ..., seed + i G + G - 1`` (G = ``generated_members``): the same seeds at
+    every time would repeat the same noise patterns, and the decoder would see G textures
+    instead of N G."""
     device = next(denoiser.parameters()).device
     sc = torch.tensor(scale, dtype=torch.float32, device=device).reshape(-1, 1, 1)
     g = s.generated_members
@@ -145,7 +146,7 @@ def refinement_loss(model, batch: dict[str, torch.Tensor], s: DecoderRefinement)
     """The refinement objective (module docstring) for one batch."""
     device = next(model.parameters()).device
     x, valid, z, z_gen = (batch[k].to(device) for k in ("x", "valid", "z", "z_gen"))
-    # One generated member per sample, from torch's RNG so that it resumes with the Accelerate state.
+    # One generated member per sample, from torch's RNG: it resumes with the Accelerate state.
     pick = torch.randint(0, z_gen.shape[1], (z_gen.shape[0],), device=device)
     z_gen = z_gen[torch.arange(z_gen.shape[0], device=device), pick]
     if s.patch is not None:
@@ -219,7 +220,7 @@ def refine_decoder(
             f"found another run's; remove {out} to refine again"
         )
     model = copy.deepcopy(autoencoder)
-    model.train_decoder_only()  # the Trainer's optimizer only takes parameters that require gradients
+    model.train_decoder_only()  # the Trainer optimizes only parameters that require gradients
     data = RefinementData(model.normalize_input(x), ~torch.isnan(x), dataset.z, saved["z_gen"])
     settings = TrainingSettings(
         **{

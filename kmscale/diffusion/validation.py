@@ -129,7 +129,9 @@ def sample_physical_ensemble(
     progress: bool = False,
     center_residuals: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Members for every example of ``dataset``: (M, N, C, H, W) physical, and the truth (N, C, H, W)."""
+    """Members for every example of ``dataset``.
+
+    Returns the members (M, N, C, H, W), physical, and the truth (N, C, H, W)."""
     device = next(denoiser.parameters()).device
     s = torch.tensor(scale, dtype=torch.float32, device=device).reshape(-1, 1, 1)
     seeds = default_seeds(members, seed)

@@ -372,7 +372,9 @@ class RankHistogram(Metric):
     def counts(
         ranks: xr.DataArray, m: int, truth: xr.DataArray, *, reduce_dims=None, mask=None
     ) -> xr.DataArray:
-        """Counts of each rank 0..M of a :meth:`pointwise` field over ``reduce_dims`` (dim ``rank``)."""
+        """Counts of each rank 0..M of a :meth:`pointwise` field over ``reduce_dims``.
+
+        The result has the dim ``rank``."""
         if mask is not None:
             ranks = ranks.where(mask.astype(bool))
         dims = list(reduce_dims) if reduce_dims is not None else list(spatial_dims(truth))

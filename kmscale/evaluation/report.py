@@ -227,8 +227,10 @@ def _html(title, ranking, note, tables, sections, meta) -> str:
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{e(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}"
-        "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#eee}img{max-width:100%}figcaption{color:#444;margin-bottom:1.5em}</style></head><body>",
+        "table{border-collapse:collapse;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#eee}img{max-width:100%}figcaption{color:#444;margin-bottom:1.5em}"
+        "</style></head><body>",
         f"<h1>{e(title)}</h1>",
         "<p>Scores over all times. Fair CRPS is the headline (unbiased for the ensemble size); the "
         "standard CRPS of the empirical distribution is shown for comparison with tools that "

@@ -239,7 +239,8 @@ class ScoreAccumulator:
         in_range = ds["rank"].values[None, None, None, :] <= sizes  # rank 0..M of each forecast
         ds["rank_histogram"] = (
             base + ("rank",), np.where(in_range, self.ranks, np.nan),
-            {"long_name": "counts of the rank of the truth among the members (ties broken at random)",
+            {"long_name": "counts of the rank of the truth among the members "
+                          "(ties broken at random)",
              "units": "1"},
         )  # fmt: skip
         return ds

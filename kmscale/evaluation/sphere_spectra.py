@@ -38,7 +38,7 @@ def angular_power_spectrum(
 
 
 def high_degree_power(cl: np.ndarray, fraction: float = 0.25) -> np.ndarray:
-    """Mean ``C_l`` over the top ``fraction`` of degrees ``l = 1 .. lmax``: ``(..., L) -> (...)``."""
+    """Mean ``C_l`` over the top ``fraction`` of degrees ``l = 1 .. lmax``: (..., L) -> (...)."""
     lmax = cl.shape[-1] - 1
     start = lmax - max(1, int(round(fraction * lmax))) + 1
     return cl[..., start:].mean(-1)
