@@ -141,83 +141,28 @@ def encode_to_store(
         StoreError: a store from another model is in the way.
     """
     variables = list(autoencoder.variables)
-    ydim, xdim = _spatial_dims(targets, variables, "encode_to_store input")
-    shape = (targets.sizes[ydim], targets.sizes[xdim])
-    f = autoencoder.downsample_factor
-    lat_shape = tuple(s // f for s in padded_shape(shape, f))
-    n_time = targets.sizes["time"]
+    dims = _spatial_dims(targets, variables, "encode_to_store input")
+    shape = (targets.sizes[dims[0]], targets.sizes[dims[1]])
     steps = None
     if quantization_step is not None:
-        steps = np.broadcast_to(
-            np.asarray(quantization_step, dtype=np.float64), (autoencoder.latent_channels,)
-        ).tolist()
-    dtype = np.float16 if steps is None else np.int16
+        steps = _per_item(quantization_step, autoencoder.latent_channels)
     tails = None
     if tail_resolution is not None:
-        tails = np.broadcast_to(
-            np.asarray(tail_resolution, dtype=np.float64), (len(variables),)
-        ).tolist()
+        tails = _per_item(tail_resolution, len(variables))
         if not all(r > 0 for r in tails):
             raise SchemaError(f"encode_to_store: expected positive tail resolutions, found {tails}")
-    coords = {k: v for k, v in targets.coords.items() if set(v.dims) <= {"time", ydim, xdim}}
-    template = xr.Dataset(
-        {
-            LATENT_VAR: (
-                ("time", "latent_channel", "latent_y", "latent_x"),
-                da.zeros(
-                    (n_time, autoencoder.latent_channels) + lat_shape,
-                    dtype=dtype,
-                    chunks=(chunk, -1, -1, -1),
-                ),
-                {
-                    "long_name": "normalized autoencoder latent"
-                    + ("" if steps is None else " (quantized: value * quantization_step)")
-                },
-            ),
-            MASK_VAR: (
-                ("time", "variable", ydim, xdim),
-                da.zeros((n_time, len(variables)) + shape, dtype=bool, chunks=(chunk, -1, -1, -1)),
-                {"long_name": "true where the targets had values"},
-            ),
-        },
-        coords={**coords, "latent_channel": np.arange(autoencoder.latent_channels)},
-    )
+    coords = {k: v for k, v in targets.coords.items() if set(v.dims) <= {"time", *dims}}
+    n_time = targets.sizes["time"]
+    template = _latent_template(autoencoder, n_time, dims, shape, coords, chunk, steps is not None)
     if tails is not None:
-        template[TAIL_VAR] = (
-            ("time", "variable", "tail_prob"),
-            da.zeros(
-                (n_time, len(variables), len(TAIL_PROBS)), dtype=np.int8, chunks=(chunk, -1, -1)
-            ),
-            {
-                "long_name": "quantile of the targets minus quantile of the decoded field, "
-                "in steps of tail_resolution (per variable)"
-            },
-        )
-        template = template.assign_coords(tail_prob=np.asarray(TAIL_PROBS))
-    attrs = {
-        "autoencoder_fingerprint": autoencoder.fingerprint(),
-        "encoder_fingerprint": autoencoder.encoder_fingerprint(),
-        "autoencoder_class": type(autoencoder).registry_name,
-        "variables": json.dumps(variables),
-        "groups": json.dumps(group_layout(autoencoder)),
-        "latent_mean": json.dumps(autoencoder.config.latent_mean),
-        "latent_std": json.dumps(autoencoder.config.latent_std),
-        "downsample_factor": f,
-        "field_shape": json.dumps(list(shape)),
-        "spatial_dims": json.dumps([ydim, xdim]),
-        "quantization_step": json.dumps(steps),
-        "tail_resolution": json.dumps(tails),
-        "target_attrs": json.dumps({v: dict(targets[v].attrs) for v in variables}, default=str),
-        "source_attrs": json.dumps(dict(targets.attrs), default=str),
-        "Conventions": "CF-1.10",
-    }
+        template = _with_tail_offsets(template, chunk)
+    attrs = _latent_attrs(autoencoder, targets, dims, shape, steps, tails)
     encoding = {
         LATENT_VAR: {"compressors": zarr_compressors(zstd_level)},
         MASK_VAR: {"compressors": zarr_compressors(zstd_level)},
     }
     fingerprint = f"{attrs['autoencoder_fingerprint']}:{'f16' if steps is None else steps}"
     if tails is not None:
-        attrs["tail_anchors"] = json.dumps(list(ANCHORS))
         encoding[TAIL_VAR] = {"compressors": zarr_compressors(zstd_level)}
         fingerprint += (
             f":tails{tails}"  # a resumed run must not mix stores with and without offsets
@@ -234,61 +179,169 @@ def encode_to_store(
         overwrite=overwrite,
     )
     autoencoder.eval()
+    tiling = {"tile": tile, "overlap": overlap, "batch_size": batch_size}
 
     def compute(i: int, sl: slice) -> xr.Dataset:
         x = _read_fields(targets, variables, sl)
-        z = tiled_encode(autoencoder, x, tile=tile, overlap=overlap, batch_size=batch_size).numpy()
-        if steps is None and not np.abs(z).max() <= np.finfo(np.float16).max:
-            raise SchemaError(
-                f"{out}: expected latents within the float16 range (|z| <= 65504), found max "
-                f"|z| = {np.abs(z).max():.3g} at times {sl.start}..{sl.stop - 1}; store quantized "
-                f"latents instead (quantization_step / --quantize)"
-            )
-        data = (
-            z.astype(np.float16)
-            if steps is None
-            else quantize(z, steps, channel_axis=1, dtype=np.int16)
-        )
+        data = _encode_chunk(autoencoder, x, steps, tiling, where=f"{out}", sl=sl)
         part = xr.Dataset(
             {
                 LATENT_VAR: (("time", "latent_channel", "latent_y", "latent_x"), data),
-                MASK_VAR: (("time", "variable", ydim, xdim), np.isfinite(x)),
+                MASK_VAR: (("time", "variable", *dims), np.isfinite(x)),
             },
             coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},
         )
         if tails is not None:
-            # What decode_store will make of exactly these stored latents.
-            zs = (
-                data.astype(np.float32)
-                if steps is None
-                else dequantize(data, steps, channel_axis=1)
-            )
-            rec = tiled_decode(
-                autoencoder,
-                zs,
-                shape=shape,
-                tile=tile,
-                overlap=overlap,
-                mask=np.isfinite(x),
-                batch_size=batch_size,
-            ).numpy()
             part[TAIL_VAR] = (
                 ("time", "variable", "tail_prob"),
-                np.stack(
-                    [tail_offsets(x[:, c], rec[:, c], resolution=r) for c, r in enumerate(tails)],
-                    axis=1,
-                ),
+                _chunk_tail_offsets(autoencoder, x, data, steps, tails, shape, tiling),
             )
         return part
 
-    with tqdm(
-        total=len(writer.pending()),
-        desc=f"encode {Path(out).name}",
-        unit="chunk",
-        disable=not progress,
-    ) as bar:
-        run_chunks(writer, compute, scheduler=scheduler, on_done=lambda _: bar.update())
+    _run_with_bar(writer, compute, f"encode {Path(out).name}", progress, scheduler)
     return writer.finalize()
+
+
+def _per_item(value: float | Sequence[float], n: int) -> list[float]:
+    """One float per channel (or variable): ``value`` broadcast to length ``n``."""
+    return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)).tolist()
+
+
+def _latent_template(
+    autoencoder: Autoencoder,
+    n_time: int,
+    dims: tuple[str, str],
+    shape: tuple[int, int],
+    coords: dict,
+    chunk: int,
+    quantized: bool,
+) -> xr.Dataset:
+    """The lazy (all-zero) latents (float16, or int16 when ``quantized``) and validity mask."""
+    f = autoencoder.downsample_factor
+    lat_shape = tuple(s // f for s in padded_shape(shape, f))
+    return xr.Dataset(
+        {
+            LATENT_VAR: (
+                ("time", "latent_channel", "latent_y", "latent_x"),
+                da.zeros(
+                    (n_time, autoencoder.latent_channels) + lat_shape,
+                    dtype=np.int16 if quantized else np.float16,
+                    chunks=(chunk, -1, -1, -1),
+                ),
+                {
+                    "long_name": "normalized autoencoder latent"
+                    + (" (quantized: value * quantization_step)" if quantized else "")
+                },
+            ),
+            MASK_VAR: (
+                ("time", "variable", *dims),
+                da.zeros(
+                    (n_time, len(autoencoder.variables)) + shape,
+                    dtype=bool,
+                    chunks=(chunk, -1, -1, -1),
+                ),
+                {"long_name": "true where the targets had values"},
+            ),
+        },
+        coords={**coords, "latent_channel": np.arange(autoencoder.latent_channels)},
+    )
+
+
+def _with_tail_offsets(template: xr.Dataset, chunk: int) -> xr.Dataset:
+    """``template`` plus the lazy (all-zero) int8 tail offsets (time, variable, tail_prob)."""
+    n_time, n_var = template.sizes["time"], template.sizes["variable"]
+    template[TAIL_VAR] = (
+        ("time", "variable", "tail_prob"),
+        da.zeros((n_time, n_var, len(TAIL_PROBS)), dtype=np.int8, chunks=(chunk, -1, -1)),
+        {
+            "long_name": "quantile of the targets minus quantile of the decoded field, "
+            "in steps of tail_resolution (per variable)"
+        },
+    )
+    return template.assign_coords(tail_prob=np.asarray(TAIL_PROBS))
+
+
+def _latent_attrs(
+    autoencoder: Autoencoder,
+    targets: xr.Dataset,
+    dims: tuple[str, str],
+    shape: tuple[int, int],
+    steps: list[float] | None,
+    tails: list[float] | None,
+) -> dict:
+    """The latent store's attributes (module docstring): model, layout, CF attributes."""
+    variables = list(autoencoder.variables)
+    attrs = {
+        "autoencoder_fingerprint": autoencoder.fingerprint(),
+        "encoder_fingerprint": autoencoder.encoder_fingerprint(),
+        "autoencoder_class": type(autoencoder).registry_name,
+        "variables": json.dumps(variables),
+        "groups": json.dumps(group_layout(autoencoder)),
+        "latent_mean": json.dumps(autoencoder.config.latent_mean),
+        "latent_std": json.dumps(autoencoder.config.latent_std),
+        "downsample_factor": autoencoder.downsample_factor,
+        "field_shape": json.dumps(list(shape)),
+        "spatial_dims": json.dumps(list(dims)),
+        "quantization_step": json.dumps(steps),
+        "tail_resolution": json.dumps(tails),
+        "target_attrs": json.dumps({v: dict(targets[v].attrs) for v in variables}, default=str),
+        "source_attrs": json.dumps(dict(targets.attrs), default=str),
+        "Conventions": "CF-1.10",
+    }
+    if tails is not None:
+        attrs["tail_anchors"] = json.dumps(list(ANCHORS))
+    return attrs
+
+
+def _encode_chunk(
+    autoencoder: Autoencoder,
+    x: np.ndarray,
+    steps: list[float] | None,
+    tiling: dict,
+    *,
+    where: str,
+    sl: slice,
+) -> np.ndarray:
+    """Stored latents of fields ``x`` (T, C, H, W): float16, or int16 multiples of ``steps``.
+
+    Raises:
+        SchemaError: float16 latents would overflow.
+    """
+    z = tiled_encode(autoencoder, x, **tiling).numpy()
+    if steps is not None:
+        return quantize(z, steps, channel_axis=1, dtype=np.int16)
+    if not np.abs(z).max() <= np.finfo(np.float16).max:
+        raise SchemaError(
+            f"{where}: expected latents within the float16 range (|z| <= 65504), found max "
+            f"|z| = {np.abs(z).max():.3g} at times {sl.start}..{sl.stop - 1}; store quantized "
+            f"latents instead (quantization_step / --quantize)"
+        )
+    return z.astype(np.float16)
+
+
+def _chunk_tail_offsets(
+    autoencoder: Autoencoder,
+    x: np.ndarray,
+    data: np.ndarray,
+    steps: list[float] | None,
+    tails: list[float],
+    shape: tuple[int, int],
+    tiling: dict,
+) -> np.ndarray:
+    """(T, C, tail_prob) int8 offsets from what decode_store makes of the stored ``data``."""
+    z = data.astype(np.float32) if steps is None else dequantize(data, steps, channel_axis=1)
+    rec = tiled_decode(autoencoder, z, shape=shape, mask=np.isfinite(x), **tiling).numpy()
+    return np.stack(
+        [tail_offsets(x[:, c], rec[:, c], resolution=r) for c, r in enumerate(tails)], axis=1
+    )
+
+
+def _run_with_bar(
+    writer: StoreWriter, compute, desc: str, progress: bool, scheduler: str | None
+) -> None:
+    """Write every pending chunk of ``writer`` with ``compute``, under a progress bar."""
+    with tqdm(total=len(writer.pending()), desc=desc, unit="chunk", disable=not progress) as bar:
+        run_chunks(writer, compute, scheduler=scheduler, on_done=lambda _: bar.update())
 
 
 def _attr_json(ds: xr.Dataset, key: str, path: Path):
@@ -501,24 +554,9 @@ def decode_store(
         )
     variables = decoded_variables(autoencoder, variables)
     ydim, xdim = _attr_json(ds, "spatial_dims", latents)
-    shape = tuple(_attr_json(ds, "field_shape", latents))
-    target_attrs = _attr_json(ds, "target_attrs", latents)
     chunk = chunk or int(ds[LATENT_VAR].encoding.get("chunks", (8,))[0])
-    n_time = ds.sizes["time"]
-    coords = {
-        k: v
-        for k, v in ds.coords.items()
-        if set(v.dims) <= {"time", ydim, xdim} and k not in ("variable",)
-    }
-    data_vars = {
-        v: (
-            ("time", ydim, xdim),
-            da.zeros((n_time,) + shape, dtype=np.float32, chunks=(chunk, -1, -1)),
-            target_attrs.get(v, {}),
-        )
-        for v in variables
-    }
-    template = xr.Dataset(data_vars, coords=coords)
+    template = _decoded_template(ds, latents, variables, chunk)
+    coords = template.coords
     attrs = dict(_attr_json(ds, "source_attrs", latents))
     attrs.update(
         {
@@ -555,11 +593,28 @@ def decode_store(
             coords={k: v.isel(time=sl) for k, v in coords.items() if "time" in v.dims},
         )
 
-    with tqdm(
-        total=len(writer.pending()),
-        desc=f"decode {Path(out).name}",
-        unit="chunk",
-        disable=not progress,
-    ) as bar:
-        run_chunks(writer, compute, scheduler=scheduler, on_done=lambda _: bar.update())
+    _run_with_bar(writer, compute, f"decode {Path(out).name}", progress, scheduler)
     return writer.finalize()
+
+
+def _decoded_template(
+    ds: xr.Dataset, latents: Path, variables: list[str], chunk: int
+) -> xr.Dataset:
+    """The lazy (all-zero) targets store that decoding the latent store ``ds`` fills."""
+    ydim, xdim = _attr_json(ds, "spatial_dims", latents)
+    shape = tuple(_attr_json(ds, "field_shape", latents))
+    target_attrs = _attr_json(ds, "target_attrs", latents)
+    coords = {
+        k: v
+        for k, v in ds.coords.items()
+        if set(v.dims) <= {"time", ydim, xdim} and k not in ("variable",)
+    }
+    data_vars = {
+        v: (
+            ("time", ydim, xdim),
+            da.zeros((ds.sizes["time"],) + shape, dtype=np.float32, chunks=(chunk, -1, -1)),
+            target_attrs.get(v, {}),
+        )
+        for v in variables
+    }
+    return xr.Dataset(data_vars, coords=coords)

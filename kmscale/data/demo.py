@@ -422,6 +422,59 @@ def demo_predictors(
         Dataset (time, lat, lon) float32 with coordinate ``lead_time`` (hours) along time.
     """
     index, hours = _hours(times)
+    leads = _lead_hours(lead_time_hours, hours)
+    if chunk % BLOCK:
+        raise ConfigError(
+            f"demo_predictors chunk: expected a multiple of {BLOCK} px, found {chunk}"
+        )
+    coarse, crow, ccol = _coarse_truth(region, seed, hours, halo_cells, chunk)
+    lat, lon = coarse.lat.values, coarse.lon.values
+
+    # smooth forecast errors on the coarse cells (cheap: computed eagerly)
+    factor = lead_error_factor(leads)
+
+    def error(name: str) -> xr.DataArray:
+        fields = [
+            factor[i]
+            * _ERROR_SCALE[name]
+            * _error_field(seed, name, hours[i] - leads[i], crow, ccol, hours[i])
+            for i in range(len(hours))
+        ]
+        return xr.DataArray(np.stack(fields).astype(np.float32), dims=("time", "lat", "lon"))
+
+    out = xr.Dataset(coords={"time": index.rename("time"), "lat": lat, "lon": lon})
+    out["t2m"] = coarse.t2m + error("t2m")
+    out["u10"] = coarse.u10 + error("u10")
+    out["v10"] = coarse.v10 + error("v10")
+    # rain: multiplicative (log-normal) error with mean 1, never negative
+    ln_err = error("tp")
+    sigma = xr.DataArray(factor * _ERROR_SCALE["tp"], dims="time")
+    out["tp"] = coarse.tp * np.exp(ln_err - 0.5 * sigma**2)
+    msl_true = _geostrophic_msl(seed, crow, ccol, hours, lat)
+    out["msl"] = xr.DataArray(msl_true, dims=("time", "lat", "lon")) + error("msl")
+    _add_pressure_levels(out, coarse, hours)
+    for name in PREDICTOR_VARIABLES:
+        out[name] = out[name].astype(np.float32).transpose("time", "lat", "lon")
+        out[name].attrs = lookup(name).cf_attrs()
+    out = out.assign_coords(
+        lead_time=("time", leads, {"units": "hours", "long_name": "forecast lead time"})
+    )
+    out.lat.attrs = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"}
+    out.lon.attrs = {
+        "units": "degrees_east",
+        "standard_name": "longitude",
+        "long_name": "longitude",
+    }
+    out.attrs = _global_attrs(region, "coarse forecast predictors (0.25 deg)", seed)
+    out.attrs["predictor_grid"] = (
+        f"0.25 deg cells = {BLOCK} x {BLOCK} px block means of the demo grid"
+    )
+    out.attrs["lead_time_error"] = "error = (0.15 + 0.85 L / (L + 72 h)) x saturated scale"
+    return out
+
+
+def _lead_hours(lead_time_hours: int | Sequence[int], hours: np.ndarray) -> np.ndarray:
+    """One lead time (hours, int64) per valid time; a single value applies to all."""
     leads = np.asarray(lead_time_hours, dtype=np.int64)
     if leads.ndim == 0:
         leads = np.full(hours.shape, int(leads))
@@ -430,10 +483,17 @@ def demo_predictors(
             f"lead_time_hours: expected one value >= 0 or one per time ({len(hours)}), found "
             f"{lead_time_hours!r}"
         )
-    if chunk % BLOCK:
-        raise ConfigError(
-            f"demo_predictors chunk: expected a multiple of {BLOCK} px, found {chunk}"
-        )
+    return leads
+
+
+def _coarse_truth(
+    region: DemoRegion, seed: int, hours: np.ndarray, halo_cells: int, chunk: int
+) -> tuple[xr.Dataset, np.ndarray, np.ndarray]:
+    """Block means (25 x 25 px) of the truth and static fields over the predictor cells.
+
+    Returns the (time, lat, lon) dataset (targets, ``orography``, ``land`` fraction) and
+    the fine-grid row and column of each cell's centre (px).
+    """
     r0, ny, c0, nx = predictor_region(region, halo_cells)
     # the truth on the block-aligned window (may reach past the full grid: built directly)
     if ny <= chunk and nx <= chunk:
@@ -463,24 +523,19 @@ def demo_predictors(
         .rename(y="lat", x="lon")
         .assign_coords(lat=lat, lon=lon)
     )
-
-    # smooth forecast errors on the coarse cells (cheap: computed eagerly)
     crow = r0 + BLOCK * np.arange(nby) + (BLOCK - 1) / 2.0
     ccol = c0 + BLOCK * np.arange(nbx) + (BLOCK - 1) / 2.0
-    factor = lead_error_factor(leads)
+    return coarse, crow, ccol
 
-    def error(name: str) -> xr.DataArray:
-        fields = [
-            factor[i]
-            * _ERROR_SCALE[name]
-            * _error_field(seed, name, hours[i] - leads[i], crow, ccol, hours[i])
-            for i in range(len(hours))
-        ]
-        return xr.DataArray(np.stack(fields).astype(np.float32), dims=("time", "lat", "lon"))
 
-    lat2 = xr.DataArray(lat, dims="lat")
-    # msl: geostrophic pressure of the large-scale streamfunction,
-    # psi [m2 s-1] = 3.5 m s-1 * dx * psi_px
+def _geostrophic_msl(
+    seed: int, crow: np.ndarray, ccol: np.ndarray, hours: np.ndarray, lat: np.ndarray
+) -> np.ndarray:
+    """True mean-sea-level pressure (time, lat, lon) float32 (Pa) on the coarse cells.
+
+    Geostrophic pressure rho f psi of the large-scale streamfunction,
+    psi [m2 s-1] = 3.5 m s-1 * dx * psi_px, plus a seasonal subtropical low.
+    """
     psi = fbm(
         seed,
         S_PSI,
@@ -495,25 +550,20 @@ def demo_predictors(
         streamfunction=True,
     )["value"]
     f_cor = 2 * 7.292e-5 * np.sin(np.deg2rad(lat))[None, :, None]
-    msl_true = (
+    msl = (
         101000.0
         - 600.0 * season_phase(hours)[:, None, None] * sigmoid((lat[None, :, None] - 35.0) / 5.0)
         + 1.2 * f_cor * 3.5 * RES * M_PER_DEG * psi
     )
-    out = xr.Dataset(coords={"time": index.rename("time"), "lat": lat, "lon": lon})
-    out["t2m"] = coarse.t2m + error("t2m")
-    out["u10"] = coarse.u10 + error("u10")
-    out["v10"] = coarse.v10 + error("v10")
-    # rain: multiplicative (log-normal) error with mean 1, never negative
-    ln_err = error("tp")
-    sigma = xr.DataArray(factor * _ERROR_SCALE["tp"], dims="time")
-    out["tp"] = coarse.tp * np.exp(ln_err - 0.5 * sigma**2)
-    out["msl"] = xr.DataArray(msl_true.astype(np.float32), dims=("time", "lat", "lon")) + error(
-        "msl"
-    )
+    return msl.astype(np.float32)
+
+
+def _add_pressure_levels(out: xr.Dataset, coarse: xr.Dataset, hours: np.ndarray) -> None:
+    """Add t850, u850, v850, z500 and q850 derived from the surface forecast in ``out``."""
+    lat2 = xr.DataArray(out.lat.values, dims="lat")
     lf, h = coarse.land, coarse.orography
     season = xr.DataArray(season_phase(hours), dims="time")
-    lst = xr.DataArray(local_hour(hours, lon)[:, 0, :], dims=("time", "lon"))
+    lst = xr.DataArray(local_hour(hours, out.lon.values)[:, 0, :], dims=("time", "lon"))
     diurnal = 0.3 * diurnal_amplitude(lf, 0.5, h) * np.cos(2 * np.pi * (lst - 15.0) / 24.0)
     out["t850"] = out.t2m + 6.5e-3 * h - 9.75 - diurnal  # 850 hPa ~ 1500 m
     drag = 1.0 - 0.35 * lf
@@ -526,21 +576,3 @@ def demo_predictors(
     out["z500"] = _G * (z1000 + 20.3 * (out.t850 - 10.0))
     rh = (0.45 + 0.5 * np.tanh(out.tp / 0.5)).clip(max=0.97)
     out["q850"] = _saturation_q(out.t850, rh, 85000.0)
-    for name in PREDICTOR_VARIABLES:
-        out[name] = out[name].astype(np.float32).transpose("time", "lat", "lon")
-        out[name].attrs = lookup(name).cf_attrs()
-    out = out.assign_coords(
-        lead_time=("time", leads, {"units": "hours", "long_name": "forecast lead time"})
-    )
-    out.lat.attrs = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"}
-    out.lon.attrs = {
-        "units": "degrees_east",
-        "standard_name": "longitude",
-        "long_name": "longitude",
-    }
-    out.attrs = _global_attrs(region, "coarse forecast predictors (0.25 deg)", seed)
-    out.attrs["predictor_grid"] = (
-        f"0.25 deg cells = {BLOCK} x {BLOCK} px block means of the demo grid"
-    )
-    out.attrs["lead_time_error"] = "error = (0.15 + 0.85 L / (L + 72 h)) x saturated scale"
-    return out
