@@ -307,6 +307,34 @@ def canonicalize(
     if member and member != "member":
         ds = ds.rename({member: "member"})
 
+    out = _canonical_variables(ds, where, rename, units, accumulation_period, check_range)
+    if variables is not None:
+        out = _select(out, variables, ds, where)
+    result = xr.Dataset(
+        out, attrs={k: v for k, v in ds.attrs.items() if not str(k).startswith("GRIB_")}
+    )
+    result.attrs[SOURCE_ATTR] = where
+    keep = {"time", "lead_time", "member", "lat", "lon", "y", "x", "crs", "mask"}
+    result = result.drop_vars([c for c in result.coords if c not in keep])
+    spatial = ("lat", "lon") if "lat" in result.dims else ("y", "x")
+    order = [d for d in ("time", "member", *spatial) if d in result.dims]
+    return result.transpose(*order, ...)
+
+
+def _canonical_variables(
+    ds: xr.Dataset,
+    where: str,
+    rename: dict[str, str],
+    units: dict[str, str],
+    accumulation_period: str | None,
+    check_range: bool,
+) -> dict[str, xr.DataArray]:
+    """Every variable of ``ds`` kmscale knows, by canonical name, in canonical units
+    (pressure-level variables split per level); range-guarded with ``check_range``.
+
+    Raises:
+        SchemaError: two file variables map to one canonical name.
+    """
     out: dict[str, xr.DataArray] = {}
     for name, da in ds.data_vars.items():
         if da.ndim == 0 or (set(da.dims) <= {"bnds", "nv", "time"}):
@@ -338,27 +366,27 @@ def canonicalize(
                 out[canon] = ranges.guard(
                     out[canon], canon, where=f"{where} (file variable {name!r})"
                 )
+    return out
 
-    if variables is not None:
-        missing = [v for v in variables if v not in out]
-        if missing:
-            found = sorted(out) or "no known variables"
-            raw = sorted(map(str, ds.data_vars))
-            raise SchemaError(
-                f"{where}: expected variables {list(variables)}, missing {missing}; found {found} "
-                f"(file variables {raw}; pass rename={{'FILE_NAME': '{missing[0]}'}} if it is "
-                "there under another name)"
-            )
-        out = {v: out[v] for v in variables}
-    result = xr.Dataset(
-        out, attrs={k: v for k, v in ds.attrs.items() if not str(k).startswith("GRIB_")}
-    )
-    result.attrs[SOURCE_ATTR] = where
-    keep = {"time", "lead_time", "member", "lat", "lon", "y", "x", "crs", "mask"}
-    result = result.drop_vars([c for c in result.coords if c not in keep])
-    spatial = ("lat", "lon") if "lat" in result.dims else ("y", "x")
-    order = [d for d in ("time", "member", *spatial) if d in result.dims]
-    return result.transpose(*order, ...)
+
+def _select(
+    out: dict[str, xr.DataArray], variables: Sequence[str], ds: xr.Dataset, where: str
+) -> dict[str, xr.DataArray]:
+    """``variables`` of ``out``, in that order.
+
+    Raises:
+        SchemaError: a requested variable is missing (naming the file's variables).
+    """
+    missing = [v for v in variables if v not in out]
+    if missing:
+        found = sorted(out) or "no known variables"
+        raw = sorted(map(str, ds.data_vars))
+        raise SchemaError(
+            f"{where}: expected variables {list(variables)}, missing {missing}; found {found} "
+            f"(file variables {raw}; pass rename={{'FILE_NAME': '{missing[0]}'}} if it is "
+            "there under another name)"
+        )
+    return {v: out[v] for v in variables}
 
 
 def _to_canonical_units(

@@ -21,6 +21,7 @@ A target not covered by the source is a :class:`~kmscale.errors.GridError`.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,8 @@ from kmscale.errors import GridError
 
 METHODS = ("nearest", "bilinear", "bicubic", "area")
 _ORDER = {"nearest": 0, "bilinear": 1, "bicubic": 3}
+Regridder = Callable[[np.ndarray], np.ndarray]
+"""``(..., sy, sx)`` array on the source grid -> ``(..., ty, tx)`` float32 on the target."""
 
 
 # ---- spherical helpers ------------------------------------------------------------------
@@ -491,49 +494,75 @@ def regrid(
     Raises:
         GridError: the source does not cover the target, or unknown method.
     """
-    from scipy import ndimage
-
     if method not in METHODS:
         raise GridError(f"regrid: expected method in {METHODS}, found {method!r}")
     where = where or ds.attrs.get("kmscale_source", "<dataset>")
     source = grid_of(ds)
+    if method == "area":
+        apply = _area_regridder(source, target, where)
+    else:
+        apply = _point_regridder(source, target, method, where)
+    return _regrid_variables(ds, apply, source, target)
+
+
+def _area_regridder(source: Grid, target: Grid, where: str) -> Regridder:
+    """Conservative area means; NaN where less than half a target cell's weight is valid."""
+    matrix = _area_matrix(source, target, where)
+    ty, tx = target.shape
+
+    def apply(a: np.ndarray) -> np.ndarray:
+        flat = a.reshape(-1, a.shape[-2] * a.shape[-1]).astype("float64")
+        valid = np.isfinite(flat)
+        num = (matrix @ np.where(valid, flat, 0.0).T).T
+        den = (matrix @ valid.T.astype("float64")).T
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(den >= 0.5, num / den, np.nan)
+        return out.reshape(*a.shape[:-2], ty, tx).astype("float32")
+
+    return apply
+
+
+def _point_regridder(source: Grid, target: Grid, method: str, where: str) -> Regridder:
+    """Spline interpolation of order ``_ORDER[method]`` at the target cell centres; a point
+    whose stencil touches a NaN is NaN.
+
+    Raises:
+        GridError: a target point outside the source grid.
+    """
+    from scipy import ndimage
+
+    tlat, tlon = target.latlon()
+    iy, ix = source.locate(tlat, tlon)
+    bad = ~(np.isfinite(iy) & np.isfinite(ix))
+    if bad.any():
+        raise _coverage_error(source, target, bad, where)
+    sy, sx = source.shape
+    ty, tx = target.shape
+    coords = np.stack([np.clip(iy, 0, sy - 1), np.clip(ix, 0, sx - 1)])
+    order = _ORDER[method]
+
+    def apply(a: np.ndarray) -> np.ndarray:
+        flat = a.reshape(-1, a.shape[-2], a.shape[-1])
+        out = np.empty((flat.shape[0], ty, tx), dtype="float32")
+        for k, field2d in enumerate(flat):
+            nan = ~np.isfinite(field2d)
+            filled = np.where(nan, 0.0, field2d).astype("float64")
+            out[k] = ndimage.map_coordinates(filled, coords, order=order, mode="nearest")
+            if nan.any():
+                touched = ndimage.map_coordinates(
+                    nan.astype("float64"), coords, order=min(order, 1), mode="nearest"
+                )
+                out[k][touched > 1e-6] = np.nan
+        return out.reshape(*a.shape[:-2], ty, tx)
+
+    return apply
+
+
+def _regrid_variables(ds: xr.Dataset, apply: Regridder, source: Grid, target: Grid) -> xr.Dataset:
+    """``apply`` to every variable of ``ds`` on the source grid (others kept as they are),
+    lazily for dask-backed variables; the target's coordinates and grid mapping set."""
     sdims, tdims = source.dims, target.dims
     ty, tx = target.shape
-    if method == "area":
-        matrix = _area_matrix(source, target, where)
-
-        def apply(a: np.ndarray) -> np.ndarray:
-            flat = a.reshape(-1, a.shape[-2] * a.shape[-1]).astype("float64")
-            valid = np.isfinite(flat)
-            num = (matrix @ np.where(valid, flat, 0.0).T).T
-            den = (matrix @ valid.T.astype("float64")).T
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out = np.where(den >= 0.5, num / den, np.nan)
-            return out.reshape(*a.shape[:-2], ty, tx).astype("float32")
-    else:
-        tlat, tlon = target.latlon()
-        iy, ix = source.locate(tlat, tlon)
-        bad = ~(np.isfinite(iy) & np.isfinite(ix))
-        if bad.any():
-            raise _coverage_error(source, target, bad, where)
-        sy, sx = source.shape
-        coords = np.stack([np.clip(iy, 0, sy - 1), np.clip(ix, 0, sx - 1)])
-        order = _ORDER[method]
-
-        def apply(a: np.ndarray) -> np.ndarray:
-            flat = a.reshape(-1, a.shape[-2], a.shape[-1])
-            out = np.empty((flat.shape[0], ty, tx), dtype="float32")
-            for k, field2d in enumerate(flat):
-                nan = ~np.isfinite(field2d)
-                filled = np.where(nan, 0.0, field2d).astype("float64")
-                out[k] = ndimage.map_coordinates(filled, coords, order=order, mode="nearest")
-                if nan.any():
-                    touched = ndimage.map_coordinates(
-                        nan.astype("float64"), coords, order=min(order, 1), mode="nearest"
-                    )
-                    out[k][touched > 1e-6] = np.nan
-            return out.reshape(*a.shape[:-2], ty, tx)
-
     tmp = {d: f"_src_{d}" for d in sdims}
     out_vars = {}
     for name, da in ds.data_vars.items():

@@ -278,7 +278,30 @@ def open_hrcldas(
         GridError: files on different grids.
     """
     where = str(path_or_paths)
-    files = find_files(path_or_paths)
+    files = _known_files(find_files(path_or_paths), variables, where)
+    chosen, notes = latest_production(files)
+    if notes:
+        log.info("HRCLDAS: %d file(s) with several production times, the latest used: %s%s",
+                 len(notes), "; ".join(notes[:3]), "; ..." if len(notes) > 3 else "")  # fmt: skip
+    hours = check_hours(chosen, where)
+    ds = _stack_hours(chosen, hours, {} if chunks is None else chunks, units or {}, where)
+    ds.attrs = {
+        SOURCE_ATTR: where,
+        "source": "CMA HRCLDAS (files per variable and hour)",
+        "hrcldas_area": files[0].area,
+        "hrcldas_superseded": "; ".join(notes),
+    }
+    return ds
+
+
+def _known_files(
+    files: list[HrcldasFile], variables: Sequence[str] | None, where: str
+) -> list[HrcldasFile]:
+    """The files of known VARs (of ``variables`` when given); unknown VARs are logged.
+
+    Raises:
+        SchemaError: a requested variable without files, or no known files at all.
+    """
     skipped = sorted({f.var for f in files if f.var not in HRCLDAS_VARIABLES})
     if skipped:
         log.info("HRCLDAS: skipping %s (no canonical kmscale variable)", ", ".join(skipped))
@@ -300,19 +323,27 @@ def open_hrcldas(
         raise SchemaError(
             f"{where}: expected HRCLDAS files of {sorted(HRCLDAS_VARIABLES)}, found VARs {skipped}"
         )
-    chosen, notes = latest_production(files)
-    if notes:
-        log.info("HRCLDAS: %d file(s) with several production times, the latest used: %s%s",
-                 len(notes), "; ".join(notes[:3]), "; ..." if len(notes) > 3 else "")  # fmt: skip
-    hours = check_hours(chosen, where)
-    chunks = {} if chunks is None else chunks
+    return files
+
+
+def _stack_hours(
+    chosen: dict[tuple[str, np.datetime64], HrcldasFile],
+    hours: np.ndarray,
+    chunks: dict,
+    units: dict[str, str],
+    where: str,
+) -> xr.Dataset:
+    """One lazy (time, lat, lon) variable per VAR of ``chosen`` ((var, hour) -> file).
+
+    Raises:
+        GridError: files of one variable, or variables, on different grids.
+    """
     out = {}
     found = {v for v, _ in chosen}
-    for var in [
-        v for v in HRCLDAS_VARIABLES if v in found
-    ]:  # catalogue order: t2m, u10, v10, tp, sp
+    # catalogue order: t2m, u10, v10, tp, sp
+    for var in [v for v in HRCLDAS_VARIABLES if v in found]:
         canon = HRCLDAS_VARIABLES[var].canonical
-        fields = [_open_one(chosen[(var, h)], chunks, (units or {}).get(canon)) for h in hours]
+        fields = [_open_one(chosen[(var, h)], chunks, units.get(canon)) for h in hours]
         try:
             da = xr.concat(fields, dim="time", join="exact", coords="minimal", compat="override")
         except ValueError as err:
@@ -321,18 +352,11 @@ def open_hrcldas(
             ) from err
         out[canon] = da
     try:
-        ds = xr.Dataset(out)
+        return xr.Dataset(out)
     except ValueError as err:
         raise GridError(
             f"{where}: expected every variable on one grid, found different grids ({err})"
         ) from err
-    ds.attrs = {
-        SOURCE_ATTR: where,
-        "source": "CMA HRCLDAS (files per variable and hour)",
-        "hrcldas_area": files[0].area,
-        "hrcldas_superseded": "; ".join(notes),
-    }
-    return ds
 
 
 # ---- writing ---------------------------------------------------------------------------

@@ -211,8 +211,6 @@ def schema_problems(
             dataset's ``mask`` coordinate when it has one.
         check_range: check values against the catalogue's plausible ranges (reads data).
     """
-    import dask
-
     where = ds.attrs.get(SOURCE_ATTR, "<dataset>")
     problems: list[KmscaleError] = []
     names = list(variables) if variables is not None else list(ds.data_vars)
@@ -225,6 +223,25 @@ def schema_problems(
             )
         )
     spatial = ("lat", "lon") if "lat" in ds.dims else ("y", "x")
+    problems += _coordinate_problems(ds, spatial, where)
+    if mask is None and "mask" in ds.coords:
+        mask = ds.coords["mask"]
+    for name in names:
+        if name not in ds.data_vars:
+            continue
+        problem = _variable_problem(
+            ds[name], name, spatial, where, allow_nan=allow_nan, mask=mask, check_range=check_range
+        )
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def _coordinate_problems(
+    ds: xr.Dataset, spatial: tuple[str, str], where: str
+) -> list[CoordinateError]:
+    """Spatial axes not ascending and regular; times not valid for a forecast's lead times."""
+    problems = []
     for ax in (*spatial, "time"):
         if ax == "time" and "lead_time" in ds.coords:
             try:
@@ -238,63 +255,63 @@ def schema_problems(
                 assert not flip
             except CoordinateError as err:
                 problems.append(err)
-    if mask is None and "mask" in ds.coords:
-        mask = ds.coords["mask"]
-    for name in names:
-        if name not in ds.data_vars:
-            continue
-        da = ds[name]
-        try:
-            var = cat.lookup(name)
-        except SchemaError as err:
-            problems.append(err)
-            continue
-        extra = [d for d in da.dims if d not in ("time", "member", *spatial)]
-        if extra or not set(spatial) <= set(da.dims):
-            problems.append(
-                SchemaError(
-                    f"{where}: variable {name!r}: expected dims (time, [member], "
-                    f"{', '.join(spatial)}), found {da.dims}"
-                )
-            )
-            continue
-        found_units = da.attrs.get("units")
-        if cat.normalize_units(found_units) != cat.normalize_units(var.units):
-            problems.append(
-                UnitsError(
-                    f"{where}: variable {name!r}: expected units {var.units}, found {found_units!r}"
-                )
-            )
-            continue
-        if not check_range and allow_nan:
-            continue
-        isnan = da.isnull()
-        if mask is not None:
-            m = (
-                mask
-                if isinstance(mask, xr.DataArray)
-                else xr.DataArray(np.asarray(mask, bool), dims=spatial)
-            )
-            bad_nan = (isnan & m.astype(bool)).sum()
-        else:
-            bad_nan = isnan.sum()
-        try:  # (a numpy-backed ``da`` is range-checked by guard() itself, dask ones on compute)
-            checked = ranges.guard(da, name, where=where) if check_range else da
-            _, nbad = dask.compute(checked.min(), bad_nan)
-        except RangeError as err:
-            problems.append(err)
-            continue
-        nbad = int(nbad)
-        if nbad and not allow_nan:
-            place = "inside the mask" if mask is not None else "and no mask allows them"
-            problems.append(
-                MissingValueError(
-                    f"{where}: variable {name!r}: expected finite "
-                    f"values{' inside the mask' if mask is not None else ''}, found {nbad} NaNs "
-                    f"{place}"
-                )
-            )
     return problems
+
+
+def _variable_problem(
+    da: xr.DataArray,
+    name: str,
+    spatial: tuple[str, str],
+    where: str,
+    *,
+    allow_nan: bool,
+    mask: xr.DataArray | np.ndarray | None,
+    check_range: bool,
+) -> KmscaleError | None:
+    """The first reason variable ``name`` is unusable (see :func:`schema_problems`), or None:
+    unknown name, dims, units, implausible values, NaNs where none are allowed."""
+    import dask
+
+    try:
+        var = cat.lookup(name)
+    except SchemaError as err:
+        return err
+    extra = [d for d in da.dims if d not in ("time", "member", *spatial)]
+    if extra or not set(spatial) <= set(da.dims):
+        return SchemaError(
+            f"{where}: variable {name!r}: expected dims (time, [member], "
+            f"{', '.join(spatial)}), found {da.dims}"
+        )
+    found_units = da.attrs.get("units")
+    if cat.normalize_units(found_units) != cat.normalize_units(var.units):
+        return UnitsError(
+            f"{where}: variable {name!r}: expected units {var.units}, found {found_units!r}"
+        )
+    if not check_range and allow_nan:
+        return None
+    isnan = da.isnull()
+    if mask is not None:
+        m = (
+            mask
+            if isinstance(mask, xr.DataArray)
+            else xr.DataArray(np.asarray(mask, bool), dims=spatial)
+        )
+        bad_nan = (isnan & m.astype(bool)).sum()
+    else:
+        bad_nan = isnan.sum()
+    try:  # (a numpy-backed ``da`` is range-checked by guard() itself, dask ones on compute)
+        checked = ranges.guard(da, name, where=where) if check_range else da
+        _, nbad = dask.compute(checked.min(), bad_nan)
+    except RangeError as err:
+        return err
+    nbad = int(nbad)
+    if nbad and not allow_nan:
+        place = "inside the mask" if mask is not None else "and no mask allows them"
+        return MissingValueError(
+            f"{where}: variable {name!r}: expected finite values"
+            f"{' inside the mask' if mask is not None else ''}, found {nbad} NaNs {place}"
+        )
+    return None
 
 
 def validate(
