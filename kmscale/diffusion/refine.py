@@ -201,46 +201,17 @@ def refine_decoder(
     s.check(autoencoder)
     out = Path(out_dir)
     t0 = time.perf_counter()
-    cache = out / "generated.pt"
-    key = {
-        k: getattr(s, k)
-        for k in ("generated_members", "steps", "solver", "max_times", "seed", "regression_mean")
-    }
     state = PartialState()
-    if state.is_main_process and not cache.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        z_gen = generate_latents(denoiser, dataset, scale, s)
-        torch.save({"z_gen": z_gen, "settings": key}, cache.with_suffix(".tmp"))
-        cache.with_suffix(".tmp").rename(cache)  # atomic: a resumed run never reads half a file
-    state.wait_for_everyone()
-    saved = torch.load(cache, weights_only=True)
-    if saved["settings"] != key or saved["z_gen"].shape[0] != len(dataset):
-        raise ConfigError(
-            f"{cache}: expected generated latents for these settings and {len(dataset)} times, "
-            f"found another run's; remove {out} to refine again"
-        )
+    z_gen = cached_latents(denoiser, dataset, scale, s, out, state)
     model = copy.deepcopy(autoencoder)
     model.train_decoder_only()  # the Trainer optimizes only parameters that require gradients
-    data = RefinementData(model.normalize_input(x), ~torch.isnan(x), dataset.z, saved["z_gen"])
-    settings = TrainingSettings(
-        **{
-            **to_dict(train),
-            "total_samples": s.total_samples,
-            "lr": s.lr,
-            "global_batch_size": s.batch_size or train.global_batch_size,
-            "ema_decay": train.ema_decay if s.ema_decay is None else s.ema_decay,
-            "max_grad_norm": train.max_grad_norm if s.max_grad_norm is None else s.max_grad_norm,
-            "warmup_samples": 0,
-            "lr_decay": "constant",
-            "validate_every_samples": 0,
-        }
-    )
+    data = RefinementData(model.normalize_input(x), ~torch.isnan(x), dataset.z, z_gen)
     trainer = Trainer(
         model,
         lambda m, b: refinement_loss(m, b, s),
         data,
         out,
-        settings,
+        refinement_training(s, train),
         validate_fn=validate_fn,
         run_config=run_config,
     )
@@ -262,3 +233,51 @@ def refine_decoder(
     }
     log.info("decoder refinement: %d samples in %.0f s", result.samples_seen, record["seconds"])
     return refined, record
+
+
+def cached_latents(
+    denoiser, dataset, scale: list[float], s: DecoderRefinement, out: Path, state: PartialState
+) -> torch.Tensor:
+    """The generated latents (N, G, C_z, h, w) of :func:`generate_latents`, cached in
+    ``out/generated.pt``: the main process generates them once (atomic write), every
+    process reads them.
+
+    Raises:
+        ConfigError: the cache holds another run's latents (other settings or times).
+    """
+    cache = out / "generated.pt"
+    key = {
+        k: getattr(s, k)
+        for k in ("generated_members", "steps", "solver", "max_times", "seed", "regression_mean")
+    }
+    if state.is_main_process and not cache.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        z_gen = generate_latents(denoiser, dataset, scale, s)
+        torch.save({"z_gen": z_gen, "settings": key}, cache.with_suffix(".tmp"))
+        cache.with_suffix(".tmp").rename(cache)  # atomic: a resumed run never reads half a file
+    state.wait_for_everyone()
+    saved = torch.load(cache, weights_only=True)
+    if saved["settings"] != key or saved["z_gen"].shape[0] != len(dataset):
+        raise ConfigError(
+            f"{cache}: expected generated latents for these settings and {len(dataset)} times, "
+            f"found another run's; remove {out} to refine again"
+        )
+    return saved["z_gen"]
+
+
+def refinement_training(s: DecoderRefinement, train: TrainingSettings) -> TrainingSettings:
+    """The Trainer settings of the refinement: ``train`` with the refinement's samples,
+    learning rate (constant, no warm-up), batch size, EMA and clipping where ``s`` sets them."""
+    return TrainingSettings(
+        **{
+            **to_dict(train),
+            "total_samples": s.total_samples,
+            "lr": s.lr,
+            "global_batch_size": s.batch_size or train.global_batch_size,
+            "ema_decay": train.ema_decay if s.ema_decay is None else s.ema_decay,
+            "max_grad_norm": train.max_grad_norm if s.max_grad_norm is None else s.max_grad_norm,
+            "warmup_samples": 0,
+            "lr_decay": "constant",
+            "validate_every_samples": 0,
+        }
+    )

@@ -15,6 +15,7 @@ against the best baseline.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -22,6 +23,9 @@ import xarray as xr
 from kmscale.data.variables import CATALOGUE
 from kmscale.errors import AlignmentError, SchemaError, UnitsError
 from kmscale.evaluation.base import MEMBER_DIM
+
+if TYPE_CHECKING:  # grids (scipy) is imported where it is used
+    from kmscale.data.grids import Grid
 
 BASELINES = ("bilinear", "bicubic")
 KIND_ATTR = "kmscale_forecast_kind"
@@ -73,7 +77,27 @@ def baseline_forecasts(
         UnitsError: a predictor in other units than the truth.
         AlignmentError: predictor times missing.
     """
-    from kmscale.data.grids import grid_of, regrid
+    from kmscale.data.grids import grid_of
+
+    have, missing = _available(predictors, truth, methods, variables, times, strict)
+    if not have or not methods:
+        return {}
+    coarse = predictors[have].sel(time=times)
+    coarse = coarse.drop_vars([c for c in coarse.coords if c not in coarse.dims and c != "time"])
+    target = grid_of(truth)
+    return {m: _interpolated(coarse, target, m, truth, missing, times) for m in methods}
+
+
+def _available(
+    predictors: xr.Dataset,
+    truth: xr.Dataset,
+    methods: Sequence[str],
+    variables: Sequence[str],
+    times: np.ndarray,
+    strict: bool,
+) -> tuple[list[str], list[str]]:
+    """The ``variables`` the predictors hold and those they lack, after the checks of
+    :func:`baseline_forecasts` (methods, missing variables, units, times)."""
     from kmscale.data.variables import normalize_units
 
     bad = [m for m in methods if m not in BASELINES]
@@ -84,12 +108,11 @@ def baseline_forecasts(
     if missing and strict:
         raise SchemaError(
             f"baseline {', '.join(methods)}: expected the predictors to hold the target "
-            "variable(s) "
-            f"{missing}, found predictors {list(predictors.data_vars)} (drop --baseline, or score "
-            f"only --variables {have})"
+            f"variable(s) {missing}, found predictors {list(predictors.data_vars)} (drop "
+            f"--baseline, or score only --variables {have})"
         )
     if not have or not methods:
-        return {}
+        return have, missing
     for v in have:
         pu, tu = predictors[v].attrs.get("units"), truth[v].attrs.get("units")
         if (normalize_units(pu) or pu) != (normalize_units(tu) or tu):
@@ -102,31 +125,41 @@ def baseline_forecasts(
             f"baseline: expected the predictors at every forecast time, found {absent.size} "
             f"missing (first {absent[0]})"
         )
-    coarse = predictors[have].sel(time=times)
-    coarse = coarse.drop_vars([c for c in coarse.coords if c not in coarse.dims and c != "time"])
-    target = grid_of(truth)
-    out = {}
-    for method in methods:
-        ds = regrid(coarse, target, method, where=f"baseline {method}")
-        for v in have:  # bicubic overshoots below 0 near dry cells: tp >= 0 holds here too
-            if v in CATALOGUE and CATALOGUE[v].valid_range[0] == 0:
-                ds[v] = ds[v].clip(min=0)
-        ds = ds.expand_dims({MEMBER_DIM: 1}, axis=1)
-        for v in have:
-            ds[v].attrs = {
-                "units": truth[v].attrs["units"],
-                "long_name": f"{method} interpolation of the predictor {v}",
-            }
-        for v in missing:  # lazy NaN field: scored as "not available"
-            like = truth[v].sel(time=times)
-            like = like.drop_vars([c for c in like.coords if c not in like.dims])
-            nan = xr.full_like(like, np.nan, dtype=np.float32).expand_dims({MEMBER_DIM: 1}, axis=1)
-            ds[v] = nan.assign_attrs(
-                units=truth[v].attrs["units"], long_name=f"{v} not in the predictors"
-            )
-        ds.attrs = {
-            KIND_ATTR: "baseline",
-            "title": f"{method} interpolation of the coarse predictors",
+    return have, missing
+
+
+def _interpolated(
+    coarse: xr.Dataset,
+    target: Grid,
+    method: str,
+    truth: xr.Dataset,
+    missing: Sequence[str],
+    times: np.ndarray,
+) -> xr.Dataset:
+    """One baseline: ``coarse`` regridded onto ``target`` by ``method`` as a one-member
+    ensemble, plus lazy NaN fields for the ``missing`` variables."""
+    from kmscale.data.grids import regrid
+
+    have = list(coarse.data_vars)
+    ds = regrid(coarse, target, method, where=f"baseline {method}")
+    for v in have:  # bicubic overshoots below 0 near dry cells: tp >= 0 holds here too
+        if v in CATALOGUE and CATALOGUE[v].valid_range[0] == 0:
+            ds[v] = ds[v].clip(min=0)
+    ds = ds.expand_dims({MEMBER_DIM: 1}, axis=1)
+    for v in have:
+        ds[v].attrs = {
+            "units": truth[v].attrs["units"],
+            "long_name": f"{method} interpolation of the predictor {v}",
         }
-        out[method] = ds
-    return out
+    for v in missing:  # lazy NaN field: scored as "not available"
+        like = truth[v].sel(time=times)
+        like = like.drop_vars([c for c in like.coords if c not in like.dims])
+        nan = xr.full_like(like, np.nan, dtype=np.float32).expand_dims({MEMBER_DIM: 1}, axis=1)
+        ds[v] = nan.assign_attrs(
+            units=truth[v].attrs["units"], long_name=f"{v} not in the predictors"
+        )
+    ds.attrs = {
+        KIND_ATTR: "baseline",
+        "title": f"{method} interpolation of the coarse predictors",
+    }
+    return ds
