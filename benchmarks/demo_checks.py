@@ -71,7 +71,8 @@ def run_once(out: Path, size: str, threads: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: fresh runs, or the record of a finished run (``--summary``)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -105,21 +106,28 @@ def main(argv: list[str] | None = None) -> int:
         help="with --summary: the 1-minute load average during that run",
     )
     parser.add_argument("--note", default="", help="recorded in the JSON (how the run was made)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def recorded_run(summary_path: Path, load: list[float] | None) -> dict:
+    """A finished run's ``summary.json`` in the form of :func:`run_once`'s result."""
+    summary = json.loads(summary_path.read_text())
+    load = list(load) if load else [None, None]
+    return {
+        "demo_seconds": summary["seconds"],
+        "stages": summary["stages"],
+        "load_before": load[0],
+        "load_after": load[1],
+        "summary": summary,
+        "table": "",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     runs = []
     if args.summary is not None:
-        summary = json.loads(args.summary.read_text())
-        load = list(args.load) if args.load else [None, None]
-        runs.append(
-            {
-                "demo_seconds": summary["seconds"],
-                "stages": summary["stages"],
-                "load_before": load[0],
-                "load_after": load[1],
-                "summary": summary,
-                "table": "",
-            }
-        )
+        runs.append(recorded_run(args.summary, args.load))
     for i in range(args.runs if args.summary is None else 0):
         runs.append(run_once(args.out, args.size, args.threads))
         print(
@@ -127,13 +135,23 @@ def main(argv: list[str] | None = None) -> int:
             f"{runs[-1]['load_before']} -> {runs[-1]['load_after']})",
             flush=True,
         )
+    result = record(args, argv, runs)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(runs[-1]["table"])
+    print(f"wrote {args.json}")
+    return 0
+
+
+def record(args: argparse.Namespace, argv: list[str] | None, runs: list[dict]) -> dict:
+    """The JSON of the benchmark: timings of ``runs`` and the last run's checks."""
     last = runs[-1]["summary"]
     checks = {
         v: {**res["values"], "passed": {c["check"]: c["passed"] for c in res["checks"]}}
         for v, res in last["demo_checks"].items()
         if isinstance(res, dict)
     }
-    result = {
+    return {
         "command": "python benchmarks/demo_checks.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "demo_command": (
@@ -160,11 +178,6 @@ def main(argv: list[str] | None = None) -> int:
         "all_passed": last["demo_checks"]["all_passed"],
         "failed": last["demo_checks"]["failed"],
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(runs[-1]["table"])
-    print(f"wrote {args.json}")
-    return 0
 
 
 if __name__ == "__main__":

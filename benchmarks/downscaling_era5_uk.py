@@ -636,28 +636,14 @@ def plot_spectra(results: dict, path: Path, nlon: int, title: str) -> None:
     plt.close(fig)
 
 
-def run_headline(args) -> dict:
-    """The headline run on the configs' own periods (module docstring)."""
-    from kmscale.diffusion.bundle import ModelBundle
+def sample_and_score(
+    bundles: dict, p_val, truth: np.ndarray, out, members: int, steps: int, centred, results
+) -> tuple[dict, dict]:
+    """Sample every regression and diffusion bundle on the validation times and add its
+    scores to ``results``; a diffusion bundle is sampled with both centring settings.
 
-    configs = StageConfigs()
-    overrides = StageOverrides(**QUICK) if args.quick else StageOverrides()
-    steps, members = (4, 4) if args.quick else (RollingConfig.steps, RollingConfig.members)
-    reg_cfg = stage_config("regression_pixel", configs, [], [])
-    val_period, train_period = reg_cfg.data.val_period, reg_cfg.data.train_period
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_data()
-    t_val, p_val = data.period(val_period)
-    every = slice(0, None, RollingConfig.eval_every_hours)
-    t_val, p_val = t_val.isel(time=every), p_val.isel(time=every)
-    truth = np.asarray(t_val["t2m"].values, np.float64)
-    bundles, wall = train_chain(out, data, configs, overrides, None)
-    results = {
-        m: scores(interpolation_baseline(p_val, t_val, m)[None], truth)
-        for m in ("bilinear", "bicubic")
-    }
-    centred = {"latent": ["latent"], "none": [], "both": ["pixel", "latent"]}[args.center_residuals]
+    Returns the sampling seconds per bundle and the scores of the other centring setting.
+    """
     sample_seconds, variants = {}, {}
     for name in ("regression_pixel", "diffusion_pixel", "regression_latent", "diffusion_latent"):
         m = members if name.startswith("diffusion") else 1
@@ -681,6 +667,16 @@ def run_headline(args) -> dict:
                 center=not center,
             )[0]
             variants[name] = {"center_residuals": not center, **public(scores(other, truth))}
+    return sample_seconds, variants
+
+
+def refinement_effect(
+    bundles: dict, p_val, truth: np.ndarray, out, members: int, steps: int, centred
+) -> dict | None:
+    """The bundle's decoder-refinement record plus the scores of the headline latent
+    ensemble decoded by the VAE before refinement (None without refinement)."""
+    from kmscale.diffusion.bundle import ModelBundle
+
     refinement = (
         ModelBundle.load(bundles["diffusion_latent"]).extra["ldm"].get("decoder_refinement")
     )
@@ -695,6 +691,33 @@ def run_headline(args) -> dict:
             autoencoder=bundles["vae"],
         )[0]
         refinement = {"without_refinement": public(scores(before, truth)), **refinement}
+    return refinement
+
+
+def run_headline(args) -> dict:
+    """The headline run on the configs' own periods (module docstring)."""
+    configs = StageConfigs()
+    overrides = StageOverrides(**QUICK) if args.quick else StageOverrides()
+    steps, members = (4, 4) if args.quick else (RollingConfig.steps, RollingConfig.members)
+    reg_cfg = stage_config("regression_pixel", configs, [], [])
+    val_period, train_period = reg_cfg.data.val_period, reg_cfg.data.train_period
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data()
+    t_val, p_val = data.period(val_period)
+    every = slice(0, None, RollingConfig.eval_every_hours)
+    t_val, p_val = t_val.isel(time=every), p_val.isel(time=every)
+    truth = np.asarray(t_val["t2m"].values, np.float64)
+    bundles, wall = train_chain(out, data, configs, overrides, None)
+    results = {
+        m: scores(interpolation_baseline(p_val, t_val, m)[None], truth)
+        for m in ("bilinear", "bicubic")
+    }
+    centred = {"latent": ["latent"], "none": [], "both": ["pixel", "latent"]}[args.center_residuals]
+    sample_seconds, variants = sample_and_score(
+        bundles, p_val, truth, out, members, steps, centred, results
+    )
+    refinement = refinement_effect(bundles, p_val, truth, out, members, steps, centred)
     speed = sampling_speed(bundles["diffusion_pixel"], bundles["diffusion_latent"], p_val, steps)
     dest = out if args.quick else RESULTS
     dest.mkdir(parents=True, exist_ok=True)
@@ -713,9 +736,8 @@ def run_headline(args) -> dict:
         "details": {
             # the days the best checkpoints are chosen on; no test split
             "split_of_figures": "validation",
-            "vae_reconstruction": vae_reconstruction(
-                bundles["vae"], t_val
-            ),  # floor of every latent method
+            # floor of every latent method
+            "vae_reconstruction": vae_reconstruction(bundles["vae"], t_val),
             "decoder_refinement": refinement,
             "center_residuals": centred,
             "other_centring": variants,

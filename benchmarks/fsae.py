@@ -284,7 +284,8 @@ def _keys(parts: set[str]) -> set[str]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def parser() -> argparse.ArgumentParser:
+    """The command line: which models, ratios and evaluations to run."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="recipes/configs/fsae_benchmark.yaml")
     p.add_argument("--models", nargs="+", default=["fsae", "face_vae"])
@@ -304,7 +305,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         default=None,
         help="train only these ratios (parallel runs); default: the config's",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(1)
     cfg = load_config(BenchmarkConfig, ROOT / args.config, [])
@@ -324,18 +329,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parts = set(args.parts)
     result: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if "ae" in parts:
-        result.update({"fsae": {}, "cnn_vae": {}, "budgets": {}})
-        for ratio in cfg.ratios:
-            for name, key in (("fsae", "fsae"), ("face_vae", "cnn_vae")):
-                run = ROOT / cfg.out_dir / f"{name}_{ratio}"
-                model = load_autoencoder(run / "autoencoder").eval()
-                result[key][str(ratio)] = scores(reconstruct(model, test), test)
-                result["budgets"][f"{key}_{ratio}"] = json.loads((run / "budget.json").read_text())
-        for ratio in cfg.ratios:
-            r = str(ratio)
-            result["fsae"][r]["rmse_vs_cnn_vae"] = (
-                result["fsae"][r]["rmse"] / result["cnn_vae"][r]["rmse"]
-            )
+        result.update(autoencoder_scores(cfg, test))
     if "sr" in parts:
         sr_model = load_autoencoder(ROOT / cfg.out_dir / f"fsae_{cfg.sr_ratio}" / "autoencoder")
         result["zero_shot_sr"] = zero_shot(sr_model.eval(), test)
@@ -345,27 +339,48 @@ def main(argv: list[str] | None = None) -> dict | None:
     if RESULTS.exists():  # another part may have finished meanwhile: keep its keys
         done = json.loads(RESULTS.read_text())
         result = {**done, **{k: v for k, v in result.items() if k in _keys(parts)}}
-    result.update(
-        {
-            "split": "test: 1985-1999, all 8 members (120 fields); train 1890-1969 (640), "
-            "validation 1970-1984 (best recipe checkpoint)",
-            "data": f"CCSM3 TREFHT annual mean, T42 -> HEALPix nside {cfg.nside} (conservative)",
-            "config": to_dict(cfg),
-            "budget_note": "every autoencoder sees the same train_samples (768 fields, 1.2 epochs; "
-            "budgets.* give CPU seconds, about a minute each on one thread of the "
-            "loaded VM); the diffusion model diffusion_samples. Far below what the "
-            "targets need: see BENCHMARKS.md",
-            "machine": "2-core shared dev VM, no GPU, torch 1 thread",
-            "load_avg_1min": os.getloadavg()[0],
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
-            "command": "nice python benchmarks/fsae.py --parts " + " ".join(sorted(parts)),
-        }
-    )
+    result.update(provenance(cfg, parts))
     tmp = RESULTS.with_name(RESULTS.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, RESULTS)
     print(json.dumps(result, indent=2))
     return result
+
+
+def autoencoder_scores(cfg: BenchmarkConfig, test) -> dict:
+    """Test scores and training budgets of the FS-AE and the CNN VAE at every ratio, and
+    the FS-AE's RMSE relative to the CNN VAE's (keys fsae, cnn_vae, budgets)."""
+    result: dict = {"fsae": {}, "cnn_vae": {}, "budgets": {}}
+    for ratio in cfg.ratios:
+        for name, key in (("fsae", "fsae"), ("face_vae", "cnn_vae")):
+            run = ROOT / cfg.out_dir / f"{name}_{ratio}"
+            model = load_autoencoder(run / "autoencoder").eval()
+            result[key][str(ratio)] = scores(reconstruct(model, test), test)
+            result["budgets"][f"{key}_{ratio}"] = json.loads((run / "budget.json").read_text())
+    for ratio in cfg.ratios:
+        r = str(ratio)
+        result["fsae"][r]["rmse_vs_cnn_vae"] = (
+            result["fsae"][r]["rmse"] / result["cnn_vae"][r]["rmse"]
+        )
+    return result
+
+
+def provenance(cfg: BenchmarkConfig, parts: set[str]) -> dict:
+    """Split, data, config, budget note, machine, date and command of the JSON."""
+    return {
+        "split": "test: 1985-1999, all 8 members (120 fields); train 1890-1969 (640), "
+        "validation 1970-1984 (best recipe checkpoint)",
+        "data": f"CCSM3 TREFHT annual mean, T42 -> HEALPix nside {cfg.nside} (conservative)",
+        "config": to_dict(cfg),
+        "budget_note": "every autoencoder sees the same train_samples (768 fields, 1.2 epochs; "
+        "budgets.* give CPU seconds, about a minute each on one thread of the "
+        "loaded VM); the diffusion model diffusion_samples. Far below what the "
+        "targets need: see BENCHMARKS.md",
+        "machine": "2-core shared dev VM, no GPU, torch 1 thread",
+        "load_avg_1min": os.getloadavg()[0],
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+        "command": "nice python benchmarks/fsae.py --parts " + " ".join(sorted(parts)),
+    }
 
 
 if __name__ == "__main__":

@@ -116,7 +116,8 @@ def measure(pix_net, lat_net, vae, pix_shape, lat_shape, args, threads: int) -> 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (defaults in the module docstring's budget)."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -152,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         help="torch CPU thread counts to measure in turn; the first is the headline",
     )
     p.add_argument("--out", type=Path, default=RESULTS / "sampling_speed.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
 
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -175,8 +181,24 @@ def main(argv: list[str] | None = None) -> int:
     for threads in args.threads:
         torch.set_num_threads(threads)
         settings[str(threads)] = measure(pix_net, lat_net, vae, pix_shape, lat_shape, args, threads)
+    result = record(args, argv, settings, pix_net, lat_net, pix_shape, lat_shape, load0)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for threads, r in settings.items():
+        t = r["seconds_per_member"]
+        print(
+            f"{threads} thread(s): latent {t['latent']:.3f} s, pixel {t['pixel']:.3f} s per member "
+            f"(median of {args.repeats}); speed-up {r['speedup']}x "
+            f"({r['speedup_including_vae_decode']}x including VAE decode)"
+        )
+    print(f"-> {args.out}")
+    return 0
+
+
+def record(args, argv, settings: dict, pix_net, lat_net, pix_shape, lat_shape, load0) -> dict:
+    """The JSON written to ``--out``: headline, figures per thread count, setup, machine."""
     head = settings[str(args.threads[0])]
-    result = {
+    return {
         "sampling_speedup_latent_vs_pixel": head["speedup"],
         "speedup_including_vae_decode": head["speedup_including_vae_decode"],
         "headline_threads": args.threads[0],
@@ -210,17 +232,6 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/sampling_speed.py "
         + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for threads, r in settings.items():
-        t = r["seconds_per_member"]
-        print(
-            f"{threads} thread(s): latent {t['latent']:.3f} s, pixel {t['pixel']:.3f} s per member "
-            f"(median of {args.repeats}); speed-up {r['speedup']}x "
-            f"({r['speedup_including_vae_decode']}x including VAE decode)"
-        )
-    print(f"-> {args.out}")
-    return 0
 
 
 if __name__ == "__main__":
