@@ -213,3 +213,20 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="dotted overrides applied after the YAML file, e.g. optim.lr=3e-4",
     )
+
+
+def parse_recipe_config(
+    cls: type[T], description: str | None, argv: Sequence[str] | None = None
+) -> T | None:
+    """A recipe's command line (:func:`add_config_arguments`) resolved into its config
+    ``cls``; with ``--dry-run`` the resolved config is printed and None returned."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = load_config(cls, args.config, args.overrides)
+    if args.dry_run:
+        print(dump_yaml(cfg))
+        return None
+    return cfg

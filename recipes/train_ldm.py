@@ -22,24 +22,17 @@ from the latest checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from kmscale.config import add_config_arguments, dump_yaml, load_config
+from kmscale.config import parse_recipe_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from kmscale.diffusion.train import LDMConfig, train_ldm
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    cfg = load_config(LDMConfig, args.config, args.overrides)
-    if args.dry_run:
-        print(dump_yaml(cfg))
+    cfg = parse_recipe_config(LDMConfig, __doc__, argv)
+    if cfg is None:  # --dry-run
         return 0
     result, bundle = train_ldm(cfg)
     print(

@@ -13,24 +13,17 @@ processes, so 1 or N processes (or GPUs, or nodes: ``accelerate launch
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from kmscale.config import add_config_arguments, dump_yaml, load_config
+from kmscale.config import parse_recipe_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from kmscale.diffusion.train import RegressionConfig, train_regression
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    cfg = load_config(RegressionConfig, args.config, args.overrides)
-    if args.dry_run:
-        print(dump_yaml(cfg))
+    cfg = parse_recipe_config(RegressionConfig, __doc__, argv)
+    if cfg is None:  # --dry-run
         return 0
     result, bundle = train_regression(cfg)
     print(
