@@ -53,7 +53,13 @@ from kmscale.diffusion.networks import ConditionalUNet, UNetSettings
 from kmscale.diffusion.patching import context_channels, with_context
 from kmscale.diffusion.pipeline import patched_denoiser
 from kmscale.diffusion.refine import DecoderRefinement, pick_times, refine_decoder
-from kmscale.diffusion.regression import build_unet, load_backbone, predict_mean, regression_loss
+from kmscale.diffusion.regression import (
+    build_unet,
+    fit_linear_skip,
+    load_backbone,
+    predict_mean,
+    regression_loss,
+)
 from kmscale.diffusion.settings import HEUN, EDMLossSettings
 from kmscale.diffusion.validation import ensemble_scores
 from kmscale.errors import AlignmentError, ConfigError
@@ -93,6 +99,9 @@ class RegressionConfig:
     max_lead_hours: float = DEFAULT_MAX_LEAD_HOURS
     interpolation: str = "bilinear"  # predictors -> latent grid
     eval_batch_size: int = 32
+    # U(cond) + A cond + b, A and b fitted by least squares before training: the regression
+    # starts from a linear downscaling of the interpolated predictors and static fields.
+    linear_skip: bool = True
 
 
 @dataclass
@@ -256,7 +265,12 @@ def train_regression(
             physical_targets(targets_va, ae.variables),
         )
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
-    model = build_unet(spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet)
+    model = build_unet(
+        spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet, linear_skip=cfg.linear_skip
+    )
+    if cfg.linear_skip:
+        fit = fit_linear_skip(model, train_ds)
+        log.info("regression: linear skip fitted on %d pixels, mse %.4f", fit["rows"], fit["mse"])
 
     def loss_fn(m, batch):
         return regression_loss(m, _batch_to(batch, _device_of(m)))
