@@ -5,7 +5,7 @@ import torch
 
 from kmscale.conditioning.dataset import DownscalingDataset
 from kmscale.diffusion.networks import ConditionalUNet, UNetSettings
-from kmscale.diffusion.regression import build_unet, fit_linear_skip
+from kmscale.diffusion.regression import SkipGroup, build_unet, fit_linear_skip
 from kmscale.errors import ConfigError
 
 SMALL = UNetSettings(block_out_channels=[8, 8], norm_num_groups=4)
@@ -56,3 +56,22 @@ def test_a_model_without_the_skip_is_refused():
     ds, _, _ = _linear_data()
     with pytest.raises(ConfigError, match="linear_skip"):
         fit_linear_skip(build_unet(5, 4, None, SMALL), ds)
+
+
+def test_blocked_cross_validation_keeps_a_group_to_its_own_inputs_when_the_rest_is_spurious():
+    # z = x0 + e per example; x1 tracks e in the first two thirds of the period, -e after:
+    # a relation of one regime only, which the time-blocked choice must not take.
+    n, h, w = 9, 4, 4
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(n, 1, h, w, generator=g)
+    e = torch.randn(n, 1, 1, 1, generator=g).expand(n, 1, h, w)
+    sign = torch.tensor([1.0] * 6 + [-1.0] * 3).reshape(n, 1, 1, 1)
+    pred = torch.cat([x0, sign * e], dim=1)
+    z = torch.cat([x0 + e, 3 * x0], dim=1)
+    ds = DownscalingDataset(pred, torch.zeros(0, h, w), torch.zeros(n, 0), z)
+    model = build_unet(2, 2, None, SMALL, linear_skip=True)
+    groups = [SkipGroup(slice(0, 1), [0]), SkipGroup(slice(1, 2), [0])]
+    fit = fit_linear_skip(model, ds, groups)
+    assert [c["inputs"] for c in fit["groups"]] == ["own", "own"]
+    assert fit["groups"][0]["cv_mse"]["own"] < fit["groups"][0]["cv_mse"]["all"]
+    assert torch.all(model.skip.weight[:, 1] == 0)  # the spurious input is left out

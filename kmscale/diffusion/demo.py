@@ -82,9 +82,12 @@ class DemoSize:
     # only (it then loses to interpolation on the validation days).
     train_times: str = "2023-06-03T00/2023-07-14T23"  # inclusive
     train_every_hours: int = 3
-    # Validation: after the training hours, every ``val_every_hours`` over four days.
-    val_times: str = "2023-07-15T00/2023-07-18T23"
-    val_every_hours: int = 4
+    # Validation: after the training hours, every ``val_every_hours`` over three weeks
+    # (21 h steps also walk through the hours of the day). Consecutive days would sample
+    # one regime: the checks would measure that regime's weather (from 0 % to 75 % of the
+    # window wet), not the model.
+    val_times: str = "2023-07-15T00/2023-08-04T23"
+    val_every_hours: int = 21
     variables: list[str] = field(default_factory=lambda: ["t2m", "u10", "v10", "tp"])
     # One autoencoder per group, on a common grid of factor ``group_factor``. At this
     # size the groups are pixel space (identity; tp standardized after log1p) folded 2 x 2

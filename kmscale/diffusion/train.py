@@ -25,6 +25,7 @@ import torch
 import xarray as xr
 from accelerate import PartialState
 
+from kmscale.autoencoders.grouped import GroupedAutoencoder
 from kmscale.autoencoders.latent_store import open_latents, read_latents
 from kmscale.autoencoders.registry import get_autoencoder_class, load_autoencoder
 from kmscale.conditioning.dataset import (
@@ -54,6 +55,7 @@ from kmscale.diffusion.patching import context_channels, with_context
 from kmscale.diffusion.pipeline import patched_denoiser
 from kmscale.diffusion.refine import DecoderRefinement, pick_times, refine_decoder
 from kmscale.diffusion.regression import (
+    SkipGroup,
     build_unet,
     fit_linear_skip,
     load_backbone,
@@ -230,6 +232,21 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 # ---- stage 1: regression --------------------------------------------------------------
+def skip_groups(ae, spec: ConditioningSpec) -> list[SkipGroup]:
+    """The regression skip's groups: one per autoencoder group (or one for the whole latent),
+    whose own inputs are the predictors of its variables and every static channel."""
+    if isinstance(ae, GroupedAutoencoder):
+        layout = list(zip(ae.groups, ae.group_slices(), strict=True))
+    else:
+        layout = [(list(ae.variables), slice(0, ae.latent_channels))]
+    names = list(spec.predictors.variables)
+    static = list(range(len(names), spec.cond_channels))
+    return [
+        SkipGroup(out, [i for i, v in enumerate(names) if v in variables] + static)
+        for variables, out in layout
+    ]
+
+
 def train_regression(
     cfg: RegressionConfig, data: TrainingData | None = None
 ) -> tuple[TrainResult, Path]:
@@ -268,9 +285,9 @@ def train_regression(
     model = build_unet(
         spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet, linear_skip=cfg.linear_skip
     )
-    if cfg.linear_skip:
-        fit = fit_linear_skip(model, train_ds)
-        log.info("regression: linear skip fitted on %d pixels, mse %.4f", fit["rows"], fit["mse"])
+    skip_fit = fit_linear_skip(model, train_ds, skip_groups(ae, spec)) if cfg.linear_skip else None
+    if skip_fit is not None:
+        log.info("regression: linear skip %s", skip_fit)
 
     def loss_fn(m, batch):
         return regression_loss(m, _batch_to(batch, _device_of(m)))
@@ -314,6 +331,7 @@ def train_regression(
                     "weights": weights.name,
                     "samples_seen": result.samples_seen,
                     "best_score": result.best_score,
+                    "linear_skip": skip_fit,
                 }
             },
         )
