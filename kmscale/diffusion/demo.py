@@ -75,10 +75,19 @@ class DemoSize:
     # terrain (lapse rates, channelled winds) and rain (about a quarter of the hours wet).
     lat0: float = 29.0
     lon0: float = 100.0
-    train_times: str = "2023-07-01T00/2023-07-14T23"  # hourly, inclusive
-    # Validation: after the training hours, every ``val_every_hours`` over four days.
-    val_times: str = "2023-07-15T00/2023-07-18T23"
-    val_every_hours: int = 4
+    # Training: every ``train_every_hours`` over six weeks. The large-scale weather of the
+    # generator decorrelates over days (rain regimes over about ten), so a period this
+    # long holds several independent regimes; two weeks of consecutive hours hold one or
+    # two, and the regression learns relations between predictors that hold for those
+    # only (it then loses to interpolation on the validation days).
+    train_times: str = "2023-06-03T00/2023-07-14T23"  # inclusive
+    train_every_hours: int = 3
+    # Validation: after the training hours, every ``val_every_hours`` over three weeks
+    # (21 h steps also walk through the hours of the day). Consecutive days would sample
+    # one regime: the checks would measure that regime's weather (from 0 % to 75 % of the
+    # window wet), not the model.
+    val_times: str = "2023-07-15T00/2023-08-04T23"
+    val_every_hours: int = 21
     variables: list[str] = field(default_factory=lambda: ["t2m", "u10", "v10", "tp"])
     # One autoencoder per group, on a common grid of factor ``group_factor``. At this
     # size the groups are pixel space (identity; tp standardized after log1p) folded 2 x 2
@@ -129,6 +138,7 @@ SIZES = {
         ny=32,
         nx=32,
         train_times="2023-07-01T00/2023-07-01T15",
+        train_every_hours=1,
         val_times="2023-07-01T16/2023-07-01T19",
         val_every_hours=2,
         groups=[_vae(["t2m"], [16, 16], 2), _pixel(["u10", "v10"]), _pixel(["tp"])],
@@ -149,7 +159,8 @@ def demo_hours(size: DemoSize) -> tuple[pd.DatetimeIndex, pd.DatetimeIndex]:
     """(training hours, validation hours) of a demo size."""
     from kmscale.data.demo import demo_times
 
-    train, val = demo_times(size.train_times), demo_times(size.val_times)[:: size.val_every_hours]
+    train = demo_times(size.train_times)[:: size.train_every_hours]
+    val = demo_times(size.val_times)[:: size.val_every_hours]
     if val[0] <= train[-1]:
         raise ConfigError(
             f"demo: expected validation hours after the training hours ({train[-1]}), "

@@ -95,6 +95,12 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         dropout: dropout in the residual blocks.
         pad_mode: how H, W are padded to a multiple of 2**(levels-1) ("replicate",
             "reflect", "constant").
+        linear_skip: add a per-pixel affine map of the input, ``F(x) = U(x) + A x + b``,
+            with the U-Net's output layer zero at initialisation, so that the model starts
+            as the linear map (fitted by :func:`kmscale.diffusion.regression.fit_linear_skip`)
+            and the U-Net learns the non-linear correction. For the regression, whose input
+            holds the interpolated predictors and the static fields, this makes the starting
+            point a linear downscaling (interpolation with terrain terms), not zero.
     """
 
     config_name = "config.json"
@@ -114,6 +120,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         embedding_dim: int | None = None,
         dropout: float = UNetSettings.dropout,
         pad_mode: str = "replicate",
+        linear_skip: bool = False,
     ) -> None:
         super().__init__()
         widths = block_out_channels or UNetSettings().block_out_channels
@@ -185,6 +192,10 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             if embedding_dim
             else None
         )
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if linear_skip else None
+        if linear_skip:  # zero output layer: the model starts as the linear map (ControlNet)
+            nn.init.zeros_(self.unet.conv_out.weight)
+            nn.init.zeros_(self.unet.conv_out.bias)
 
     @property
     def pad_multiple(self) -> int:
@@ -237,9 +248,11 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
                     where="ConditionalUNet",
                 )
             )
-        x_in, pad = _pad(x_in, self.pad_multiple, self.config.pad_mode)
-        out = self.unet(x_in.to(self.dtype), c_noise, class_labels=class_labels).sample
-        return _crop(out, pad)
+        x_pad, pad = _pad(x_in, self.pad_multiple, self.config.pad_mode)
+        out = _crop(self.unet(x_pad.to(self.dtype), c_noise, class_labels=class_labels).sample, pad)
+        if self.skip is not None:
+            out = out + self.skip(x_in.to(self.dtype))
+        return out
 
     def regress(self, x_in: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         """Deterministic use (regression U-Net): ``F(x_in, c_noise=0, emb)``."""
@@ -309,6 +322,7 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
         embedding_dim: int | None = None,
         dropout: float = UNetSettings.dropout,
         pad_mode: str = "replicate",
+        linear_skip: bool = False,
     ) -> None:
         super().__init__()
         widths = block_out_channels or UNetSettings().block_out_channels

@@ -3,7 +3,10 @@
 A :class:`~kmscale.diffusion.networks.ConditionalUNet` whose input is the
 conditioning stack alone (predictors on the latent grid, static channels) and whose
 output is the normalized latent of the target; it is trained with the mean squared
-error, so it estimates E[z | cond]. The residual diffusion model then generates
+error, so it estimates E[z | cond]. With ``linear_skip`` (the default of the regression
+recipe) the backbone is ``U(cond) + A cond + b``: A and b are first fitted by least squares
+(:func:`fit_linear_skip`), so that training starts from a linear downscaling of the
+interpolated predictors and static fields, and the U-Net learns what that misses. The residual diffusion model then generates
 ``r = residual.make(z, ẑ)`` (CorrDiff's regression + residual split, in the
 autoencoder's latent space as in LDM_res).
 """
@@ -11,16 +14,17 @@ autoencoder's latent space as in LDM_res).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from kmscale.diffusion.networks import ConditionalUNet, CrossAttentionUNet, UNetSettings
-from kmscale.errors import CheckpointError
+from kmscale.errors import CheckpointError, ConfigError, MissingValueError
 
 
 def build_unet(
@@ -29,6 +33,7 @@ def build_unet(
     embedding_dim: int | None,
     settings: UNetSettings,
     cross_attention_cond: int | None = None,
+    linear_skip: bool = False,
 ):
     """A backbone with channel counts from the data and width from ``settings``.
 
@@ -37,8 +42,11 @@ def build_unet(
     :class:`~kmscale.diffusion.networks.CrossAttentionUNet`, which also attends to the
     conditioning as tokens (diffusers ``UNet2DConditionModel``); it keeps the
     concatenation path, and ``attention_levels``/``mid_attention``/``attention_head_dim``
-    do not apply to it.
+    do not apply to it. ``linear_skip``: see :class:`ConditionalUNet` (concatenation
+    backbone only).
     """
+    if cross_attention_cond and linear_skip:
+        raise ConfigError("build_unet: linear_skip applies to the ConditionalUNet backbone only")
     if cross_attention_cond:
         return CrossAttentionUNet(
             in_channels=int(in_channels),
@@ -54,6 +62,7 @@ def build_unet(
         in_channels=int(in_channels),
         out_channels=int(out_channels),
         embedding_dim=embedding_dim,
+        linear_skip=linear_skip,
         **asdict(settings),
     )
 
@@ -67,6 +76,118 @@ def load_backbone(path: str | Path) -> ConditionalUNet | CrossAttentionUNet:
             f"{path}: expected a ConditionalUNet or CrossAttentionUNet, found {name!r}"
         )
     return cls.from_pretrained(path)
+
+
+@dataclass
+class SkipGroup:
+    """Output channels of one latent group and the inputs its skip may use instead of all.
+
+    ``own`` lists the conditioning channels of the group's own variables (their
+    interpolated predictors) and the static channels: a per-variable linear downscaling.
+    """
+
+    out: slice
+    own: list[int]
+
+
+def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
+    """W (C_in + 1, C_out) of ``(XᵀX + λ I) W = Xᵀ Y`` with a bias column appended to x."""
+    x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+    gram = x.T @ x
+    lam = ridge * gram.diagonal().mean()
+    return torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), x.T @ y)
+
+
+def _apply(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return x @ w[:-1] + w[-1]
+
+
+def _blocked_cv(x, y, block, cols, ridge) -> float:
+    """Mean squared error over contiguous time blocks, each predicted by a fit on the others."""
+    err = []
+    for k in torch.unique(block):
+        held = block == k
+        w = _ridge(x[~held][:, cols], y[~held], ridge)
+        err.append(float(((_apply(w, x[held][:, cols]) - y[held]) ** 2).mean()))
+    return float(np.mean(err))
+
+
+@torch.no_grad()
+def fit_linear_skip(
+    model: ConditionalUNet,
+    dataset: Dataset,
+    groups: Sequence[SkipGroup] | None = None,
+    ridge: float = 1e-4,
+    max_rows: int = 2_000_000,
+    folds: int = 3,
+) -> dict:
+    """Fit the backbone's per-pixel affine skip ``z ≈ A cond + b`` by ridge least squares.
+
+    Solves ``(XᵀX + λ I) W = Xᵀ Y`` in float64 over the pixels of up to ``max_rows`` rows
+    (examples taken evenly over ``dataset``, so a long period costs no more), with
+    ``λ = ridge · mean(diag(XᵀX))``; pixels with a NaN are left out. For each of
+    ``groups``, the inputs are either every conditioning channel or the group's own
+    (:class:`SkipGroup`), whichever has the lower error over ``folds`` contiguous blocks of
+    the examples (time order: blocked cross-validation, so that relations between
+    predictors that hold for one weather regime only are not chosen; ties go to the group's own inputs); the other entries of
+    A stay zero.
+
+    Args:
+        model: a :class:`ConditionalUNet` built with ``linear_skip=True``.
+        dataset: examples with "cond" (C_c, h, w) and "z" (C_z, h, w), in time order.
+        groups: output channel groups; None: one group, every input.
+
+    Returns:
+        {"rows", "mse", "groups": [{"channels", "inputs": "all"|"own", "cv_mse"}]}.
+    """
+    if not isinstance(model, ConditionalUNet) or model.skip is None:
+        raise ConfigError("fit_linear_skip: expected a ConditionalUNet with linear_skip=True")
+    first = dataset[0]
+    per_example = first["cond"].shape[-2] * first["cond"].shape[-1]
+    n = len(dataset)
+    pick = np.unique(np.linspace(0, n - 1, min(n, max(1, max_rows // per_example))).astype(int))
+    xs, ys = [], []
+    for i in pick:
+        item = dataset[int(i)]
+        xs.append(item["cond"].double().flatten(1).T)  # (h w, C_c)
+        ys.append(item["z"].double().flatten(1).T)  # (h w, C_z)
+    x, y = torch.cat(xs), torch.cat(ys)
+    block = torch.repeat_interleave(
+        torch.as_tensor(np.arange(len(pick)) * min(folds, len(pick)) // len(pick)), per_example
+    )
+    ok = torch.isfinite(x).all(1) & torch.isfinite(y).all(1)
+    if not ok.any():
+        raise MissingValueError(
+            "fit_linear_skip: expected finite conditioning and latents, found none"
+        )
+    x, y, block = x[ok], y[ok], block[ok]
+    every = list(range(x.shape[1]))
+    groups = groups or [SkipGroup(slice(0, y.shape[1]), every)]
+    weight = torch.zeros(y.shape[1], x.shape[1], dtype=x.dtype)
+    bias = torch.zeros(y.shape[1], dtype=x.dtype)
+    chosen = []
+    for g in groups:
+        yg = y[:, g.out]
+        options = {"all": every}
+        if sorted(g.own) != every:
+            options["own"] = list(g.own)
+        cv = {}
+        if len(options) > 1 and len(torch.unique(block)) > 1:
+            cv = {k: _blocked_cv(x, yg, block, cols, ridge) for k, cols in options.items()}
+        # the smaller input set unless every input is clearly better (parsimony on ties:
+        # within 1 %, or 1e-6 of the variance for fits that are exact either way)
+        tie = 0.01 * cv["all"] + 1e-6 * float(yg.var()) if cv else 0.0
+        name = "own" if cv and cv["own"] - cv["all"] <= tie else "all"
+        cols = options[name]
+        w = _ridge(x[:, cols], yg, ridge)
+        weight[g.out, cols] = w[:-1].T
+        bias[g.out] = w[-1]
+        chosen.append({"channels": [g.out.start, g.out.stop], "inputs": name, "cv_mse": cv})
+    skip = model.skip
+    skip.weight.copy_(weight.reshape(skip.weight.shape).to(skip.weight.dtype))
+    skip.bias.copy_(bias.to(skip.bias.dtype))
+    mse = float(((x @ weight.T + bias - y) ** 2).mean())
+    return {"rows": int(ok.sum()), "mse": mse, "groups": chosen}
 
 
 def regression_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

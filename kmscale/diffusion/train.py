@@ -25,6 +25,7 @@ import torch
 import xarray as xr
 from accelerate import PartialState
 
+from kmscale.autoencoders.grouped import GroupedAutoencoder
 from kmscale.autoencoders.latent_store import open_latents, read_latents
 from kmscale.autoencoders.registry import get_autoencoder_class, load_autoencoder
 from kmscale.conditioning.dataset import (
@@ -53,7 +54,14 @@ from kmscale.diffusion.networks import ConditionalUNet, UNetSettings
 from kmscale.diffusion.patching import context_channels, with_context
 from kmscale.diffusion.pipeline import patched_denoiser
 from kmscale.diffusion.refine import DecoderRefinement, pick_times, refine_decoder
-from kmscale.diffusion.regression import build_unet, load_backbone, predict_mean, regression_loss
+from kmscale.diffusion.regression import (
+    SkipGroup,
+    build_unet,
+    fit_linear_skip,
+    load_backbone,
+    predict_mean,
+    regression_loss,
+)
 from kmscale.diffusion.settings import HEUN, EDMLossSettings
 from kmscale.diffusion.validation import ensemble_scores
 from kmscale.errors import AlignmentError, ConfigError
@@ -93,6 +101,9 @@ class RegressionConfig:
     max_lead_hours: float = DEFAULT_MAX_LEAD_HOURS
     interpolation: str = "bilinear"  # predictors -> latent grid
     eval_batch_size: int = 32
+    # U(cond) + A cond + b, A and b fitted by least squares before training: the regression
+    # starts from a linear downscaling of the interpolated predictors and static fields.
+    linear_skip: bool = True
 
 
 @dataclass
@@ -221,6 +232,21 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 # ---- stage 1: regression --------------------------------------------------------------
+def skip_groups(ae, spec: ConditioningSpec) -> list[SkipGroup]:
+    """The regression skip's groups: one per autoencoder group (or one for the whole latent),
+    whose own inputs are the predictors of its variables and every static channel."""
+    if isinstance(ae, GroupedAutoencoder):
+        layout = list(zip(ae.groups, ae.group_slices(), strict=True))
+    else:
+        layout = [(list(ae.variables), slice(0, ae.latent_channels))]
+    names = list(spec.predictors.variables)
+    static = list(range(len(names), spec.cond_channels))
+    return [
+        SkipGroup(out, [i for i, v in enumerate(names) if v in variables] + static)
+        for variables, out in layout
+    ]
+
+
 def train_regression(
     cfg: RegressionConfig, data: TrainingData | None = None
 ) -> tuple[TrainResult, Path]:
@@ -256,7 +282,12 @@ def train_regression(
             physical_targets(targets_va, ae.variables),
         )
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
-    model = build_unet(spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet)
+    model = build_unet(
+        spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet, linear_skip=cfg.linear_skip
+    )
+    skip_fit = fit_linear_skip(model, train_ds, skip_groups(ae, spec)) if cfg.linear_skip else None
+    if skip_fit is not None:
+        log.info("regression: linear skip %s", skip_fit)
 
     def loss_fn(m, batch):
         return regression_loss(m, _batch_to(batch, _device_of(m)))
@@ -300,6 +331,7 @@ def train_regression(
                     "weights": weights.name,
                     "samples_seen": result.samples_seen,
                     "best_score": result.best_score,
+                    "linear_skip": skip_fit,
                 }
             },
         )
