@@ -380,9 +380,11 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
             layers_per_block=layers_per_block,
             norm_num_groups=norm_num_groups,
             cross_attention_dim=cross_attention_dim,
-            attention_head_dim=attention_heads,  # diffusers' legacy name: this is the number of heads
+            # diffusers' legacy name: this is the number of heads
+            attention_head_dim=attention_heads,
             dropout=dropout,
-            # The embedding vector goes through diffusers' own MLP and is added to the noise embedding.
+            # The embedding vector goes through diffusers' own MLP and is added to the noise
+            # embedding.
             class_embed_type="projection" if embedding_dim else None,
             projection_class_embeddings_input_dim=embedding_dim or None,
         )

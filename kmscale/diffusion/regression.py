@@ -6,9 +6,9 @@ output is the normalized latent of the target; it is trained with the mean squar
 error, so it estimates E[z | cond]. With ``linear_skip`` (the default of the regression
 recipe) the backbone is ``U(cond) + A cond + b``: A and b are first fitted by least squares
 (:func:`fit_linear_skip`), so that training starts from a linear downscaling of the
-interpolated predictors and static fields, and the U-Net learns what that misses. The residual diffusion model then generates
-``r = residual.make(z, ẑ)`` (CorrDiff's regression + residual split, in the
-autoencoder's latent space as in LDM_res).
+interpolated predictors and static fields, and the U-Net learns what that misses. The
+residual diffusion model then generates ``r = residual.make(z, ẑ)`` (CorrDiff's
+regression + residual split, in the autoencoder's latent space as in LDM_res).
 """
 
 from __future__ import annotations
@@ -129,8 +129,8 @@ def fit_linear_skip(
     ``groups``, the inputs are either every conditioning channel or the group's own
     (:class:`SkipGroup`), whichever has the lower error over ``folds`` contiguous blocks of
     the examples (time order: blocked cross-validation, so that relations between
-    predictors that hold for one weather regime only are not chosen; ties go to the group's own inputs); the other entries of
-    A stay zero.
+    predictors that hold for one weather regime only are not chosen; ties go to the group's
+    own inputs); the other entries of A stay zero.
 
     Args:
         model: a :class:`ConditionalUNet` built with ``linear_skip=True``.

@@ -218,7 +218,8 @@ def target_latents(ae, targets: xr.Dataset, store: str | None) -> torch.Tensor:
         missing = times[index < 0]
         raise AlignmentError(
             f"{store}: expected latents at every target valid time, found {len(missing)} missing "
-            f"(first {np.datetime_as_string(missing[0], unit='h')}); re-run `kmscale encode` over the period"
+            f"(first {np.datetime_as_string(missing[0], unit='h')}); "
+            "re-run `kmscale encode` over the period"
         )
     return torch.from_numpy(read_latents(ds.isel(time=index), slice(None), store))
 
@@ -376,7 +377,8 @@ def out_of_fold_means(
     recorded = (base.extra.get("regression") or {}).get("config")
     if recorded is None:
         raise ConfigError(
-            f"residual_folds={cfg.residual_folds}: expected the regression config recorded in the bundle "
+            f"residual_folds={cfg.residual_folds}: expected the regression config recorded "
+            "in the bundle "
             f"{cfg.regression_bundle} (written by train_regression), found none"
         )
     k = cfg.residual_folds
