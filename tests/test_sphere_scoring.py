@@ -107,6 +107,7 @@ def test_other_nside_is_refused(pair, rng):
         score({"m": other}, truth, ScoreOptions(), progress=False)
 
 
+@pytest.mark.slow
 def test_cli_score_and_report_on_healpix_stores(pair, tmp_path, rng):
     from kmscale.cli import main
 
