@@ -113,6 +113,25 @@ def spectra(ds: xr.Dataset, variable: str) -> plt.Figure:
     return fig
 
 
+def angular_spectra(ds: xr.Dataset, variable: str) -> plt.Figure:
+    """Angular power spectra C_l against degree l (HEALPix scores): truth, members, mean."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
+    deg = ds["degree"].values[1:]  # l = 0 (the squared mean) is off a log axis's scale
+    truth = ds["angular_spectrum_truth"].sel(variable=variable).values[1:]
+    ax.loglog(deg, truth, color="k", lw=2, label="truth")
+    for i, m in enumerate(ds["forecast"].values):
+        c = COLORS[i % len(COLORS)]
+        for key, ls, what in (("members", "-", "members"), ("ensmean", "--", "ens. mean")):
+            cl = ds[f"angular_spectrum_{key}"].sel(forecast=m, variable=variable).values[1:]
+            ax.loglog(deg, cl, color=c, ls=ls, label=f"{m} {what}")
+    ax.set_xlabel("spherical-harmonic degree l")
+    ax.set_ylabel(f"C_l ({_units(ds, variable)})$^2$")
+    ax.set_title(f"{variable}: angular power spectrum")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
 def rank_histograms(ds: xr.Dataset, variable: str, region: str = "all") -> plt.Figure:
     """Rank histograms normalised so that a flat (calibrated) histogram is 1."""
     methods = list(ds["forecast"].values)

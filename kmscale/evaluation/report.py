@@ -188,6 +188,13 @@ def write_report(
         )
         if "spectrum_truth" in ds:
             figs.append(("Zonal power spectra", save(plots.spectra(ds, v), f"{v}_spectra")))
+        if "angular_spectrum_truth" in ds:
+            figs.append(
+                (
+                    "Angular (spherical-harmonic) power spectra",
+                    save(plots.angular_spectra(ds, v), f"{v}_angular_spectra"),
+                )
+            )
         figs.append(
             (
                 "Rank histograms (flat = calibrated; U = under-dispersed)",

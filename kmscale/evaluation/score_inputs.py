@@ -40,8 +40,8 @@ def open_input(path: str | Path, *, kind: str | None) -> xr.Dataset:
             raise SchemaError(
                 f"{path}: expected a zarr store, found an unreadable directory ({err})"
             ) from err
-        if KIND_KEY in ds.attrs:
-            return open_store(path, kind=kind)
+        if KIND_KEY in ds.attrs:  # kmscale.sphere stores (kind "healpix") hold any fields
+            return open_store(path, kind=None if ds.attrs[KIND_KEY] == "healpix" else kind)
         return ds
     from kmscale.data.readers import detect_engine
 

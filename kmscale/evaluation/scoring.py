@@ -52,6 +52,7 @@ from kmscale.evaluation.score_inputs import (  # noqa: F401 (public here: kmscal
     units_match,
 )
 from kmscale.evaluation.score_result import ScoreAccumulator, ScoreLayout
+from kmscale.evaluation.sphere_scoring import is_healpix, score_healpix
 
 PRECIP_UNITS = "mm h-1"
 
@@ -104,6 +105,8 @@ def score(
     :mod:`kmscale.evaluation.baselines`) are marked so in the ``forecast_kind`` coordinate.
     """
     opts = opts or ScoreOptions()
+    if is_healpix(truth):  # equal-area cells + angular spectra: kmscale.evaluation.sphere_scoring
+        return score_healpix(forecasts, truth, opts, progress=progress)
     variables, truth, units = check_inputs(forecasts, truth, opts.variables)
     ydim, xdim = spatial_dims(truth[variables[0]], where="truth")
     names = list(forecasts)
