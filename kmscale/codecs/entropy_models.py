@@ -274,7 +274,8 @@ class GaussianConditional(nn.Module):
         self.register_buffer("lengths", torch.from_numpy(lengths).to(torch.int32))
 
     def _build_tables(self, table: np.ndarray):
-        """Integer tables for each scale s_k: symbols -c_k..c_k, c_k = ceil(s_k * Phi^-1(1 - t/2))."""
+        """Integer tables for each scale s_k: symbols -c_k..c_k,
+        c_k = ceil(s_k * Phi^-1(1 - t/2))."""
         multiplier = -ndtri(self.tail_mass / 2)
         centers = np.ceil(table * multiplier).astype(np.int64)
         lengths = 2 * centers + 1

@@ -60,7 +60,9 @@ def to_faces(x: Array) -> Array:
 
 
 def from_faces(x: Array) -> Array:
-    """``(..., 12, nside, nside)`` face images -> ``(..., 12 * nside**2)`` nested (inverse of to_faces)."""
+    """``(..., 12, nside, nside)`` face images -> ``(..., 12 * nside**2)`` nested.
+
+    The inverse of :func:`to_faces`."""
     if x.ndim < 3 or x.shape[-3] != 12 or x.shape[-1] != x.shape[-2]:
         raise SchemaError(
             describe("face images (..., 12, nside, nside)", tuple(x.shape), where="from_faces")

@@ -114,7 +114,9 @@ def _cells(x: Array, where: str) -> int:
 
 
 def coarsen(x: Array, levels: int = 1) -> Array:
-    """Mean over the ``4**levels`` contiguous nested children: ``(..., npix) -> (..., npix/4**levels)``.
+    """Mean over the ``4**levels`` contiguous nested children.
+
+    ``(..., npix) -> (..., npix/4**levels)``.
 
     Equal-area cells make the plain mean the area mean, so the global mean is preserved exactly.
     """
