@@ -511,13 +511,16 @@ def radolan_section(r: Radolan, out: Path) -> dict:
     pp_model, pp_cfg = train_pp(r.pp_config, out / "pp", pp_over, targets)
     pp_test = pp_on(pp_model, pp_cfg, r.test_period, targets)
     data = TrainingData(targets, coarse, None)
+    learned = r.regression_samples > 0 and r.ldm_samples > 0
     how = {
         "log1p": ("identity", "[tp]"),
         "pp": (str(out / "pp" / "autoencoder"), "[tp,rain_edge_distance]"),
     }
     patch = [f"patch={r.ldm_patch}"]
     spaces = {
-        k: train_space(r, out, k, ae, data, v, r.overrides, patch) for k, (ae, v) in how.items()
+        k: train_space(r, out, k, ae, data, v, r.overrides, patch)
+        for k, (ae, v) in how.items()
+        if learned
     }
     every = slice(None, None, r.test_every_hours)
     tr = targets.sel(time=slice(*r.test_period)).isel(time=every)
@@ -541,10 +544,11 @@ def radolan_section(r: Radolan, out: Path) -> dict:
         "crop": crop,
         "bilinear": public["bilinear"],
         "bicubic": public["bicubic"],
-        "regression": public["regression_log1p"],
-        "regression_pp": public["regression_pp"],
-        "diffusion_log1p": public["diffusion_log1p"],
-        "diffusion_pp": public["diffusion_pp"],
+        # None: not trained (regression_samples or ldm_samples 0: see BENCHMARKS.md)
+        "regression": public.get("regression_log1p"),
+        "regression_pp": public.get("regression_pp"),
+        "diffusion_log1p": public.get("diffusion_log1p"),
+        "diffusion_pp": public.get("diffusion_pp"),
         "fss_thresholds_mm_h": r.fss_thresholds,
         "pp_encoder": {
             "wet_fraction_error": pp_test["wet_fraction_error"],

@@ -159,9 +159,7 @@ def companion_fields(
 def _check_hourly(tp: xr.DataArray) -> None:
     """A space-time distance needs tp (time, y, x) at consecutive hours."""
     if tp.ndim != 3 or tp.dims[0] != "time":
-        raise SchemaError(
-            f"data.edge_km_per_hour: expected tp (time, y, x), found dims {tp.dims}"
-        )
+        raise SchemaError(f"data.edge_km_per_hour: expected tp (time, y, x), found dims {tp.dims}")
     steps = np.diff(tp["time"].values).astype("timedelta64[s]").astype(np.int64)
     if len(steps) and not (steps == 3600).all():
         raise SchemaError(

@@ -213,9 +213,7 @@ def _signed_distance(wet: np.ndarray, sampling: Sequence[float], max_km: float) 
     inside = ndimage.distance_transform_edt(wet, sampling=sampling)
     outside = ndimage.distance_transform_edt(~wet, sampling=sampling)
     half = 0.5 * float(min(sampling))
-    return np.clip(np.where(wet, inside - half, half - outside), -max_km, max_km).astype(
-        np.float32
-    )
+    return np.clip(np.where(wet, inside - half, half - outside), -max_km, max_km).astype(np.float32)
 
 
 def grid_spacing_km(lat: np.ndarray, lon: np.ndarray) -> tuple[float, float]:
