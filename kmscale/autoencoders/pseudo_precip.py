@@ -19,9 +19,10 @@ marginal is close to N(0, 1); a second network returns TP from PP alone::
       ▼ destandardize; tp clamped at 0: exact zeros where D puts it below the dry level
     x_hat (B, C, *spatial)   tp >= 0 and the companions' reconstruction from PP
 
-D sees PP clamped to its range on the training fields (``config.pp_range``): PP that a
-diffusion model generates beyond it decodes to the range's end values, not to an
-extrapolation of the MLP (which log1p's inverse would turn into hundreds of mm h-1).
+D sees PP clamped to its domain (``config.pp_range``: the training fields' range widened
+by a margin, see PPModelConfig.range_margin): PP that a diffusion model generates beyond
+it decodes to the domain's end values, not to an extrapolation of the MLP (which log1p's
+inverse would turn into hundreds of mm h-1).
 
 The decoder needs PP only (not the companions), so a diffusion model that generates PP
 at high resolution can be decoded without high-resolution companions. Its companion
@@ -86,7 +87,7 @@ class PseudoPrecipMLP(Autoencoder):
         hidden_width: int = 32,  # W: units per hidden layer (encoder and decoder)
         hidden_layers: int = 2,  # L: hidden layers per network
         spatial_dims: int = 2,  # 2 for (H, W) grids, 1 for HEALPix pixel vectors
-        pp_range: list[float] | None = None,  # [min, max] of PP (raw) on the training fields
+        pp_range: list[float] | None = None,  # decoder domain [low, high] of raw PP (training)
     ):
         super().__init__()
         names = list(variables)
@@ -146,7 +147,7 @@ class PseudoPrecipMLP(Autoencoder):
         return per_pixel(self.decoder, z)
 
     def set_pp_range(self, low: float, high: float) -> None:
-        """Record the range of raw PP on the training fields (the decoder's domain)."""
+        """Record the decoder's domain of raw PP (the training range plus a margin)."""
         if not low < high:
             raise ConfigError(f"pp_range: expected low < high, found [{low}, {high}]")
         self.register_to_config(pp_range=[float(low), float(high)])
