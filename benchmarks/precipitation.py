@@ -209,12 +209,12 @@ def telangana_data(t: Telangana, pp_data):
     return targets, coarse
 
 
-def _timed_once(run: Path, train) -> float:
+def _timed_once(run: Path, train) -> float | None:
     """Wall seconds of ``train()`` writing ``run/bundle``; a finished run is reused and its
-    recorded seconds returned."""
+    recorded seconds returned (None when it recorded none)."""
     record = run / "seconds.json"
-    if (run / "bundle" / "bundle.json").is_file() and record.is_file():
-        return float(json.loads(record.read_text())["seconds"])
+    if (run / "bundle" / "bundle.json").is_file():
+        return float(json.loads(record.read_text())["seconds"]) if record.is_file() else None
     t0 = time.perf_counter()
     train()
     seconds = time.perf_counter() - t0
