@@ -1,4 +1,4 @@
-"""Precipitation benchmark (issue 16): pseudo-precipitation encoders and x4 downscaling.
+"""Precipitation benchmark (issue 16): pseudo-precipitation encoders, x4 and x8 downscaling.
 
 1. PP encoder on ERA5 2020-01-01 over western Europe (tp + VIMD from u, v, q, sp): fit on
    00-15 UTC; every candidate setting (width, quantile grid, weights, tp scale) is scored
@@ -14,6 +14,10 @@
    companion), decoded to tp.
 3. The Gibbs check (published figure): spectral truncation of TP versus of PP (decoded),
    on the Telangana test fields: negative values, ringing, wet fraction.
+4. RADOLAN 1 km x8 (a 256 x 256 km crop, predictors its 8 x 8 block means): fit 00-13 UTC,
+   validation 14-17, test 18-23; interpolation baselines, the PP encoder, and the same
+   regression / diffusion spaces as Telangana when ``radolan.regression_samples`` and
+   ``ldm_samples`` are > 0 (0 in the committed config: CPU cost, see BENCHMARKS.md).
 
 All settings come from recipes/configs/precipitation_benchmark.yaml (and the two
 pseudo_precip configs it names). CPU budget: about 20 minutes on one core.
