@@ -1,4 +1,4 @@
-"""Precipitation benchmark (issue 16): pseudo-precipitation encoders and x4 downscaling.
+"""Precipitation benchmark (issue 16): pseudo-precipitation encoders, x4 and x8 downscaling.
 
 1. PP encoder on ERA5 2020-01-01 over western Europe (tp + VIMD from u, v, q, sp): fit on
    00-15 UTC; every candidate setting (width, quantile grid, weights, tp scale) is scored
@@ -14,6 +14,10 @@
    companion), decoded to tp.
 3. The Gibbs check (published figure): spectral truncation of TP versus of PP (decoded),
    on the Telangana test fields: negative values, ringing, wet fraction.
+4. RADOLAN 1 km x8 (a 256 x 256 km crop, predictors its 8 x 8 block means): fit 00-13 UTC,
+   validation 14-17, test 18-23; interpolation baselines, the PP encoder, and the same
+   regression / diffusion spaces as Telangana when ``radolan.regression_samples`` and
+   ``ldm_samples`` are > 0 (0 in the committed config: CPU cost, see BENCHMARKS.md).
 
 All settings come from recipes/configs/precipitation_benchmark.yaml (and the two
 pseudo_precip configs it names). CPU budget: about 20 minutes on one core.
@@ -32,6 +36,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,15 +81,47 @@ class Telangana:
 
 
 @dataclass
+class Radolan:
+    data_dir: str = "radolan_rw_20221018"
+    file: str = "radolan_RW_20221018_hourly_1km.nc"
+    # pp_config plus these overrides (the RADOLAN fields are given to the recipe in memory)
+    pp_config: str = "recipes/configs/pseudo_precip_telangana.yaml"
+    pp_overrides: list[str] = field(default_factory=list)
+    # The encoder is per pixel: it trains on every n-th pixel of each row and column (the
+    # same distribution of (tp, companion) pairs, n^2 times cheaper); it is scored on all.
+    pp_stride: int = 4
+    train_period: list[str] = field(default_factory=lambda: ["2022-10-18T00", "2022-10-18T13"])
+    val_period: list[str] = field(default_factory=lambda: ["2022-10-18T14", "2022-10-18T17"])
+    test_period: list[str] = field(default_factory=lambda: ["2022-10-18T18", "2022-10-18T23"])
+    size: int = 256  # square crop (px = km) inside the composite; see radolan_data
+    factor: int = 8
+    unet: list[int] = field(default_factory=lambda: [32, 64, 64])
+    regression_samples: int = 800
+    ldm_samples: int = 2_000
+    ldm_patch: list[int] = field(default_factory=lambda: [64, 64])
+    # overrides of both recipes' configs (the U-Net without attention: 4,096 tokens at 256 px)
+    overrides: list[str] = field(default_factory=list)
+    residual_folds: int = 2
+    members: int = 8
+    steps: int = 6
+    test_every_hours: int = 1
+    wet_threshold: float = 0.1  # mm h-1
+    fss_thresholds: dict[str, float] = field(default_factory=lambda: {"1mm_h": 1.0, "5mm_h": 5.0})
+    fss_windows: list[int] = field(default_factory=lambda: [1, 5, 17])
+
+
+@dataclass
 class PrecipBenchmarkConfig:
     out_dir: str = "runs/bench_precip"
     pp: PPSelection = field(default_factory=PPSelection)
     telangana: Telangana = field(default_factory=Telangana)
+    radolan: Radolan = field(default_factory=Radolan)
 
 
 # ---- 1. the PP encoder ------------------------------------------------------------------
-def train_pp(config: str, out: Path, overrides: list[str]):
-    """Train (or reuse) one PP encoder with the recipe config plus overrides."""
+def train_pp(config: str, out: Path, overrides: list[str], fields: xr.Dataset | None = None):
+    """Train (or reuse) one PP encoder with the recipe config plus overrides (on ``fields``
+    when given, else on the config's data source)."""
     from kmscale.autoencoders import load_autoencoder
     from kmscale.autoencoders.pseudo_precip_train import PseudoPrecipConfig, train_pseudo_precip
     from kmscale.config import load_config
@@ -93,18 +130,23 @@ def train_pp(config: str, out: Path, overrides: list[str]):
     if (out / "autoencoder" / "config.json").is_file():
         return load_autoencoder(out / "autoencoder").eval(), cfg
     t0 = time.perf_counter()
-    model, _ = train_pseudo_precip(cfg)
+    model, _ = train_pseudo_precip(cfg, fields)
     (out / "seconds.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
     return model, cfg
 
 
-def pp_on(model, cfg, period: list[str]) -> dict:
+def pp_on(model, cfg, period: list[str], fields: xr.Dataset | None = None) -> dict:
+    """PP scores on ``period``, with the rain-matched marginal against the fit hours."""
     from kmscale.autoencoders.pseudo_precip_train import load_fields, pp_scores
     from kmscale.autoencoders.train import select_period, stack_fields
 
-    fields = select_period(load_fields(cfg.data), period, "period", required=True)
-    x = torch.from_numpy(stack_fields(fields, list(model.variables)))
-    return pp_scores(model, x, cfg.data.wet_threshold)
+    fields = load_fields(cfg.data) if fields is None else fields
+    fit = select_period(fields, cfg.data.train_period, "period", required=True)["tp"]
+    rain_fraction = float((fit > 0).mean())
+    x = torch.from_numpy(
+        stack_fields(select_period(fields, period, "period", required=True), model.variables)
+    )
+    return pp_scores(model, x, cfg.data.wet_threshold, rain_fraction=rain_fraction)
 
 
 def pp_encoder_section(s: PPSelection, out: Path) -> dict:
@@ -147,20 +189,22 @@ def pp_encoder_section(s: PPSelection, out: Path) -> dict:
 
 
 # ---- 2. Telangana downscaling -----------------------------------------------------------
-def telangana_data(t: Telangana):
-    """Targets (tp mm h-1 + rain_edge_distance) on the cropped 0.25 deg grid, block means."""
-    from kmscale.data import moisture
+def telangana_data(t: Telangana, pp_data):
+    """Targets (tp mm h-1 + rain_edge_distance) on the cropped 0.25 deg grid, block means.
+
+    The companion is computed as the PP encoder's own recipe computes it (``pp_data``, its
+    PPDataConfig: threshold, clipping, space-time scale) on the whole 21 x 21 grid before
+    the crop, so the encoder sees at training, at encoding and in the Gibbs check one and
+    the same field."""
+    from kmscale.autoencoders.pseudo_precip_train import add_companions
     from kmscale.data.readers import open_dataset
     from kmscale_testdata import data_file
 
     ds = open_dataset(data_file("era5_telangana_tp_2023", "era5_telangana_tp_20230601-0731.nc"))
-    ds = ds.isel(lat=slice(0, t.size), lon=slice(0, t.size)).load()
-    tp = ds["tp"].clip(min=0.0)  # GRIB packing leaves a few -0.0
-    spacing = moisture.grid_spacing_km(ds["lat"].values, ds["lon"].values)
-    dist = moisture.rain_edge_distance(tp.values, threshold=0.01, spacing_km=spacing, max_km=300.0)
-    targets = xr.Dataset(
-        {"tp": tp, "rain_edge_distance": tp.copy(data=dist).assign_attrs(units="km")}
-    )
+    tp = ds["tp"].load().clip(min=0.0)  # GRIB packing leaves a few -0.0
+    full = add_companions(xr.Dataset({"tp": tp}), ["rain_edge_distance"], pp_data)
+    targets = full.isel(lat=slice(0, t.size), lon=slice(0, t.size))
+    targets["rain_edge_distance"].attrs["units"] = "km"
     coarse = targets[["tp"]].coarsen(lat=t.factor, lon=t.factor).mean()
     coarse["tp"].attrs = dict(tp.attrs)
     coarse = coarse.assign_coords(
@@ -169,8 +213,32 @@ def telangana_data(t: Telangana):
     return targets, coarse
 
 
-def train_space(t: Telangana, out: Path, name: str, autoencoder: str, data, variables) -> dict:
-    """Regression + residual diffusion bundles of one space (reused when present)."""
+def _timed_once(run: Path, train) -> float | None:
+    """Wall seconds of ``train()`` writing ``run/bundle``; a finished run is reused and its
+    recorded seconds returned (None when it recorded none)."""
+    record = run / "seconds.json"
+    if (run / "bundle" / "bundle.json").is_file():
+        return float(json.loads(record.read_text())["seconds"]) if record.is_file() else None
+    t0 = time.perf_counter()
+    train()
+    seconds = time.perf_counter() - t0
+    record.write_text(json.dumps({"seconds": seconds}))
+    return seconds
+
+
+def train_space(
+    t: Telangana | Radolan,
+    out: Path,
+    name: str,
+    autoencoder: str,
+    data,
+    variables: str,
+    extra: Sequence[str] = (),
+    ldm_extra: Sequence[str] = (),
+) -> dict:
+    """Regression + residual diffusion bundles of one space (reused when present);
+    ``extra``: further overrides of both configs, ``ldm_extra`` of the diffusion config
+    only (e.g. patch training)."""
     from kmscale.config import load_config
     from kmscale.diffusion.train import LDMConfig, RegressionConfig, train_ldm, train_regression
 
@@ -200,13 +268,11 @@ def train_space(t: Telangana, out: Path, name: str, autoencoder: str, data, vari
             f"train.total_samples={n}",
             f"train.checkpoint_every_samples={n // 2}",
             f"train.validate_every_samples={n // 4}",
+            *extra,
         ],
     )
-    t0 = time.perf_counter()
     bundles["regression"] = reg / "bundle"
-    if not (reg / "bundle" / "bundle.json").is_file():
-        train_regression(cfg, data)
-    wall["regression"] = time.perf_counter() - t0
+    wall["regression"] = _timed_once(reg, lambda: train_regression(cfg, data))
     n = t.ldm_samples
     ldm = out / f"diffusion_{name}"
     cfg = load_config(
@@ -223,13 +289,12 @@ def train_space(t: Telangana, out: Path, name: str, autoencoder: str, data, vari
             "validation.steps=6",
             "validation.max_times=8",
             f"residual_folds={t.residual_folds}",
+            *extra,
+            *ldm_extra,
         ],
     )
-    t0 = time.perf_counter()
     bundles["diffusion"] = ldm / "bundle"
-    if not (ldm / "bundle" / "bundle.json").is_file():
-        train_ldm(cfg, data)
-    wall["diffusion"] = time.perf_counter() - t0
+    wall["diffusion"] = _timed_once(ldm, lambda: train_ldm(cfg, data))
     return {"bundles": bundles, "seconds": wall}
 
 
@@ -251,7 +316,7 @@ def sample(bundle: Path, coarse: xr.Dataset, members: int, steps: int, store: Pa
     return np.asarray(ds["tp"].transpose("member", "time", "lat", "lon").values, np.float64)
 
 
-def scores(ens: np.ndarray, truth: np.ndarray, t: Telangana, thresholds: dict) -> dict:
+def scores(ens: np.ndarray, truth: np.ndarray, t: Telangana | Radolan, thresholds: dict) -> dict:
     """ens (M, T, H, W) mm h-1 (M = 1: deterministic), truth (T, H, W)."""
     from kmscale.evaluation.precipitation import fss_field
     from kmscale.evaluation.probabilistic import crps_ensemble, rank_of_truth
@@ -339,7 +404,7 @@ def telangana_section(t: Telangana, out: Path, only: str | None = None) -> tuple
     )
     pp_test = pp_on(pp_model, pp_cfg, t.test_period)
 
-    targets, coarse = telangana_data(t)
+    targets, coarse = telangana_data(t, pp_cfg.data)
     data = TrainingData(targets, coarse, None)
     train_tp = targets["tp"].sel(time=slice(*t.train_period)).values
     wet = train_tp[train_tp >= t.wet_threshold]
@@ -387,7 +452,124 @@ def telangana_section(t: Telangana, out: Path, only: str | None = None) -> tuple
     return section, {"results": results, "targets": targets, "pp": pp_model}
 
 
-# ---- 3. the Gibbs check -----------------------------------------------------------------
+# ---- 3. RADOLAN x8 --------------------------------------------------------------------
+def radolan_data(r: Radolan, pp_data) -> tuple[xr.Dataset, xr.Dataset, dict]:
+    """Targets (tp mm h-1 + rain_edge_distance) on a ``size`` x ``size`` km crop of the
+    RADOLAN composite, and their ``factor`` x ``factor`` block means.
+
+    The crop is the square fully inside the composite (no NaN at any hour) whose least
+    rainy split (train, validation, test) has the most wet pixels: the rain crosses the
+    domain during the day, and a crop chosen on the training hours alone is dry in the
+    test hours. It is a choice of scoring domain made on the data, not on any model's
+    scores. The 1 km polar-stereographic rows/columns are labelled as a regular grid of
+    0.009 deg (1 km) near the equator, which is what the lat/lon-gridded recipes read: the
+    CNNs use no coordinates, and the distances of the companion stay in km."""
+    from kmscale.autoencoders.pseudo_precip_train import add_companions
+    from kmscale_testdata import data_file
+
+    ds = xr.open_dataset(data_file(r.data_dir, r.file), engine="h5netcdf")
+    p = ds["precipitation"]
+    valid = np.asarray(p.notnull().all("time").values)
+    splits = [
+        p.sel(time=slice(*period)) for period in (r.train_period, r.val_period, r.test_period)
+    ]
+    wet = [np.asarray((s_ > r.wet_threshold).mean("time").values) for s_ in splits]
+    n = r.size
+    best, where = -1.0, (0, 0)
+    for i in range(0, p.sizes["y"] - n + 1, 16):
+        for j in range(0, p.sizes["x"] - n + 1, 16):
+            if valid[i : i + n, j : j + n].all():
+                least = min(float(w[i : i + n, j : j + n].mean()) for w in wet)
+                if least > best:
+                    best, where = least, (i, j)
+    i, j = where
+    tp = p.isel(y=slice(i, i + n), x=slice(j, j + n)).load().clip(min=0.0)
+    km = 0.009  # deg of latitude per km
+    tp = xr.DataArray(
+        tp.values.astype(np.float32),
+        dims=("time", "lat", "lon"),
+        coords={"time": tp["time"].values, "lat": km * np.arange(n), "lon": km * np.arange(n)},
+        attrs={"units": "mm h-1", "standard_name": "lwe_precipitation_rate"},
+    )
+    targets = add_companions(xr.Dataset({"tp": tp}), ["rain_edge_distance"], pp_data)
+    coarse = targets[["tp"]].coarsen(lat=r.factor, lon=r.factor).mean()
+    coarse["tp"].attrs = dict(tp.attrs)
+    coarse = coarse.assign_coords(
+        lead_time=("time", np.zeros(coarse.sizes["time"]), {"units": "hours"})
+    )
+    crop = {"y0": int(i), "x0": int(j), "size_km": n, "least_split_wet_fraction": best}
+    return targets, coarse, crop
+
+
+def radolan_section(r: Radolan, out: Path) -> dict:
+    """x8 downscaling of RADOLAN 1 km tp: the same methods and scores as Telangana."""
+    from kmscale.autoencoders.pseudo_precip_train import PseudoPrecipConfig
+    from kmscale.config import load_config
+    from kmscale.diffusion.train import TrainingData
+
+    out = out / "radolan"
+    periods = [
+        f"data.train_period=[{r.train_period[0]},{r.train_period[1]}]",
+        f"data.val_period=[{r.val_period[0]},{r.val_period[1]}]",
+    ]
+    pp_over = [*periods, *r.pp_overrides]
+    pp_cfg = load_config(PseudoPrecipConfig, ROOT / r.pp_config, pp_over)
+    targets, coarse, crop = radolan_data(r, pp_cfg.data)
+    thinned = targets.isel(lat=slice(None, None, r.pp_stride), lon=slice(None, None, r.pp_stride))
+    pp_model, pp_cfg = train_pp(r.pp_config, out / "pp", pp_over, thinned)
+    pp_test = pp_on(pp_model, pp_cfg, r.test_period, targets)
+    data = TrainingData(targets, coarse, None)
+    learned = r.regression_samples > 0 and r.ldm_samples > 0
+    how = {
+        "log1p": ("identity", "[tp]"),
+        "pp": (str(out / "pp" / "autoencoder"), "[tp,rain_edge_distance]"),
+    }
+    patch = [f"patch={r.ldm_patch}"]
+    spaces = {
+        k: train_space(r, out, k, ae, data, v, r.overrides, patch)
+        for k, (ae, v) in how.items()
+        if learned
+    }
+    every = slice(None, None, r.test_every_hours)
+    tr = targets.sel(time=slice(*r.test_period)).isel(time=every)
+    cr = coarse.sel(time=slice(*r.test_period)).isel(time=every)
+    truth = np.asarray(tr["tp"].values, np.float64)
+    results = {
+        m: scores(interpolate(cr, tr, m), truth, r, r.fss_thresholds)
+        for m in ("bilinear", "bicubic")
+    }
+    for space, info in spaces.items():
+        for kind in ("regression", "diffusion"):
+            m = r.members if kind == "diffusion" else 1
+            ens = sample(info["bundles"][kind], cr, m, r.steps, out / f"{kind}_{space}_test.zarr")
+            results[f"{kind}_{space}"] = scores(ens, truth, r, r.fss_thresholds)
+    public = {
+        k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()
+    }
+    return {
+        "split": f"test {r.test_period} every {r.test_every_hours} h ({truth.shape[0]} fields, "
+        f"scored once); choices on validation {r.val_period}; fit {r.train_period}",
+        "crop": crop,
+        "bilinear": public["bilinear"],
+        "bicubic": public["bicubic"],
+        # None: not trained (regression_samples or ldm_samples 0: see BENCHMARKS.md)
+        "regression": public.get("regression_log1p"),
+        "regression_pp": public.get("regression_pp"),
+        "diffusion_log1p": public.get("diffusion_log1p"),
+        "diffusion_pp": public.get("diffusion_pp"),
+        "fss_thresholds_mm_h": r.fss_thresholds,
+        "pp_encoder": {
+            "wet_fraction_error": pp_test["wet_fraction_error"],
+            "rmse_rel": pp_test["rmse_rel"],
+            "marginal": pp_test["marginal"],
+            "test": pp_test,
+            "on_training_period": pp_on(pp_model, pp_cfg, r.train_period, targets),
+        },
+        "training_seconds": {k: v["seconds"] for k, v in spaces.items()},
+    }
+
+
+# ---- 4. the Gibbs check -----------------------------------------------------------------
 def truncate(x: np.ndarray, keep: int) -> np.ndarray:
     """Keep 2-D Fourier wavenumbers |k_y|, |k_x| <= keep of fields (..., H, W)."""
     f = np.fft.fft2(x)
@@ -477,10 +659,10 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--train-only",
-        choices=["log1p", "pp"],
+        choices=["log1p", "pp", "radolan"],
         default=None,
-        help="train one space's Telangana models and stop: two processes can share out_dir; "
-        "a last run without it reuses them and scores",
+        help="train one space's Telangana models (or run the RADOLAN section) and stop: "
+        "processes can share out_dir; a last run without it reuses them and scores",
     )
     args = parser.parse_args(argv)
     from kmscale_testdata import ENV_VAR, data_dir
@@ -494,6 +676,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     load_before = os.getloadavg()
+    if args.train_only == "radolan":
+        radolan_section(cfg.radolan, out)
+        return 0
     if args.train_only:
         telangana_section(cfg.telangana, out, only=args.train_only)
         return 0
@@ -503,11 +688,12 @@ def main(argv=None) -> int:
     (dest / "precipitation.json").write_text(json.dumps({"pp_encoder": pp_section}, indent=2))
     tel, extra = telangana_section(cfg.telangana, out)
     gibbs = gibbs_check(cfg.telangana, extra, dest / "precipitation_gibbs.png")
+    radolan = radolan_section(cfg.radolan, out)
     payload = {
         "pp_encoder": pp_section,
         "era5_telangana": tel,
         "gibbs": gibbs,
-        "radolan": None,  # not run: see BENCHMARKS.md
+        "radolan": radolan,
         "details": {
             "machine": "2-core shared dev VM, no GPU (" + platform.machine() + ")",
             "load_average_start": load_before,

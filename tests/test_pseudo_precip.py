@@ -272,3 +272,96 @@ def test_vimd_on_real_data(real_data):
     assert np.corrcoef(v.values.ravel(), tp.values.ravel())[0, 1] < -0.05
     with pytest.raises(SchemaError, match="missing \\['q'\\]"):
         moisture.vimd(ds.drop_vars("q"))
+
+
+# ---- robustness of the decoder, space-time companion, marginal diagnostics ------------
+def test_decoder_saturates_outside_the_training_range():
+    model = _model()
+    model.set_pp_range(-1.5, 2.0)
+    inside = torch.tensor([-1.5, 0.3, 2.0]).reshape(1, 1, 1, 3)
+    far = torch.tensor([-40.0, 0.3, 40.0]).reshape(1, 1, 1, 3)
+    with torch.no_grad():
+        assert torch.equal(model.decode(far), model.decode(inside))
+    with pytest.raises(ConfigError, match="low < high"):
+        model.set_pp_range(1.0, 1.0)
+
+
+def test_trained_encoder_records_its_pp_range(tmp_path):
+    model, _ = train_small(tmp_path)
+    fields = synthetic_fields().isel(time=slice(0, 16))  # the fit hours of train_small
+    x = torch.from_numpy(np.stack([fields[v].values for v in ("tp", "cmp")], 1))
+    with torch.no_grad():
+        pp = model._encode_normalized(model.normalize_input(x))
+    low, high = model.config.pp_range  # widened by PPModelConfig.range_margin = 1 std
+    assert low == pytest.approx(float(pp.min() - pp.std()), abs=0.05)
+    assert high == pytest.approx(float(pp.max() + pp.std()), abs=0.05)
+
+
+def _space_time_brute_force(tp, sampling, max_km):
+    """Signed space-time distance by enumerating every pixel pair (pixel centres)."""
+    wet = tp > 0
+    pts = np.stack(
+        np.meshgrid(
+            *[np.arange(n) * s for n, s in zip(tp.shape, sampling, strict=True)], indexing="ij"
+        ),
+        -1,
+    )
+    out = np.empty(tp.shape)
+    half = 0.5 * min(sampling)
+    for idx in np.ndindex(tp.shape):
+        other = pts[~wet] if wet[idx] else pts[wet]
+        dist = np.sqrt(((other - pts[idx]) ** 2).sum(-1)).min()
+        out[idx] = dist - half if wet[idx] else half - dist
+    return np.clip(out, -max_km, max_km)
+
+
+def test_space_time_rain_edge_distance_matches_brute_force():
+    rng = np.random.default_rng(3)
+    tp = np.where(rng.random((4, 5, 6)) > 0.8, 1.0, 0.0)
+    tp[1] = 0.0  # a dry hour between rainy ones: no longer the constant -max_km
+    sampling = (30.0, 25.0, 20.0)
+    d = moisture.rain_edge_distance(tp, spacing_km=sampling[1:], max_km=80.0, km_per_step=30.0)
+    np.testing.assert_allclose(d, _space_time_brute_force(tp, sampling, 80.0), rtol=1e-6)
+    assert (d[1] > -80.0).any()
+    with pytest.raises(SchemaError, match=r"\(time, y, x\)"):
+        moisture.rain_edge_distance(tp[0], km_per_step=30.0)
+
+
+def test_space_time_companion_needs_consecutive_hours():
+    from kmscale.autoencoders.pseudo_precip_train import PPDataConfig, add_companions
+
+    ds = synthetic_fields(n_times=4, shape=(6, 6))[["tp"]]
+    out = add_companions(ds, data=PPDataConfig(edge_km_per_hour=30.0))
+    assert out["rain_edge_distance"].shape == ds["tp"].shape
+    with pytest.raises(SchemaError, match="consecutive hours"):
+        add_companions(ds.isel(time=[0, 1, 3]), data=PPDataConfig(edge_km_per_hour=30.0))
+
+
+def test_marginal_diagnostics():
+    from kmscale.autoencoders.pseudo_precip_train import (
+        marginal,
+        rain_matched_marginal,
+        rain_shift_bound,
+    )
+
+    n = 20_000  # exact normal quantiles, in random order
+    pp = torch.special.ndtri((torch.arange(n, dtype=torch.float64) + 0.5) / n)
+    pp = pp[torch.randperm(n, generator=torch.Generator().manual_seed(0))]
+    m = marginal(pp)
+    assert m["mean"] == pytest.approx(float(pp.mean()))
+    assert m["std"] == pytest.approx(float(pp.std()))
+    assert m["q99"] == pytest.approx(float(torch.quantile(pp, 0.99)), abs=1e-3)
+    assert m["max_abs_error"] < 0.05
+    # Doubling the weight of one half equals repeating it.
+    w = torch.where(pp > 0, 2.0, 1.0).double()
+    rep = torch.cat([pp, pp[pp > 0]])
+    assert marginal(pp, w)["mean"] == pytest.approx(float(rep.mean()))
+    # Held-out hours with twice the rain: reweighting to the fit's rain fraction undoes it.
+    tp = (pp > 1.0).double()
+    wetter = torch.cat([pp, pp[pp > 1.0]])
+    tp_w = torch.cat([tp, tp[pp > 1.0]])
+    fit = float((tp > 0).double().mean())
+    assert marginal(wetter)["max_abs_error"] > 0.1
+    assert rain_matched_marginal(wetter, tp_w, fit)["max_abs_error"] < 0.05
+    assert rain_shift_bound(0.2, 0.2) == 0.0
+    assert rain_shift_bound(0.128, 0.265) == pytest.approx(1.136 - 0.628, abs=0.01)

@@ -45,3 +45,19 @@ def test_scores_of_a_perfect_ensemble(bench):
     assert out["power_ratio_smallest"] == pytest.approx([1.0, 1.0])
     det = bench.scores(truth[None] + 1.0, truth, t, {"p90": 0.5})
     assert det["crps_fair"] == det["mae"] == pytest.approx(1.0) and "spread_skill" not in det
+
+
+def test_radolan_crop_is_inside_the_composite_with_rain_in_every_split(bench, real_data):
+    from kmscale.autoencoders.pseudo_precip_train import PPDataConfig
+
+    r = bench.Radolan(size=128)
+    targets, coarse, crop = bench.radolan_data(r, PPDataConfig(edge_km_per_hour=30.0))
+    assert targets["tp"].shape == (24, 128, 128) and coarse["tp"].shape == (24, 16, 16)
+    assert bool(targets["tp"].notnull().all()) and bool(
+        targets["rain_edge_distance"].notnull().all()
+    )
+    assert crop["least_split_wet_fraction"] > 0
+    for period in (r.train_period, r.val_period, r.test_period):
+        assert float((targets["tp"].sel(time=slice(*period)) > r.wet_threshold).mean()) > 0
+    # The block means are those of the targets (no NaN, tp conserved).
+    np.testing.assert_allclose(float(coarse["tp"].mean()), float(targets["tp"].mean()), rtol=1e-5)

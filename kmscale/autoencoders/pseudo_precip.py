@@ -19,6 +19,11 @@ marginal is close to N(0, 1); a second network returns TP from PP alone::
       ▼ destandardize; tp clamped at 0: exact zeros where D puts it below the dry level
     x_hat (B, C, *spatial)   tp >= 0 and the companions' reconstruction from PP
 
+D sees PP clamped to its domain (``config.pp_range``: the training fields' range widened
+by a margin, see PPModelConfig.range_margin): PP that a diffusion model generates beyond
+it decodes to the domain's end values, not to an extrapolation of the MLP (which log1p's
+inverse would turn into hundreds of mm h-1).
+
 The decoder needs PP only (not the companions), so a diffusion model that generates PP
 at high resolution can be decoded without high-resolution companions. Its companion
 outputs exist to keep the Autoencoder contract (decode returns every input variable);
@@ -82,6 +87,7 @@ class PseudoPrecipMLP(Autoencoder):
         hidden_width: int = 32,  # W: units per hidden layer (encoder and decoder)
         hidden_layers: int = 2,  # L: hidden layers per network
         spatial_dims: int = 2,  # 2 for (H, W) grids, 1 for HEALPix pixel vectors
+        pp_range: list[float] | None = None,  # decoder domain [low, high] of raw PP (training)
     ):
         super().__init__()
         names = list(variables)
@@ -132,7 +138,19 @@ class PseudoPrecipMLP(Autoencoder):
         return per_pixel(self.encoder, x)
 
     def _decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
+        # A generated PP outside the training range would make the MLP extrapolate
+        # linearly and log1p's inverse exponentially (hundreds of mm h-1 from a diffusion
+        # sample a few sigma out): the decoder saturates at the range's ends instead.
+        rng = self.config.pp_range
+        if rng is not None:
+            z = z.clamp(min=rng[0], max=rng[1])
         return per_pixel(self.decoder, z)
+
+    def set_pp_range(self, low: float, high: float) -> None:
+        """Record the decoder's domain of raw PP (the training range plus a margin)."""
+        if not low < high:
+            raise ConfigError(f"pp_range: expected low < high, found [{low}, {high}]")
+        self.register_to_config(pp_range=[float(low), float(high)])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass on physical x (B, C, *spatial): (PP before latent normalization

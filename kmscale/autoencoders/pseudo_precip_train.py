@@ -19,7 +19,8 @@ through the sort). Any autoencoder class trains here, selected by its registry o
 entry-point name (``model.name``), if its ``forward(x)`` returns ``(pp, x_hat_std, x_std)``,
 it takes ``hidden_width``/``hidden_layers``/``precip_variable`` and it has
 ``precip_index`` and ``dry_level()`` (as :class:`~kmscale.autoencoders.pseudo_precip.
-PseudoPrecipMLP` and the example plugin in examples/kmscale-pseudoprecip do).
+PseudoPrecipMLP` and the example plugin in examples/kmscale-pseudoprecip do); a class with
+a ``pp_range`` config entry also gets the training PP range (``set_pp_range``).
 
 Scores (:func:`pp_scores`, physical units, wet = tp >= ``wet_threshold``):
 wet_fraction_error = |f_wet(decoded) - f_wet(tp)| / f_wet(tp); rmse_rel = RMSE(decoded tp,
@@ -66,6 +67,9 @@ class PPDataConfig:
     wet_threshold: float = 0.01  # mm h-1: wet for the scores and rain_edge_distance
     tp_scale: float = 0.1  # mm h-1: tp enters as log1p(tp / tp_scale) (resolves drizzle)
     edge_max_km: float = 300.0  # rain_edge_distance is clipped to +- this
+    # > 0: rain_edge_distance in space-time over consecutive hours, an hour counting as this
+    # many km (moisture.rain_edge_distance): dry hours are no longer one constant
+    edge_km_per_hour: float = 0.0
 
 
 @dataclass
@@ -73,6 +77,11 @@ class PPModelConfig:
     name: str = "pseudo_precip"  # registry or entry-point name of the encoder class
     hidden_width: int = 32
     hidden_layers: int = 2
+    # The decoder's domain (set_pp_range, for classes that have one): the training PP range
+    # widened by this many PP standard deviations each side. Held-out hours rain harder than
+    # the fit hours (2020-01-01: 1.2 vs 0.5 mm h-1 at most, PP 0.6 std beyond the range),
+    # while diffusion members far beyond it would decode to unbounded rain.
+    range_margin: float = 1.0
 
 
 @dataclass
@@ -128,9 +137,15 @@ def companion_fields(
             comp = moisture.vimd(ds)
         elif name == "rain_edge_distance":
             spacing = moisture.grid_spacing_km(ds[ydim].values, ds[xdim].values)
+            if d.edge_km_per_hour > 0:
+                _check_hourly(tp)
             comp = tp.copy(
                 data=moisture.rain_edge_distance(
-                    tp.values, threshold=d.wet_threshold, spacing_km=spacing, max_km=d.edge_max_km
+                    tp.values,
+                    threshold=d.wet_threshold,
+                    spacing_km=spacing,
+                    max_km=d.edge_max_km,
+                    km_per_step=d.edge_km_per_hour,
                 )
             )
         else:
@@ -144,6 +159,18 @@ def companion_fields(
             raise MissingValueError(f"companion {name!r}: expected finite values, found NaN")
         out[name] = comp.astype(np.float32)
     return out
+
+
+def _check_hourly(tp: xr.DataArray) -> None:
+    """A space-time distance needs tp (time, y, x) at consecutive hours."""
+    if tp.ndim != 3 or tp.dims[0] != "time":
+        raise SchemaError(f"data.edge_km_per_hour: expected tp (time, y, x), found dims {tp.dims}")
+    steps = np.diff(tp["time"].values).astype("timedelta64[s]").astype(np.int64)
+    if len(steps) and not (steps == 3600).all():
+        raise SchemaError(
+            f"data.edge_km_per_hour: expected tp at consecutive hours, found steps of "
+            f"{sorted(set((steps / 3600).tolist()))} h"
+        )
 
 
 def load_fields(d: PPDataConfig) -> xr.Dataset:
@@ -238,9 +265,56 @@ class PPLoss:
         return l_tp + self.cfg.companion_weight * l_c + self.cfg.quantile_weight * l_q
 
 
+def marginal(pp: torch.Tensor, weights: torch.Tensor | None = None) -> dict:
+    """Mean, std, 1/99 % quantiles of PP values (N,) (weighted when ``weights`` (N,) are
+    given) and the largest distance of the four from N(0, 1)'s (0, 1, -2.326, 2.326)."""
+    pp = pp.double()
+    w = torch.ones_like(pp) if weights is None else weights.double()
+    w = w / w.sum()
+    mean = float((w * pp).sum())
+    std = float(torch.sqrt((w * (pp - mean) ** 2).sum() * len(pp) / (len(pp) - 1)))
+    order = torch.argsort(pp)
+    cdf = torch.cumsum(w[order], 0) - 0.5 * w[order]  # the weighted Hazen plotting positions
+    q01, q99 = (float(np.interp(p, cdf.numpy(), pp[order].numpy())) for p in (0.01, 0.99))
+    return {
+        "mean": mean,
+        "std": std,
+        "q01": q01,
+        "q99": q99,
+        "max_abs_error": max(abs(mean), abs(std - 1), abs(q01 + Z99), abs(q99 - Z99)),
+    }
+
+
+def rain_matched_marginal(pp: torch.Tensor, tp: torch.Tensor, rain_fraction: float) -> dict:
+    """PP's marginal with raining (tp > 0) and dry pixels reweighted to the fraction
+    ``rain_fraction`` of raining pixels (the training hours'): the encoder's own part of
+    the marginal error on held-out hours, without the part that their different amount of
+    rain forces on any encoder whose decoder has a fixed dry threshold (see
+    :func:`rain_shift_bound`)."""
+    rain = tp > 0
+    f = float(rain.double().mean())
+    if not 0 < f < 1:
+        return marginal(pp)
+    w = torch.where(rain, rain_fraction / f, (1 - rain_fraction) / (1 - f))
+    return marginal(pp, w)
+
+
+def rain_shift_bound(rain_fraction_fit: float, rain_fraction_eval: float) -> float:
+    """The quantile error forced by a change of the raining fraction r (tp > 0): a decoder
+    returns exact zeros below a fixed PP_0, so an encoder whose PP is N(0, 1) on the fit
+    hours has PP_0 = Phi^-1(1 - r_fit), and on hours with r_eval its quantile at level
+    1 - r_eval is PP_0 instead of Phi^-1(1 - r_eval): |Phi^-1(1 - r_fit) - Phi^-1(1 - r_eval)|."""
+    q = torch.special.ndtri(torch.tensor([1 - rain_fraction_fit, 1 - rain_fraction_eval]))
+    return float((q[0] - q[1]).abs())
+
+
 @torch.no_grad()
-def pp_scores(model, x: torch.Tensor, wet_threshold: float, batch: int = 64) -> dict:
-    """Scores of ``model`` on physical fields x (T, C, H, W) (module docstring)."""
+def pp_scores(
+    model, x: torch.Tensor, wet_threshold: float, batch: int = 64, rain_fraction: float = 0.0
+) -> dict:
+    """Scores of ``model`` on physical fields x (T, C, H, W) (module docstring); with the
+    raining fraction of the fit hours ``rain_fraction`` > 0 also ``marginal_rain_matched``
+    (:func:`rain_matched_marginal`) and ``rain_shift_bound`` (:func:`rain_shift_bound`)."""
     model.eval()
     z = torch.cat([model.encode(x[s : s + batch]) for s in range(0, len(x), batch)])
     tp_hat = torch.cat(
@@ -251,26 +325,20 @@ def pp_scores(model, x: torch.Tensor, wet_threshold: float, batch: int = 64) -> 
     t, th, pp = tp[ok].double(), tp_hat[ok].double(), z[:, 0][ok].double()
     f_true = float((t >= wet_threshold).double().mean())
     f_hat = float((th >= wet_threshold).double().mean())
-    q01, q99 = (
-        float(v) for v in torch.quantile(pp, torch.tensor([0.01, 0.99], dtype=torch.float64))
-    )
-    mean, std = float(pp.mean()), float(pp.std())
-    marginal = {
-        "mean": mean,
-        "std": std,
-        "q01": q01,
-        "q99": q99,
-        "max_abs_error": max(abs(mean), abs(std - 1), abs(q01 + Z99), abs(q99 - Z99)),
-    }
     wfe = abs(f_hat - f_true) / f_true if f_true > 0 else float("nan")
     rmse_rel = float(torch.sqrt(((th - t) ** 2).mean()) / t.std())
-    return {
+    out = {
         "wet_fraction_error": wfe,
         "rmse_rel": rmse_rel,
-        "marginal": marginal,
+        "marginal": marginal(pp),
         "wet_fraction": f_true,
+        "rain_fraction": float((t > 0).double().mean()),
         "exact_zero_fraction": float((th == 0).double().mean()),
     }
+    if rain_fraction > 0:
+        out["marginal_rain_matched"] = rain_matched_marginal(pp, t, rain_fraction)
+        out["rain_shift_bound"] = rain_shift_bound(rain_fraction, out["rain_fraction"])
+    return out
 
 
 def selection_score(scores: dict) -> float:
@@ -385,6 +453,9 @@ def train_pseudo_precip(cfg: PseudoPrecipConfig, fields: xr.Dataset | None = Non
         pp = torch.cat([model.encode(x_tr[s : s + 64]) for s in range(0, len(x_tr), 64)])
         pp = pp[torch.isfinite(pp)]
     model.set_latent_stats([float(pp.mean())], [float(pp.std())])
+    if "pp_range" in model.config:  # the decoder's domain, for classes that clamp to it
+        margin = cfg.model.range_margin * float(pp.std())
+        model.set_pp_range(float(pp.min()) - margin, float(pp.max()) + margin)
     _atomic_save(model, out / "autoencoder")
     scores = pp_scores(model, x_va, cfg.data.wet_threshold) if x_va is not None else None
     if scores is not None:

@@ -165,36 +165,55 @@ def rain_edge_distance(
     threshold: float = 0.0,
     spacing_km: float | Sequence[float] = 1.0,
     max_km: float = 500.0,
+    km_per_step: float = 0.0,
 ) -> np.ndarray:
-    """Signed distance to the rain edge (km), per field: > 0 inside rain (distance to the
-    nearest dry pixel), < 0 in dry areas (minus the distance to the nearest wet pixel),
-    clipped to +-``max_km`` (a field without rain is -max_km everywhere, one without dry
-    pixels +max_km). Continuous where TP is zero, which is what the encoder needs there.
+    """Signed distance to the rain edge (km): > 0 inside rain (distance to the nearest dry
+    pixel), < 0 in dry areas (minus the distance to the nearest wet pixel), clipped to
+    +-``max_km``. Continuous where TP is zero, which is what the encoder needs there.
+
+    With ``km_per_step`` = 0 each field is on its own: a field without rain is -max_km
+    everywhere (one without dry pixels +max_km), an atom that no per-pixel encoder can
+    spread into a normal PP. With ``km_per_step`` = v > 0 the leading axis of (T, Y, X)
+    is time (consecutive steps) and the distance is taken in space-time, a step counting
+    as v km (a rain system's travel per step): a dry hour between rainy ones gets the
+    distance to the rain before and after it instead of the constant.
 
     Args:
-        tp: (..., Y, X) precipitation (finite, >= 0).
+        tp: (..., Y, X) precipitation (finite, >= 0); (T, Y, X) when ``km_per_step`` > 0.
         threshold: wet where tp > threshold (the data's units).
         spacing_km: pixel size (dy, dx) or one number.
     """
     a = np.asarray(tp)
     check_tp(a, where="rain_edge_distance")
     sampling = np.broadcast_to(np.asarray(spacing_km, dtype=np.float64), (2,))
+    if km_per_step > 0:
+        if a.ndim != 3:
+            raise SchemaError(
+                f"rain_edge_distance: expected tp (time, y, x) for a space-time distance, "
+                f"found shape {a.shape}"
+            )
+        return _signed_distance(a > threshold, (km_per_step, *sampling), max_km)
     wet = a > threshold
     out = np.empty(a.shape, dtype=np.float32)
     flat_wet, flat_out = wet.reshape(-1, *a.shape[-2:]), out.reshape(-1, *a.shape[-2:])
     for i, w in enumerate(flat_wet):
-        if not w.any():
-            flat_out[i] = -max_km
-        elif w.all():
-            flat_out[i] = max_km
-        else:
-            # Distance from each wet pixel to the nearest dry one, and vice versa; the half
-            # pixel offset makes the distance continuous across the edge.
-            inside = ndimage.distance_transform_edt(w, sampling=sampling)
-            outside = ndimage.distance_transform_edt(~w, sampling=sampling)
-            half = 0.5 * float(sampling.min())
-            flat_out[i] = np.clip(np.where(w, inside - half, half - outside), -max_km, max_km)
+        flat_out[i] = _signed_distance(w, sampling, max_km)
     return out
+
+
+def _signed_distance(wet: np.ndarray, sampling: Sequence[float], max_km: float) -> np.ndarray:
+    """Signed Euclidean distance (km) of a boolean array to its wet/dry edge (see
+    :func:`rain_edge_distance`), clipped to +-max_km."""
+    if not wet.any():
+        return np.full(wet.shape, -max_km, dtype=np.float32)
+    if wet.all():
+        return np.full(wet.shape, max_km, dtype=np.float32)
+    # Distance from each wet pixel to the nearest dry one, and vice versa; the half pixel
+    # offset makes the distance continuous across the edge.
+    inside = ndimage.distance_transform_edt(wet, sampling=sampling)
+    outside = ndimage.distance_transform_edt(~wet, sampling=sampling)
+    half = 0.5 * float(min(sampling))
+    return np.clip(np.where(wet, inside - half, half - outside), -max_km, max_km).astype(np.float32)
 
 
 def grid_spacing_km(lat: np.ndarray, lon: np.ndarray) -> tuple[float, float]:
