@@ -82,8 +82,7 @@ class NormStats:
             train_period: (start, end) strings; only these times are used.
             transforms: name -> transform; defaults to the catalogue's
                 (``tp`` -> ``log1p``, others ``none``).
-            scales: name -> transform scale in the variable's units; defaults to the
-                catalogue's (``tp``: 0.1 mm/h).
+            scales: name -> transform scale (default 1.0, in the variable's units).
         """
         import dask
 
@@ -97,9 +96,8 @@ class NormStats:
         sub = _period_slice(ds, train_period, where)
         out: dict[str, dict[str, Any]] = {}
         for name in names:
-            entry = lookup(name)
-            transform = (transforms or {}).get(name) or entry.transform
-            scale = float((scales or {}).get(name, entry.transform_scale))
+            transform = (transforms or {}).get(name) or lookup(name).transform
+            scale = float((scales or {}).get(name, 1.0))
             transforms_check(transform, name)
             da = sub[name]
             y = xr.apply_ufunc(

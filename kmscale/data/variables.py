@@ -42,7 +42,6 @@ class Variable:
         aliases: other names files use for it (matched case-sensitively first, then
             case-insensitively).
         transform: default value transform for normalization (see ``transforms.py``).
-        transform_scale: the transform's scale in canonical units (``log1p(x / scale)``).
         static: True for time-invariant fields (orography, land-sea mask).
     """
 
@@ -53,7 +52,6 @@ class Variable:
     valid_range: tuple[float, float]
     aliases: tuple[str, ...] = ()
     transform: str = "none"
-    transform_scale: float = 1.0
     static: bool = False
     cf_standard_names: tuple[str, ...] = field(default=())
 
@@ -271,10 +269,6 @@ CATALOGUE: dict[str, Variable] = {
                 "TOT_PREC",
             ),
             transform="log1p",
-            # 0.1 mm/h, the wet threshold: rates below it stay within 0.7 of zero after
-            # log1p, so small noise around dry pixels decodes to well under the threshold
-            # (no spurious drizzle) and a rain rate's relative change is what is modelled.
-            transform_scale=0.1,
             cf_standard_names=(
                 "lwe_precipitation_rate",
                 "precipitation_amount",
