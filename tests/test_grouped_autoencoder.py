@@ -258,6 +258,38 @@ def test_train_groups(tmp_path):
     assert (tmp_path / "run" / "1_u10_v10" / "autoencoder" / "config.json").is_file()
 
 
+def test_transform_scales_reach_every_group(tmp_path):
+    """``transform_scales`` set the value transform of the fitted statistics (tp: log1p(tp / s))."""
+    from kmscale.autoencoders.train import GroupConfig, ModelConfig, train_autoencoder, vae_config
+
+    x = np.abs(fields(t=4).numpy())
+    ds = xr.Dataset(
+        {v: (("time", "lat", "lon"), x[:, c]) for c, v in enumerate(VARS)},
+        coords={
+            "time": pd.date_range("2023-07-01", periods=4, freq="h"),
+            "lat": np.linspace(29, 29.15, 16),
+            "lon": np.linspace(100, 100.23, 24),
+        },
+    )
+    groups = [
+        GroupConfig(["t2m", "u10", "v10"], ModelConfig(name="identity")),
+        GroupConfig(["tp"], ModelConfig(name="identity")),
+    ]
+    cfg = vae_config(
+        tmp_path / "run",
+        [16, 24],
+        [8],
+        1,
+        4,
+        groups=groups,
+        group_factor=1,
+        transform_scales={"tp": 0.1},
+    )
+    tp = train_autoencoder(cfg, ds).parts[1].config.input_stats["tp"]
+    assert tp["transform"] == "log1p" and tp["scale"] == 0.1
+    assert tp["mean"] == pytest.approx(float(np.log1p(ds.tp.values.astype("float64") / 0.1).mean()))
+
+
 def test_groups_recipe_config_resolves():
     from pathlib import Path
 

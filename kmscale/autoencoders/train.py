@@ -63,6 +63,9 @@ class DataConfig:
         default_factory=list
     )  # held-out [start, end]; empty = no validation
     stats: str = ""  # stats.json of `kmscale prepare`; empty = fit on train_period
+    # Value-transform scales when the statistics are fitted here, per variable in its units
+    # (tp: log1p(tp / scale)); empty = the variable catalogue's (1.0).
+    transform_scales: dict[str, float] = field(default_factory=dict)
     val_max_fields: int = 32  # validation fields (evenly spaced over val_period)
     # Level-shift augmentation: std (standardized units) of a random constant added to
     # each training field of every variable without a value transform (t2m, winds; not
@@ -318,7 +321,10 @@ def stack_fields(ds: xr.Dataset, names: list[str]) -> np.ndarray:
 
 
 def _input_stats(cfg: DataConfig, train: xr.Dataset, names: list[str]) -> dict:
-    stats = NormStats.load(cfg.stats) if cfg.stats else NormStats.fit(train, names)
+    if cfg.stats:
+        stats = NormStats.load(cfg.stats)
+    else:
+        stats = NormStats.fit(train, names, scales=cfg.transform_scales)
     return {v: stats.stat(v) for v in names}
 
 
@@ -535,6 +541,7 @@ def vae_config(
     decoder_spectral_weight: float = 0.3,
     groups: list[GroupConfig] | None = None,
     group_factor: int = 0,
+    transform_scales: dict[str, float] | None = None,
 ) -> AutoencoderConfig:
     """The config of a short VAE run on whole fields of ``field_shape`` (the demo's and
     the benchmarks'): one stage on whole fields, or, with ``small_patch``, two stages
@@ -543,11 +550,12 @@ def vae_config(
     > 0, the decoder stage on whole fields (encoder frozen, batch-mean spectrum term of
     weight ``decoder_spectral_weight``). ``groups``: one VAE per group (their own
     widths and channels; ``widths`` and ``latent_channels`` are then unused).
-    ``shift_augment``: see :class:`DataConfig`; ``spectral_mode``: see :class:`VAELoss`."""
+    ``shift_augment``, ``transform_scales``: see :class:`DataConfig`; ``spectral_mode``: see
+    :class:`VAELoss`."""
     n_small = max(1, int(round(samples * small_fraction))) if small_patch else samples
     return AutoencoderConfig(
         out_dir=str(out),
-        data=DataConfig(shift_augment=shift_augment),
+        data=DataConfig(shift_augment=shift_augment, transform_scales=dict(transform_scales or {})),
         model=ModelConfig(
             block_out_channels=list(widths),
             latent_channels=latent_channels,
