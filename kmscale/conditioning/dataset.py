@@ -102,12 +102,14 @@ class ConditioningSpec:
         static_variables: Sequence[str] | None = None,
         max_lead_hours: float = DEFAULT_MAX_LEAD_HOURS,
         interpolation: str = "bilinear",
+        transform_scales: Mapping[str, float] | None = None,
     ) -> ConditioningSpec:
-        """Read variables, units and statistics from the (training) data."""
+        """Read variables, units and statistics from the (training) data; predictors take
+        the value-transform ``transform_scales`` given per variable (e.g. the targets')."""
         fields = static_fields(static, lat, lon, static_variables)
         phys = [n for n in fields.data_vars if n not in STATIC_ENCODINGS]
         return cls(
-            predictors=PredictorSpec.from_data(predictors, predictor_variables),
+            predictors=PredictorSpec.from_data(predictors, predictor_variables, transform_scales),
             static_variables=phys,
             static_stats=fit_static_stats(fields),
             factor=int(factor),

@@ -104,15 +104,18 @@ def interpolate_regular(
     return y.reshape(*lead, len(dst_lat), len(dst_lon))
 
 
-def fit_predictor_stats(ds: xr.Dataset, variables: Sequence[str]) -> dict[str, dict]:
+def fit_predictor_stats(
+    ds: xr.Dataset, variables: Sequence[str], scales: Mapping[str, float] | None = None
+) -> dict[str, dict]:
     """Transform + mean/std per predictor variable over the (training) dataset given.
 
     Fitted with :class:`kmscale.data.stats.NormStats` (catalogue transforms, e.g.
-    ``log1p`` for precipitation); the schema is that of ``transforms.standardize``.
+    ``log1p`` for precipitation, with the transform ``scales`` given per variable); the
+    schema is that of ``transforms.standardize``.
     """
     from kmscale.data.stats import NormStats
 
-    stats = NormStats.fit(ds, list(variables))
+    stats = NormStats.fit(ds, list(variables), scales=scales)
     return {name: stats.stat(name) for name in variables}
 
 
@@ -125,14 +128,20 @@ class PredictorSpec:
     stats: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
-    def from_data(cls, ds: xr.Dataset, variables: Sequence[str] | None = None) -> PredictorSpec:
-        """Take variables (default: all of them), units and statistics from training data."""
+    def from_data(
+        cls,
+        ds: xr.Dataset,
+        variables: Sequence[str] | None = None,
+        scales: Mapping[str, float] | None = None,
+    ) -> PredictorSpec:
+        """Take variables (default: all of them), units and statistics from training data
+        (value-transform ``scales`` per variable: see :func:`fit_predictor_stats`)."""
         names = list(variables) if variables else predictor_variables(ds)
         missing = [n for n in names if n not in ds]
         if missing:
             raise SchemaError(f"predictors: expected variables {names}, missing {missing}")
         units = {n: str(ds[n].attrs.get("units", "")) for n in names}
-        return cls(variables=names, units=units, stats=fit_predictor_stats(ds, names))
+        return cls(variables=names, units=units, stats=fit_predictor_stats(ds, names, scales))
 
     def to_dict(self) -> dict:
         return {

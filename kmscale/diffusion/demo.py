@@ -98,7 +98,8 @@ class DemoSize:
         default_factory=lambda: [_pixel(["t2m"]), _pixel(["u10", "v10"]), _pixel(["tp"])]
     )
     group_factor: int = 2
-    # tp enters the autoencoders as log1p(tp / 0.1 mm/h), the wet threshold: rates below it
+    # tp enters the autoencoders (and the predictors the same way, so that the regression's
+    # linear skip maps like to like) as log1p(tp / 0.1 mm/h), the wet threshold: rates below it
     # stay within 0.7 of zero, so the members' small noise around dry pixels decodes to well
     # under the threshold (no spurious drizzle), and rain rates are modelled by their
     # relative changes.
@@ -244,7 +245,12 @@ def train_models(
     )
 
     train_period, val_period = periods
-    settings = DataSettings(train_period=train_period, val_period=val_period, latents=str(latents))
+    settings = DataSettings(
+        train_period=train_period,
+        val_period=val_period,
+        latents=str(latents),
+        predictor_transform_scales=dict(size.transform_scales),
+    )
     reg_bundle = out / "regression" / "bundle"
     if not (reg_bundle / "bundle.json").is_file():
         train_regression(

@@ -81,6 +81,10 @@ class DataSettings:
     variables: list[str] | None = None  # target variables (default: the autoencoder's / all)
     predictor_variables: list[str] | None = None  # default: every predictor variable
     static_variables: list[str] | None = None  # default: every static variable
+    # Value-transform scales of the predictors' statistics per variable (tp: log1p(tp /
+    # scale)); empty = the variable catalogue's. Setting the targets' autoencoder's scales
+    # here puts a predictor in the same transform as its target.
+    predictor_transform_scales: dict[str, float] = field(default_factory=dict)
     train_period: list[str] | None = None  # [first, last] valid time (inclusive); None: all
     val_period: list[str] | None = None  # held-out valid times for validation; None: none
     # Latent store written by `kmscale encode` with this run's autoencoder: training reads
@@ -266,6 +270,7 @@ def train_regression(
         cfg.data.static_variables,
         cfg.max_lead_hours,
         cfg.interpolation,
+        cfg.data.predictor_transform_scales,
     )
     z_tr = target_latents(ae, targets_tr, cfg.data.latents)
     train_ds = build_dataset(spec, preds_tr, data.static, lat, lon, z_tr, targets_tr["time"].values)

@@ -106,7 +106,7 @@ def score(
     """
     opts = opts or ScoreOptions()
     if is_healpix(truth):  # equal-area cells + angular spectra: kmscale.evaluation.sphere_scoring
-        return score_healpix(forecasts, truth, opts, progress=progress)
+        return score_healpix(forecasts, truth, opts, score, progress=progress)
     variables, truth, units = check_inputs(forecasts, truth, opts.variables)
     ydim, xdim = spatial_dims(truth[variables[0]], where="truth")
     names = list(forecasts)

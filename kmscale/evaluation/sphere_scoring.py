@@ -25,7 +25,7 @@ field is finite everywhere (anafast takes no mask):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -63,16 +63,18 @@ def face_image(ds: xr.Dataset) -> xr.Dataset:
 def score_healpix(
     forecasts: Mapping[str, xr.Dataset],
     truth: xr.Dataset,
-    opts=None,
+    opts,
+    score: Callable[..., xr.Dataset],
     *,
     progress: bool = True,
 ) -> xr.Dataset:
-    """Score HEALPix forecasts against a HEALPix truth (module doc); ``opts`` a ``ScoreOptions``.
+    """Score HEALPix forecasts against a HEALPix truth (module doc).
+
+    ``opts`` is a ``ScoreOptions`` and ``score`` the grid scorer
+    (:func:`kmscale.evaluation.scoring.score`, passed in by it, so this module does not
+    import it back), run on the face images.
 
     Raises AlignmentError when a forecast's nside differs from the truth's."""
-    from kmscale.evaluation.scoring import ScoreOptions, score
-
-    opts = opts or ScoreOptions()
     nside = check_healpix_dataset(truth).nside
     for name, f in forecasts.items():
         found = check_healpix_dataset(f).nside
