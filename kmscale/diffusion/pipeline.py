@@ -134,18 +134,25 @@ class DownscalingPipeline:
     def decode_tiling(
         self, settings: SamplerSettings
     ) -> tuple[tuple[int, int] | None, tuple[int, int]]:
-        """Pixel (tile, overlap) of the decode: the settings', else ``auto_tiling``'s."""
-        from kmscale.autoencoders.tiling import auto_tiling
+        """Pixel (tile, overlap) of the decode: the settings', else ``auto_tiling``'s.
 
-        shape = (self.bundle.lat.size, self.bundle.lon.size)
+        The default overlap is :class:`~kmscale.autoencoders.tiling.Tiling`'s (320 px,
+        at most half a tile): enough for the default VAEs to tile exactly.
+        """
+        from kmscale.autoencoders.tiling import Tiling, auto_tiling, padded_shape
+
         f = self.autoencoder.downsample_factor
+        shape = padded_shape((self.bundle.lat.size, self.bundle.lon.size), f)
         if settings.decode_tile is None:
             return auto_tiling(shape, f)
         tile = tuple(min(int(t), n) for t, n in zip(settings.decode_tile, shape, strict=True))
-        overlap = settings.decode_overlap or [
-            t // 4 // f * f if t < n else 0 for t, n in zip(tile, shape, strict=True)
-        ]
-        return tile, tuple(int(o) for o in overlap)  # type: ignore[return-value]
+        if settings.decode_overlap is not None:
+            return tile, tuple(int(o) for o in settings.decode_overlap)  # type: ignore[return-value]
+        overlap = tuple(
+            min(Tiling.overlap, t // 2) // f * f if t < n else 0
+            for t, n in zip(tile, shape, strict=True)
+        )
+        return tile, overlap  # type: ignore[return-value]
 
     def tile_edges(self, settings: SamplerSettings) -> tuple[np.ndarray, np.ndarray]:
         """Pixel positions of every patch edge (latent patches and decode tiles)."""
