@@ -238,7 +238,9 @@ def write_region(
     """Write ``ds`` (covering exactly ``sl`` along ``dim``) into the store at ``partial``.
 
     Regions of different chunks touch different zarr chunks, so writers in several
-    processes (or machines sharing the file system) can fill one store together.
+    processes (or machines sharing the file system) can fill one store together. A
+    ``ds`` without variables along ``dim`` (a stage that wrote the chunk's data itself,
+    piece by piece, e.g. ``kmscale sample`` member by member) writes nothing.
     """
     if ds.sizes.get(dim) != sl.stop - sl.start:
         raise StoreError(
@@ -246,6 +248,8 @@ def write_region(
             f"found {ds.sizes.get(dim)}"
         )
     keep = [n for n, v in ds.data_vars.items() if dim in v.dims]
+    if not keep:
+        return
     part = ds[keep]
     part = part.drop_vars([c for c in part.coords if dim not in part[c].dims])
     part.to_zarr(partial, region={dim: sl}, mode="r+", zarr_format=3, consolidated=False)

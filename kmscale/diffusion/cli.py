@@ -117,6 +117,21 @@ def register(subparsers) -> None:
         help="tile overlap in latent pixels (default: a quarter of the tile)",
     )
     p.add_argument(
+        "--decode-tile",
+        type=_pair,
+        default=None,
+        metavar="H,W",
+        help="decode in pixel tiles of H,W (multiples of the downsample factor; default: whole "
+        "field up to 1024 px a side, else 1024 px tiles)",
+    )
+    p.add_argument(
+        "--decode-overlap",
+        type=_pair,
+        default=None,
+        metavar="H,W",
+        help="pixel overlap of decode tiles (default: 320 px, at most half a tile)",
+    )
+    p.add_argument(
         "--time-chunk",
         type=int,
         default=d.time_chunk,
@@ -206,6 +221,8 @@ def run_sample(args: argparse.Namespace) -> int:
         patch=args.patch,
         overlap=args.overlap,
         time_chunk=args.time_chunk,
+        decode_tile=args.decode_tile,
+        decode_overlap=args.decode_overlap,
         center_residuals=args.center_residuals,
     )
     resolved = {k: v for k, v in vars(args).items() if k != "func"}

@@ -13,10 +13,16 @@
         ▼
     z_m = residual.compose(ẑ, r_m, scale) ──autoencoder.decode──► x_m (C, H, W) physical
         │
-        ▼
+        ▼ (tiled decode, kmscale.autoencoders.tiling, for fields over 1024 px a side)
     ensemble store (time, member, lat, lon) per variable, CF attributes, provenance,
-    written time chunk by time chunk with kmscale.data.store.StoreWriter (resumable;
-    the final name appears only when every chunk is in place)
+    written member by member as each is decoded (kmscale.diffusion.ensemble_store) inside
+    time chunks of kmscale.data.store.StoreWriter (resumable; the final name appears
+    only when every chunk is in place), with the seam diagnostic of patch-wise sampling
+
+Memory: the conditioning, ẑ and the members' latents of one valid time (small: the
+latent grid), plus one member's physical fields (C, H, W) and the decoder activations of
+a few tiles. Nothing of size (members, C, H, W) is held, so a 4384 x 6880 grid samples
+in a few GiB.
 
 Seeds: member ``m`` at valid time ``t`` draws its noise from
 ``seed(t, m) = member_seeds[m] * 1_000_003 + hours_since_1970(t)``, so a member is
@@ -26,10 +32,7 @@ independent noise. Both the member seeds and the rule are recorded in the store.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +41,15 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from kmscale.conditioning.dataset import DownscalingDataset
-from kmscale.diffusion import residual
+from kmscale.diffusion import ensemble_store, residual
 from kmscale.diffusion.bundle import ModelBundle, build_denoiser
 from kmscale.diffusion.ensemble import default_seeds, sample_ensemble
+from kmscale.diffusion.ensemble_store import SEAM_KEY, SEED_RULE
 from kmscale.diffusion.regression import predict_mean
 from kmscale.diffusion.settings import SamplerSettings
 from kmscale.errors import ConfigError
 
-SEED_RULE = "seed(t, m) = member_seeds[m] * 1000003 + hours_since_1970(t)"
+__all__ = ["SEAM_KEY", "SEED_RULE", "DownscalingPipeline", "SamplerSettings", "time_seeds"]
 
 
 def time_seeds(member_seeds: list[int], valid_time: np.datetime64) -> list[int]:
@@ -109,13 +113,114 @@ class DownscalingPipeline:
         static = b.grid if b.spec.static_variables else None
         return build_dataset(b.spec, predictors, static, b.lat, b.lon)
 
-    def _denoiser_for(self, settings: SamplerSettings):
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """(h, w) of the latent grid the diffusion model samples on."""
         b = self.bundle
-        patch = settings.patch or (b.edm.train_patch if b.edm.context_size else None)
+        return (b.lat.size // b.spec.factor, b.lon.size // b.spec.factor)
+
+    def _patch(self, settings: SamplerSettings) -> list[int] | None:
+        b = self.bundle
+        return settings.patch or (b.edm.train_patch if b.edm.context_size else None)
+
+    def _denoiser_for(self, settings: SamplerSettings):
+        patch = self._patch(settings)
         if patch is None:
             return self.denoiser
-        shape = (b.lat.size // b.spec.factor, b.lon.size // b.spec.factor)
-        return patched_denoiser(self.denoiser, shape, patch, settings.overlap, b.edm.context_size)
+        return patched_denoiser(
+            self.denoiser, self.latent_shape, patch, settings.overlap, self.bundle.edm.context_size
+        )
+
+    def decode_tiling(
+        self, settings: SamplerSettings
+    ) -> tuple[tuple[int, int] | None, tuple[int, int]]:
+        """Pixel (tile, overlap) of the decode: the settings', else ``auto_tiling``'s.
+
+        The default overlap is :class:`~kmscale.autoencoders.tiling.Tiling`'s (320 px,
+        at most half a tile): enough for the default VAEs to tile exactly.
+        """
+        from kmscale.autoencoders.tiling import Tiling, auto_tiling, padded_shape
+
+        f = self.autoencoder.downsample_factor
+        shape = padded_shape((self.bundle.lat.size, self.bundle.lon.size), f)
+        if settings.decode_tile is None:
+            return auto_tiling(shape, f)
+        tile = tuple(min(int(t), n) for t, n in zip(settings.decode_tile, shape, strict=True))
+        if settings.decode_overlap is not None:
+            return tile, tuple(int(o) for o in settings.decode_overlap)  # type: ignore[return-value]
+        overlap = tuple(
+            min(Tiling.overlap, t // 2) // f * f if t < n else 0
+            for t, n in zip(tile, shape, strict=True)
+        )
+        return tile, overlap  # type: ignore[return-value]
+
+    def tile_edges(self, settings: SamplerSettings) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel positions of every patch edge (latent patches and decode tiles)."""
+        from kmscale.data.patches import TileLayout
+        from kmscale.evaluation.seams import tile_edges
+
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        denoiser = self._denoiser_for(settings) if self.denoiser is not None else None
+        if denoiser is not None and denoiser is not self.denoiser:
+            r, c = tile_edges(denoiser.layout, self.bundle.spec.factor)
+            rows.append(r)
+            cols.append(c)
+        tile, overlap = self.decode_tiling(settings)
+        if tile is not None:
+            from kmscale.autoencoders.tiling import padded_shape
+
+            shape = padded_shape(
+                (self.bundle.lat.size, self.bundle.lon.size), self.autoencoder.downsample_factor
+            )
+            r, c = tile_edges(TileLayout(shape=shape, tile=tile, overlap=overlap))
+            rows.append(r)
+            cols.append(c)
+        cat = lambda e: np.unique(np.concatenate(e)) if e else np.zeros(0, np.int64)  # noqa: E731
+        return cat(rows), cat(cols)
+
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        item: Mapping[str, torch.Tensor],
+        z_mean: torch.Tensor,
+        seeds: list[int],
+        settings: SamplerSettings,
+        denoiser=None,
+    ) -> torch.Tensor:
+        """Latents of the members at one valid time: (M, C_z, h, w), z = ẑ + scale · r_m.
+
+        Without a diffusion model (regression-only bundle) every member is ẑ.
+        """
+        z_mean = z_mean.to(self.device)
+        if self.denoiser is None:
+            return z_mean.expand(len(seeds), *z_mean.shape)
+        denoiser = denoiser or self._denoiser_for(settings)
+        cond = torch.cat([z_mean, item["cond"].to(self.device)], dim=0)
+        r = sample_ensemble(
+            denoiser,
+            cond,
+            item["emb"].to(self.device),
+            len(seeds),
+            seeds,
+            settings.sampler_kwargs(),
+            batch_size=settings.member_batch,
+            latent_shape=tuple(z_mean.shape),
+            device=self.device,
+        )
+        if settings.center_residuals:
+            r = residual.center_members(r)
+        scale = torch.tensor(self.bundle.edm.residual_scale, device=self.device).reshape(-1, 1, 1)
+        return residual.compose(z_mean.expand_as(r), r, scale)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, settings: SamplerSettings) -> torch.Tensor:
+        """Physical fields (C, H, W) of one member's latents z (C_z, h, w), tiled if large."""
+        from kmscale.autoencoders.tiling import tiled_decode
+
+        tile, overlap = self.decode_tiling(settings)
+        shape = (self.bundle.lat.size, self.bundle.lon.size)
+        return tiled_decode(self.autoencoder, z.float(), shape=shape, tile=tile, overlap=overlap)
 
     @torch.no_grad()
     def sample_time(
@@ -126,79 +231,66 @@ class DownscalingPipeline:
         settings: SamplerSettings,
         denoiser=None,
     ) -> torch.Tensor:
-        """Members at one valid time: (M, C, H, W) physical fields.
+        """Members at one valid time in memory: (M, C, H, W) physical fields.
 
-        Without a diffusion model (regression-only bundle) every member is the decoded ẑ.
+        :meth:`run` decodes and writes one member at a time instead (bounded memory).
         """
-        z_mean = z_mean.to(self.device)
-        if self.denoiser is None:
-            z = z_mean.expand(len(seeds), *z_mean.shape)
-        else:
-            denoiser = denoiser or self._denoiser_for(settings)
-            cond = torch.cat([z_mean, item["cond"].to(self.device)], dim=0)
-            r = sample_ensemble(
-                denoiser,
-                cond,
-                item["emb"].to(self.device),
-                len(seeds),
-                seeds,
-                settings.sampler_kwargs(),
-                batch_size=settings.member_batch,
-                latent_shape=tuple(z_mean.shape),
-                device=self.device,
-            )
-            if settings.center_residuals:
-                r = residual.center_members(r)
-            scale = torch.tensor(self.bundle.edm.residual_scale, device=self.device).reshape(
-                -1, 1, 1
-            )
-            z = residual.compose(z_mean.expand_as(r), r, scale)
-        return self.autoencoder.decode(z.float()).cpu()
+        z = self.sample_latents(item, z_mean, seeds, settings, denoiser)
+        return torch.stack([self.decode(zm, settings) for zm in z])
 
     # ---- the store ------------------------------------------------------------------
-    def template(
-        self,
-        dataset: DownscalingDataset,
-        members: int,
-        lead: np.ndarray | None,
-        time_chunk: int = 1,
-    ) -> xr.Dataset:
+    def template(self, dataset: DownscalingDataset, members: int, lead: np.ndarray | None):
         """Full-size lazy template of the ensemble store (dims time, member, lat, lon)."""
-        import dask.array as da
+        b = self.bundle
+        return ensemble_store.template(b.variables, dataset.time, members, b.lat, b.lon, lead)
 
-        from kmscale.data.variables import lookup
-        from kmscale.errors import SchemaError
+    def _check(self, settings: SamplerSettings) -> None:
+        if settings.members < 1:
+            raise ConfigError(f"members: expected >= 1, found {settings.members}")
+        if self.denoiser is None and settings.members != 1:
+            raise ConfigError(
+                f"members: this bundle has no diffusion model (regression only), so expected 1, "
+                f"found {settings.members}"
+            )
+
+    def _writer(self, template, out, settings, member_seeds, resolved_config, overwrite):
+        from kmscale.data.store import StoreWriter
 
         b = self.bundle
-        T, H, W = len(dataset), b.lat.size, b.lon.size
-        coords = {
-            "time": ("time", dataset.time, {"standard_name": "time", "long_name": "valid time"}),
-            "member": (
-                "member",
-                np.arange(members, dtype=np.int32),
-                {"long_name": "ensemble member"},
-            ),
-            "lat": ("lat", b.lat, {"units": "degrees_north", "standard_name": "latitude"}),
-            "lon": ("lon", b.lon, {"units": "degrees_east", "standard_name": "longitude"}),
-        }
-        if lead is not None:
-            coords["lead_time"] = (
-                "time",
-                lead.astype(np.float32),
-                {"units": "hours", "long_name": "forecast lead time"},
-            )
-        data_vars = {}
-        for name in b.variables:
-            try:
-                attrs = lookup(name).cf_attrs()
-            except SchemaError:
-                attrs = {"long_name": name}
-            data_vars[name] = (
-                ("time", "member", "lat", "lon"),
-                da.zeros((T, members, H, W), dtype=np.float32, chunks=(time_chunk, members, H, W)),
-                attrs,
-            )
-        return xr.Dataset(data_vars, coords=coords)
+        return StoreWriter(
+            out,
+            template,
+            kind="ensemble",
+            fingerprint=ensemble_store.fingerprint(b, settings, template["time"].values),
+            dim="time",
+            chunk=settings.time_chunk,
+            attrs=ensemble_store.provenance(b, settings, member_seeds, resolved_config),
+            encoding=ensemble_store.encoding(b.variables, b.lat.size, b.lon.size),
+            overwrite=overwrite,
+        )
+
+    def _chunk_fn(self, dataset, writer, template, settings, member_seeds):
+        """``compute(index, time slice)`` of :func:`kmscale.data.distributed.run_chunks`.
+
+        It samples the chunk's valid times and writes each member to the store as soon as
+        it is decoded; the dataset it returns holds only the chunk's coordinates, which
+        ``run_chunks`` writes last before recording the chunk as done.
+        """
+        denoiser = self._denoiser_for(settings) if self.denoiser is not None else None
+        partial, variables = str(writer.partial), self.bundle.variables
+
+        def compute(index: int, sl: slice) -> xr.Dataset:
+            part = dataset.subset(np.arange(sl.start, sl.stop))
+            z_mean = predict_mean(self.regression, part, progress=False)
+            for j in range(len(part)):
+                seeds = time_seeds(member_seeds, part.time[j])
+                z = self.sample_latents(part[j], z_mean[j], seeds, settings, denoiser)
+                for m in range(len(seeds)):
+                    x = self.decode(z[m], settings).numpy()
+                    ensemble_store.write_member(partial, variables, sl.start + j, m, x)
+            return template.isel(time=sl).drop_vars(variables)
+
+        return compute
 
     def run(
         self,
@@ -225,85 +317,28 @@ class DownscalingPipeline:
             scheduler: dask.distributed workers for the time chunks (``local:N`` or an
                 address; see :mod:`kmscale.data.distributed`); None: this process.
         Returns:
-            The path of the complete store, or None if stopped early.
+            The path of the complete store, or None if stopped early. Its attribute
+            ``kmscale_seam_ratio`` holds the seam diagnostic per variable
+            (:mod:`kmscale.evaluation.seams`; null without patches or decode tiles).
         """
         from kmscale.conditioning.embeddings import lead_times_of
         from kmscale.data.distributed import run_chunks
-        from kmscale.data.store import StoreWriter
 
-        if settings.members < 1:
-            raise ConfigError(f"members: expected >= 1, found {settings.members}")
-        if self.denoiser is None and settings.members != 1:
-            raise ConfigError(
-                f"members: this bundle has no diffusion model (regression only), so expected 1, "
-                f"found {settings.members}"
-            )
+        self._check(settings)
         dataset = self.conditioning(predictors)
-        lead = lead_times_of(predictors)
         member_seeds = default_seeds(settings.members, settings.seed)
-        b = self.bundle
-        provenance = {
-            "Conventions": "CF-1.10",
-            "title": "kmscale downscaled ensemble",
-            "kmscale_bundle_fingerprint": b.fingerprint(),
-            "kmscale_bundle_data_fingerprint": b.data_fingerprint,
-            "kmscale_autoencoder": type(b.autoencoder).registry_name,
-            "kmscale_sampler": json.dumps(asdict(settings)),
-            "kmscale_member_seeds": member_seeds,
-            "kmscale_seed_rule": SEED_RULE,
-            "kmscale_config": json.dumps(dict(resolved_config or {}), default=str),
-        }
-        fp = hashlib.sha256(
-            json.dumps(
-                [
-                    b.fingerprint(),
-                    asdict(settings),
-                    str(dataset.time[0]),
-                    str(dataset.time[-1]),
-                    len(dataset),
-                ],
-                default=str,
-            ).encode()
-        ).hexdigest()[:16]
-        template = self.template(dataset, settings.members, lead, settings.time_chunk)
-        writer = StoreWriter(
-            out,
-            template,
-            kind="ensemble",
-            fingerprint=fp,
-            dim="time",
-            chunk=settings.time_chunk,
-            attrs=provenance,
-            overwrite=overwrite,
-        )
-        pending = writer.pending()
-        if max_chunks is not None:
-            pending = pending[:max_chunks]
-        denoiser = self._denoiser_for(settings) if self.denoiser is not None else None
+        template = self.template(dataset, settings.members, lead_times_of(predictors))
+        writer = self._writer(template, out, settings, member_seeds, resolved_config, overwrite)
+        pending = writer.pending()[:max_chunks] if max_chunks is not None else writer.pending()
+        per_chunk = settings.time_chunk * settings.members
         bar = tqdm(
             total=len(dataset) * settings.members,
             unit="member",
             desc="sample",
             disable=not progress,
-            initial=(writer.n_chunks - len(writer.pending()))
-            * settings.time_chunk
-            * settings.members,
+            initial=(writer.n_chunks - len(writer.pending())) * per_chunk,
         )
-
-        def compute(index: int, sl: slice) -> xr.Dataset:
-            part = dataset.subset(np.arange(sl.start, sl.stop))
-            z_mean = predict_mean(self.regression, part, progress=False)
-            fields = [
-                self.sample_time(
-                    part[j], z_mean[j], time_seeds(member_seeds, part.time[j]), settings, denoiser
-                )
-                for j in range(len(part))
-            ]
-            arr = torch.stack(fields).numpy()  # (t, M, C, H, W)
-            chunk = template.isel(time=sl).copy()
-            for c, name in enumerate(b.variables):
-                chunk[name] = (("time", "member", "lat", "lon"), arr[:, :, c], template[name].attrs)
-            return chunk
+        compute = self._chunk_fn(dataset, writer, template, settings, member_seeds)
 
         def done(index: int) -> None:
             sl = writer.chunk_slice(index)
@@ -313,4 +348,8 @@ class DownscalingPipeline:
         bar.close()
         if writer.pending():
             return None
+        seams = ensemble_store.seam_diagnostic(
+            writer.partial, self.bundle.variables, self.tile_edges(settings)
+        )
+        writer.update_attrs({SEAM_KEY: seams})
         return writer.finalize()

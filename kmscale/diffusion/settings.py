@@ -50,6 +50,10 @@ class SamplerSettings:
     patch: list[int] | None = None  # latent tile (th, tw) of patch-wise sampling; None: whole field
     overlap: list[int] | None = None  # latent tile overlap (oh, ow); default: a quarter of the tile
     time_chunk: int = 1  # valid times per store chunk (the unit of resume)
+    # pixel tile (th, tw) of the decode (multiples of the downsample factor); None: the
+    # autoencoders' auto_tiling (whole field up to 1024 px a side, else 1024 px tiles)
+    decode_tile: list[int] | None = None
+    decode_overlap: list[int] | None = None  # pixel overlap of decode tiles; None: auto_tiling's
     # remove the members' mean residual in latent space (variance kept): the ensemble is
     # re-centred on the regression mean; see kmscale.diffusion.residual.center_members
     center_residuals: bool = False
