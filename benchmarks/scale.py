@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+MEASURED_KEYS = ("full_grid_sampling", "distributed", "fault_injection", "fuzz", "streaming")
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -257,20 +258,27 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs)",
         "load_before": os.getloadavg(),
         "split": "n/a: synthetic inputs, no settings chosen from results",
-        "not_measured": ["full_grid_sampling"],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "nice python benchmarks/scale.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    if out.exists():  # parts run separately (--skip) accumulate in one file
-        result = json.loads(out.read_text()) | result
-    earlier = [result.pop("command")] if "command" in result else result.get("commands", [])
+    earlier = json.loads(out.read_text()).get("commands", []) if out.exists() else []
     result["commands"] = [*earlier, f"{result['date']}: {command}"]
 
     def save():
-        out.write_text(json.dumps(result, indent=2, default=str))
+        """Merge this run's keys into the file as it is now: parts run separately (--skip)
+        accumulate, and keys other scripts write (``full_grid_sampling``) are kept."""
+        merged = json.loads(out.read_text()) if out.exists() else {}
+        stages = merged.get("fault_injection", {}) | result.get("fault_injection", {})
+        merged |= result
+        if stages:
+            merged["fault_injection"] = stages
+        merged["not_measured"] = [k for k in MEASURED_KEYS if k not in merged]
+        tmp_out = out.with_name(out.name + ".tmp")
+        tmp_out.write_text(json.dumps(merged, indent=2, default=str))
+        os.replace(tmp_out, out)
 
     with tempfile.TemporaryDirectory() as tmp:
         if "fuzz" not in skip:
@@ -290,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
             import fault_injection
 
             stages = fault_injection.build_stages(Path(tmp) / "fault")
-            result.setdefault("fault_injection", {})
-            for i, name in enumerate(args.fault_stages.split(",")):
+            result["fault_injection"] = {}
+            for name in args.fault_stages.split(","):
                 start = time.perf_counter()
-                r = fault_injection.run_stage(stages[name], args.fault_trials, seed=i)
+                r = fault_injection.run_stage(
+                    stages[name], args.fault_trials, seed=fault_injection.STAGES.index(name)
+                )
                 result["fault_injection"][name] = r | {
                     "stage_wall_s": round(time.perf_counter() - start, 1)
                 }
