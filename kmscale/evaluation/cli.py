@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from kmscale.data.distributed import add_scheduler_argument
+
 SCORE_HELP = """\
 Score one or more ensemble forecasts against the truth and write a metrics NetCDF.
 
@@ -127,6 +129,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_scheduler_argument(p)
     p.set_defaults(func=run_score)
 
     r = subparsers.add_parser(
@@ -186,7 +189,7 @@ def run_score(args: argparse.Namespace) -> int:
         spectra=opts.spectra and not args.no_spectra,
     )
     t0 = time.perf_counter()
-    ds = score(forecasts, truth, opts, progress=not args.no_progress)
+    ds = score(forecasts, truth, opts, progress=not args.no_progress, scheduler=args.scheduler)
     ds.attrs["history"] = " ".join(["kmscale", *sys.argv[1:]]) if sys.argv else "kmscale score"
     ds.attrs["forecasts"] = ", ".join(
         f"{n}={p}" for n, p in ((n or Path(p).name.split(".")[0], p) for n, p in args.forecast)
