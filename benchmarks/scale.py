@@ -143,7 +143,10 @@ def distributed_scoring(times: int, members: int, shape: tuple[int, int], work: 
     ).chunk(time=1)
     truth.to_zarr(work / "truth.zarr", mode="w", zarr_format=3, consolidated=False)
     ens.to_zarr(work / "ens.zarr", mode="w", zarr_format=3, consolidated=False)
-    truth, ens = (xr.open_zarr(work / n, zarr_format=3) for n in ("truth.zarr", "ens.zarr"))
+    truth, ens = (
+        xr.open_zarr(work / n, zarr_format=3, consolidated=False)
+        for n in ("truth.zarr", "ens.zarr")
+    )
     opts = ScoreOptions(time_chunk=1)
     walls, results = {}, {}
     start = time.perf_counter()
@@ -162,11 +165,8 @@ def distributed_scoring(times: int, members: int, shape: tuple[int, int], work: 
                 {"ens": ens}, truth, opts, progress=False, scheduler=c.scheduler_address
             )
             walls[n] = time.perf_counter() - start
-    identical = all(
-        np.array_equal(results["single"][v].values, results[n][v].values, equal_nan=True)
-        for n in (1, 2)
-        for v in results["single"].variables
-    )
+    # every variable and coordinate, NaN equal to NaN, floats compared exactly
+    identical = all(results["single"].identical(results[n]) for n in (1, 2))
     return {
         "identical": bool(identical),
         "speedup_2_workers": round(walls[1] / walls[2], 3),
