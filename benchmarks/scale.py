@@ -1,24 +1,28 @@
-"""Scale benchmark (issue 19): distributed sampling, fault injection, fuzzed reader inputs.
+"""Scale benchmark (issue 19): distributed stages, fault injection, fuzzed reader inputs,
+streaming training.
 
-Writes ``benchmarks/results/scale.json`` with
+Writes (merges its keys into) ``benchmarks/results/scale.json``:
 
-- ``distributed``: ``kmscale sample``'s pipeline on the tiny synthetic bundle of the tests
-  (16 x 24 grid, ``--times`` valid times, ``--members`` members, ``--steps`` EDM steps,
-  one time step per chunk) run in one process, on a 1-worker and on a 2-worker
-  ``LocalCluster`` (worker processes, one thread each), side by side in one run:
-  ``identical`` (the 2-worker store equals the single-process one bit for bit) and
-  ``speedup_2_workers`` (1-worker wall time / 2-worker wall time; clusters started before
-  the clock);
+- ``distributed``: per stage of ``--distributed-stages``, the same job run in one process,
+  on a 1-worker and on a 2-worker ``LocalCluster`` (worker processes, one thread each),
+  side by side in one run (clusters started and warmed before the clock): ``sample`` on the
+  tiny synthetic bundle of the tests (16 x 24 grid, ``--times`` valid times, ``--members``
+  members, ``--steps`` EDM steps), ``score`` of a lazily read synthetic ensemble
+  (``--score-times`` times, 128 x 192 grid); one time step per chunk. ``identical`` (every
+  result equals the single-process one bit for bit) and ``speedup_2_workers`` (1-worker
+  wall time / 2-worker wall time, of score);
 - ``fault_injection``: ``benchmarks/fault_injection.py`` with ``--fault-trials`` trials per
-  stage;
+  stage of ``--fault-stages``;
 - ``fuzz``: ``--fuzz-examples`` hypothesis examples of ``tests/_fuzz_readers.py``:
   inputs tried, outcomes, unhandled exceptions (anything that is neither a kmscale typed
-  error nor the right numbers).
+  error nor the right numbers);
+- ``streaming``: peak RSS and examples/s of a short streamed regression training run
+  (``benchmarks/streaming_probe.py``) on 1 month vs 1 year of synthetic hourly latents.
 
 Every input is synthetic and no setting is chosen from results (there is no
-validation/test split to speak of).  Full-grid sampling and streaming training are not
-measured here.  Settings are the argparse defaults below; run with ``nice`` on a shared
-machine: ``nice python benchmarks/scale.py``.
+validation/test split to speak of). Full-grid sampling is measured by its own script.
+Settings are the argparse defaults below; run with ``nice`` on a shared machine:
+``nice python benchmarks/scale.py``.
 """
 
 from __future__ import annotations
