@@ -338,7 +338,8 @@ def run_stage(stage: Stage, trials: int, seed: int) -> dict:
         if at_kill is not None and at_kill != reference:
             ok = False
             messages.append(
-                f"trial {trial}: a complete-looking artifact differs after the kill at {delay:.2f} s"
+                f"trial {trial}: a complete-looking artifact differs after the kill at "
+                f"{delay:.2f} s"
             )
         if at_kill is None:
             try:

@@ -1,24 +1,28 @@
-"""Scale benchmark (issue 19): distributed sampling, fault injection, fuzzed reader inputs.
+"""Scale benchmark (issue 19): distributed stages, fault injection, fuzzed reader inputs,
+streaming training.
 
-Writes ``benchmarks/results/scale.json`` with
+Writes (merges its keys into) ``benchmarks/results/scale.json``:
 
-- ``distributed``: ``kmscale sample``'s pipeline on the tiny synthetic bundle of the tests
-  (16 x 24 grid, ``--times`` valid times, ``--members`` members, ``--steps`` EDM steps,
-  one time step per chunk) run in one process, on a 1-worker and on a 2-worker
-  ``LocalCluster`` (worker processes, one thread each), side by side in one run:
-  ``identical`` (the 2-worker store equals the single-process one bit for bit) and
-  ``speedup_2_workers`` (1-worker wall time / 2-worker wall time; clusters started before
-  the clock);
+- ``distributed``: per stage of ``--distributed-stages``, the same job run in one process,
+  on a 1-worker and on a 2-worker ``LocalCluster`` (worker processes, one thread each),
+  side by side in one run (clusters started and warmed before the clock): ``sample`` on the
+  tiny synthetic bundle of the tests (16 x 24 grid, ``--times`` valid times, ``--members``
+  members, ``--steps`` EDM steps), ``score`` of a lazily read synthetic ensemble
+  (``--score-times`` times, 128 x 192 grid); one time step per chunk. ``identical`` (every
+  result equals the single-process one bit for bit) and ``speedup_2_workers`` (1-worker
+  wall time / 2-worker wall time, of score);
 - ``fault_injection``: ``benchmarks/fault_injection.py`` with ``--fault-trials`` trials per
-  stage;
+  stage of ``--fault-stages``;
 - ``fuzz``: ``--fuzz-examples`` hypothesis examples of ``tests/_fuzz_readers.py``:
   inputs tried, outcomes, unhandled exceptions (anything that is neither a kmscale typed
-  error nor the right numbers).
+  error nor the right numbers);
+- ``streaming``: peak RSS and examples/s of a short streamed regression training run
+  (``benchmarks/streaming_probe.py``) on 1 month vs 1 year of synthetic hourly latents.
 
 Every input is synthetic and no setting is chosen from results (there is no
-validation/test split to speak of).  Full-grid sampling and streaming training are not
-measured here.  Settings are the argparse defaults below; run with ``nice`` on a shared
-machine: ``nice python benchmarks/scale.py``.
+validation/test split to speak of). Full-grid sampling is measured by its own script.
+Settings are the argparse defaults below; run with ``nice`` on a shared machine:
+``nice python benchmarks/scale.py``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+MEASURED_KEYS = ("full_grid_sampling", "distributed", "fault_injection", "fuzz", "streaming")
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -102,87 +107,181 @@ def distributed_sampling(times: int, members: int, steps: int, work: Path) -> di
     }
 
 
-_STREAM_PROBE = """
-import resource, sys, time, torch
-from torch.utils.data import DataLoader
-from kmscale.data.loader import PatchDataset
-torch.set_num_threads(1)
-ds = PatchDataset(sys.argv[1], ["z0", "z1", "z2", "z3"], patch=(64, 64), samples_per_epoch=512, seed=0)
-start = time.perf_counter()
-n = 0
-for batch in DataLoader(ds, batch_size=16, num_workers=2):
-    n += batch["x"].shape[0]
-wall = time.perf_counter() - start
-kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(kib / 2**20, n / wall)
-"""
+def distributed_scoring(times: int, members: int, shape: tuple[int, int], work: Path) -> dict:
+    """``score`` of a lazily opened synthetic ensemble (zarr) in one process and on a 1- and
+    a 2-worker LocalCluster (worker processes, one thread each), side by side; one time
+    step per chunk."""
+    import pandas as pd
+    import xarray as xr
+    from distributed import Client, LocalCluster
+
+    from kmscale.evaluation.scoring import ScoreOptions, score
+
+    rng = np.random.default_rng(0)
+    h, w = shape
+    coords = {
+        "time": pd.date_range("2021-01-01", periods=times, freq="h"),
+        "lat": 40 + 0.01 * np.arange(h),
+        "lon": 100 + 0.01 * np.arange(w),
+    }
+    mu = 280 + rng.standard_normal((times, 1, h, w)).astype("f4")
+    truth = xr.Dataset(
+        {
+            "t2m": (
+                ("time", "lat", "lon"),
+                mu[:, 0] + rng.standard_normal((times, h, w)),
+                {"units": "K"},
+            )
+        },
+        coords=coords,
+    ).chunk(time=1)
+    ens = xr.Dataset(
+        {
+            "t2m": (
+                ("time", "member", "lat", "lon"),
+                mu + rng.standard_normal((times, members, h, w)),
+                {"units": "K"},
+            )
+        },
+        coords=coords,
+    ).chunk(time=1)
+    truth.to_zarr(work / "truth.zarr", mode="w", zarr_format=3, consolidated=False)
+    ens.to_zarr(work / "ens.zarr", mode="w", zarr_format=3, consolidated=False)
+    truth, ens = (
+        xr.open_zarr(work / n, zarr_format=3, consolidated=False)
+        for n in ("truth.zarr", "ens.zarr")
+    )
+    opts = ScoreOptions(time_chunk=1)
+    walls, results = {}, {}
+    start = time.perf_counter()
+    results["single"] = score({"ens": ens}, truth, opts, progress=False)
+    walls["single"] = time.perf_counter() - start
+    for n in (1, 2):
+        with (
+            LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as c,
+            Client(c, set_as_default=False) as client,
+        ):
+            client.run(importlib.import_module, "kmscale.evaluation.scoring")  # off the clock
+            start = time.perf_counter()
+            results[n] = score(
+                {"ens": ens}, truth, opts, progress=False, scheduler=c.scheduler_address
+            )
+            walls[n] = time.perf_counter() - start
+    # every variable and coordinate, NaN equal to NaN, floats compared exactly
+    identical = all(results["single"].identical(results[n]) for n in (1, 2))
+    return {
+        "identical": bool(identical),
+        "speedup_2_workers": round(walls[1] / walls[2], 3),
+        "wall_s": {
+            k if isinstance(k, str) else f"{k}_worker": round(v, 2) for k, v in walls.items()
+        },
+        "job": {
+            "stage": "score",
+            "times": times,
+            "members": members,
+            "time_chunk": 1,
+            "grid": list(shape),
+        },
+        "load": os.getloadavg(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
-def _latent_like_store(path: Path, n_time: int, shape: tuple[int, int]) -> None:
-    """Hourly store of 4 float16 channels (a latent store's layout, one variable per channel),
-    24 hours per chunk, written in one pass by dask (a synthetic store: no per-chunk resume)."""
+def _latent_store(path: Path, ae_dir: Path, n_time: int, shape: tuple[int, int]) -> None:
+    """An hourly latent store of ``n_time`` times on the latent grid ``shape`` for the VAE in
+    ``ae_dir``: layout and attributes of ``encode_to_store``'s (copied from a 2-time store it
+    writes), values synthetic (float16 waves), written in one pass by dask (the latent
+    variable only: no validity mask)."""
     import dask.array as da
     import pandas as pd
     import xarray as xr
 
-    from kmscale.data.store import KIND_KEY, STATUS_KEY, consolidate
+    from kmscale.autoencoders.latent_store import LATENT_VAR, encode_to_store, open_latents
+    from kmscale.autoencoders.registry import load_autoencoder
+    from kmscale.data.store import consolidate
 
+    ae = load_autoencoder(str(ae_dir)).eval()
     h, w = shape
+    small = xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), np.full((2, 2 * h, 2 * w), 280.0, "f4"), {"units": "K"})},
+        coords={
+            "time": pd.date_range("2021-01-01", periods=2, freq="h"),
+            "lat": 40 + 0.01 * np.arange(2 * h),
+            "lon": 100 + 0.01 * np.arange(2 * w),
+        },
+    )
+    ref = open_latents(encode_to_store(ae, small, path.with_suffix(".small.zarr"), progress=False))
+    c = ref.sizes["latent_channel"]
     yy, xx = np.meshgrid(np.linspace(0, 6, h), np.linspace(0, 6, w), indexing="ij")
 
-    def block(c, block_info=None):
-        (t0, t1), _, _ = block_info[None]["array-location"]
-        t = np.arange(t0, t1)[:, None, None]
-        return (np.sin(xx + 0.01 * t) * np.cos(yy - 0.02 * t) + c).astype("float16")
+    def block(block_info=None):
+        (t0, t1), _, _, _ = block_info[None]["array-location"]
+        t = np.arange(t0, t1)[:, None, None, None]
+        ch = np.arange(c)[None, :, None, None]
+        return (np.sin(xx + 0.01 * t + ch) * np.cos(yy - 0.02 * t)).astype("float16")
 
-    data = {
-        f"z{c}": (
-            ("time", "y", "x"),
-            da.map_blocks(block, c, dtype="float16", chunks=((24,) * (n_time // 24), (h,), (w,))),
-        )
-        for c in range(4)
-    }
+    chunks = ((24,) * (n_time // 24), (c,), (h,), (w,))
     ds = xr.Dataset(
-        data,
-        coords={
-            "time": pd.date_range("2021-01-01", periods=n_time, freq="h"),
-            "y": np.arange(h, dtype="float32"),
-            "x": np.arange(w, dtype="float32"),
-        },
-        attrs={STATUS_KEY: "complete", KIND_KEY: "latents_streaming_test"},
+        {LATENT_VAR: (ref[LATENT_VAR].dims, da.map_blocks(block, dtype="float16", chunks=chunks))},
+        coords={"time": pd.date_range("2021-01-01", periods=n_time, freq="h")}
+        | {k: v for k, v in ref.coords.items() if "time" not in v.dims},
+        attrs=ref.attrs,
     )
     ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
     consolidate(path)
 
 
-def streaming(work: Path, shape: tuple[int, int]) -> dict:
-    """Peak RSS (main + 2 DataLoader workers) of streaming 512 random patches from 1 month
-    vs 1 year of hourly latent-like fields: PatchDataset's lazy zarr reads."""
+def streaming(work: Path, shape: tuple[int, int], samples: int) -> dict:
+    """Peak RSS and throughput of a short streamed regression training run
+    (``benchmarks/streaming_probe.py``) on 1 month vs 1 year of hourly latents, and the
+    in-memory run on the month for reference."""
     import subprocess
 
-    out = {
-        "grid": list(shape),
-        "what": "kmscale.data.loader.PatchDataset, 512 patches of 64 x 64 "
-        "from 4 float16 channels, 2 DataLoader workers; peak RSS = max RSS of the main process "
-        "+ max RSS of the largest worker",
+    import torch
+
+    from kmscale.autoencoders.vae import VAEAutoencoder
+
+    torch.manual_seed(0)
+    VAEAutoencoder(
+        variables=["t2m"],
+        input_stats={"t2m": {"mean": 280.0, "std": 5.0}},
+        block_out_channels=(8, 16),
+        norm_num_groups=8,
+        latent_channels=4,
+    ).save_pretrained(work / "ae")
+    out: dict = {
+        "latent_grid": list(shape),
+        "what": f"recipes' train_regression with data.stream (DataSettings), {samples} examples "
+        "of random 64 x 64 latent windows, batch 4, 2 DataLoader workers, 4 float16 latent "
+        "channels; rss = peak RSS of the main process + of the largest worker",
     }
-    for label, n_time in (("month", 24 * 30), ("year", 24 * 365)):
-        path = work / f"stream_{label}.zarr"
-        start = time.perf_counter()
-        _latent_like_store(path, n_time, shape)
-        write_s = time.perf_counter() - start
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for label, n_time, extra in (
+        ("month", 24 * 30, []),
+        ("month_in_memory", 24 * 30, ["--in-memory"]),
+        ("year", 24 * 365, []),
+    ):
+        store = work / f"latents_{n_time}.zarr"
+        if not store.exists():
+            start = time.perf_counter()
+            _latent_store(store, work / "ae", n_time, shape)
+            out[f"store_write_s_{n_time}h"] = round(time.perf_counter() - start, 1)
+        probe = [sys.executable, str(ROOT / "benchmarks" / "streaming_probe.py")]
+        args = [str(store), str(work / "ae"), str(work / f"run_{label}"), "--samples", str(samples)]
         proc = subprocess.run(
-            [sys.executable, "-c", _STREAM_PROBE, str(path)],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
+            [*probe, *args, *extra], capture_output=True, text=True, env=env, check=False
         )
-        rss, rate = map(float, proc.stdout.split())
-        out[f"rss_{label}_gib"] = round(rss, 3)
-        out[f"patches_per_s_{label}"] = round(rate, 1)
-        out[f"store_write_s_{label}"] = round(write_s, 1)
+        if proc.returncode != 0:
+            raise RuntimeError(f"streaming probe {label}: {proc.stderr[-3000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[label] = r
+        out[f"rss_{label}_gib"] = round(r["rss_main_gib"] + r["rss_worker_gib"], 3)
+        out[f"store_gib_{label}"] = round(
+            sum(f.stat().st_size for f in store.rglob("*") if f.is_file()) / 2**30, 3
+        )
+    out["load"] = os.getloadavg()
     return out
 
 
@@ -225,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=8, help="ensemble members (default 8)")
     p.add_argument("--steps", type=int, default=12, help="EDM steps (default 12)")
     p.add_argument(
+        "--distributed-stages", default="score,sample", help="stages timed on 1 vs 2 workers"
+    )
+    p.add_argument(
+        "--score-times", type=int, default=48, help="times of the distributed score (default 48)"
+    )
+    p.add_argument(
         "--fault-trials", type=int, default=3, help="kill-and-resume trials per stage (default 3)"
     )
     p.add_argument(
@@ -236,9 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--stream-grid",
-        default="274,430",
-        help="latent grid of the streaming stores "
-        "(default 274,430: a quarter of the full demo grid's 548 x 860 latents at 8x down)",
+        default="128,192",
+        help="latent grid of the streaming stores (default 128,192: a year of 4 float16 "
+        "channels is 1.7 GB)",
+    )
+    p.add_argument(
+        "--stream-samples", type=int, default=32, help="streamed training examples (default 32)"
     )
     p.add_argument(
         "--skip",
@@ -257,20 +365,27 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs)",
         "load_before": os.getloadavg(),
         "split": "n/a: synthetic inputs, no settings chosen from results",
-        "not_measured": ["full_grid_sampling"],
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "nice python benchmarks/scale.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    if out.exists():  # parts run separately (--skip) accumulate in one file
-        result = json.loads(out.read_text()) | result
-    earlier = [result.pop("command")] if "command" in result else result.get("commands", [])
+    earlier = json.loads(out.read_text()).get("commands", []) if out.exists() else []
     result["commands"] = [*earlier, f"{result['date']}: {command}"]
 
     def save():
-        out.write_text(json.dumps(result, indent=2, default=str))
+        """Merge this run's keys into the file as it is now: parts run separately (--skip)
+        accumulate, and keys other scripts write (``full_grid_sampling``) are kept."""
+        merged = json.loads(out.read_text()) if out.exists() else {}
+        stages = merged.get("fault_injection", {}) | result.get("fault_injection", {})
+        merged |= result
+        if stages:
+            merged["fault_injection"] = stages
+        merged["not_measured"] = [k for k in MEASURED_KEYS if k not in merged]
+        tmp_out = out.with_name(out.name + ".tmp")
+        tmp_out.write_text(json.dumps(merged, indent=2, default=str))
+        os.replace(tmp_out, out)
 
     with tempfile.TemporaryDirectory() as tmp:
         if "fuzz" not in skip:
@@ -281,19 +396,36 @@ def main(argv: list[str] | None = None) -> int:
             print("fuzz", result["fuzz"], flush=True)
             save()
         if "distributed" not in skip:
-            result["distributed"] = distributed_sampling(
-                args.times, args.members, args.steps, Path(tmp)
-            )
-            print("distributed", result["distributed"], flush=True)
+            earlier = json.loads(out.read_text()).get("distributed", {}) if out.exists() else {}
+            parts = {k: earlier[k] for k in ("sample", "score") if k in earlier}
+            if "sample" not in parts and "wall_s" in earlier:  # the sampling figures alone
+                parts["sample"] = {k: v for k, v in earlier.items() if k != "earlier_run"}
+            for stage in args.distributed_stages.split(","):
+                work = Path(tmp) / f"distributed_{stage}"
+                work.mkdir()
+                parts[stage] = (
+                    distributed_sampling(args.times, args.members, args.steps, work)
+                    if stage == "sample"
+                    else distributed_scoring(args.score_times, args.members, (128, 192), work)
+                )
+                print(stage, parts[stage], flush=True)
+            result["distributed"] = {
+                "identical": all(p["identical"] for p in parts.values()),
+                # the stage with more (and heavier) time chunks: score
+                "speedup_2_workers": parts.get("score", parts.get("sample"))["speedup_2_workers"],
+                **parts,
+            }
             save()
         if "fault_injection" not in skip:
             import fault_injection
 
             stages = fault_injection.build_stages(Path(tmp) / "fault")
-            result.setdefault("fault_injection", {})
-            for i, name in enumerate(args.fault_stages.split(",")):
+            result["fault_injection"] = {}
+            for name in args.fault_stages.split(","):
                 start = time.perf_counter()
-                r = fault_injection.run_stage(stages[name], args.fault_trials, seed=i)
+                r = fault_injection.run_stage(
+                    stages[name], args.fault_trials, seed=fault_injection.STAGES.index(name)
+                )
                 result["fault_injection"][name] = r | {
                     "stage_wall_s": round(time.perf_counter() - start, 1)
                 }
@@ -301,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                 save()
         if "streaming" not in skip:
             grid = tuple(int(v) for v in args.stream_grid.split(","))
-            result["streaming"] = streaming(Path(tmp), grid)
+            result["streaming"] = streaming(Path(tmp), grid, args.stream_samples)
             print("streaming", result["streaming"], flush=True)
     result["load_after"] = os.getloadavg()
     save()

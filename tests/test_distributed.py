@@ -94,3 +94,72 @@ def test_a_failed_chunk_is_reported_and_the_rest_is_kept(cluster, tmp_path):
     with pytest.raises(ValueError, match="chunk 1 is broken"):
         run_chunks(writer, compute, scheduler=cluster)
     assert StoreWriter(tmp_path / "s.zarr", full, kind="test", chunk=2).pending() == [1]
+
+
+def test_score_on_two_workers_is_bit_identical(cluster, tmp_path):
+    from test_eval_scoring import datasets
+
+    from kmscale.evaluation.scoring import ScoreOptions, score
+
+    fc, truth = datasets(np.random.default_rng(3))
+    opts = ScoreOptions(masks=["land_sea_mask"], time_chunk=2, map_time=3)
+    one = score({"a": fc, "b": fc + 0.5}, truth, opts, progress=False)
+    two = score({"a": fc, "b": fc + 0.5}, truth, opts, progress=False, scheduler=cluster)
+    assert list(one.data_vars) == list(two.data_vars)
+    for v in one.variables:
+        np.testing.assert_array_equal(one[v].values, two[v].values, err_msg=v)
+    assert one.attrs == two.attrs
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_recovered_by_rerunning(tmp_path):
+    """A worker process killed (SIGKILL) while it computes a chunk fails the run with no
+    complete-looking store; running again finishes the store, identical to an uninterrupted
+    single-process one."""
+    import os
+    import signal
+
+    import dask
+    import xarray as xr
+
+    from kmscale.data.distributed import run_chunks
+    from kmscale.data.store import StoreError, StoreWriter
+
+    rng = np.random.default_rng(0)
+    full = xr.Dataset(
+        {"a": (("time", "y", "x"), rng.standard_normal((8, 4, 5)).astype("float32"))},
+        coords={"time": np.arange(8)},
+    )
+
+    def writer(name):
+        return StoreWriter(tmp_path / name, full, kind="test", fingerprint="f", chunk=2)
+
+    def killing(index, sl):  # the worker dies in chunk 2 (cloudpickled by value: a closure)
+        if index == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return full.isel(time=sl)
+
+    reference = writer("one.zarr")
+    run_chunks(reference, lambda i, sl: full.isel(time=sl))
+    reference.finalize()
+    # dask reschedules a dead worker's task elsewhere up to allowed-failures times; 0 makes
+    # the first death fail the run (the worst case: nothing recovered it within the run)
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as c,
+    ):
+        w = writer("two.zarr")
+        with pytest.raises(distributed.KilledWorker):
+            run_chunks(w, killing, scheduler=c.scheduler_address)
+        with pytest.raises(StoreError, match="run again to resume"):
+            open_store(tmp_path / "two.zarr")
+        w = writer("two.zarr")
+        # chunk 2 and whatever else the dead worker held are redone
+        assert 2 in w.pending()
+        run_chunks(w, lambda i, sl: full.isel(time=sl), scheduler=c.scheduler_address)
+        w.finalize()
+    a, b = open_store(tmp_path / "one.zarr"), open_store(tmp_path / "two.zarr")
+    np.testing.assert_array_equal(a["a"].values, b["a"].values)
+    assert a.attrs == b.attrs

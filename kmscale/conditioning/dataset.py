@@ -66,14 +66,16 @@ def pair_times(
     for name, t in (("targets", target_time), ("predictors", predictor_time)):
         if len(np.unique(t)) != len(t):
             raise AlignmentError(
-                f"{name}: expected unique valid times, found {len(t) - len(np.unique(t))} duplicates"
+                f"{name}: expected unique valid times, found "
+                f"{len(t) - len(np.unique(t))} duplicates"
             )
     common, it, ip = np.intersect1d(
         np.asarray(target_time), np.asarray(predictor_time), return_indices=True
     )
     if common.size == 0:
         raise AlignmentError(
-            f"pairing: expected valid times shared by targets ({target_time[0]}..{target_time[-1]}) and "
+            f"pairing: expected valid times shared by targets "
+            f"({target_time[0]}..{target_time[-1]}) and "
             f"predictors ({predictor_time[0]}..{predictor_time[-1]}), found none"
         )
     return it, ip
@@ -248,7 +250,8 @@ class DownscalingDataset(Dataset):
         for name, t in (("static", static), ("z", z), ("z_mean", z_mean)):
             if t is not None and tuple(t.shape[-2:]) != grid:
                 raise SchemaError(
-                    f"dataset: expected {name} on the latent grid {grid}, found {tuple(t.shape[-2:])}"
+                    f"dataset: expected {name} on the latent grid {grid}, "
+                    f"found {tuple(t.shape[-2:])}"
                 )
         self.predictors, self.static, self.emb = predictors, static, emb
         self.z, self.z_mean, self.time, self.x = z, z_mean, time, x

@@ -11,6 +11,9 @@ final name only when complete.  Each chunk is computed by the same code on the s
 inputs (member seeds depend on the valid time, not on the worker), so the store is the
 single-process one bit for bit.
 
+A reducing stage (``kmscale score``) maps its time chunks with :func:`map_in_order` and
+reduces the results in time order, as the single-process run does.
+
 The ``--scheduler`` value:
 
 - absent: everything in this process (the default);
@@ -98,6 +101,35 @@ def connect(scheduler: str | None) -> Iterator[object | None]:
         ) from err
     with client:
         yield client
+
+
+def _synchronous(fn: Callable, shared: object, item: object) -> object:
+    """Worker side: ``fn(shared, item)`` with its lazy reads in this task (no nested tasks)."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return fn(shared, item)
+
+
+def map_in_order(
+    client, fn: Callable[[object, object], object], shared: object, items: Sequence, *, name: str
+) -> Iterator:
+    """``fn(shared, item)`` for every item, as tasks on ``client``'s workers.
+
+    All tasks are submitted at once (they run concurrently); the results are yielded in the
+    order of ``items``, so a caller reducing them in that order gets the single-process
+    reduction bit for bit.  ``shared`` (models, lazy inputs) goes to every worker once.
+    A failed task re-raises its error here.
+    """
+    run = uuid.uuid4().hex[:8]  # task keys unique per run on a long-lived cluster
+    remote = client.scatter(shared, broadcast=True, hash=False)
+    futures = [
+        client.submit(_synchronous, fn, remote, item, key=f"kmscale-{name}-{run}-{i}")
+        for i, item in enumerate(items)
+    ]
+    for future in futures:
+        yield future.result()
+        future.release()  # the worker drops the result once it is here
 
 
 def _compute_and_write(compute: ChunkFn, partial: str, dim: str, index: int, sl: slice) -> int:

@@ -117,7 +117,8 @@ class PatchDataset(torch.utils.data.Dataset):
         self.shape = (meta.sizes[dims[-2]], meta.sizes[dims[-1]])
         if self.patch[0] > self.shape[0] or self.patch[1] > self.shape[1]:
             raise GridError(
-                f"{self._where}: expected a patch within the field {self.shape}, found patch {self.patch}"
+                f"{self._where}: expected a patch within the field {self.shape}, "
+                f"found patch {self.patch}"
             )
         self._coords = {d: meta[d].values for d in dims[-2:] if d in meta.coords}
         self._weights = None
@@ -208,7 +209,8 @@ class PatchDataset(torch.utils.data.Dataset):
         if not self.allow_nan and np.isnan(x).any():
             bad = [v for v, c in zip(self.variables, channels, strict=True) if np.isnan(c).any()]
             raise MissingValueError(
-                f"{self._where}: expected no NaN in patch (time {t}, rows {sy.start}:{sy.stop}, cols "
+                f"{self._where}: expected no NaN in patch (time {t}, "
+                f"rows {sy.start}:{sy.stop}, cols "
                 f"{sx.start}:{sx.stop}), found NaN in {bad} (pass allow_nan=True for masked data)"
             )
         return {

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import xarray as xr
 from accelerate import PartialState
@@ -63,6 +62,7 @@ from kmscale.diffusion.regression import (
     regression_loss,
 )
 from kmscale.diffusion.settings import HEUN, EDMLossSettings
+from kmscale.diffusion.streaming import StreamingExamples, store_indices
 from kmscale.diffusion.validation import ensemble_scores
 from kmscale.errors import AlignmentError, ConfigError
 from kmscale.training import Trainer, TrainingSettings, TrainResult
@@ -91,6 +91,12 @@ class DataSettings:
     # the latents from it instead of re-encoding the targets (refused if another
     # autoencoder wrote it). None: encode the targets on the fly.
     latents: str | None = None
+    # Regression training reads its examples from data.latents time by time (lazy zarr
+    # reads, in train.num_workers DataLoader workers) instead of holding the period in
+    # memory: peak memory independent of the period's length (kmscale.diffusion.streaming).
+    stream: bool = False
+    stream_patch: list[int] | None = None  # random latent window (th, tw) per example
+    patches_per_time: int = 1  # streamed examples (windows) per time and epoch
 
 
 @dataclass
@@ -216,16 +222,34 @@ def target_latents(ae, targets: xr.Dataset, store: str | None) -> torch.Tensor:
     if store is None:
         return encode_targets(ae, targets)
     ds = open_latents(store, ae)
-    times = targets["time"].values
-    index = pd.Index(ds["time"].values).get_indexer(times)
-    if (index < 0).any():
-        missing = times[index < 0]
-        raise AlignmentError(
-            f"{store}: expected latents at every target valid time, found {len(missing)} missing "
-            f"(first {np.datetime_as_string(missing[0], unit='h')}); "
-            "re-run `kmscale encode` over the period"
-        )
+    index = store_indices(ds, targets["time"].values, store)
     return torch.from_numpy(read_latents(ds.isel(time=index), slice(None), store))
+
+
+def training_examples(
+    s: DataSettings, ae, spec: ConditioningSpec, data: TrainingData, period, grid
+) -> DownscalingDataset | StreamingExamples:
+    """The regression examples of ``period`` = (targets, predictors) on ``grid`` = (lat, lon):
+    streamed from the latent store with ``data.stream``, else built in memory."""
+    (targets, preds), (lat, lon) = period, grid
+    if not s.stream:
+        z = target_latents(ae, targets, s.latents)
+        return build_dataset(spec, preds, data.static, lat, lon, z, targets["time"].values)
+    if s.latents is None:
+        raise ConfigError("data.stream: expected data.latents (the store to stream), found none")
+    latents = open_latents(s.latents, ae)
+    return StreamingExamples(
+        spec,
+        latents,
+        preds,
+        data.static,
+        lat,
+        lon,
+        targets["time"].values,
+        patch=s.stream_patch,
+        patches_per_time=s.patches_per_time,
+        path=s.latents,
+    )
 
 
 def _batch_to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -272,8 +296,7 @@ def train_regression(
         cfg.interpolation,
         cfg.data.predictor_transform_scales,
     )
-    z_tr = target_latents(ae, targets_tr, cfg.data.latents)
-    train_ds = build_dataset(spec, preds_tr, data.static, lat, lon, z_tr, targets_tr["time"].values)
+    train_ds = training_examples(cfg.data, ae, spec, data, (targets_tr, preds_tr), (lat, lon))
     val_ds = None
     if cfg.data.val_period is not None:
         targets_va, preds_va = data.period(cfg.data.val_period)

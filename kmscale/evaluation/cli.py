@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from kmscale.data.distributed import add_scheduler_argument
+
 SCORE_HELP = """\
 Score one or more ensemble forecasts against the truth and write a metrics NetCDF.
 
@@ -88,21 +90,24 @@ def register(subparsers) -> None:
         description=SCORE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("--forecast", required=True, action="append", type=_named, metavar="[NAME=]PATH",
-                   help="ensemble store or file; repeat for several methods (NAME defaults to the file stem)")  # fmt: skip
+                   help="ensemble store or file; repeat for several methods "
+                        "(NAME defaults to the file stem)")  # fmt: skip
     p.add_argument("--truth", required=True, help="truth store or file (same grid)")
     p.add_argument("--out", required=True, help="metrics NetCDF to write")
     p.add_argument(
         "--predictors", help="coarse predictors (zarr/NetCDF, time x lat x lon) for the baselines"
     )
     p.add_argument("--baseline", metavar="LIST",
-                   help="interpolation baselines: bilinear,bicubic (default with --predictors) or none")  # fmt: skip
+                   help="interpolation baselines: bilinear,bicubic "
+                        "(default with --predictors) or none")  # fmt: skip
     p.add_argument(
         "--variables",
         type=lambda s: [v for v in s.split(",") if v],
         help="comma-separated variables (default: all shared)",
     )
     p.add_argument("--mask", action="append", default=None, metavar="VAR",
-                   help="truth variable defining an extra region (value > 0.5 = inside), e.g. land_sea_mask; repeatable")  # fmt: skip
+                   help="truth variable defining an extra region (value > 0.5 = inside), "
+                        "e.g. land_sea_mask; repeatable")  # fmt: skip
     p.add_argument("--time-chunk", type=int, help="time steps read at once (default 1)")
     p.add_argument(
         "--no-area-weights", action="store_true", help="do not weight lat-lon grids by cos(lat)"
@@ -127,6 +132,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_scheduler_argument(p)
     p.set_defaults(func=run_score)
 
     r = subparsers.add_parser(
@@ -186,7 +192,7 @@ def run_score(args: argparse.Namespace) -> int:
         spectra=opts.spectra and not args.no_spectra,
     )
     t0 = time.perf_counter()
-    ds = score(forecasts, truth, opts, progress=not args.no_progress)
+    ds = score(forecasts, truth, opts, progress=not args.no_progress, scheduler=args.scheduler)
     ds.attrs["history"] = " ".join(["kmscale", *sys.argv[1:]]) if sys.argv else "kmscale score"
     ds.attrs["forecasts"] = ", ".join(
         f"{n}={p}" for n, p in ((n or Path(p).name.split(".")[0], p) for n, p in args.forecast)
@@ -197,7 +203,8 @@ def run_score(args: argparse.Namespace) -> int:
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s; fair CRPS (all times, region all):")
     for m in head["forecast"].values:
         vals = ", ".join(
-            f"{v}={float(head.sel(forecast=m, variable=v)):.4g} {ds['variable_units'].sel(variable=v).item()}"
+            f"{v}={float(head.sel(forecast=m, variable=v)):.4g} "
+            f"{ds['variable_units'].sel(variable=v).item()}"
             for v in head["variable"].values
         )
         print(f"  {m}: {vals}")

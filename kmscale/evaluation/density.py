@@ -50,6 +50,14 @@ class DensityHistogram:
         self.above += int((v > self.edges[-1]).sum())
         self.counts += np.histogram(v, bins=self.edges)[0]
 
+    def merge(self, other: DensityHistogram) -> None:
+        """Add the counts of ``other`` (same edges), e.g. a histogram of other time chunks."""
+        if not np.array_equal(self.edges, other.edges):
+            raise ValueError("density: expected histograms on the same bin edges, found others")
+        self.counts += other.counts
+        self.below += other.below
+        self.above += other.above
+
     @property
     def total(self) -> int:
         return int(self.counts.sum()) + self.below + self.above

@@ -10,6 +10,7 @@ CF-described metrics Dataset (see :mod:`kmscale.evaluation.scoring` for its cont
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,13 +72,30 @@ class ScoreLayout:
 
 @dataclasses.dataclass
 class ScoreAccumulator:
-    """Arrays of every score, filled field by field (NaN until filled)."""
+    """Arrays of every score, filled field by field (NaN until filled).
+
+    One accumulator holds the times ``times`` of the layout (default: all); ``score`` fills
+    one per time chunk (in this process or on a dask worker) and :meth:`merge`s them, in time
+    order, into the accumulator of all times, so the sums (spectra) are added in the same
+    order wherever the chunks ran.
+
+    Attributes:
+        layout: what is scored.
+        times: the times (indices into ``layout.truth``'s time) this accumulator holds
+            (None: all).
+        edges: density bin edges per variable (default: fixed from the first truth chunk
+            added; chunks scored apart must share the edges of the period's first chunk).
+    """
 
     layout: ScoreLayout
+    times: slice | None = None
+    edges: Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         L = self.layout
-        nf, nv, nr, nt = len(L.forecasts), len(L.variables), len(L.regions), L.truth.sizes["time"]
+        nf, nv, nr = len(L.forecasts), len(L.variables), len(L.regions)
+        self.start, stop, _ = (self.times or slice(None)).indices(L.truth.sizes["time"])
+        nt = stop - self.start
         mmax = max(L.sizes.values())
         nth, nw = len(L.opts.precip_thresholds), len(L.opts.fss_windows)
         self.per_time = {k: np.full((nf, nv, nr, nt), np.nan) for k in PER_TIME}
@@ -93,7 +111,7 @@ class ScoreAccumulator:
         self.spec_truth, self.spec_truth_cnt = np.zeros((nv, n_spec)), np.zeros(nv)
         self.hists: dict[str, tuple[DensityHistogram, dict[str, DensityHistogram]]] = {}
         self.maps: dict = {}
-        self.map_t = min(max(L.opts.map_time, 0), nt - 1)
+        self.map_t = min(max(L.opts.map_time, 0), L.truth.sizes["time"] - 1)
 
     def add_truth(self, iv: int, y_chunk: np.ndarray) -> None:
         """Spectra and density of a (T, H, W) chunk of the truth of variable ``iv``."""
@@ -103,9 +121,11 @@ class ScoreAccumulator:
             self.spec_truth[iv] += s
             self.spec_truth_cnt[iv] += c
         if v not in self.hists:
-            # Edges fixed once per variable, from the truth's first chunk widened by
-            # half its range; forecast values beyond them are counted as out of range.
-            edges = shared_edges(y_chunk, n_bins=self.layout.opts.density_bins, margin=0.5)
+            edges = (
+                self.edges[v]
+                if self.edges is not None
+                else density_edges(y_chunk, self.layout.opts.density_bins)
+            )
             self.hists[v] = (DensityHistogram(edges), {})
         self.hists[v][0].add(y_chunk)
 
@@ -114,6 +134,33 @@ class ScoreAccumulator:
         ht, hfs = self.hists[self.layout.variables[iv]]
         hfs.setdefault(self.layout.forecasts[im], DensityHistogram(ht.edges)).add(e_chunk)
 
+    def merge(self, other: ScoreAccumulator) -> None:
+        """Add the scores of ``other``, an accumulator of some of this one's times."""
+        t = slice(other.start - self.start, other.start - self.start + other.n_valid.shape[-1])
+        for k, arr in other.per_time.items():
+            self.per_time[k][..., t] = arr
+        self.n_valid[..., t] = other.n_valid
+        for mine, theirs in (
+            (self.member_mse, other.member_mse),
+            (self.qerr, other.qerr),
+            (self.tw, other.tw),
+            (self.fss, other.fss),
+        ):
+            mine[:, :, :, t] = theirs
+        self.ranks += other.ranks
+        for key in self.spec:
+            self.spec[key] += other.spec[key]
+            self.spec_cnt[key] += other.spec_cnt[key]
+        self.spec_truth += other.spec_truth
+        self.spec_truth_cnt += other.spec_truth_cnt
+        for v, (ht, hfs) in other.hists.items():
+            mine_t, mine_f = self.hists.setdefault(v, (DensityHistogram(ht.edges), {}))
+            mine_t.merge(ht)
+            for name, hf in hfs.items():
+                mine_f.setdefault(name, DensityHistogram(ht.edges)).merge(hf)
+        for kind, maps in other.maps.items():
+            self.maps.setdefault(kind, {}).update(maps)
+
     def record(
         self, im: int, iv: int, it: int, fs: FieldScores, e: np.ndarray, y: np.ndarray
     ) -> None:
@@ -121,16 +168,16 @@ class ScoreAccumulator:
 
         ``e`` (M, H, W) members and ``y`` (H, W) truth feed the spectra and maps.
         """
-        m = e.shape[0]
+        m, t = e.shape[0], it - self.start
         for k, vals in fs.per_time.items():
-            self.per_time[k][im, iv, :, it] = vals
-        self.n_valid[im, iv, :, it] = fs.n_valid
-        self.member_mse[im, iv, :, it, :m] = fs.member_mse
+            self.per_time[k][im, iv, :, t] = vals
+        self.n_valid[im, iv, :, t] = fs.n_valid
+        self.member_mse[im, iv, :, t, :m] = fs.member_mse
         self.ranks[im, iv, :, : m + 1] += fs.rank_counts
-        self.qerr[im, iv, :, it] = fs.quantile_error
+        self.qerr[im, iv, :, t] = fs.quantile_error
         if fs.twcrps.size:
-            self.tw[im, iv, :, it] = fs.twcrps
-            self.fss[im, iv, :, it] = fs.fss
+            self.tw[im, iv, :, t] = fs.twcrps
+            self.fss[im, iv, :, t] = fs.fss
         if self.layout.opts.spectra:
             for key, fields in (("ensmean", fs.ensmean[None]), ("members", e)):
                 s, c = _line_spectra(fields)
@@ -398,6 +445,12 @@ class ScoreAccumulator:
             _attrs("two members at map_time", "same"),
         )
         return ds
+
+
+def density_edges(y_chunk: np.ndarray, n_bins: int) -> np.ndarray:
+    """Density bin edges of one variable, fixed from the truth's first (T, H, W) chunk and
+    widened by half its range; forecast values beyond them are counted as out of range."""
+    return shared_edges(y_chunk, n_bins=n_bins, margin=0.5)
 
 
 def _line_spectra(fields: np.ndarray) -> tuple[np.ndarray, int]:

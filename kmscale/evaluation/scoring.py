@@ -51,7 +51,7 @@ from kmscale.evaluation.score_inputs import (  # noqa: F401 (public here: kmscal
     shared_variables,
     units_match,
 )
-from kmscale.evaluation.score_result import ScoreAccumulator, ScoreLayout
+from kmscale.evaluation.score_result import ScoreAccumulator, ScoreLayout, density_edges
 from kmscale.evaluation.sphere_scoring import is_healpix, score_healpix
 
 PRECIP_UNITS = "mm h-1"
@@ -92,21 +92,72 @@ class ScoreOptions:
     seed: int = 0
 
 
+@dataclasses.dataclass
+class ChunkJob:
+    """What scoring a chunk of times needs; sent once to each worker with a scheduler.
+
+    Attributes:
+        forecasts: the ensembles (lazy), by name.
+        layout: what is scored (its truth lazy).
+        grid: (y, x) all-true field carrying the grid's coordinates.
+        regions: region name -> (y, x) boolean mask on ``grid``.
+        settings: the per-field settings.
+        edges: density bin edges per variable (from the truth's first chunk).
+    """
+
+    forecasts: Mapping[str, xr.Dataset]
+    layout: ScoreLayout
+    grid: xr.DataArray
+    regions: dict[str, xr.DataArray]
+    settings: FieldSettings
+    edges: dict[str, np.ndarray]
+
+
 def score(
     forecasts: Mapping[str, xr.Dataset],
     truth: xr.Dataset,
     opts: ScoreOptions | None = None,
     *,
     progress: bool = True,
+    scheduler: str | None = None,
 ) -> xr.Dataset:
     """Score each forecast ensemble against the truth; see the module doc for the output.
 
     Forecasts whose attribute ``kmscale_forecast_kind`` is "baseline" (see
     :mod:`kmscale.evaluation.baselines`) are marked so in the ``forecast_kind`` coordinate.
+    With ``scheduler`` (see :mod:`kmscale.data.distributed`) the time chunks are scored on
+    dask.distributed workers and reduced here in time order: the result is the
+    single-process one bit for bit.
     """
+    from kmscale.data.distributed import connect, map_in_order
+
     opts = opts or ScoreOptions()
     if is_healpix(truth):  # equal-area cells + angular spectra: kmscale.evaluation.sphere_scoring
         return score_healpix(forecasts, truth, opts, score, progress=progress)
+    job = chunk_job(forecasts, truth, opts)
+    nt, step = job.layout.truth.sizes["time"], max(1, opts.time_chunk)
+    chunks = [slice(s, min(s + step, nt)) for s in range(0, nt, step)]
+    acc = ScoreAccumulator(job.layout, edges=job.edges)
+    n_var = len(job.layout.variables)
+    with (
+        tqdm(total=nt * n_var, desc="scoring", unit="field", disable=not progress) as bar,
+        connect(scheduler) as client,
+    ):
+        parts = (
+            (score_chunk(job, sl) for sl in chunks)
+            if client is None
+            else map_in_order(client, score_chunk, job, chunks, name="score")
+        )
+        for sl, part in zip(chunks, parts, strict=True):
+            acc.merge(part)
+            bar.update((sl.stop - sl.start) * n_var)
+    return acc.to_dataset()
+
+
+def chunk_job(
+    forecasts: Mapping[str, xr.Dataset], truth: xr.Dataset, opts: ScoreOptions
+) -> ChunkJob:
+    """Check the inputs and gather what scoring any chunk of times needs."""
     variables, truth, units = check_inputs(forecasts, truth, opts.variables)
     ydim, xdim = spatial_dims(truth[variables[0]], where="truth")
     names = list(forecasts)
@@ -124,44 +175,59 @@ def score(
         xdim=xdim,
         opts=opts,
     )
-    acc = ScoreAccumulator(layout)
     grid = truth[variables[0]].isel(time=0, drop=True).transpose(ydim, xdim)
     grid = grid.drop_vars([c for c in grid.coords if c not in (ydim, xdim, "lat", "lon")])
     grid = grid.copy(data=np.ones(grid.shape, bool))  # in memory: the grid's coordinates only
-    regions = {"all": grid} | {k: grid.copy(data=m) for k, m in masks.items()}
-    settings = FieldSettings(
-        area_weighted=opts.area_weighted,
-        ssim=opts.ssim,
-        quantiles=opts.quantiles,
-        precip_thresholds=opts.precip_thresholds,
-        fss_windows=opts.fss_windows,
+    first = slice(0, max(1, opts.time_chunk))
+    return ChunkJob(
+        forecasts=dict(forecasts),
+        layout=layout,
+        grid=grid,
+        regions={"all": grid} | {k: grid.copy(data=m) for k, m in masks.items()},
+        settings=FieldSettings(
+            area_weighted=opts.area_weighted,
+            ssim=opts.ssim,
+            quantiles=opts.quantiles,
+            precip_thresholds=opts.precip_thresholds,
+            fss_windows=opts.fss_windows,
+        ),
+        edges={
+            v: density_edges(_truth_chunk(layout, v, first), opts.density_bins) for v in variables
+        },
     )
-    nt = truth.sizes["time"]
-    step = max(1, opts.time_chunk)
-    bar = tqdm(total=nt * len(variables), desc="scoring", unit="field", disable=not progress)
-    for start in range(0, nt, step):
-        sl = slice(start, min(start + step, nt))
-        for iv, v in enumerate(variables):
-            y_chunk = np.asarray(truth[v].isel(time=sl).transpose("time", ydim, xdim).values)
-            acc.add_truth(iv, y_chunk)
-            for im, name in enumerate(names):
-                e_chunk = forecasts[name][v].isel(time=sl).transpose("time", MEMBER_DIM, ydim, xdim)
-                e_chunk = np.asarray(e_chunk.values)
-                acc.add_forecast(im, iv, e_chunk)
-                for k in range(sl.stop - sl.start):
-                    it = sl.start + k
-                    fs = score_field(
-                        xr.DataArray(e_chunk[k], dims=(MEMBER_DIM, ydim, xdim), coords=grid.coords),
-                        grid.copy(data=y_chunk[k]),
-                        regions,
-                        settings,
-                        precip=v in layout.precip,
-                        seed=opts.seed + it,
-                    )
-                    acc.record(im, iv, it, fs, e_chunk[k], y_chunk[k])
-            bar.update(sl.stop - sl.start)
-    bar.close()
-    return acc.to_dataset()
+
+
+def score_chunk(job: ChunkJob, sl: slice) -> ScoreAccumulator:
+    """Scores of the times ``sl``: every forecast, variable, region and time step."""
+    L = job.layout
+    acc = ScoreAccumulator(L, times=sl, edges=job.edges)
+    for iv, v in enumerate(L.variables):
+        y_chunk = _truth_chunk(L, v, sl)
+        acc.add_truth(iv, y_chunk)
+        for im, name in enumerate(L.forecasts):
+            e_chunk = job.forecasts[name][v].isel(time=sl)
+            e_chunk = np.asarray(e_chunk.transpose("time", MEMBER_DIM, L.ydim, L.xdim).values)
+            acc.add_forecast(im, iv, e_chunk)
+            for k in range(sl.stop - sl.start):
+                it = sl.start + k
+                fs = score_field(
+                    xr.DataArray(
+                        e_chunk[k], dims=(MEMBER_DIM, L.ydim, L.xdim), coords=job.grid.coords
+                    ),
+                    job.grid.copy(data=y_chunk[k]),
+                    job.regions,
+                    job.settings,
+                    precip=v in L.precip,
+                    seed=L.opts.seed + it,
+                )
+                acc.record(im, iv, it, fs, e_chunk[k], y_chunk[k])
+    return acc
+
+
+def _truth_chunk(layout: ScoreLayout, v: str, sl: slice) -> np.ndarray:
+    """(T, H, W) truth of variable ``v`` at the times ``sl``, in memory."""
+    y = layout.truth[v].isel(time=sl).transpose("time", layout.ydim, layout.xdim)
+    return np.asarray(y.values)
 
 
 def write_metrics(ds: xr.Dataset, path: str | Path) -> Path:
