@@ -14,24 +14,17 @@ regression/LDM configs), and ``<out_dir>/scores.json`` holds the held-out scores
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from kmscale.config import add_config_arguments, dump_yaml, load_config, save_config
+from kmscale.config import parse_recipe_config, save_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from kmscale.autoencoders.pseudo_precip_train import PseudoPrecipConfig, train_pseudo_precip
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    cfg = load_config(PseudoPrecipConfig, args.config, args.overrides)
-    if args.dry_run:
-        print(dump_yaml(cfg))
+    cfg = parse_recipe_config(PseudoPrecipConfig, __doc__, argv)
+    if cfg is None:  # --dry-run
         return 0
     save_config(cfg, f"{cfg.out_dir}/config.yaml")
     model, scores = train_pseudo_precip(cfg)
