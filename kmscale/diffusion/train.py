@@ -226,6 +226,27 @@ def target_latents(ae, targets: xr.Dataset, store: str | None) -> torch.Tensor:
     return torch.from_numpy(read_latents(ds.isel(time=index), slice(None), store))
 
 
+def validation_examples(
+    s: DataSettings, ae, spec: ConditioningSpec, data: TrainingData, grid
+) -> DownscalingDataset | None:
+    """The examples of ``s.val_period`` (in memory, with the physical targets for scoring
+    against the truth itself); None without a validation period."""
+    if s.val_period is None:
+        return None
+    targets, preds = data.period(s.val_period)
+    lat, lon = grid
+    return build_dataset(
+        spec,
+        preds,
+        data.static,
+        lat,
+        lon,
+        target_latents(ae, targets, s.latents),
+        targets["time"].values,
+        physical_targets(targets, ae.variables),
+    )
+
+
 def training_examples(
     s: DataSettings, ae, spec: ConditioningSpec, data: TrainingData, period, grid
 ) -> DownscalingDataset | StreamingExamples:
@@ -297,19 +318,7 @@ def train_regression(
         cfg.data.predictor_transform_scales,
     )
     train_ds = training_examples(cfg.data, ae, spec, data, (targets_tr, preds_tr), (lat, lon))
-    val_ds = None
-    if cfg.data.val_period is not None:
-        targets_va, preds_va = data.period(cfg.data.val_period)
-        val_ds = build_dataset(
-            spec,
-            preds_va,
-            data.static,
-            lat,
-            lon,
-            target_latents(ae, targets_va, cfg.data.latents),
-            targets_va["time"].values,
-            physical_targets(targets_va, ae.variables),
-        )
+    val_ds = validation_examples(cfg.data, ae, spec, data, (lat, lon))
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     model = build_unet(
         spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet, linear_skip=cfg.linear_skip
@@ -486,19 +495,8 @@ def ldm_data(cfg: LDMConfig, base: ModelBundle, data: TrainingData) -> LDMData:
     else:
         z_mean = predict_mean(base.regression, train_ds, cfg.eval_batch_size)
     train_ds = train_ds.with_z_mean(z_mean)
-    val_ds = None
-    if cfg.data.val_period is not None:
-        targets_va, preds_va = data.period(cfg.data.val_period)
-        val_ds = build_dataset(
-            spec,
-            preds_va,
-            data.static,
-            lat,
-            lon,
-            target_latents(ae, targets_va, cfg.data.latents),
-            targets_va["time"].values,
-            physical_targets(targets_va, ae.variables),
-        )
+    val_ds = validation_examples(cfg.data, ae, spec, data, (lat, lon))
+    if val_ds is not None:
         val_ds = val_ds.subset(pick_times(len(val_ds), cfg.validation.max_times))
         val_ds = val_ds.with_z_mean(
             predict_mean(base.regression, val_ds, cfg.eval_batch_size, progress=False)
