@@ -223,19 +223,24 @@ def test_bundle_with_grouped_autoencoder(tmp_path):
         ModelBundle.load(tmp_path / "b")
 
 
+def _dataset(x: np.ndarray) -> xr.Dataset:
+    """(T, 4, 16, 24) fields of VARS as an hourly dataset on a small lat-lon window."""
+    return xr.Dataset(
+        {v: (("time", "lat", "lon"), x[:, c]) for c, v in enumerate(VARS)},
+        coords={
+            "time": pd.date_range("2023-07-01", periods=len(x), freq="h"),
+            "lat": np.linspace(29, 29.15, 16),
+            "lon": np.linspace(100, 100.23, 24),
+        },
+    )
+
+
 def test_train_groups(tmp_path):
     """Two groups trained by the one VAE loop (a few samples each), assembled and reloadable."""
     from kmscale.autoencoders.train import GroupConfig, ModelConfig, train_autoencoder, vae_config
 
     x = fields(t=6).numpy()
-    ds = xr.Dataset(
-        {v: (("time", "lat", "lon"), x[:, c]) for c, v in enumerate(VARS)},
-        coords={
-            "time": pd.date_range("2023-07-01", periods=6, freq="h"),
-            "lat": np.linspace(29, 29.15, 16),
-            "lon": np.linspace(100, 100.23, 24),
-        },
-    )
+    ds = _dataset(x)
     groups = [
         GroupConfig(
             ["t2m", "tp"],
@@ -262,15 +267,7 @@ def test_transform_scales_reach_every_group(tmp_path):
     """``transform_scales`` set the value transform of the fitted statistics (tp: log1p(tp / s))."""
     from kmscale.autoencoders.train import GroupConfig, ModelConfig, train_autoencoder, vae_config
 
-    x = np.abs(fields(t=4).numpy())
-    ds = xr.Dataset(
-        {v: (("time", "lat", "lon"), x[:, c]) for c, v in enumerate(VARS)},
-        coords={
-            "time": pd.date_range("2023-07-01", periods=4, freq="h"),
-            "lat": np.linspace(29, 29.15, 16),
-            "lon": np.linspace(100, 100.23, 24),
-        },
-    )
+    ds = _dataset(np.abs(fields(t=4).numpy()))
     groups = [
         GroupConfig(["t2m", "u10", "v10"], ModelConfig(name="identity")),
         GroupConfig(["tp"], ModelConfig(name="identity")),
