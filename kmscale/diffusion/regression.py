@@ -90,25 +90,40 @@ class SkipGroup:
     own: list[int]
 
 
-def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
-    """W (C_in + 1, C_out) of ``(XᵀX + λ I) W = Xᵀ Y`` with a bias column appended to x."""
-    x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
-    gram = x.T @ x
-    lam = ridge * gram.diagonal().mean()
-    return torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), x.T @ y)
+def _moments(x: torch.Tensor, y: torch.Tensor, block: torch.Tensor) -> list[tuple]:
+    """Per block of rows: (XₐᵀXₐ, XₐᵀY, ΣY² per output, row count), Xₐ = [X, 1].
 
-
-def _apply(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return x @ w[:-1] + w[-1]
-
-
-def _blocked_cv(x, y, block, cols, ridge) -> float:
-    """Mean squared error over contiguous time blocks, each predicted by a fit on the others."""
-    err = []
+    Every fit and every held-out error below is computed from these sums, so the rows are
+    read once however many folds and input sets are compared."""
+    xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+    out = []
     for k in torch.unique(block):
-        held = block == k
-        w = _ridge(x[~held][:, cols], y[~held], ridge)
-        err.append(float(((_apply(w, x[held][:, cols]) - y[held]) ** 2).mean()))
+        rows = block == k
+        xk, yk = xa[rows], y[rows]
+        out.append((xk.T @ xk, xk.T @ yk, (yk**2).sum(0), int(rows.sum())))
+    return out
+
+
+def _ridge(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
+    """W of ``(XᵀX + λ I) W = Xᵀ Y`` with ``λ = ridge · mean(diag(XᵀX))``."""
+    lam = ridge * gram.diagonal().mean()
+    return torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), cross)
+
+
+def _blocked_cv(moments: list[tuple], cols: list[int], out: slice, ridge: float) -> float:
+    """Mean squared error over the blocks, each predicted by a fit on the others:
+    ``Σ (Xₐw - y)² = wᵀGw - 2 wᵀc + Σy²`` from each held block's moments."""
+    idx = [*cols, moments[0][0].shape[0] - 1]  # the chosen inputs and the bias column
+    sub = [(g[idx][:, idx], c[idx, out], s2[out], n) for g, c, s2, n in moments]
+    err = []
+    for k, (g_k, c_k, s_k, n_k) in enumerate(sub):
+        w = _ridge(
+            sum(m[0] for j, m in enumerate(sub) if j != k),
+            sum(m[1] for j, m in enumerate(sub) if j != k),
+            ridge,
+        )
+        sse = (w * (g_k @ w)).sum(0) - 2 * (w * c_k).sum(0) + s_k
+        err.append(float(sse.sum()) / (n_k * w.shape[1]))
     return float(np.mean(err))
 
 
@@ -161,26 +176,27 @@ def fit_linear_skip(
             "fit_linear_skip: expected finite conditioning and latents, found none"
         )
     x, y, block = x[ok], y[ok], block[ok]
+    moments = _moments(x, y, block)
+    gram, cross = sum(m[0] for m in moments), sum(m[1] for m in moments)
     every = list(range(x.shape[1]))
     groups = groups or [SkipGroup(slice(0, y.shape[1]), every)]
     weight = torch.zeros(y.shape[1], x.shape[1], dtype=x.dtype)
     bias = torch.zeros(y.shape[1], dtype=x.dtype)
     chosen = []
     for g in groups:
-        yg = y[:, g.out]
         options = {"all": every}
         if sorted(g.own) != every:
             options["own"] = list(g.own)
         cv = {}
-        if len(options) > 1 and len(torch.unique(block)) > 1:
-            cv = {k: _blocked_cv(x, yg, block, cols, ridge) for k, cols in options.items()}
+        if len(options) > 1 and len(moments) > 1:
+            cv = {k: _blocked_cv(moments, cols, g.out, ridge) for k, cols in options.items()}
         # the smaller input set unless every input is clearly better (parsimony on ties:
         # within 1 %, or 1e-6 of the variance for fits that are exact either way)
-        tie = 0.01 * cv["all"] + 1e-6 * float(yg.var()) if cv else 0.0
+        tie = 0.01 * cv["all"] + 1e-6 * float(y[:, g.out].var()) if cv else 0.0
         name = "own" if cv and cv["own"] - cv["all"] <= tie else "all"
-        cols = options[name]
-        w = _ridge(x[:, cols], yg, ridge)
-        weight[g.out, cols] = w[:-1].T
+        idx = [*options[name], x.shape[1]]  # with the bias column
+        w = _ridge(gram[idx][:, idx], cross[idx, g.out], ridge)
+        weight[g.out, options[name]] = w[:-1].T
         bias[g.out] = w[-1]
         chosen.append({"channels": [g.out.start, g.out.stop], "inputs": name, "cv_mse": cv})
     skip = model.skip
