@@ -191,9 +191,15 @@ def run_chunks(
             for i in pending
         ]
         error: BaseException | None = None
+        cancelled: list[str] = []
         for future in as_completed(futures, loop=client.loop):  # (the client is not the default)
             if future.status == "error":
                 error = error or future.exception()
+                continue
+            if future.status == "cancelled":
+                # a worker that died held the scattered ``compute``: the scheduler cancels
+                # the tasks that needed it; the task that killed it reports the cause
+                cancelled.append(future.key)
                 continue
             index = future.result()
             writer.mark_done(index)
@@ -201,3 +207,9 @@ def run_chunks(
                 on_done(index)
         if error is not None:
             raise error
+        if cancelled:
+            raise RuntimeError(
+                f"{writer.partial}: {len(cancelled)} chunk task(s) were cancelled by the dask "
+                "scheduler (a worker died or the cluster was shut down); the chunks already "
+                "written are recorded: run again to resume"
+            )
