@@ -5,12 +5,13 @@ Writes (merges its keys into) ``benchmarks/results/scale.json``:
 
 - ``distributed``: per stage of ``--distributed-stages``, the same job run in one process,
   on a 1-worker and on a 2-worker ``LocalCluster`` (worker processes, one thread each),
-  side by side in one run (clusters started and warmed before the clock): ``sample`` on the
+  side by side in one run (clusters started and warmed before the clock; ``--repeats`` timed
+  runs per setting, alternating, medians reported): ``sample`` on the
   tiny synthetic bundle of the tests (16 x 24 grid, ``--times`` valid times, ``--members``
   members, ``--steps`` EDM steps), ``score`` of a lazily read synthetic ensemble
   (``--score-times`` times, 128 x 192 grid); one time step per chunk. ``identical`` (every
-  result equals the single-process one bit for bit) and ``speedup_2_workers`` (1-worker
-  wall time / 2-worker wall time, of score);
+  result equals the single-process one bit for bit) and ``speedup_2_workers`` (median
+  1-worker wall time / median 2-worker wall time, of score);
 - ``fault_injection``: ``benchmarks/fault_injection.py`` with ``--fault-trials`` trials per
   stage of ``--fault-stages``;
 - ``fuzz``: ``--fuzz-examples`` hypothesis examples of ``tests/_fuzz_readers.py``:
@@ -48,10 +49,60 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def distributed_sampling(times: int, members: int, steps: int, work: Path) -> dict:
-    """Single process vs 1 and 2 dask workers on the same sampling job."""
-    from _downscaling_data import synthetic
+def side_by_side(run, modules: str, repeats: int) -> tuple[dict, dict]:
+    """Time ``run(tag, scheduler)`` in one process (``scheduler=None``) and on a 1- and a
+    2-worker ``LocalCluster`` (worker processes, one thread each), ``repeats`` times each.
+
+    Both clusters are started, and ``modules`` imported on their workers, before the clock;
+    the repeats alternate single process, 1 worker, 2 workers so that a change of machine
+    load falls on all three alike. Returns ({setting: median wall s}, {setting: [each s]})
+    and the first run's result of every setting (to compare them).
+    """
     from distributed import Client, LocalCluster
+
+    walls: dict[str, list[float]] = {"single": [], "1_worker": [], "2_workers": []}
+    results: dict[str, object] = {}
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as c1,
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as c2,
+        Client(c1, set_as_default=False) as client1,
+        Client(c2, set_as_default=False) as client2,
+    ):
+        for client in (client1, client2):
+            client.run(importlib.import_module, modules)  # imports off the clock
+        schedulers = {
+            "single": None,
+            "1_worker": c1.scheduler_address,
+            "2_workers": c2.scheduler_address,
+        }
+        for r in range(repeats):
+            for name, scheduler in schedulers.items():
+                start = time.perf_counter()
+                result = run(f"{name}-{r}", scheduler)
+                walls[name].append(round(time.perf_counter() - start, 2))
+                results.setdefault(name, result)
+    return walls, results
+
+
+def _timing(walls: dict[str, list[float]]) -> dict:
+    median = {k: float(np.median(v)) for k, v in walls.items()}
+    return {
+        "speedup_2_workers": round(median["1_worker"] / median["2_workers"], 3),
+        "wall_s": {k: round(v, 2) for k, v in median.items()},
+        "wall_s_each": walls,
+        "repeats": len(walls["single"]),
+        "load": os.getloadavg(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def distributed_sampling(times: int, members: int, steps: int, work: Path, repeats: int) -> dict:
+    """Single process vs 1 and 2 dask workers on the same sampling job (medians)."""
+    from _downscaling_data import synthetic
     from test_bundle import make_bundle
 
     from kmscale.data.store import open_store
@@ -61,41 +112,19 @@ def distributed_sampling(times: int, members: int, steps: int, work: Path) -> di
     _, coarse, _ = synthetic(n=times)
     pipe = DownscalingPipeline(bundle)
     settings = SamplerSettings(members=members, steps=steps, time_chunk=1)
-    walls, stores = {}, {}
-    start = time.perf_counter()
-    stores["single"] = pipe.run(coarse, work / "single.zarr", settings, progress=False)
-    walls["single"] = time.perf_counter() - start
-    for n in (1, 2):
-        with (
-            LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
-            ) as c,
-            Client(c, set_as_default=False) as client,
-        ):
-            client.run(
-                importlib.import_module, "kmscale.diffusion.pipeline"
-            )  # imports off the clock
-            start = time.perf_counter()
-            stores[n] = pipe.run(
-                coarse,
-                work / f"workers{n}.zarr",
-                settings,
-                progress=False,
-                scheduler=c.scheduler_address,
-            )
-            walls[n] = time.perf_counter() - start
+
+    def run(tag: str, scheduler: str | None) -> Path:
+        return pipe.run(coarse, work / f"{tag}.zarr", settings, progress=False, scheduler=scheduler)
+
+    walls, stores = side_by_side(run, "kmscale.diffusion.pipeline", repeats)
     ref = open_store(stores["single"])["t2m"].values
     identical = all(
-        np.array_equal(ref, open_store(stores[n])["t2m"].values, equal_nan=True) for n in (1, 2)
+        np.array_equal(ref, open_store(stores[n])["t2m"].values, equal_nan=True)
+        for n in ("1_worker", "2_workers")
     )
     return {
         "identical": bool(identical),
-        "speedup_2_workers": round(walls[1] / walls[2], 3),
-        "wall_s": {
-            "single_process": round(walls["single"], 2),
-            "1_worker": round(walls[1], 2),
-            "2_workers": round(walls[2], 2),
-        },
+        **_timing(walls),
         "job": {
             "stage": "sample",
             "times": times,
@@ -107,13 +136,13 @@ def distributed_sampling(times: int, members: int, steps: int, work: Path) -> di
     }
 
 
-def distributed_scoring(times: int, members: int, shape: tuple[int, int], work: Path) -> dict:
+def distributed_scoring(
+    times: int, members: int, shape: tuple[int, int], work: Path, repeats: int
+) -> dict:
     """``score`` of a lazily opened synthetic ensemble (zarr) in one process and on a 1- and
-    a 2-worker LocalCluster (worker processes, one thread each), side by side; one time
-    step per chunk."""
+    a 2-worker LocalCluster, side by side (medians); one time step per chunk."""
     import pandas as pd
     import xarray as xr
-    from distributed import Client, LocalCluster
 
     from kmscale.evaluation.scoring import ScoreOptions, score
 
@@ -152,31 +181,16 @@ def distributed_scoring(times: int, members: int, shape: tuple[int, int], work: 
         for n in ("truth.zarr", "ens.zarr")
     )
     opts = ScoreOptions(time_chunk=1)
-    walls, results = {}, {}
-    start = time.perf_counter()
-    results["single"] = score({"ens": ens}, truth, opts, progress=False)
-    walls["single"] = time.perf_counter() - start
-    for n in (1, 2):
-        with (
-            LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
-            ) as c,
-            Client(c, set_as_default=False) as client,
-        ):
-            client.run(importlib.import_module, "kmscale.evaluation.scoring")  # off the clock
-            start = time.perf_counter()
-            results[n] = score(
-                {"ens": ens}, truth, opts, progress=False, scheduler=c.scheduler_address
-            )
-            walls[n] = time.perf_counter() - start
+
+    def run(tag: str, scheduler: str | None) -> xr.Dataset:
+        return score({"ens": ens}, truth, opts, progress=False, scheduler=scheduler)
+
+    walls, results = side_by_side(run, "kmscale.evaluation.scoring", repeats)
     # every variable and coordinate, NaN equal to NaN, floats compared exactly
-    identical = all(results["single"].identical(results[n]) for n in (1, 2))
+    identical = all(results["single"].identical(results[n]) for n in ("1_worker", "2_workers"))
     return {
         "identical": bool(identical),
-        "speedup_2_workers": round(walls[1] / walls[2], 3),
-        "wall_s": {
-            k if isinstance(k, str) else f"{k}_worker": round(v, 2) for k, v in walls.items()
-        },
+        **_timing(walls),
         "job": {
             "stage": "score",
             "times": times,
@@ -184,8 +198,6 @@ def distributed_scoring(times: int, members: int, shape: tuple[int, int], work: 
             "time_chunk": 1,
             "grid": list(shape),
         },
-        "load": os.getloadavg(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -320,14 +332,20 @@ def fuzz(examples: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--times", type=int, default=16, help="valid times sampled (default 16)")
+    p.add_argument("--times", type=int, default=96, help="valid times sampled (default 96)")
     p.add_argument("--members", type=int, default=8, help="ensemble members (default 8)")
     p.add_argument("--steps", type=int, default=12, help="EDM steps (default 12)")
     p.add_argument(
         "--distributed-stages", default="score,sample", help="stages timed on 1 vs 2 workers"
     )
     p.add_argument(
-        "--score-times", type=int, default=48, help="times of the distributed score (default 48)"
+        "--score-times", type=int, default=192, help="times of the distributed score (default 192)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs per setting of the distributed part; medians reported (default 3)",
     )
     p.add_argument(
         "--fault-trials", type=int, default=3, help="kill-and-resume trials per stage (default 3)"
@@ -404,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
                 work = Path(tmp) / f"distributed_{stage}"
                 work.mkdir()
                 parts[stage] = (
-                    distributed_sampling(args.times, args.members, args.steps, work)
+                    distributed_sampling(args.times, args.members, args.steps, work, args.repeats)
                     if stage == "sample"
-                    else distributed_scoring(args.score_times, args.members, (128, 192), work)
+                    else distributed_scoring(
+                        args.score_times, args.members, (128, 192), work, args.repeats
+                    )
                 )
                 print(stage, parts[stage], flush=True)
             result["distributed"] = {
