@@ -403,13 +403,14 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         # error-bounded: per bound, the gain step with the fewest validation bytes
-        bound_steps = {}
+        bound_steps, bound_sizes = {}, {}
         for b in cfg.error_bounds:
             sizes = {}
             for s in cfg.error_bound_gain_steps:
                 (pt,) = error_bounded_points(model, val, times[val_sl], cfg, {b: s}, work)
                 sizes[s] = pt["bytes"]
             bound_steps[b] = min(sizes, key=sizes.get)
+            bound_sizes[b] = sizes
         sz3_layout = best_layout(sz3_points, val, cfg.nside, cfg.sz3_bounds, cfg.select_rmse)
         zfp_layout = best_layout(zfp_points, val, cfg.nside, cfg.zfp_tolerances, cfg.select_rmse)
         # ---- test split, once ----
@@ -471,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             "chosen": {k: v for k, v in chosen.items() if k != "validation_log"},
             "validation_log": chosen["validation_log"],
             "error_bounded_gain_steps": bound_steps,
+            "error_bounded_validation_bytes": bound_sizes,
             "baseline_layouts": {"sz3_3d": sz3_layout, "zfp": zfp_layout},
             "decoder_bytes": model.decoder_nbytes(),
             "config": asdict(cfg),
