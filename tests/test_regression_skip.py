@@ -75,3 +75,45 @@ def test_blocked_cross_validation_keeps_a_group_to_its_own_inputs_when_the_rest_
     assert [c["inputs"] for c in fit["groups"]] == ["own", "own"]
     assert fit["groups"][0]["cv_mse"]["own"] < fit["groups"][0]["cv_mse"]["all"]
     assert torch.all(model.skip.weight[:, 1] == 0)  # the spurious input is left out
+
+
+def test_a_terrain_modulated_skip_recovers_flow_times_slope_and_is_saved(tmp_path):
+    """z = u (1 - 0.5 dh/dx²) + 0.3 v dh/dy: coefficients varying with the terrain slope
+    are exact for the modulated skip and out of reach of the plain one; the terrain
+    settings travel with the weights."""
+    g = torch.Generator().manual_seed(1)
+    n, h, w = 6, 10, 12
+    pred = torch.randn(n, 2, h, w, generator=g)  # u, v
+    yy, xx = torch.meshgrid(torch.arange(h) / h, torch.arange(w) / w, indexing="ij")
+    oro = torch.sin(3 * xx) * torch.cos(2 * yy) + 0.5 * xx * yy
+    static = oro[None]
+    ds0 = DownscalingDataset(pred, static, torch.zeros(n, 0), torch.zeros(n, 1, h, w))
+    terrain = dict(skip_terrain_channel=2, skip_dynamic_channels=[0, 1])
+    model = build_unet(3, 1, None, SMALL, linear_skip=True, **terrain)
+    cond = torch.cat([pred[:1], static[None]], dim=1)
+    m = model.skip.modulators(cond)[0]  # h, dx, dy, dx², dy², dxdy, |grad|
+    z = pred[:, :1] * (1 - 0.5 * m[3]) + 0.3 * pred[:, 1:] * m[2]
+    ds = DownscalingDataset(pred, static, torch.zeros(n, 0), z)
+    assert ds0.z.shape == ds.z.shape
+    assert fit_linear_skip(model, ds, ridge=1e-12)["mse"] < 1e-8
+    plain = build_unet(3, 1, None, SMALL, linear_skip=True)
+    assert fit_linear_skip(plain, ds, ridge=1e-12)["mse"] > 1e-4
+    assert model.skip.expand([1, 2]) == [1, 2, *range(3 + 7, 3 + 14)]
+    model.save_pretrained(tmp_path)
+    back = ConditionalUNet.from_pretrained(tmp_path)
+    assert back.config.skip_terrain_channel == 2
+    x = torch.randn(1, 3, h, w)
+    torch.testing.assert_close(back(x, 0.0), model(x, 0.0))
+
+
+def test_skip_channels_outside_the_input_are_refused():
+    with pytest.raises(ConfigError, match="skip channels"):
+        build_unet(3, 1, None, SMALL, linear_skip=True, skip_terrain_channel=5)
+
+
+def test_an_input_that_is_zero_everywhere_gets_weight_zero():
+    ds, a, _ = _linear_data()
+    ds.static[0] = 0.0  # a constant static field, standardized
+    model = build_unet(5, 4, None, SMALL, linear_skip=True)
+    fit_linear_skip(model, ds)
+    assert torch.all(model.skip.weight[:, 3] == 0)

@@ -56,6 +56,80 @@ class UNetSettings:
     dropout: float = 0.0
 
 
+TERRAIN_MODULATORS = ("h", "dh_dx", "dh_dy", "dh_dx^2", "dh_dy^2", "dh_dx*dh_dy", "|grad h|")
+
+
+class LinearSkip(nn.Conv2d):
+    """Per-pixel linear map ``A x + b``, optionally with terrain-modulated coefficients.
+
+    With ``terrain_channel`` (the input channel holding the elevation) and ``dynamic``
+    (the channels whose coefficients may vary with terrain: the predictors), the map is
+    ``A x + Σ_k B_k (x_D ⊙ m_k) + b`` with the modulators ``m`` of
+    :data:`TERRAIN_MODULATORS`: the elevation, its centred finite-difference slopes along
+    the grid and their second-order products. A coefficient that varies linearly with
+    slope and aspect is what the km-scale response to a coarse flow needs: deflection along
+    the contours and channelling are products of the flow with the slope components,
+    forced ascent (orographic rain) the flow dotted with the slope, lapse-rate corrections
+    the elevation itself. Without ``terrain_channel`` it is a 1 x 1 convolution (the
+    parameters are those of the 1 x 1 convolution over :meth:`features`, so a plain skip's
+    checkpoint keys are those of ``nn.Conv2d``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        terrain_channel: int | None = None,
+        dynamic: Sequence[int] = (),
+    ) -> None:
+        dynamic = [int(c) for c in dynamic] if terrain_channel is not None else []
+        bad = [c for c in [*dynamic, terrain_channel] if c is not None]
+        bad = [c for c in bad if not 0 <= c < in_channels]
+        if bad:
+            raise ConfigError(
+                describe(
+                    f"skip channels within the {in_channels} input channels",
+                    bad,
+                    where="LinearSkip",
+                )
+            )
+        super().__init__(in_channels + len(dynamic) * len(TERRAIN_MODULATORS), out_channels, 1)
+        self.terrain_channel = terrain_channel
+        self.dynamic = dynamic
+
+    def modulators(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, K, H, W) terrain modulators from the elevation channel (edge-replicated)."""
+        h = x[:, self.terrain_channel : self.terrain_channel + 1]
+        hp = F_nn.pad(h, (1, 1, 1, 1), mode="replicate")
+        dx = 0.5 * (hp[..., 1:-1, 2:] - hp[..., 1:-1, :-2])
+        dy = 0.5 * (hp[..., 2:, 1:-1] - hp[..., :-2, 1:-1])
+        return torch.cat([h, dx, dy, dx * dx, dy * dy, dx * dy, torch.sqrt(dx * dx + dy * dy)], 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_features, H, W): the inputs, then each dynamic channel times each
+        modulator (channel-major)."""
+        if not self.dynamic:
+            return x
+        m = self.modulators(x)
+        d = x[:, self.dynamic]
+        prod = d[:, :, None] * m[:, None]  # (B, D, K, H, W)
+        return torch.cat([x, prod.flatten(1, 2)], 1)
+
+    def expand(self, channels: Sequence[int]) -> list[int]:
+        """Feature indices that belong to input ``channels``: the channels themselves and
+        the products of those among them that are dynamic."""
+        k = len(TERRAIN_MODULATORS)
+        base = self.in_channels - len(self.dynamic) * k
+        out = list(channels)
+        for i, c in enumerate(self.dynamic):
+            if c in channels:
+                out += range(base + i * k, base + (i + 1) * k)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.features(x))
+
+
 def _pad(
     x: torch.Tensor, multiple: int, mode: str
 ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -101,6 +175,9 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             and the U-Net learns the non-linear correction. For the regression, whose input
             holds the interpolated predictors and the static fields, this makes the starting
             point a linear downscaling (interpolation with terrain terms), not zero.
+        skip_terrain_channel, skip_dynamic_channels: terrain-modulated skip coefficients
+            (see :class:`LinearSkip`): the elevation input channel and the channels whose
+            coefficients vary with it. None: a plain 1 x 1 map.
     """
 
     config_name = "config.json"
@@ -121,6 +198,8 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         dropout: float = UNetSettings.dropout,
         pad_mode: str = "replicate",
         linear_skip: bool = False,
+        skip_terrain_channel: int | None = None,
+        skip_dynamic_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         widths = block_out_channels or UNetSettings().block_out_channels
@@ -192,7 +271,11 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             if embedding_dim
             else None
         )
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if linear_skip else None
+        self.skip = (
+            LinearSkip(in_channels, out_channels, skip_terrain_channel, skip_dynamic_channels or ())
+            if linear_skip
+            else None
+        )
         if linear_skip:  # zero output layer: the model starts as the linear map (ControlNet)
             nn.init.zeros_(self.unet.conv_out.weight)
             nn.init.zeros_(self.unet.conv_out.bias)
@@ -323,6 +406,8 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
         dropout: float = UNetSettings.dropout,
         pad_mode: str = "replicate",
         linear_skip: bool = False,
+        skip_terrain_channel: int | None = None,
+        skip_dynamic_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         widths = block_out_channels or UNetSettings().block_out_channels

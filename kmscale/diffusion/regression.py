@@ -34,6 +34,8 @@ def build_unet(
     settings: UNetSettings,
     cross_attention_cond: int | None = None,
     linear_skip: bool = False,
+    skip_terrain_channel: int | None = None,
+    skip_dynamic_channels: Sequence[int] | None = None,
 ):
     """A backbone with channel counts from the data and width from ``settings``.
 
@@ -42,8 +44,8 @@ def build_unet(
     :class:`~kmscale.diffusion.networks.CrossAttentionUNet`, which also attends to the
     conditioning as tokens (diffusers ``UNet2DConditionModel``); it keeps the
     concatenation path, and ``attention_levels``/``mid_attention``/``attention_head_dim``
-    do not apply to it. ``linear_skip``: see :class:`ConditionalUNet` (concatenation
-    backbone only).
+    do not apply to it. ``linear_skip``, ``skip_terrain_channel``,
+    ``skip_dynamic_channels``: see :class:`ConditionalUNet` (concatenation backbone only).
     """
     if cross_attention_cond and linear_skip:
         raise ConfigError("build_unet: linear_skip applies to the ConditionalUNet backbone only")
@@ -63,6 +65,10 @@ def build_unet(
         out_channels=int(out_channels),
         embedding_dim=embedding_dim,
         linear_skip=linear_skip,
+        skip_terrain_channel=skip_terrain_channel,
+        skip_dynamic_channels=None
+        if skip_dynamic_channels is None
+        else list(skip_dynamic_channels),
         **asdict(settings),
     )
 
@@ -105,9 +111,14 @@ def _moments(x: torch.Tensor, y: torch.Tensor, block: torch.Tensor) -> list[tupl
 
 
 def _ridge(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
-    """W of ``(XᵀX + λ I) W = Xᵀ Y`` with ``λ = ridge · mean(diag(XᵀX))``."""
-    lam = ridge * gram.diagonal().mean()
-    return torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), cross)
+    """W of ``(XᵀX + ridge · diag(XᵀX)) W = Xᵀ Y``: the penalty of each input scaled by its
+    own second moment, so that it does not depend on the inputs' units (terrain products
+    are much smaller than the standardized predictors)."""
+    diag = gram.diagonal()
+    # an input that is zero everywhere (a constant static field once standardized) gets a
+    # tiny penalty instead of none, so that the system stays solvable and its weight 0
+    floor = 1e-9 * float(diag.mean())
+    return torch.linalg.solve(gram + torch.diag(ridge * diag.clamp(min=floor)), cross)
 
 
 def _blocked_cv(moments: list[tuple], cols: list[int], out: slice, ridge: float) -> float:
@@ -136,11 +147,13 @@ def fit_linear_skip(
     max_rows: int = 2_000_000,
     folds: int = 3,
 ) -> dict:
-    """Fit the backbone's per-pixel affine skip ``z ≈ A cond + b`` by ridge least squares.
+    """Fit the backbone's per-pixel skip ``z ≈ A f(cond) + b`` by ridge least squares.
 
-    Solves ``(XᵀX + λ I) W = Xᵀ Y`` in float64 over the pixels of up to ``max_rows`` rows
-    (examples taken evenly over ``dataset``, so a long period costs no more), with
-    ``λ = ridge · mean(diag(XᵀX))``; pixels with a NaN are left out. For each of
+    ``f`` is the skip's features (:meth:`~kmscale.diffusion.networks.LinearSkip.features`:
+    the conditioning, and with a terrain-modulated skip its predictors times the terrain
+    modulators). Solves ``(XᵀX + ridge · diag(XᵀX)) W = Xᵀ Y`` in float64 over the pixels
+    of up to ``max_rows`` rows (examples taken evenly over ``dataset``, so a long period
+    costs no more); pixels with a NaN are left out. For each of
     ``groups``, the inputs are either every conditioning channel or the group's own
     (:class:`SkipGroup`), whichever has the lower error over ``folds`` contiguous blocks of
     the examples (time order: blocked cross-validation, so that relations between
@@ -164,7 +177,8 @@ def fit_linear_skip(
     xs, ys = [], []
     for i in pick:
         item = dataset[int(i)]
-        xs.append(item["cond"].double().flatten(1).T)  # (h w, C_c)
+        feats = model.skip.features(item["cond"].double()[None])[0]
+        xs.append(feats.flatten(1).T)  # (h w, features)
         ys.append(item["z"].double().flatten(1).T)  # (h w, C_z)
     x, y = torch.cat(xs), torch.cat(ys)
     block = torch.repeat_interleave(
@@ -179,14 +193,15 @@ def fit_linear_skip(
     moments = _moments(x, y, block)
     gram, cross = sum(m[0] for m in moments), sum(m[1] for m in moments)
     every = list(range(x.shape[1]))
-    groups = groups or [SkipGroup(slice(0, y.shape[1]), every)]
+    groups = groups or [SkipGroup(slice(0, y.shape[1]), list(range(first["cond"].shape[0])))]
     weight = torch.zeros(y.shape[1], x.shape[1], dtype=x.dtype)
     bias = torch.zeros(y.shape[1], dtype=x.dtype)
     chosen = []
     for g in groups:
         options = {"all": every}
-        if sorted(g.own) != every:
-            options["own"] = list(g.own)
+        own = sorted(set(model.skip.expand(g.own)))
+        if own != every:
+            options["own"] = own
         cv = {}
         if len(options) > 1 and len(moments) > 1:
             cv = {k: _blocked_cv(moments, cols, g.out, ridge) for k, cols in options.items()}

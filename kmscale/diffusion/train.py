@@ -114,6 +114,10 @@ class RegressionConfig:
     # U(cond) + A cond + b, A and b fitted by least squares before training: the regression
     # starts from a linear downscaling of the interpolated predictors and static fields.
     linear_skip: bool = True
+    # The static variable (elevation) whose slopes modulate the skip's coefficients of every
+    # predictor (:class:`kmscale.diffusion.networks.LinearSkip`); None, or a static set
+    # without it: a plain linear skip.
+    skip_terrain: str | None = "orography"
 
 
 @dataclass
@@ -297,6 +301,25 @@ def skip_groups(ae, spec: ConditioningSpec) -> list[SkipGroup]:
     ]
 
 
+def skip_terrain(cfg: RegressionConfig, spec: ConditioningSpec) -> dict:
+    """``build_unet`` arguments of the terrain-modulated skip: the elevation channel of the
+    conditioning and the predictor channels (empty when the static fields lack it)."""
+    if not cfg.linear_skip or cfg.skip_terrain is None:
+        return {}
+    if cfg.skip_terrain not in spec.static_channels:
+        log.info(
+            "regression: no static %r among %s: plain linear skip",
+            cfg.skip_terrain,
+            spec.static_channels,
+        )
+        return {}
+    n = len(spec.predictors.variables)
+    return {
+        "skip_terrain_channel": n + spec.static_channels.index(cfg.skip_terrain),
+        "skip_dynamic_channels": list(range(n)),
+    }
+
+
 def train_regression(
     cfg: RegressionConfig, data: TrainingData | None = None
 ) -> tuple[TrainResult, Path]:
@@ -321,7 +344,12 @@ def train_regression(
     val_ds = validation_examples(cfg.data, ae, spec, data, (lat, lon))
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     model = build_unet(
-        spec.cond_channels, ae.latent_channels, spec.emb_dim, cfg.unet, linear_skip=cfg.linear_skip
+        spec.cond_channels,
+        ae.latent_channels,
+        spec.emb_dim,
+        cfg.unet,
+        linear_skip=cfg.linear_skip,
+        **skip_terrain(cfg, spec),
     )
     skip_fit = fit_linear_skip(model, train_ds, skip_groups(ae, spec)) if cfg.linear_skip else None
     if skip_fit is not None:
