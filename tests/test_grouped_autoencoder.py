@@ -300,3 +300,32 @@ def test_groups_recipe_config_resolves():
     assert [g.variables for g in cfg.groups] == [["t2m"], ["u10", "v10"], ["tp"]]
     assert cfg.groups[2].model.name == "identity" and cfg.group_factor == 4
     check_groups(cfg.data.variables, [g.variables for g in cfg.groups])
+
+
+def test_haar_fold_is_orthonormal_and_separates_block_means_from_detail(tmp_path):
+    """Folded groups are stored in the 2-D Haar basis: channel 0 of a pixel group folded
+    4 x 4 is 4 x the block mean of its standardized field, a constant block has no detail,
+    squared norms are kept, decode(encode(x)) is x; a directory without ``fold_basis``
+    (written before it existed) loads as raw sub-pixels."""
+    ae = grouped()  # t2m (identity) folded 4 x 4, tp (2x VAE) folded 2 x 2
+    assert ae.config.fold_basis == "haar"
+    x = fields()
+    z = ae.encode(x)
+    t2m = (x[:, 0] - 280.0) / 5.0
+    block_mean = t2m.reshape(3, 4, 4, 6, 4).mean((2, 4))
+    torch.testing.assert_close(z[:, 0], 4 * block_mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z[:, :16].pow(2).sum(), t2m.pow(2).sum(), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(ae.decode(z)[:, 0], x[:, 0], atol=1e-4, rtol=1e-5)
+    flat = torch.full((1, 4, 16, 24), 280.0)
+    flat[:, 1:3], flat[:, 3] = 0.0, 0.5
+    assert ae.encode(flat)[:, 1:16].abs().max() < 1e-5
+    raw = GroupedAutoencoder(list(ae.parts), VARS, fold_basis="pixels")
+    torch.testing.assert_close(raw.encode(x)[:, :16].pow(2).sum(), z[:, :16].pow(2).sum())
+    assert raw.fingerprint() != ae.fingerprint()
+    ae.save_pretrained(tmp_path / "ae")
+    cfg = json.loads((tmp_path / "ae" / "config.json").read_text())
+    del cfg["fold_basis"]
+    (tmp_path / "ae" / "config.json").write_text(json.dumps(cfg))
+    old = GroupedAutoencoder.from_pretrained(tmp_path / "ae")
+    assert old.config.fold_basis == "pixels"
+    torch.testing.assert_close(old.encode(x), raw.encode(x))

@@ -16,6 +16,14 @@ latents concatenated along channels; decoding splits it again and decodes per gr
 A group with a finer latent grid than the coarsest is folded into channels
 (space-to-depth, ``einops.rearrange``): every latent value is kept, and the common
 grid is the one the U-Nets run on. Decoding unfolds and calls each part's decoder.
+With ``fold_basis="haar"`` (the default) each k x k block is stored in the orthonormal
+2-D Haar basis instead of as its k² values: one channel holds the block mean (times k),
+the others its differences at each scale. The transform is orthonormal, so squared errors
+are the same in either basis, but per-channel statistics now separate the smooth part from
+the pixel-scale detail: the diffusion model's per-channel residual scale makes its noise in
+the detail channels as small as the residual's detail, where with raw sub-pixels every
+sub-pixel gets the full residual scale independently (members with a pixel-scale
+checkerboard).
 
 On disk::
 
@@ -42,6 +50,30 @@ from kmscale.autoencoders.base import Autoencoder
 from kmscale.autoencoders.registration import register
 from kmscale.autoencoders.registry import load_autoencoder
 from kmscale.errors import CheckpointError, ConfigError, SchemaError
+
+FOLD_BASES = ("haar", "pixels")
+
+
+def haar_matrix(k: int) -> torch.Tensor:
+    """The orthonormal k x k Haar matrix (k a power of two); row 0 is the mean row."""
+    if k < 1 or k & (k - 1):
+        raise ConfigError(f"haar fold: expected a power-of-two fold, found {k}")
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < k:
+        n = h.shape[0]
+        h = (
+            torch.cat(
+                [
+                    torch.kron(h, torch.tensor([[1.0, 1.0]], dtype=torch.float64)),
+                    torch.kron(
+                        torch.eye(n, dtype=torch.float64),
+                        torch.tensor([[1.0, -1.0]], dtype=torch.float64),
+                    ),
+                ]
+            )
+            / 2**0.5
+        )
+    return h
 
 
 def check_groups(variables: Sequence[str], groups: Sequence[Sequence[str]]) -> None:
@@ -101,9 +133,14 @@ class GroupedAutoencoder(Autoencoder):
         parts: Sequence[Autoencoder],
         variables: Sequence[str] | None = None,
         downsample_factor: int | None = None,
+        fold_basis: str = "haar",
     ):
         super().__init__()
         parts = list(parts)
+        if fold_basis not in FOLD_BASES:
+            raise ConfigError(
+                f"grouped autoencoder: expected fold_basis in {FOLD_BASES}, found {fold_basis!r}"
+            )
         if not parts:
             raise ConfigError("grouped autoencoder: expected at least one part, found none")
         groups = [list(p.variables) for p in parts]
@@ -127,12 +164,18 @@ class GroupedAutoencoder(Autoencoder):
             variables=variables,
             groups=groups,
             downsample_factor=factor,
+            fold_basis=fold_basis,
             input_stats=stats or None,
             latent_mean=None,
             latent_std=None,
         )
         self._factor = factor
         self._index = [[variables.index(v) for v in g] for g in groups]
+        self._basis = {
+            k: haar_matrix(k).float()
+            for k in {factor // p.downsample_factor for p in parts}
+            if fold_basis == "haar" and k > 1
+        }
 
     # ---- layout ----------------------------------------------------------------------
     @property
@@ -185,7 +228,11 @@ class GroupedAutoencoder(Autoencoder):
             if stats is not None:
                 z = (z - stats[0]) / stats[1]
             k = self.fold(i)
-            zs.append(rearrange(z, "b c (h k1) (w k2) -> b (c k1 k2) h w", k1=k, k2=k))
+            blocks = rearrange(z, "b c (h k1) (w k2) -> b c k1 k2 h w", k1=k, k2=k)
+            if k in self._basis:  # B' = H B Hᵀ per block
+                hk = self._basis[k].to(z)
+                blocks = torch.einsum("ij,bcjlhw,ml->bcimhw", hk, blocks, hk)
+            zs.append(rearrange(blocks, "b c k1 k2 h w -> b (c k1 k2) h w"))
         return torch.cat(zs, dim=1)
 
     def _decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
@@ -204,7 +251,11 @@ class GroupedAutoencoder(Autoencoder):
     def unfold(self, z_group: torch.Tensor, index: int) -> torch.Tensor:
         """Group ``index``'s channels (B, c_g k_g², h, w) -> its latent (B, c_g, h k_g, w k_g)."""
         k = self.fold(index)
-        return rearrange(z_group, "b (c k1 k2) h w -> b c (h k1) (w k2)", k1=k, k2=k)
+        blocks = rearrange(z_group, "b (c k1 k2) h w -> b c k1 k2 h w", k1=k, k2=k)
+        if k in self._basis:  # B = Hᵀ B' H
+            hk = self._basis[k].to(z_group)
+            blocks = torch.einsum("ji,bcjlhw,lm->bcimhw", hk, blocks, hk)
+        return rearrange(blocks, "b c k1 k2 h w -> b c (h k1) (w k2)")
 
     def decode_group(self, z: torch.Tensor, index: int) -> torch.Tensor:
         """Physical fields (B, C_g, H, W) of group ``index`` alone from the concatenated latent."""
@@ -226,6 +277,8 @@ class GroupedAutoencoder(Autoencoder):
             "groups": self.groups,
             "downsample_factor": self._factor,
             "parts": [p._fingerprint_config() for p in self.parts],
+            # only when not raw sub-pixels, so fingerprints from before the option still match
+            **({"fold_basis": "haar"} if self._basis else {}),
         }
 
     # ---- save / load ---------------------------------------------------------------------
@@ -264,4 +317,5 @@ class GroupedAutoencoder(Autoencoder):
                     f"found one for {list(part.variables)}"
                 )
             parts.append(part)
-        return cls(parts, variables, cfg.get("downsample_factor"))
+        # directories written before the Haar fold existed hold raw sub-pixels
+        return cls(parts, variables, cfg.get("downsample_factor"), cfg.get("fold_basis", "pixels"))
