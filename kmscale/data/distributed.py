@@ -190,18 +190,22 @@ def run_chunks(
             )
             for i in pending
         ]
+        index_of = {f.key: i for f, i in zip(futures, pending, strict=True)}
         error: BaseException | None = None
         cancelled: list[str] = []
         for future in as_completed(futures, loop=client.loop):  # (the client is not the default)
             if future.status == "error":
                 error = error or future.exception()
                 continue
-            if future.status == "cancelled":
+            if future.status != "finished":
                 # a worker that died held the scattered ``compute``: the scheduler cancels
                 # the tasks that needed it; the task that killed it reports the cause
                 cancelled.append(future.key)
                 continue
-            index = future.result()
+            # a finished task has written its region; its result (the index) is not fetched:
+            # the worker holding it may die before the gather (the result is then lost, the
+            # write is not)
+            index = index_of[future.key]
             writer.mark_done(index)
             if on_done is not None:
                 on_done(index)
