@@ -122,13 +122,14 @@ class DemoSize:
     regression_samples: int = 1_600
     ldm_samples: int = 3_200
     residual_folds: int = 2  # cross-fitted residuals: two more regressions on half the hours each
-    # Training noise levels of the diffusion model: ln σ ~ N(1.0, 1.7²) instead of EDM's
+    # Training noise levels of the diffusion model: ln σ ~ N(0.5, 2.0²) instead of EDM's
     # N(-1.2, 1.2²) (tuned for 64 x 64 images). Most of the residual's variance here is the
     # coarse analysis' error, coherent over the whole window; for the window mean of a
     # 32 x 32 latent field, noise of level σ has std σ / 32, so that part of a member is
     # decided at σ between about 3 and 80, where EDM's default puts under 1 % of its
     # training examples (a model trained so gives members with no window-scale spread).
-    # ±2 std of this distribution span σ 0.09-80.
+    # ±2 std of this distribution span σ 0.03-90, so low noise levels keep a share of the
+    # training too.
     edm: EDMLossSettings = field(default_factory=lambda: EDMLossSettings(P_mean=0.5, P_std=2.0))
     batch: int = 16
     lr: float = 1e-3

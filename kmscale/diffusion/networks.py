@@ -406,8 +406,6 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
         dropout: float = UNetSettings.dropout,
         pad_mode: str = "replicate",
         linear_skip: bool = False,
-        skip_terrain_channel: int | None = None,
-        skip_dynamic_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         widths = block_out_channels or UNetSettings().block_out_channels
