@@ -77,27 +77,34 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "kmscale.cli", *args]
 
 
-def build_stages(work: Path) -> dict[str, Stage]:
-    """Write the tiny inputs under ``work`` and return the stages reading them."""
+def save_tiny_vae(path: Path, latent_channels: int) -> None:
+    """An untrained one-variable (t2m) VAE, widths 8-16, seed 0, saved to ``path``: the
+    autoencoder of the benchmarks that measure machinery, not skill."""
     import torch
-    import yaml
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from _downscaling_data import write_files
-    from test_bundle import make_bundle
 
     from kmscale.autoencoders.vae import VAEAutoencoder
 
-    work.mkdir(parents=True, exist_ok=True)
-    files = write_files(work / "data", n=48)
     torch.manual_seed(0)
     VAEAutoencoder(
         variables=["t2m"],
         input_stats={"t2m": {"mean": 280.0, "std": 5.0}},
         block_out_channels=(8, 16),
         norm_num_groups=8,
-        latent_channels=2,
-    ).save_pretrained(work / "ae")
+        latent_channels=latent_channels,
+    ).save_pretrained(path)
+
+
+def build_stages(work: Path) -> dict[str, Stage]:
+    """Write the tiny inputs under ``work`` and return the stages reading them."""
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _downscaling_data import write_files
+    from test_bundle import make_bundle
+
+    work.mkdir(parents=True, exist_ok=True)
+    files = write_files(work / "data", n=48)
+    save_tiny_vae(work / "ae", latent_channels=2)
     bundle, coarse = make_bundle()
     bundle.save(work / "bundle")
     coarse.to_netcdf(work / "data" / "pred8.nc", engine="netcdf4")

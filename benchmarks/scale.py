@@ -251,18 +251,9 @@ def streaming(work: Path, shape: tuple[int, int], samples: int) -> dict:
     in-memory run on the month for reference."""
     import subprocess
 
-    import torch
+    from fault_injection import save_tiny_vae
 
-    from kmscale.autoencoders.vae import VAEAutoencoder
-
-    torch.manual_seed(0)
-    VAEAutoencoder(
-        variables=["t2m"],
-        input_stats={"t2m": {"mean": 280.0, "std": 5.0}},
-        block_out_channels=(8, 16),
-        norm_num_groups=8,
-        latent_channels=4,
-    ).save_pretrained(work / "ae")
+    save_tiny_vae(work / "ae", latent_channels=4)
     out: dict = {
         "latent_grid": list(shape),
         "what": f"recipes' train_regression with data.stream (DataSettings), {samples} examples "
