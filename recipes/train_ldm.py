@@ -25,21 +25,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from kmscale.config import parse_recipe_config
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from kmscale.diffusion.train import LDMConfig, train_ldm
+    from kmscale.diffusion.train import LDMConfig, bundle_recipe, train_ldm
 
-    cfg = parse_recipe_config(LDMConfig, __doc__, argv)
-    if cfg is None:  # --dry-run
-        return 0
-    result, bundle = train_ldm(cfg)
-    print(
-        f"trained {result.samples_seen} samples ({result.steps} steps), best {result.best_score}; "
-        f"bundle: {bundle}"
-    )
-    return 0
+    return bundle_recipe(LDMConfig, train_ldm, __doc__, argv)
 
 
 if __name__ == "__main__":

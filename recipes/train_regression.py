@@ -16,21 +16,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from kmscale.config import parse_recipe_config
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from kmscale.diffusion.train import RegressionConfig, train_regression
+    from kmscale.diffusion.train import RegressionConfig, bundle_recipe, train_regression
 
-    cfg = parse_recipe_config(RegressionConfig, __doc__, argv)
-    if cfg is None:  # --dry-run
-        return 0
-    result, bundle = train_regression(cfg)
-    print(
-        f"trained {result.samples_seen} samples ({result.steps} steps), best {result.best_score}; "
-        f"bundle: {bundle}"
-    )
-    return 0
+    return bundle_recipe(RegressionConfig, train_regression, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -73,22 +73,32 @@ def _tiling_args(p: argparse.ArgumentParser) -> None:
     add_scheduler_argument(p)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
+def _command(subparsers, name: str, help: str, description: str, inp: str, out: str):
+    """A sub-command reading ``--input`` with ``--autoencoder`` and writing ``--out``."""
     p = subparsers.add_parser(
-        "encode",
-        help="encode a targets store to a latent zarr store",
+        name,
+        help=help,
         epilog=EPILOG,
-        formatter_class=fmt,
-        description=(
-            "Encode every time of a targets dataset (kmscale targets store, zarr or NetCDF) with a "
-            "trained autoencoder into a latent store chunked by time, recording the autoencoder "
-            "fingerprint, latent statistics and NaN mask. Resumable; atomic on completion."
-        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description,
     )
     p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
-    p.add_argument("--input", required=True, metavar="PATH", help="targets store / NetCDF file")
-    p.add_argument("--out", required=True, metavar="PATH", help="latent store to write (.zarr)")
+    p.add_argument("--input", required=True, metavar="PATH", help=inp)
+    p.add_argument("--out", required=True, metavar="PATH", help=out)
+    return p
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = _command(
+        subparsers,
+        "encode",
+        "encode a targets store to a latent zarr store",
+        "Encode every time of a targets dataset (kmscale targets store, zarr or NetCDF) with a "
+        "trained autoencoder into a latent store chunked by time, recording the autoencoder "
+        "fingerprint, latent statistics and NaN mask. Resumable; atomic on completion.",
+        "targets store / NetCDF file",
+        "latent store to write (.zarr)",
+    )
     p.add_argument(
         "--quantize",
         type=float,
@@ -100,19 +110,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _tiling_args(p)
     p.set_defaults(func=run_encode)
 
-    p = subparsers.add_parser(
+    p = _command(
+        subparsers,
         "decode",
-        help="decode a latent store back to physical fields",
-        epilog=EPILOG,
-        formatter_class=fmt,
-        description=(
-            "Decode a latent store with the autoencoder that wrote it (checked by fingerprint) "
-            "into a targets store with CF attributes; masked points come back as NaN."
-        ),
+        "decode a latent store back to physical fields",
+        "Decode a latent store with the autoencoder that wrote it (checked by fingerprint) "
+        "into a targets store with CF attributes; masked points come back as NaN.",
+        "latent store (.zarr)",
+        "targets store to write (.zarr)",
     )
-    p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
-    p.add_argument("--input", required=True, metavar="PATH", help="latent store (.zarr)")
-    p.add_argument("--out", required=True, metavar="PATH", help="targets store to write (.zarr)")
     p.add_argument(
         "--variables",
         default=None,
@@ -123,20 +129,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _tiling_args(p)
     p.set_defaults(func=run_decode)
 
-    p = subparsers.add_parser(
+    p = _command(
+        subparsers,
         "compress",
-        help="encode with quantized latents and report the compression ratio",
-        epilog=EPILOG,
-        formatter_class=fmt,
-        description=(
-            "Encode to a quantized, zstd-coded latent store and report bytes on disk against the "
-            "original store and against raw float32; --verify N decodes the first N times and "
-            "reports RMSE and maximum error per variable."
-        ),
+        "encode with quantized latents and report the compression ratio",
+        "Encode to a quantized, zstd-coded latent store and report bytes on disk against the "
+        "original store and against raw float32; --verify N decodes the first N times and "
+        "reports RMSE and maximum error per variable.",
+        "targets store / NetCDF file",
+        "latent store to write (.zarr)",
     )
-    p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
-    p.add_argument("--input", required=True, metavar="PATH", help="targets store / NetCDF file")
-    p.add_argument("--out", required=True, metavar="PATH", help="latent store to write (.zarr)")
     p.add_argument(
         "--quantize",
         type=float,
@@ -168,18 +170,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _tiling_args(p)
     p.set_defaults(func=run_compress)
 
-    p = subparsers.add_parser(
+    p = _command(
+        subparsers,
         "decompress",
-        help="restore CF fields from an archive written by compress --codec",
-        epilog=EPILOG,
-        formatter_class=fmt,
-        description="Decode every field of an archive with the model that wrote it (checked by "
+        "restore CF fields from an archive written by compress --codec",
+        "Decode every field of an archive with the model that wrote it (checked by "
         "name and fingerprint) to NetCDF (.nc) or zarr. Damaged chunks are named; "
         "their fields are NaN and the exit status is 1.",
+        "archive file",
+        "fields to write (.nc or .zarr)",
     )
-    p.add_argument("--autoencoder", required=True, metavar="DIR", help="save_pretrained directory")
-    p.add_argument("--input", required=True, metavar="PATH", help="archive file")
-    p.add_argument("--out", required=True, metavar="PATH", help="fields to write (.nc or .zarr)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1 ...)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=run_decompress)

@@ -135,6 +135,19 @@ class _Blend:
         return self.num / self.den
 
 
+def _batched(a: Any, channels: int, expected: str) -> tuple[np.ndarray, bool]:
+    """``a`` as a (B, channels, H, W) array and whether it came without the batch axis;
+    a SchemaError that starts with ``expected`` on another shape."""
+    x = _as_numpy_field(a)
+    shape = tuple(x.shape)
+    single = x.ndim == 3
+    if single:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise SchemaError(f"{expected}, found shape {shape}")
+    return x, single
+
+
 @torch.inference_mode()
 def tiled_encode(
     autoencoder: Autoencoder,
@@ -156,15 +169,12 @@ def tiled_encode(
         SchemaError: wrong number of channels. GridError: field smaller than a tile,
             or tile/overlap not divisible by f.
     """
-    x = _as_numpy_field(field)
-    single = x.ndim == 3
-    if single:
-        x = x[None]
-    if x.ndim != 4 or x.shape[1] != autoencoder.in_channels:
-        raise SchemaError(
-            f"tiled_encode for variables {list(autoencoder.variables)}: expected a field ([B,] "
-            f"{autoencoder.in_channels}, H, W), found shape {tuple(_as_numpy_field(field).shape)}"
-        )
+    x, single = _batched(
+        field,
+        autoencoder.in_channels,
+        f"tiled_encode for variables {list(autoencoder.variables)}: expected a field ([B,] "
+        f"{autoencoder.in_channels}, H, W)",
+    )
     f = autoencoder.downsample_factor
     full = padded_shape(x.shape[-2:], f)
     if tile is not None:
@@ -212,15 +222,11 @@ def tiled_decode(
         tile, overlap: pixel tiling as in :func:`tiled_encode` (need not be the same).
         mask: optional bool (H, W) or (C, H, W), True where valid; False -> NaN.
     """
-    z = _as_numpy_field(latents)
-    single = z.ndim == 3
-    if single:
-        z = z[None]
-    if z.ndim != 4 or z.shape[1] != autoencoder.latent_channels:
-        raise SchemaError(
-            f"tiled_decode: expected latents ([B,] {autoencoder.latent_channels}, h, w), "
-            f"found shape {tuple(_as_numpy_field(latents).shape)}"
-        )
+    z, single = _batched(
+        latents,
+        autoencoder.latent_channels,
+        f"tiled_decode: expected latents ([B,] {autoencoder.latent_channels}, h, w)",
+    )
     f = autoencoder.downsample_factor
     full = (z.shape[-2] * f, z.shape[-1] * f)
     shape = full if shape is None else (int(shape[0]), int(shape[1]))

@@ -150,6 +150,45 @@ def _crop(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
     return x[..., top : x.shape[-2] - bottom, left : x.shape[-1] - right]
 
 
+PAD_MODES = ("replicate", "reflect", "constant")
+
+
+def _widths(model: ConfigMixin, block_out_channels: Sequence[int] | None) -> tuple[int, ...]:
+    """The level widths (``UNetSettings``' when None), recorded in the model's config."""
+    widths = tuple(int(c) for c in (block_out_channels or UNetSettings().block_out_channels))
+    model.register_to_config(block_out_channels=widths)  # the config names them
+    return widths
+
+
+def _level_flags(
+    flags: Sequence[bool] | None, default: Sequence[bool], name: str, where: str
+) -> tuple[bool, ...]:
+    """One bool per U-Net level (``default`` when None); a clear error on another count."""
+    out = tuple(bool(a) for a in (default if flags is None else flags))
+    if len(out) != len(default):
+        raise ConfigError(
+            describe(
+                f"{len(default)} {name} (one per block_out_channels entry)", len(out), where=where
+            )
+        )
+    return out
+
+
+def _noise_vector(
+    x_in: torch.Tensor, c_noise: torch.Tensor | float, in_channels: int, where: str
+) -> torch.Tensor:
+    """Check the input is (B, in_channels, H, W); returns c_noise as a float32 (B,) vector."""
+    if x_in.ndim != 4 or x_in.shape[1] != in_channels:
+        raise GridError(describe(f"input (B, {in_channels}, H, W)", tuple(x_in.shape), where=where))
+    c = torch.as_tensor(c_noise, dtype=torch.float32, device=x_in.device)
+    return c.reshape(-1).expand(x_in.shape[0])
+
+
+def _check_pad_mode(pad_mode: str, where: str) -> None:
+    if pad_mode not in PAD_MODES:
+        raise ConfigError(describe(f"pad_mode in {PAD_MODES}", repr(pad_mode), where=where))
+
+
 class ConditionalUNet(ModelMixin, ConfigMixin):
     """U-Net backbone ``F(x_in, c_noise, emb)`` on diffusers ``UNet2DModel``.
 
@@ -202,9 +241,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         skip_dynamic_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        widths = block_out_channels or UNetSettings().block_out_channels
-        block_out_channels = tuple(int(c) for c in widths)
-        self.register_to_config(block_out_channels=block_out_channels)  # the config names them
+        block_out_channels = _widths(self, block_out_channels)
         levels = len(block_out_channels)
         if levels < 1 or in_channels < 1 or out_channels < 1:
             raise ConfigError(
@@ -214,17 +251,12 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
                     where="ConditionalUNet",
                 )
             )
-        if attention_levels is None:
-            attention_levels = tuple(i == levels - 1 for i in range(levels))
-        attention_levels = tuple(bool(a) for a in attention_levels)
-        if len(attention_levels) != levels:
-            raise ConfigError(
-                describe(
-                    f"{levels} attention_levels (one per block_out_channels entry)",
-                    len(attention_levels),
-                    where="ConditionalUNet",
-                )
-            )
+        attention_levels = _level_flags(
+            attention_levels,
+            [i == levels - 1 for i in range(levels)],
+            "attention_levels",
+            "ConditionalUNet",
+        )
         bad = [c for c in block_out_channels if c % norm_num_groups]
         if bad:
             raise ConfigError(
@@ -234,14 +266,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
                     where="ConditionalUNet",
                 )
             )
-        if pad_mode not in ("replicate", "reflect", "constant"):
-            raise ConfigError(
-                describe(
-                    "pad_mode in ('replicate', 'reflect', 'constant')",
-                    repr(pad_mode),
-                    where="ConditionalUNet",
-                )
-            )
+        _check_pad_mode(pad_mode, "ConditionalUNet")
         down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels)
         up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels))
         self.unet = UNet2DModel(
@@ -299,18 +324,8 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
         Returns:
             (B, C_out, H, W).
         """
-        if x_in.ndim != 4 or x_in.shape[1] != self.config.in_channels:
-            raise GridError(
-                describe(
-                    f"input (B, {self.config.in_channels}, H, W)",
-                    tuple(x_in.shape),
-                    where="ConditionalUNet",
-                )
-            )
+        c_noise = _noise_vector(x_in, c_noise, self.config.in_channels, "ConditionalUNet")
         B = x_in.shape[0]
-        c_noise = (
-            torch.as_tensor(c_noise, dtype=torch.float32, device=x_in.device).reshape(-1).expand(B)
-        )
         class_labels = None
         if self.emb_proj is not None:
             E = self.config.embedding_dim
@@ -405,12 +420,9 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
         embedding_dim: int | None = None,
         dropout: float = UNetSettings.dropout,
         pad_mode: str = "replicate",
-        linear_skip: bool = False,
     ) -> None:
         super().__init__()
-        widths = block_out_channels or UNetSettings().block_out_channels
-        block_out_channels = tuple(int(c) for c in widths)
-        self.register_to_config(block_out_channels=block_out_channels)  # the config names them
+        block_out_channels = _widths(self, block_out_channels)
         levels = len(block_out_channels)
         if not 0 < cond_channels < in_channels:
             raise ConfigError(
@@ -420,17 +432,12 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
                     where="CrossAttentionUNet",
                 )
             )
-        if cross_attention_levels is None:
-            cross_attention_levels = tuple(i > 0 or levels == 1 for i in range(levels))
-        cross_attention_levels = tuple(bool(a) for a in cross_attention_levels)
-        if len(cross_attention_levels) != levels:
-            raise ConfigError(
-                describe(
-                    f"{levels} cross_attention_levels",
-                    len(cross_attention_levels),
-                    where="CrossAttentionUNet",
-                )
-            )
+        cross_attention_levels = _level_flags(
+            cross_attention_levels,
+            [i > 0 or levels == 1 for i in range(levels)],
+            "cross_attention_levels",
+            "CrossAttentionUNet",
+        )
         if any(c % norm_num_groups or c % attention_heads for c in block_out_channels):
             raise ConfigError(
                 describe(
@@ -440,14 +447,7 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
                     where="CrossAttentionUNet",
                 )
             )
-        if pad_mode not in ("replicate", "reflect", "constant"):
-            raise ConfigError(
-                describe(
-                    "pad_mode in ('replicate', 'reflect', 'constant')",
-                    repr(pad_mode),
-                    where="CrossAttentionUNet",
-                )
-            )
+        _check_pad_mode(pad_mode, "CrossAttentionUNet")
         unet_in = in_channels if concat_cond else in_channels - cond_channels
         self.unet = UNet2DConditionModel(
             in_channels=unet_in,
@@ -493,18 +493,8 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
     ) -> torch.Tensor:
         """Same contract as :meth:`ConditionalUNet.forward`."""
         cfg = self.config
-        if x_in.ndim != 4 or x_in.shape[1] != cfg.in_channels:
-            raise GridError(
-                describe(
-                    f"input (B, {cfg.in_channels}, H, W)",
-                    tuple(x_in.shape),
-                    where="CrossAttentionUNet",
-                )
-            )
+        c_noise = _noise_vector(x_in, c_noise, cfg.in_channels, "CrossAttentionUNet")
         B = x_in.shape[0]
-        c_noise = (
-            torch.as_tensor(c_noise, dtype=torch.float32, device=x_in.device).reshape(-1).expand(B)
-        )
         if bool(cfg.embedding_dim) != (emb is not None) or (
             emb is not None and tuple(emb.shape) != (B, cfg.embedding_dim)
         ):

@@ -36,7 +36,7 @@ from kmscale.conditioning.dataset import (
 )
 from kmscale.conditioning.embeddings import DEFAULT_MAX_LEAD_HOURS, lead_times_of
 from kmscale.conditioning.static import grid_coords
-from kmscale.config import from_dict, to_dict
+from kmscale.config import from_dict, parse_recipe_config, to_dict
 from kmscale.data.patches import random_patch
 from kmscale.data.readers import open_dataset
 from kmscale.data.stats import NormStats
@@ -383,7 +383,14 @@ def train_regression(
     if trainer.accelerator.is_main_process:
         weights = Path(cfg.out_dir) / ("best" if (Path(cfg.out_dir) / "best").is_dir() else "final")
         leads = lead_times_of(preds_tr)
-        bundle = ModelBundle(
+        record = {
+            "config": to_dict(cfg),
+            "weights": weights.name,
+            "samples_seen": result.samples_seen,
+            "best_score": result.best_score,
+            "linear_skip": skip_fit,
+        }
+        ModelBundle(
             autoencoder=ae,
             regression=ConditionalUNet.from_pretrained(weights).eval(),
             diffusion=None,
@@ -391,17 +398,8 @@ def train_regression(
             grid=grid_dataset(lat, lon, data.static, spec.static_variables),
             lead_times=sorted({0.0} if leads is None else set(np.unique(leads).tolist())),
             data_fingerprint=data_fingerprint(targets_tr, preds_tr, data.static),
-            extra={
-                "regression": {
-                    "config": to_dict(cfg),
-                    "weights": weights.name,
-                    "samples_seen": result.samples_seen,
-                    "best_score": result.best_score,
-                    "linear_skip": skip_fit,
-                }
-            },
-        )
-        bundle.save(bundle_path)
+            extra={"regression": record},
+        ).save(bundle_path)
     trainer.accelerator.wait_for_everyone()
     return result, bundle_path
 
@@ -553,6 +551,29 @@ def residual_loss(cfg: LDMConfig, scale: list[float], field_shape: tuple[int, in
     return loss_fn
 
 
+def _refine_stage(cfg: LDMConfig, base: ModelBundle, d: LDMData, denoiser, validate_fn):
+    """Fine-tune the bundle's decoder on latents ``denoiser`` generates for training times
+    (``cfg.decoder_refinement``); returns (refined autoencoder, record)."""
+    times = d.train.subset(pick_times(len(d.train), cfg.decoder_refinement.max_times))
+    if cfg.decoder_refinement.regression_mean == "full":
+        times = times.with_z_mean(
+            predict_mean(base.regression, times, cfg.eval_batch_size, progress=False)
+        )
+    ae = base.autoencoder
+    return refine_decoder(
+        ae,
+        denoiser,
+        times,
+        physical_targets(d.targets.sel(time=times.time), ae.variables),
+        d.scale,
+        cfg.decoder_refinement,
+        Path(cfg.out_dir) / "decoder_refinement",
+        cfg.train,
+        validate_fn=validate_fn,
+        run_config=to_dict(cfg),
+    )
+
+
 def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainResult, Path]:
     """Train the EDM residual model on top of a regression bundle; returns (result, bundle path)."""
     base = ModelBundle.load(cfg.regression_bundle)
@@ -622,23 +643,12 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
     }
     if cfg.decoder_refinement.total_samples > 0:
         net = build_denoiser(backbone, edm).eval()
-        times = d.train.subset(pick_times(len(d.train), cfg.decoder_refinement.max_times))
-        if cfg.decoder_refinement.regression_mean == "full":
-            times = times.with_z_mean(
-                predict_mean(base.regression, times, cfg.eval_batch_size, progress=False)
-            )
-        truth = physical_targets(d.targets.sel(time=times.time), ae.variables)
-        ae, record["decoder_refinement"] = refine_decoder(
-            ae,
+        ae, record["decoder_refinement"] = _refine_stage(
+            cfg,
+            base,
+            d,
             whole_field(net),
-            times,
-            truth,
-            d.scale,
-            cfg.decoder_refinement,
-            Path(cfg.out_dir) / "decoder_refinement",
-            cfg.train,
             validate_fn=(lambda m: score(net, m)) if d.val is not None else None,
-            run_config=to_dict(cfg),
         )
     bundle_path = Path(cfg.out_dir) / "bundle"
     if trainer.accelerator.is_main_process:
@@ -647,3 +657,17 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
         base.save(bundle_path)
     trainer.accelerator.wait_for_everyone()
     return result, bundle_path
+
+
+def bundle_recipe(cls, train_fn, description: str | None, argv=None) -> int:
+    """``main`` of the regression and LDM recipes: parse the config (``--dry-run`` prints it),
+    train, and print what was trained and where its bundle is."""
+    cfg = parse_recipe_config(cls, description, argv)
+    if cfg is None:
+        return 0
+    result, bundle = train_fn(cfg)
+    print(
+        f"trained {result.samples_seen} samples ({result.steps} steps), best {result.best_score}; "
+        f"bundle: {bundle}"
+    )
+    return 0

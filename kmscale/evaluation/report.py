@@ -140,6 +140,29 @@ def summary_rows(ds: xr.Dataset, region: str) -> tuple[list[str], list[list[str]
     return header, rows
 
 
+# Figures of each variable's section: (metrics variable they need or None, caption,
+# kmscale.evaluation.plots function, file suffix).
+FIGURES = [
+    ("map_truth", "Truth, ensemble mean, two members and ensemble-mean error", "maps", "maps"),
+    (
+        None,
+        "Fair and standard CRPS, RMSE and spread, spread-skill ratio by lead time",
+        "by_lead_time",
+        "lead",
+    ),
+    (None, "Box plots over times of ensemble-mean MSE and SSIM by lead time", "boxplots", "box"),
+    ("spectrum_truth", "Zonal power spectra", "spectra", "spectra"),
+    (
+        "angular_spectrum_truth",
+        "Angular (spherical-harmonic) power spectra",
+        "angular_spectra",
+        "angular_spectra",
+    ),
+    (None, "Rank histograms (flat = calibrated; U = under-dispersed)", "rank_histograms", "rank"),
+    (None, "Log-density of values (extremes)", "densities", "density"),
+]
+
+
 def write_report(
     ds: xr.Dataset,
     out_dir: str | Path,
@@ -166,44 +189,11 @@ def write_report(
         return f"figures/{path.name}"
 
     for v in map(str, ds["variable"].values):
-        figs = []
-        if "map_truth" in ds:
-            figs.append(
-                (
-                    "Truth, ensemble mean, two members and ensemble-mean error",
-                    save(plots.maps(ds, v), f"{v}_maps"),
-                )
-            )
-        figs.append(
-            (
-                "Fair and standard CRPS, RMSE and spread, spread-skill ratio by lead time",
-                save(plots.by_lead_time(ds, v), f"{v}_lead"),
-            )
-        )
-        figs.append(
-            (
-                "Box plots over times of ensemble-mean MSE and SSIM by lead time",
-                save(plots.boxplots(ds, v), f"{v}_box"),
-            )
-        )
-        if "spectrum_truth" in ds:
-            figs.append(("Zonal power spectra", save(plots.spectra(ds, v), f"{v}_spectra")))
-        if "angular_spectrum_truth" in ds:
-            figs.append(
-                (
-                    "Angular (spherical-harmonic) power spectra",
-                    save(plots.angular_spectra(ds, v), f"{v}_angular_spectra"),
-                )
-            )
-        figs.append(
-            (
-                "Rank histograms (flat = calibrated; U = under-dispersed)",
-                save(plots.rank_histograms(ds, v), f"{v}_rank"),
-            )
-        )
-        figs.append(
-            ("Log-density of values (extremes)", save(plots.densities(ds, v), f"{v}_density"))
-        )
+        figs = [
+            (caption, save(getattr(plots, plot)(ds, v), f"{v}_{suffix}"))
+            for needs, caption, plot, suffix in FIGURES
+            if needs is None or needs in ds
+        ]
         sections.append((v, figs))
 
     tables = [(r, *summary_rows(ds, r)) for r in map(str, ds["region"].values)]
