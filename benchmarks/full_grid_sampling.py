@@ -197,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_before": [round(x, 1) for x in load],
         "load_after": [round(x, 1) for x in os.getloadavg()],
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "nice python benchmarks/full_grid_sampling.py "
+        "command": "python benchmarks/full_grid_sampling.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
+        "niceness": os.nice(0),
         "sample_command": " ".join(["kmscale", *cmd[3:]]),
     }
     print(json.dumps(result, indent=2))

@@ -278,3 +278,33 @@ def test_demo_data_cli_writes_cf_stores_and_resumes(tmp_path, capsys):
     )
     with xr.open_dataset(nc / "targets.nc", engine="netcdf4") as ds:
         assert ds.t2m.attrs["units"] == "K" and ds.sizes["time"] == 1
+
+
+def test_stores_written_several_steps_per_write_equal_one_step_per_write(tmp_path, monkeypatch):
+    """``write_zarr_store`` batches time steps into one region write when they are small;
+    the store (values, zarr chunks of one step) is the same as one step per write, and an
+    interrupted batched store resumes to the same values."""
+    import xarray as xr
+
+    from kmscale.data import demo_write
+    from kmscale.data.store import StoreWriter, open_store
+
+    ds = demo_targets(DemoRegion.small(16, 16), pd.date_range(T0, periods=5, freq="h"))
+    per_step = 4 * 16 * 16
+    stores = {}
+    for name, values in (("one", per_step), ("batched", 2 * per_step)):
+        monkeypatch.setattr(demo_write, "WRITE_VALUES", values)
+        stores[name] = demo_write.write_zarr_store(
+            ds, tmp_path / f"{name}.zarr", "targets", "f", 8, overwrite=False
+        )
+    one, batched = (open_store(stores[k], kind="targets") for k in ("one", "batched"))
+    xr.testing.assert_identical(one.load(), batched.load())
+    assert batched.t2m.encoding["chunks"] == (1, 8, 8)
+
+    # interrupted after the first write of two steps: the rerun writes only the rest
+    path = tmp_path / "resumed.zarr"
+    writer = StoreWriter(path, ds.chunk({"time": 1}), kind="targets", fingerprint="f", dim="time",
+                         chunk=2, encoding=demo_write._encoding(ds, 8))  # fmt: skip
+    writer.write(0, ds.isel(time=slice(0, 2)))
+    done = demo_write.write_zarr_store(ds, path, "targets", "f", 8, overwrite=False)
+    xr.testing.assert_identical(open_store(done, kind="targets").load(), one.load())

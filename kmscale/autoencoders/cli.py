@@ -88,6 +88,37 @@ def _command(subparsers, name: str, help: str, description: str, inp: str, out: 
     return p
 
 
+def _compress_args(p: argparse.ArgumentParser) -> None:
+    """Quantization, verification and the entropy-coded archive options of ``compress``."""
+    p.add_argument(
+        "--quantize",
+        type=float,
+        default=None,
+        metavar="STEP",
+        help="quantization step in normalized latent units (default 0.05; with --codec "
+        "the model's default: 0.05, or 1 latent unit for the hyperprior)",
+    )
+    p.add_argument(
+        "--verify", type=int, default=0, metavar="N", help="decode N times and report errors"
+    )
+    p.add_argument(
+        "--codec",
+        default=None,
+        metavar="NAME",
+        help="write an entropy-coded archive file (versioned, checksummed) with the "
+        "autoencoder registered as NAME (hyperprior, vae, identity ...) instead of a "
+        "latent store",
+    )
+    p.add_argument(
+        "--max-error",
+        type=float,
+        default=None,
+        metavar="E",
+        help="with --codec: add a residual so that |error| <= E for every value "
+        "(the variables' units), checked while encoding",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = _command(
         subparsers,
@@ -139,33 +170,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "targets store / NetCDF file",
         "latent store to write (.zarr)",
     )
-    p.add_argument(
-        "--quantize",
-        type=float,
-        default=None,
-        metavar="STEP",
-        help="quantization step in normalized latent units (default 0.05; with --codec "
-        "the model's default: 0.05, or 1 latent unit for the hyperprior)",
-    )
-    p.add_argument(
-        "--verify", type=int, default=0, metavar="N", help="decode N times and report errors"
-    )
-    p.add_argument(
-        "--codec",
-        default=None,
-        metavar="NAME",
-        help="write an entropy-coded archive file (versioned, checksummed) with the "
-        "autoencoder registered as NAME (hyperprior, vae, identity ...) instead of a "
-        "latent store",
-    )
-    p.add_argument(
-        "--max-error",
-        type=float,
-        default=None,
-        metavar="E",
-        help="with --codec: add a residual so that |error| <= E for every value "
-        "(the variables' units), checked while encoding",
-    )
+    _compress_args(p)
     _tails_arg(p)
     _tiling_args(p)
     p.set_defaults(func=run_compress)

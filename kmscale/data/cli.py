@@ -34,6 +34,48 @@ def _names(text: str | None) -> list[str] | None:
     return [v.strip() for v in text.split(",") if v.strip()] if text else None
 
 
+def _prepare_options(p: argparse.ArgumentParser) -> None:
+    """Chunking, lead time, regridding and input fixes of ``prepare``."""
+    p.add_argument("--chunk-time", type=int, metavar="N", help="time steps per chunk (default 24)")
+    p.add_argument(
+        "--chunk-space", type=int, metavar="N", help="spatial chunk edge in pixels (default 512)"
+    )
+    p.add_argument(
+        "--lead-time",
+        type=float,
+        metavar="HOURS",
+        help="forecast lead time to use from the predictors",
+    )
+    p.add_argument(
+        "--static-method",
+        choices=("area", "bilinear", "bicubic", "nearest"),
+        help="regridding of static fields onto the target grid (default area)",
+    )
+    p.add_argument(
+        "--mask-nans",
+        action="store_true",
+        help=(
+            "allow NaNs outside a fixed footprint (radar composites); stored as the 'mask' "
+            "coordinate"
+        ),
+    )
+    p.add_argument(
+        "--rename", nargs="+", metavar="FILE_NAME=CANONICAL", help="map file variable names"
+    )
+    p.add_argument(
+        "--units", nargs="+", metavar="VAR=UNITS", help="override units attributes (e.g. t2m=degC)"
+    )
+    p.add_argument(
+        "--no-range-check",
+        action="store_true",
+        help="accept values outside the variables' plausible ranges (exotic data)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace stores written from other inputs/options"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare",
@@ -76,44 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="inclusive period the statistics are fitted on, e.g. 2019-03-01..2019-03-20",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--chunk-time", type=int, metavar="N", help="time steps per chunk (default 24)")
-    p.add_argument(
-        "--chunk-space", type=int, metavar="N", help="spatial chunk edge in pixels (default 512)"
-    )
-    p.add_argument(
-        "--lead-time",
-        type=float,
-        metavar="HOURS",
-        help="forecast lead time to use from the predictors",
-    )
-    p.add_argument(
-        "--static-method",
-        choices=("area", "bilinear", "bicubic", "nearest"),
-        help="regridding of static fields onto the target grid (default area)",
-    )
-    p.add_argument(
-        "--mask-nans",
-        action="store_true",
-        help=(
-            "allow NaNs outside a fixed footprint (radar composites); stored as the 'mask' "
-            "coordinate"
-        ),
-    )
-    p.add_argument(
-        "--rename", nargs="+", metavar="FILE_NAME=CANONICAL", help="map file variable names"
-    )
-    p.add_argument(
-        "--units", nargs="+", metavar="VAR=UNITS", help="override units attributes (e.g. t2m=degC)"
-    )
-    p.add_argument(
-        "--no-range-check",
-        action="store_true",
-        help="accept values outside the variables' plausible ranges (exotic data)",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace stores written from other inputs/options"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _prepare_options(p)
     add_scheduler_argument(p)
     p.set_defaults(func=_prepare)
 

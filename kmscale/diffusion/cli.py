@@ -51,23 +51,8 @@ def _pair(text: str) -> list[int]:
     return parts
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "sample",
-        help="sample a downscaled ensemble from predictors with a model bundle",
-        description=SAMPLE_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--bundle", required=True, help="model bundle directory (bundle.json, autoencoder/, ...)"
-    )
-    p.add_argument(
-        "--predictors",
-        required=True,
-        nargs="+",
-        help="predictor file(s): NetCDF/GRIB/zarr, canonical variables (time, lat, lon)",
-    )
-    p.add_argument("--out", required=True, help="output ensemble store (.zarr)")
+def _sampler_args(p: argparse.ArgumentParser) -> None:
+    """Ensemble size, solver and noise settings (defaults: SamplerSettings)."""
     d = SamplerSettings()
     p.add_argument(
         "--members", type=int, default=d.members, help=f"ensemble size M (default {d.members})"
@@ -102,6 +87,10 @@ def register(subparsers) -> None:
         default=d.member_batch,
         help=f"members denoised together (memory only; default {d.member_batch})",
     )
+
+
+def _tiling_args(p: argparse.ArgumentParser) -> None:
+    """Latent patches for sampling and pixel tiles for decoding (large domains)."""
     p.add_argument(
         "--patch",
         type=_pair,
@@ -131,6 +120,56 @@ def register(subparsers) -> None:
         metavar="H,W",
         help="pixel overlap of decode tiles (default: 320 px, at most half a tile)",
     )
+
+
+def _register_demo(subparsers) -> None:
+    d = subparsers.add_parser(
+        "demo",
+        help="run the whole pipeline on the built-in demo data (<= 10 min on 2 cores)",
+        description=DEMO_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    d.add_argument(
+        "--size",
+        choices=("small", "gpu", "tiny"),
+        default="small",
+        help="small: 2 CPU cores, <= 10 min (default); gpu: larger setting for one GPU; "
+        "tiny: smoke test",
+    )
+    d.add_argument(
+        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
+    )
+    d.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
+    d.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; use 1 on a busy shared machine)",
+    )
+    d.set_defaults(func=run_demo)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sample",
+        help="sample a downscaled ensemble from predictors with a model bundle",
+        description=SAMPLE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--bundle", required=True, help="model bundle directory (bundle.json, autoencoder/, ...)"
+    )
+    p.add_argument(
+        "--predictors",
+        required=True,
+        nargs="+",
+        help="predictor file(s): NetCDF/GRIB/zarr, canonical variables (time, lat, lon)",
+    )
+    p.add_argument("--out", required=True, help="output ensemble store (.zarr)")
+    _sampler_args(p)
+    _tiling_args(p)
+    d = SamplerSettings()
     p.add_argument(
         "--time-chunk",
         type=int,
@@ -157,32 +196,7 @@ def register(subparsers) -> None:
     )
     add_scheduler_argument(p)
     p.set_defaults(func=run_sample)
-
-    d = subparsers.add_parser(
-        "demo",
-        help="run the whole pipeline on the built-in demo data (<= 10 min on 2 cores)",
-        description=DEMO_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    d.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    d.add_argument(
-        "--size",
-        choices=("small", "gpu", "tiny"),
-        default="small",
-        help="small: 2 CPU cores, <= 10 min (default); gpu: larger setting for one GPU; "
-        "tiny: smoke test",
-    )
-    d.add_argument(
-        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
-    )
-    d.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
-    d.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice; use 1 on a busy shared machine)",
-    )
-    d.set_defaults(func=run_demo)
+    _register_demo(subparsers)
 
 
 def _device(name: str | None) -> str:

@@ -574,6 +574,17 @@ def _refine_stage(cfg: LDMConfig, base: ModelBundle, d: LDMData, denoiser, valid
     )
 
 
+def _ldm_backbone(cfg: LDMConfig, latent_channels: int, spec: ConditioningSpec):
+    """The untrained diffusion backbone: input [x_noisy, ẑ, cond, coarse context]."""
+    C_z = latent_channels
+    C_c = C_z + spec.cond_channels  # [ẑ, cond]
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
+    C_in = C_c + context_channels(C_c, cfg.context_size)  # every conditioning channel
+    return build_unet(
+        C_z + C_in, C_z, spec.emb_dim, cfg.unet, C_in if cfg.cross_attention else None
+    )
+
+
 def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainResult, Path]:
     """Train the EDM residual model on top of a regression bundle; returns (result, bundle path)."""
     base = ModelBundle.load(cfg.regression_bundle)
@@ -591,13 +602,7 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
         train_patch=cfg.patch,
         context_size=cfg.context_size,
     )
-    C_z = ae.latent_channels
-    C_c = C_z + spec.cond_channels  # [ẑ, cond]
-    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
-    C_in = C_c + context_channels(C_c, cfg.context_size)  # every conditioning channel
-    backbone = build_unet(
-        C_z + C_in, C_z, spec.emb_dim, cfg.unet, C_in if cfg.cross_attention else None
-    )
+    backbone = _ldm_backbone(cfg, ae.latent_channels, spec)
     field_shape = tuple(d.train.z.shape[-2:])
 
     def whole_field(net):

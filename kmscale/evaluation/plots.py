@@ -84,51 +84,42 @@ def maps(ds: xr.Dataset, variable: str) -> plt.Figure:
     return fig
 
 
-def spectra(ds: xr.Dataset, variable: str) -> plt.Figure:
-    """Zonal power spectra against wavelength (km): truth, members and ensemble mean."""
+def _spectrum_figure(
+    ds: xr.Dataset, variable: str, prefix: str, x: np.ndarray, keep: slice
+) -> tuple[plt.Figure, plt.Axes]:
+    """Truth, then each forecast's members (solid) and ensemble mean (dashed), of the
+    spectra ``<prefix>_{truth,members,ensmean}`` against ``x``, entries ``keep``."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
-    lam = ds["wavelength"].values
-    ax.loglog(lam, ds["spectrum_truth"].sel(variable=variable), color="k", lw=2, label="truth")
+    truth = ds[f"{prefix}_truth"].sel(variable=variable).values[keep]
+    ax.loglog(x, truth, color="k", lw=2, label="truth")
     for i, m in enumerate(ds["forecast"].values):
         c = COLORS[i % len(COLORS)]
-        ax.loglog(
-            lam,
-            ds["spectrum_members"].sel(forecast=m, variable=variable),
-            color=c,
-            label=f"{m} members",
-        )
-        ax.loglog(
-            lam,
-            ds["spectrum_ensmean"].sel(forecast=m, variable=variable),
-            color=c,
-            ls="--",
-            label=f"{m} ens. mean",
-        )
+        for key, ls, what in (("members", "-", "members"), ("ensmean", "--", "ens. mean")):
+            power = ds[f"{prefix}_{key}"].sel(forecast=m, variable=variable).values[keep]
+            ax.loglog(x, power, color=c, ls=ls, label=f"{m} {what}")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig, ax
+
+
+def spectra(ds: xr.Dataset, variable: str) -> plt.Figure:
+    """Zonal power spectra against wavelength (km): truth, members and ensemble mean."""
+    fig, ax = _spectrum_figure(ds, variable, "spectrum", ds["wavelength"].values, slice(None))
     ax.invert_xaxis()
     ax.set_xlabel("wavelength (km)")
     ax.set_ylabel(f"power ({_units(ds, variable)})$^2$")
     ax.set_title(f"{variable}: zonal power spectrum")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
     return fig
 
 
 def angular_spectra(ds: xr.Dataset, variable: str) -> plt.Figure:
     """Angular power spectra C_l against degree l (HEALPix scores): truth, members, mean."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
-    deg = ds["degree"].values[1:]  # l = 0 (the squared mean) is off a log axis's scale
-    truth = ds["angular_spectrum_truth"].sel(variable=variable).values[1:]
-    ax.loglog(deg, truth, color="k", lw=2, label="truth")
-    for i, m in enumerate(ds["forecast"].values):
-        c = COLORS[i % len(COLORS)]
-        for key, ls, what in (("members", "-", "members"), ("ensmean", "--", "ens. mean")):
-            cl = ds[f"angular_spectrum_{key}"].sel(forecast=m, variable=variable).values[1:]
-            ax.loglog(deg, cl, color=c, ls=ls, label=f"{m} {what}")
+    # l = 0 (the squared mean) is off a log axis's scale
+    deg = ds["degree"].values[1:]
+    fig, ax = _spectrum_figure(ds, variable, "angular_spectrum", deg, slice(1, None))
     ax.set_xlabel("spherical-harmonic degree l")
     ax.set_ylabel(f"C_l ({_units(ds, variable)})$^2$")
     ax.set_title(f"{variable}: angular power spectrum")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
     return fig
 
 
