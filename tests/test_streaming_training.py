@@ -134,3 +134,52 @@ def test_streamed_regression_trains_like_the_in_memory_one(setup, tmp_path):
     )  # fmt: skip
     with pytest.raises(ConfigError, match="data.stream: expected data.latents"):
         _train(setup, tmp_path / "none", stream=True, latents=None)
+
+
+def _train_ldm(s, regression_bundle: Path, out: Path, **data):
+    from kmscale.diffusion.networks import UNetSettings
+    from kmscale.diffusion.train import DataSettings, LDMConfig, TrainingData, train_ldm
+    from kmscale.training import TrainingSettings
+
+    cfg = LDMConfig(
+        out_dir=str(out),
+        regression_bundle=str(regression_bundle),
+        data=DataSettings(
+            **{"latents": str(s["store"]), "train_period": ["2019-03-01T00", "2019-03-01T07"]}
+            | data
+        ),
+        unet=UNetSettings(block_out_channels=[8, 16], norm_num_groups=4, layers_per_block=1),
+        train=TrainingSettings(
+            global_batch_size=4, total_samples=8, checkpoint_every_samples=8,
+            log_every_samples=8, lr=1e-3, mixed_precision="no",
+        ),
+    )  # fmt: skip
+    train_ldm(cfg, TrainingData(s["targets"], s["coarse"], s["static"]))
+    from safetensors.torch import load_file
+
+    return load_file(next((out / "final").glob("*.safetensors")))
+
+
+@pytest.mark.slow
+def test_streamed_diffusion_trains_like_the_in_memory_one(setup, tmp_path):
+    """The LDM stage streams too: ẑ comes from the regression batch by batch, so the
+    weights match the in-memory run's (up to the regression's batch-size rounding)."""
+    _train(setup, tmp_path / "reg")
+    bundle = tmp_path / "reg" / "bundle"
+    memory = _train_ldm(setup, bundle, tmp_path / "memory")
+    streamed = _train_ldm(setup, bundle, tmp_path / "streamed", stream=True)
+    for k in memory:
+        torch.testing.assert_close(streamed[k], memory[k], rtol=1e-4, atol=1e-5, msg=k)
+    with pytest.raises(ConfigError, match="residual_folds 0 or 1"):
+        from kmscale.diffusion.train import DataSettings, LDMConfig, TrainingData, train_ldm
+
+        train_ldm(
+            LDMConfig(
+                out_dir=str(tmp_path / "folds"),
+                regression_bundle=str(bundle),
+                data=DataSettings(latents=str(setup["store"]), stream=True,
+                                  train_period=["2019-03-01T00", "2019-03-01T07"]),
+                residual_folds=2,
+            ),
+            TrainingData(setup["targets"], setup["coarse"], setup["static"]),
+        )  # fmt: skip

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import xarray as xr
 from accelerate import PartialState
+from torch.utils.data import Subset
 
 from kmscale.autoencoders.grouped import GroupedAutoencoder
 from kmscale.autoencoders.latent_store import open_latents, read_latents
@@ -91,9 +92,11 @@ class DataSettings:
     # the latents from it instead of re-encoding the targets (refused if another
     # autoencoder wrote it). None: encode the targets on the fly.
     latents: str | None = None
-    # Regression training reads its examples from data.latents time by time (lazy zarr
-    # reads, in train.num_workers DataLoader workers) instead of holding the period in
-    # memory: peak memory independent of the period's length (kmscale.diffusion.streaming).
+    # Training reads its examples from data.latents time by time (lazy zarr reads, in
+    # train.num_workers DataLoader workers) instead of holding the period in memory: peak
+    # memory independent of the period's length (kmscale.diffusion.streaming). The
+    # diffusion stage then takes the regression mean batch by batch (in-sample residuals:
+    # residual_folds 0 or 1, no decoder refinement).
     stream: bool = False
     stream_patch: list[int] | None = None  # random latent window (th, tw) per example
     patches_per_time: int = 1  # streamed examples (windows) per time and epoch
@@ -494,10 +497,13 @@ def out_of_fold_means(
 class LDMData:
     """What stage 2 trains and validates on (see :func:`ldm_data`)."""
 
-    train: DownscalingDataset  # training examples with "z_mean" (cross-fitted: residual_folds > 1)
+    # training examples with "z_mean" (cross-fitted: residual_folds > 1); streamed
+    # (data.stream) without it: the loss then takes ẑ from ``regression`` batch by batch
+    train: DownscalingDataset | StreamingExamples
     val: DownscalingDataset | None  # held-out examples with "z_mean" and the physical truth "x"
     targets: xr.Dataset  # physical targets of the training period
     scale: list[float]  # per-channel std of the training residual z - ẑ
+    regression: torch.nn.Module | None = None  # ẑ of streamed examples (None: in "z_mean")
 
 
 def ldm_data(cfg: LDMConfig, base: ModelBundle, data: TrainingData) -> LDMData:
@@ -507,6 +513,14 @@ def ldm_data(cfg: LDMConfig, base: ModelBundle, data: TrainingData) -> LDMData:
     lat, lon = grid_coords(data.targets)
     base.validate(preds_tr, (lat, lon))
     ae, spec = base.autoencoder, base.spec
+    val_ds = validation_examples(cfg.data, ae, spec, data, (lat, lon))
+    if val_ds is not None:
+        val_ds = val_ds.subset(pick_times(len(val_ds), cfg.validation.max_times))
+        val_ds = val_ds.with_z_mean(
+            predict_mean(base.regression, val_ds, cfg.eval_batch_size, progress=False)
+        )
+    if cfg.data.stream:
+        return _streamed_ldm_data(cfg, base, data, (targets_tr, preds_tr), (lat, lon), val_ds)
     train_ds = build_dataset(
         spec,
         preds_tr,
@@ -521,22 +535,56 @@ def ldm_data(cfg: LDMConfig, base: ModelBundle, data: TrainingData) -> LDMData:
     else:
         z_mean = predict_mean(base.regression, train_ds, cfg.eval_batch_size)
     train_ds = train_ds.with_z_mean(z_mean)
-    val_ds = validation_examples(cfg.data, ae, spec, data, (lat, lon))
-    if val_ds is not None:
-        val_ds = val_ds.subset(pick_times(len(val_ds), cfg.validation.max_times))
-        val_ds = val_ds.with_z_mean(
-            predict_mean(base.regression, val_ds, cfg.eval_batch_size, progress=False)
-        )
     return LDMData(train_ds, val_ds, targets_tr, residual_scale(train_ds.z, train_ds.z_mean))
 
 
-def residual_loss(cfg: LDMConfig, scale: list[float], field_shape: tuple[int, int]):
+# Examples (spread evenly over the period) from which a streamed run estimates the residual
+# scale: a per-channel standard deviation, which a few hundred fields pin down.
+STREAM_SCALE_EXAMPLES = 256
+
+
+def _streamed_ldm_data(cfg: LDMConfig, base: ModelBundle, data, period, grid, val_ds) -> LDMData:
+    """``ldm_data`` with ``data.stream``: examples read from the latent store as training asks
+    for them, ẑ computed in the loss (in-sample residuals), the residual scale from
+    :data:`STREAM_SCALE_EXAMPLES` examples, so memory does not grow with the period."""
+    if cfg.residual_folds > 1:
+        raise ConfigError(
+            f"data.stream: expected residual_folds 0 or 1 (cross-fitted means need the whole "
+            f"period in memory), found {cfg.residual_folds}"
+        )
+    if cfg.decoder_refinement.total_samples > 0:
+        raise ConfigError(
+            "data.stream: expected decoder_refinement.total_samples 0 (the refinement holds "
+            f"its training fields in memory), found {cfg.decoder_refinement.total_samples}"
+        )
+    ae, spec = base.autoencoder, base.spec
+    train_ds = training_examples(cfg.data, ae, spec, data, period, grid)
+    picked = Subset(train_ds, list(pick_times(len(train_ds), STREAM_SCALE_EXAMPLES)))
+    z = torch.stack([item["z"] for item in picked])
+    z_mean = predict_mean(base.regression, picked, cfg.eval_batch_size, progress=False)
+    scale = residual_scale(z, z_mean)
+    return LDMData(train_ds, val_ds, period[0], scale, regression=base.regression.eval())
+
+
+def residual_loss(
+    cfg: LDMConfig,
+    scale: list[float],
+    field_shape: tuple[int, int],
+    regression: torch.nn.Module | None = None,
+):
     """``loss_fn(net, batch)`` of the Trainer: the EDM loss on the scaled residual, on a
-    random latent patch (with its global context) when ``cfg.patch`` is set."""
+    random latent patch (with its global context) when ``cfg.patch`` is set. Batches without
+    "z_mean" (streamed examples) get it from the frozen ``regression``."""
     loss = EDMLoss(P_mean=cfg.edm.P_mean, P_std=cfg.edm.P_std, sigma_data=cfg.edm.sigma_data)
 
     def loss_fn(net, batch):
         b = _batch_to(batch, _device_of(net))
+        if "z_mean" not in b:
+            if regression is None:
+                raise ConfigError("residual_loss: expected batches with z_mean or a regression")
+            with torch.no_grad():
+                reg = regression.to(b["cond"].device)
+                b["z_mean"] = reg(b["cond"], 0.0, b["emb"]).float()
         r = residual.make(b["z"], b["z_mean"], _scale_tensor(scale, b["z"].device))
         cond = diffusion_inputs(b)
         if cfg.patch is not None:
@@ -603,7 +651,7 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
         context_size=cfg.context_size,
     )
     backbone = _ldm_backbone(cfg, ae.latent_channels, spec)
-    field_shape = tuple(d.train.z.shape[-2:])
+    field_shape = tuple(d.train[0]["z"].shape[-2:])
 
     def whole_field(net):
         return (
@@ -628,7 +676,7 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
 
     trainer = Trainer(
         build_denoiser(backbone, edm),
-        residual_loss(cfg, d.scale, field_shape),
+        residual_loss(cfg, d.scale, field_shape, d.regression),
         d.train,
         cfg.out_dir,
         cfg.train,
