@@ -92,34 +92,39 @@ def test_bad_streaming_inputs(setup):
         _both(s, patch=(9, 4))
 
 
-def _train(s, out: Path, workers: int = 0, **data):
+def _tiny(s, workers: int = 0, **data) -> dict:
+    """The data, U-Net and training settings shared by the tiny regression and LDM runs."""
     from kmscale.diffusion.networks import UNetSettings
-    from kmscale.diffusion.train import (
-        DataSettings,
-        RegressionConfig,
-        TrainingData,
-        train_regression,
-    )
+    from kmscale.diffusion.train import DataSettings
     from kmscale.training import TrainingSettings
 
-    cfg = RegressionConfig(
-        out_dir=str(out),
-        autoencoder=str(s["tmp"] / "ae"),
-        data=DataSettings(
+    return {
+        "data": DataSettings(
             **{"latents": str(s["store"]), "train_period": ["2019-03-01T00", "2019-03-01T07"]}
             | data
         ),
-        unet=UNetSettings(block_out_channels=[8, 16], norm_num_groups=4, layers_per_block=1),
-        train=TrainingSettings(
+        "unet": UNetSettings(block_out_channels=[8, 16], norm_num_groups=4, layers_per_block=1),
+        "train": TrainingSettings(
             global_batch_size=4, total_samples=8, checkpoint_every_samples=8,
-            log_every_samples=8, lr=1e-3, mixed_precision="no",
-            num_workers=workers,
+            log_every_samples=8, lr=1e-3, mixed_precision="no", num_workers=workers,
         ),
-    )  # fmt: skip
-    train_regression(cfg, TrainingData(s["targets"], s["coarse"], s["static"]))
+    }  # fmt: skip
+
+
+def _final_weights(out: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(next((out / "final").glob("*.safetensors")))
+
+
+def _train(s, out: Path, workers: int = 0, **data):
+    from kmscale.diffusion.train import RegressionConfig, TrainingData, train_regression
+
+    cfg = RegressionConfig(
+        out_dir=str(out), autoencoder=str(s["tmp"] / "ae"), **_tiny(s, workers, **data)
+    )
+    train_regression(cfg, TrainingData(s["targets"], s["coarse"], s["static"]))
+    return _final_weights(out)
 
 
 @pytest.mark.slow
@@ -137,27 +142,11 @@ def test_streamed_regression_trains_like_the_in_memory_one(setup, tmp_path):
 
 
 def _train_ldm(s, regression_bundle: Path, out: Path, **data):
-    from kmscale.diffusion.networks import UNetSettings
-    from kmscale.diffusion.train import DataSettings, LDMConfig, TrainingData, train_ldm
-    from kmscale.training import TrainingSettings
+    from kmscale.diffusion.train import LDMConfig, TrainingData, train_ldm
 
-    cfg = LDMConfig(
-        out_dir=str(out),
-        regression_bundle=str(regression_bundle),
-        data=DataSettings(
-            **{"latents": str(s["store"]), "train_period": ["2019-03-01T00", "2019-03-01T07"]}
-            | data
-        ),
-        unet=UNetSettings(block_out_channels=[8, 16], norm_num_groups=4, layers_per_block=1),
-        train=TrainingSettings(
-            global_batch_size=4, total_samples=8, checkpoint_every_samples=8,
-            log_every_samples=8, lr=1e-3, mixed_precision="no",
-        ),
-    )  # fmt: skip
+    cfg = LDMConfig(out_dir=str(out), regression_bundle=str(regression_bundle), **_tiny(s, **data))
     train_ldm(cfg, TrainingData(s["targets"], s["coarse"], s["static"]))
-    from safetensors.torch import load_file
-
-    return load_file(next((out / "final").glob("*.safetensors")))
+    return _final_weights(out)
 
 
 @pytest.mark.slow
