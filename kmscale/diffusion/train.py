@@ -503,7 +503,7 @@ class LDMData:
     val: DownscalingDataset | None  # held-out examples with "z_mean" and the physical truth "x"
     targets: xr.Dataset  # physical targets of the training period
     scale: list[float]  # per-channel std of the training residual z - ẑ
-    regression: torch.nn.Module | None = None  # ẑ of streamed examples (None: in "z_mean")
+    regression: ConditionalUNet | None = None  # ẑ of streamed examples (None: in "z_mean")
 
 
 def ldm_data(cfg: LDMConfig, base: ModelBundle, data: TrainingData) -> LDMData:
@@ -570,11 +570,12 @@ def residual_loss(
     cfg: LDMConfig,
     scale: list[float],
     field_shape: tuple[int, int],
-    regression: torch.nn.Module | None = None,
+    regression: ConditionalUNet | None = None,
 ):
     """``loss_fn(net, batch)`` of the Trainer: the EDM loss on the scaled residual, on a
     random latent patch (with its global context) when ``cfg.patch`` is set. Batches without
-    "z_mean" (streamed examples) get it from the frozen ``regression``."""
+    "z_mean" (streamed examples) get it from the frozen ``regression``, which must be on the
+    training device."""
     loss = EDMLoss(P_mean=cfg.edm.P_mean, P_std=cfg.edm.P_std, sigma_data=cfg.edm.sigma_data)
 
     def loss_fn(net, batch):
@@ -583,8 +584,7 @@ def residual_loss(
             if regression is None:
                 raise ConfigError("residual_loss: expected batches with z_mean or a regression")
             with torch.no_grad():
-                reg = regression.to(b["cond"].device)
-                b["z_mean"] = reg(b["cond"], 0.0, b["emb"]).float()
+                b["z_mean"] = regression.regress(b["cond"], b["emb"]).float()
         r = residual.make(b["z"], b["z_mean"], _scale_tensor(scale, b["z"].device))
         cond = diffusion_inputs(b)
         if cfg.patch is not None:
@@ -685,6 +685,8 @@ def train_ldm(cfg: LDMConfig, data: TrainingData | None = None) -> tuple[TrainRe
         export_fn=lambda m, path: m.backbone.save_pretrained(path),
         run_config=to_dict(cfg),
     )
+    if d.regression is not None:  # ẑ of streamed batches, computed where they train
+        d.regression.to(trainer.accelerator.device)
     result = trainer.fit()
     weights = Path(cfg.out_dir) / ("best" if (Path(cfg.out_dir) / "best").is_dir() else "final")
     backbone = load_backbone(weights).eval()
