@@ -759,8 +759,8 @@ def run_headline(args) -> dict:
             "torch_threads": torch.get_num_threads(),
         },
     }
-    if "rolling" in previous:
-        payload["rolling"] = previous["rolling"]
+    # the rolling-origin runs (--rolling) write their own keys; keep them
+    payload.update({k: v for k, v in previous.items() if k.startswith("rolling")})
     _write_json(path, payload)
     return payload
 
