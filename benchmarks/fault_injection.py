@@ -77,6 +77,15 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "kmscale.cli", *args]
 
 
+def _sample_cli(work: Path, out: Path, *extra: str) -> list[str]:
+    """``kmscale sample`` of the tiny bundle on the 8-time predictors, 3 members."""
+    bundle, predictors = work / "bundle", work / "data" / "pred8.nc"
+    return _cli(
+        "sample", "--bundle", str(bundle), "--predictors", str(predictors),
+        "--members", "3", "--steps", "2", *extra, "--out", str(out),
+    )  # fmt: skip
+
+
 def save_tiny_vae(path: Path, latent_channels: int) -> None:
     """An untrained one-variable (t2m) VAE, widths 8-16, seed 0, saved to ``path``: the
     autoencoder of the benchmarks that measure machinery, not skill."""
@@ -111,19 +120,7 @@ def build_stages(work: Path) -> dict[str, Stage]:
     ens = work / "reference_ensemble.zarr"
     if not ens.exists():
         subprocess.run(
-            _cli(
-                "sample",
-                "--bundle",
-                str(work / "bundle"),
-                "--predictors",
-                str(work / "data" / "pred8.nc"),
-                "--members",
-                "3",
-                "--steps",
-                "2",
-                "--out",
-                str(ens),
-            ),
+            _sample_cli(work, ens),
             env=_env(),
             check=True,
             capture_output=True,
@@ -212,21 +209,7 @@ def build_stages(work: Path) -> dict[str, Stage]:
         ),
         "sample": Stage(
             "sample",
-            _cli(
-                "sample",
-                "--bundle",
-                str(work / "bundle"),
-                "--predictors",
-                str(work / "data" / "pred8.nc"),
-                "--members",
-                "3",
-                "--steps",
-                "2",
-                "--time-chunk",
-                "1",
-                "--out",
-                str(out / "ensemble.zarr"),
-            ),
+            _sample_cli(work, out / "ensemble.zarr", "--time-chunk", "1"),
             out / "ensemble.zarr",
         ),
         "score": Stage(

@@ -305,8 +305,8 @@ def test_groups_recipe_config_resolves():
 def test_haar_fold_is_orthonormal_and_separates_block_means_from_detail(tmp_path):
     """Folded groups are stored in the 2-D Haar basis: channel 0 of a pixel group folded
     4 x 4 is 4 x the block mean of its standardized field, a constant block has no detail,
-    squared norms are kept, decode(encode(x)) is x; a directory without ``fold_basis``
-    (written before it existed) loads as raw sub-pixels."""
+    squared norms are kept, decode(encode(x)) is x; the basis is part of the saved config
+    and of the fingerprint."""
     ae = grouped()  # t2m (identity) folded 4 x 4, tp (2x VAE) folded 2 x 2
     assert ae.config.fold_basis == "haar"
     x = fields()
@@ -322,10 +322,12 @@ def test_haar_fold_is_orthonormal_and_separates_block_means_from_detail(tmp_path
     raw = GroupedAutoencoder(list(ae.parts), VARS, fold_basis="pixels")
     torch.testing.assert_close(raw.encode(x)[:, :16].pow(2).sum(), z[:, :16].pow(2).sum())
     assert raw.fingerprint() != ae.fingerprint()
-    ae.save_pretrained(tmp_path / "ae")
-    cfg = json.loads((tmp_path / "ae" / "config.json").read_text())
+    raw.save_pretrained(tmp_path / "raw")
+    loaded = GroupedAutoencoder.from_pretrained(tmp_path / "raw")
+    assert loaded.config.fold_basis == "pixels" and loaded.fingerprint() == raw.fingerprint()
+    torch.testing.assert_close(loaded.encode(x), raw.encode(x))
+    cfg = json.loads((tmp_path / "raw" / "config.json").read_text())
     del cfg["fold_basis"]
-    (tmp_path / "ae" / "config.json").write_text(json.dumps(cfg))
-    old = GroupedAutoencoder.from_pretrained(tmp_path / "ae")
-    assert old.config.fold_basis == "pixels"
-    torch.testing.assert_close(old.encode(x), raw.encode(x))
+    (tmp_path / "raw" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="fold_basis"):
+        GroupedAutoencoder.from_pretrained(tmp_path / "raw")

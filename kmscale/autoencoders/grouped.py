@@ -277,8 +277,7 @@ class GroupedAutoencoder(Autoencoder):
             "groups": self.groups,
             "downsample_factor": self._factor,
             "parts": [p._fingerprint_config() for p in self.parts],
-            # only when not raw sub-pixels, so fingerprints from before the option still match
-            **({"fold_basis": "haar"} if self._basis else {}),
+            "fold_basis": self.config.fold_basis,
         }
 
     # ---- save / load ---------------------------------------------------------------------
@@ -303,9 +302,11 @@ class GroupedAutoencoder(Autoencoder):
         cfg = json.loads((path / cls.config_name).read_text())
         try:
             variables, groups = list(cfg["variables"]), [list(g) for g in cfg["groups"]]
+            fold_basis = cfg["fold_basis"]
         except (KeyError, TypeError) as err:
             raise CheckpointError(
-                f"{path}: expected 'variables' and 'groups' in config.json, found {err}"
+                f"{path}: expected 'variables', 'groups' and 'fold_basis' in config.json, "
+                f"found {sorted(cfg)} ({err!r})"
             ) from err
         check_groups(variables, groups)
         parts = []
@@ -317,5 +318,4 @@ class GroupedAutoencoder(Autoencoder):
                     f"found one for {list(part.variables)}"
                 )
             parts.append(part)
-        # directories written before the Haar fold existed hold raw sub-pixels
-        return cls(parts, variables, cfg.get("downsample_factor"), cfg.get("fold_basis", "pixels"))
+        return cls(parts, variables, cfg.get("downsample_factor"), fold_basis)

@@ -189,7 +189,41 @@ def _check_pad_mode(pad_mode: str, where: str) -> None:
         raise ConfigError(describe(f"pad_mode in {PAD_MODES}", repr(pad_mode), where=where))
 
 
-class ConditionalUNet(ModelMixin, ConfigMixin):
+def _check_widths(widths: Sequence[int], where: str, **divisors: int) -> None:
+    """Every level width divisible by each named divisor (GroupNorm groups, attention heads)."""
+    if any(c % d for c in widths for d in divisors.values()):
+        named = " and ".join(f"{k}={v}" for k, v in divisors.items())
+        raise ConfigError(describe(f"block_out_channels divisible by {named}", widths, where=where))
+
+
+def _check_embedding(emb: torch.Tensor | None, batch: int, dim: int | None, where: str) -> None:
+    """``emb`` must be (batch, dim) when the model has an embedding (dim), else None."""
+    if bool(dim) != (emb is not None) or (emb is not None and tuple(emb.shape) != (batch, dim)):
+        raise GridError(
+            describe(
+                f"emb shaped ({batch}, {dim})"
+                if dim
+                else "emb=None (model built without embedding_dim)",
+                None if emb is None else tuple(emb.shape),
+                where=where,
+            )
+        )
+
+
+class _PaddedUNet(ModelMixin, ConfigMixin):
+    """What the two U-Nets share: a diffusers config and padding of H, W to the U-Net's
+    total down-sampling."""
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = True
+
+    @property
+    def pad_multiple(self) -> int:
+        """H and W are padded to a multiple of this (the U-Net's total down-sampling)."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+
+class ConditionalUNet(_PaddedUNet):
     """U-Net backbone ``F(x_in, c_noise, emb)`` on diffusers ``UNet2DModel``.
 
     Args:
@@ -218,9 +252,6 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             (see :class:`LinearSkip`): the elevation input channel and the channels whose
             coefficients vary with it. None: a plain 1 x 1 map.
     """
-
-    config_name = "config.json"
-    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(
@@ -257,15 +288,7 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             "attention_levels",
             "ConditionalUNet",
         )
-        bad = [c for c in block_out_channels if c % norm_num_groups]
-        if bad:
-            raise ConfigError(
-                describe(
-                    f"block_out_channels divisible by norm_num_groups={norm_num_groups}",
-                    block_out_channels,
-                    where="ConditionalUNet",
-                )
-            )
+        _check_widths(block_out_channels, "ConditionalUNet", norm_num_groups=norm_num_groups)
         _check_pad_mode(pad_mode, "ConditionalUNet")
         down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels)
         up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels))
@@ -305,11 +328,6 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             nn.init.zeros_(self.unet.conv_out.weight)
             nn.init.zeros_(self.unet.conv_out.bias)
 
-    @property
-    def pad_multiple(self) -> int:
-        """H and W are padded to a multiple of this (the U-Net's total down-sampling)."""
-        return 2 ** (len(self.config.block_out_channels) - 1)
-
     def forward(
         self,
         x_in: torch.Tensor,
@@ -325,27 +343,10 @@ class ConditionalUNet(ModelMixin, ConfigMixin):
             (B, C_out, H, W).
         """
         c_noise = _noise_vector(x_in, c_noise, self.config.in_channels, "ConditionalUNet")
-        B = x_in.shape[0]
+        _check_embedding(emb, x_in.shape[0], self.config.embedding_dim, "ConditionalUNet")
         class_labels = None
         if self.emb_proj is not None:
-            E = self.config.embedding_dim
-            if emb is None or tuple(emb.shape) != (B, E):
-                raise GridError(
-                    describe(
-                        f"emb shaped ({B}, {E})",
-                        None if emb is None else tuple(emb.shape),
-                        where="ConditionalUNet",
-                    )
-                )
             class_labels = self.emb_proj(emb.to(self.emb_proj[0].weight.dtype))
-        elif emb is not None:
-            raise GridError(
-                describe(
-                    "emb=None (model built without embedding_dim)",
-                    tuple(emb.shape),
-                    where="ConditionalUNet",
-                )
-            )
         x_pad, pad = _pad(x_in, self.pad_multiple, self.config.pad_mode)
         out = _crop(self.unet(x_pad.to(self.dtype), c_noise, class_labels=class_labels).sample, pad)
         if self.skip is not None:
@@ -375,7 +376,7 @@ def _sincos_2d(h: int, w: int, dim: int, device: torch.device) -> torch.Tensor:
     return F_nn.pad(code, (0, dim - code.shape[1]))
 
 
-class CrossAttentionUNet(ModelMixin, ConfigMixin):
+class CrossAttentionUNet(_PaddedUNet):
     """Backbone with the same signature as :class:`ConditionalUNet` that ALSO reads the
     conditioning through cross-attention (diffusers ``UNet2DConditionModel``).
 
@@ -399,9 +400,6 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
             (default: all but the finest). The bottleneck always does.
         attention_heads: heads of every attention layer.
     """
-
-    config_name = "config.json"
-    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(
@@ -438,15 +436,12 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
             "cross_attention_levels",
             "CrossAttentionUNet",
         )
-        if any(c % norm_num_groups or c % attention_heads for c in block_out_channels):
-            raise ConfigError(
-                describe(
-                    f"block_out_channels divisible by norm_num_groups={norm_num_groups} and "
-                    f"attention_heads={attention_heads}",
-                    block_out_channels,
-                    where="CrossAttentionUNet",
-                )
-            )
+        _check_widths(
+            block_out_channels,
+            "CrossAttentionUNet",
+            norm_num_groups=norm_num_groups,
+            attention_heads=attention_heads,
+        )
         _check_pad_mode(pad_mode, "CrossAttentionUNet")
         unet_in = in_channels if concat_cond else in_channels - cond_channels
         self.unet = UNet2DConditionModel(
@@ -476,10 +471,6 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
         )
         self.token_norm = nn.LayerNorm(cross_attention_dim)
 
-    @property
-    def pad_multiple(self) -> int:
-        return 2 ** (len(self.config.block_out_channels) - 1)
-
     def tokens(self, cond: torch.Tensor) -> torch.Tensor:
         """Conditioning (B, C_cond, H, W) -> tokens (B, N, cross_attention_dim)."""
         cond, _ = _pad(cond, self.config.token_patch, "replicate")
@@ -494,17 +485,7 @@ class CrossAttentionUNet(ModelMixin, ConfigMixin):
         """Same contract as :meth:`ConditionalUNet.forward`."""
         cfg = self.config
         c_noise = _noise_vector(x_in, c_noise, cfg.in_channels, "CrossAttentionUNet")
-        B = x_in.shape[0]
-        if bool(cfg.embedding_dim) != (emb is not None) or (
-            emb is not None and tuple(emb.shape) != (B, cfg.embedding_dim)
-        ):
-            raise GridError(
-                describe(
-                    f"emb shaped ({B}, {cfg.embedding_dim})" if cfg.embedding_dim else "emb=None",
-                    None if emb is None else tuple(emb.shape),
-                    where="CrossAttentionUNet",
-                )
-            )
+        _check_embedding(emb, x_in.shape[0], cfg.embedding_dim, "CrossAttentionUNet")
         cond = x_in[:, cfg.in_channels - cfg.cond_channels :]
         tokens = self.tokens(cond)
         sample = x_in if cfg.concat_cond else x_in[:, : cfg.in_channels - cfg.cond_channels]

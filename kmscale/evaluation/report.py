@@ -238,22 +238,9 @@ def _html(title, ranking, note, tables, sections, meta) -> str:
         + "".join(f"<li><b>{e(k)}</b>: {e(str(v))}</li>" for k, v in meta.items() if v)
         + "</ul>"
     )
-    header, rows = ranking
-    parts.append(
-        f"<h2>Ranking</h2><p>{e(note)}</p><table><tr>"
-        + "".join(f"<th>{e(h)}</th>" for h in header)
-        + "</tr>"
-    )
-    parts.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
-    parts.append("</table><h2>Summary</h2>")
+    parts.append(f"<h2>Ranking</h2><p>{e(note)}</p>{_html_table(*ranking)}<h2>Summary</h2>")
     for region, header, rows in tables:
-        parts.append(
-            f"<h3>Region: {e(region)}</h3><table><tr>"
-            + "".join(f"<th>{e(h)}</th>" for h in header)
-            + "</tr>"
-        )
-        parts.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
-        parts.append("</table>")
+        parts.append(f"<h3>Region: {e(region)}</h3>{_html_table(header, rows)}")
     for heading, figs in sections:
         parts.append(f"<h2>{e(heading)}</h2>")
         parts.extend(
@@ -262,6 +249,13 @@ def _html(title, ranking, note, tables, sections, meta) -> str:
         )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _html_table(header, rows) -> str:
+    def row(tag, cells):
+        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+
+    return "<table>" + row("th", header) + "".join(row("td", r) for r in rows) + "</table>"
 
 
 def _markdown(title, ranking, note, tables, sections, meta) -> str:
