@@ -12,7 +12,7 @@ import torch
 import xarray as xr
 
 from kmscale.autoencoders import get_autoencoder_class, load_autoencoder
-from kmscale.autoencoders.field_attention import FieldSpaceBlock, window_offsets
+from kmscale.autoencoders.field_attention import FieldSpaceBlock, neighbourhoods, window_offsets
 from kmscale.autoencoders.fsae import residual_features
 from kmscale.errors import ConfigError, SchemaError
 from kmscale.sphere import HealpixGrid, coarsen, refine, regrid_to_healpix, write_healpix_store
@@ -42,13 +42,41 @@ def test_window_offsets_are_local_and_antisymmetric():
     assert off.abs().max() < 6  # a 4 x 4 window spans about 4 cells
 
 
-def test_field_space_block_equivariant_to_variable_order():
+def test_neighbourhoods_are_symmetric_and_local():
+    index, valid, off = neighbourhoods(8)
+    assert index.shape == (768, 9) and (index[:, 0] == torch.arange(768)).all()
+    assert (~valid).sum() == 24  # 8 corners where 3 faces meet: 3 cells there have 7 neighbours
+    pairs = {(int(i), int(j)) for i, row in enumerate(index) for j in row[1:]}
+    assert all((j, i) in pairs for i, j in pairs if i != j)  # j neighbours i <=> i neighbours j
+    d = off[valid].norm(dim=-1)
+    assert d[off[valid].abs().sum(-1) > 0].min() > 0.5 and d.max() < 2.0  # in cell sizes
+
+
+@pytest.mark.parametrize("cell_attention", ["neighbours", "windows"])
+def test_field_space_block_equivariant_to_variable_order(cell_attention):
     torch.manual_seed(0)
-    block = FieldSpaceBlock(16, 2, nside=4, window=16).eval()
+    block = FieldSpaceBlock(16, 2, nside=4, window=16, cell_attention=cell_attention).eval()
     x = torch.randn(2, 3, 192, 16)
     y = block(x)
     assert y.shape == x.shape
     torch.testing.assert_close(block(x[:, [2, 0, 1]]), y[:, [2, 0, 1]], rtol=1e-4, atol=1e-5)
+
+
+def test_neighbour_attention_crosses_face_edges_and_stays_local():
+    """Perturbing one cell changes exactly the cells whose neighbourhood holds it, across
+    the face edge; window attention would keep the change inside the cell's window."""
+    torch.manual_seed(0)
+    block = FieldSpaceBlock(16, 2, nside=4, window=16).eval()
+    x = torch.randn(1, 1, 192, 16)
+    cell = 15  # the last cell of face 0, on its edge
+    x2 = x.clone()
+    x2[0, 0, cell] += 1.0
+    changed = set((block(x2) - block(x)).abs().sum(-1)[0, 0].nonzero()[:, 0].tolist())
+    index, _, _ = neighbourhoods(4)
+    assert changed == {i for i in range(192) if cell in index[i].tolist()}
+    assert any(i // 16 != 0 for i in changed)  # reached another face
+    with pytest.raises(ConfigError, match="cell_attention"):
+        FieldSpaceBlock(16, 2, nside=4, window=16, cell_attention="global")
 
 
 @pytest.mark.parametrize("name", ["fsae", "face_vae"])

@@ -34,7 +34,12 @@ from einops import rearrange
 from torch import nn
 
 from kmscale.autoencoders.base import Autoencoder, AutoencoderOutput
-from kmscale.autoencoders.field_attention import CellMerge, CellSplit, FieldSpaceBlock
+from kmscale.autoencoders.field_attention import (
+    CellMerge,
+    CellSplit,
+    FieldSpaceBlock,
+    SpherePosition,
+)
 from kmscale.autoencoders.healpix_model import HealpixAutoencoder
 from kmscale.autoencoders.registration import register
 from kmscale.errors import ConfigError, SchemaError, describe
@@ -79,11 +84,13 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
         dim: int = 32,  # token width D
         heads: int = 4,
         depth: int = 1,  # field-space blocks per level
-        window: int = 16,  # cells per attention window (a power of 4)
+        window: int = 16,  # cells per attention window (a power of 4; cell_attention "windows")
         mlp_ratio: float = 2.0,
         drop_path: float = 0.0,
         max_masked_levels: int = 1,  # finest residual levels super_resolve may mask
         mask_prob: float = 0.25,  # training samples whose finest residuals are masked
+        cell_attention: str = "neighbours",  # or "windows" (kmscale.autoencoders.field_attention)
+        absolute_position: bool = True,  # add each cell's position on the sphere to its tokens
     ):
         super().__init__()
         check_nside(nside)
@@ -111,7 +118,9 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
             w = min(window, side * side)
             return nn.Sequential(
                 *[
-                    FieldSpaceBlock(dim, heads, side, w, mlp_ratio, rates[k * depth + j])
+                    FieldSpaceBlock(
+                        dim, heads, side, w, mlp_ratio, rates[k * depth + j], cell_attention
+                    )
                     for j in range(depth)
                 ]
             )
@@ -123,6 +132,8 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
         self.to_latent = nn.Linear(v * dim, latent_channels)
         self.from_latent = nn.Linear(latent_channels, v * dim)
         self.dec_var_embed = nn.Parameter(torch.zeros(v, dim))
+        self.enc_position = SpherePosition(dim) if absolute_position else None
+        self.dec_position = SpherePosition(dim) if absolute_position else None
         self.dec_blocks = nn.ModuleList(
             [stage(s, levels + 1 + i) for i, s in enumerate(sides[::-1])]
         )
@@ -141,6 +152,7 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
         """Standardized ``(B, V, npix)`` + ``(B,)`` masked levels -> raw latent."""
         n = self.config.levels
         t = self.embed(residual_features(x, n, masked)) + self.var_embed[:, None]
+        t = t + self._position(self.enc_position, self.config.nside)
         for i in range(n):
             t = self.merges[i](self.enc_blocks[i](t))
         t = self.enc_blocks[n](t)
@@ -150,14 +162,23 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
     def _encode_normalized(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode_features(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
 
+    @staticmethod
+    def _position(embedding: SpherePosition | None, nside: int) -> torch.Tensor | float:
+        """``(N, D)`` position tokens at ``nside`` (broadcast over batch and variables)."""
+        return 0.0 if embedding is None else embedding(nside)
+
     def _decode_normalized(self, z: torch.Tensor) -> torch.Tensor:
         self._check_cells(z.shape[-1], self.npix // 4**self.config.levels, "latent")
         v = self.in_channels
         t = rearrange(self.from_latent(rearrange(z, "b c n -> b n c")), "b n (v d) -> b v n d", v=v)
-        t = self.dec_blocks[0](t + self.dec_var_embed[:, None])
+        side = self.config.nside >> self.config.levels
+        t = self.dec_blocks[0](
+            t + self.dec_var_embed[:, None] + self._position(self.dec_position, side)
+        )
         x_hat = self.out_heads[0](t)[..., 0]
         for i in range(self.config.levels):
-            t = self.dec_blocks[i + 1](self.splits[i](t))
+            side *= 2
+            t = self.dec_blocks[i + 1](self.splits[i](t) + self._position(self.dec_position, side))
             x_hat = refine(x_hat, 1) + self.out_heads[i + 1](t)[..., 0]
         return x_hat
 
@@ -202,7 +223,14 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
         return AutoencoderOutput(self._decode_normalized(z), post)
 
     def decoder_modules(self) -> list[nn.Module]:
-        return [self.from_latent, self.dec_blocks, self.splits, self.out_heads, self.dec_var_embed]
+        return [
+            self.from_latent,
+            self.dec_blocks,
+            self.splits,
+            self.out_heads,
+            self.dec_var_embed,
+            *([self.dec_position] if self.dec_position is not None else []),
+        ]
 
     def train_decoder_only(self) -> None:
         """Freeze every parameter but the decoder's."""
