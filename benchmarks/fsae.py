@@ -66,6 +66,7 @@ from kmscale_testdata import data_dir  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "fsae.json"
 SPLITS = {"train": ("1890", "1969"), "val": ("1970", "1984"), "test": ("1985", "1999")}
+TRAIN_FIELDS = 8 * 80  # 8 members x the 80 training years
 log = logging.getLogger("fsae_benchmark")
 
 
@@ -372,10 +373,10 @@ def provenance(cfg: BenchmarkConfig, parts: set[str]) -> dict:
         "validation 1970-1984 (best recipe checkpoint)",
         "data": f"CCSM3 TREFHT annual mean, T42 -> HEALPix nside {cfg.nside} (conservative)",
         "config": to_dict(cfg),
-        "budget_note": "every autoencoder sees the same train_samples (768 fields, 1.2 epochs; "
-        "budgets.* give CPU seconds, about a minute each on one thread of the "
-        "loaded VM); the diffusion model diffusion_samples. Far below what the "
-        "targets need: see BENCHMARKS.md",
+        "budget_note": f"every autoencoder sees the same train_samples ({cfg.train_samples} "
+        f"fields, {cfg.train_samples / TRAIN_FIELDS:.1f} epochs; budgets.* give CPU seconds); "
+        "the diffusion model diffusion_samples. Far below what the targets need: see "
+        "BENCHMARKS.md",
         "machine": "2-core shared dev VM, no GPU, torch 1 thread",
         "load_avg_1min": os.getloadavg()[0],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
