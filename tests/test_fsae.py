@@ -12,7 +12,13 @@ import torch
 import xarray as xr
 
 from kmscale.autoencoders import get_autoencoder_class, load_autoencoder
-from kmscale.autoencoders.field_attention import FieldSpaceBlock, neighbourhoods, window_offsets
+from kmscale.autoencoders.field_attention import (
+    FieldSpaceBlock,
+    SpherePosition,
+    neighbourhoods,
+    position_features,
+    window_offsets,
+)
 from kmscale.autoencoders.fsae import residual_features
 from kmscale.errors import ConfigError, SchemaError
 from kmscale.sphere import HealpixGrid, coarsen, refine, regrid_to_healpix, write_healpix_store
@@ -50,6 +56,18 @@ def test_neighbourhoods_are_symmetric_and_local():
     assert all((j, i) in pairs for i, j in pairs if i != j)  # j neighbours i <=> i neighbours j
     d = off[valid].norm(dim=-1)
     assert d[off[valid].abs().sum(-1) > 0].min() > 0.5 and d.max() < 2.0  # in cell sizes
+
+
+def test_position_features_are_a_function_of_place_at_every_level():
+    f4, f8 = position_features(4, 2), position_features(8, 2)
+    assert f4.shape == (192, 15) and f8.shape == (768, 15)
+    torch.testing.assert_close(f4[:, :3].norm(dim=1), torch.ones(192))  # unit vectors
+    torch.testing.assert_close(f4[:, 3:9], torch.sin(f4[:, :3].repeat(1, 2) * _freqs(2)))
+    assert SpherePosition(8, frequencies=2)(8).shape == (768, 8)
+
+
+def _freqs(frequencies: int) -> torch.Tensor:
+    return (torch.pi * 2.0 ** torch.arange(frequencies)).repeat_interleave(3)
 
 
 @pytest.mark.parametrize("cell_attention", ["neighbours", "windows"])

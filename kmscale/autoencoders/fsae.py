@@ -91,6 +91,7 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
         mask_prob: float = 0.25,  # training samples whose finest residuals are masked
         cell_attention: str = "neighbours",  # or "windows" (kmscale.autoencoders.field_attention)
         absolute_position: bool = True,  # add each cell's position on the sphere to its tokens
+        position_frequencies: int = 4,  # Fourier features of the position: pi * 2**k, k < this
     ):
         super().__init__()
         check_nside(nside)
@@ -132,8 +133,8 @@ class FieldSpaceAutoencoder(HealpixAutoencoder):
         self.to_latent = nn.Linear(v * dim, latent_channels)
         self.from_latent = nn.Linear(latent_channels, v * dim)
         self.dec_var_embed = nn.Parameter(torch.zeros(v, dim))
-        self.enc_position = SpherePosition(dim) if absolute_position else None
-        self.dec_position = SpherePosition(dim) if absolute_position else None
+        self.enc_position = SpherePosition(dim, position_frequencies) if absolute_position else None
+        self.dec_position = SpherePosition(dim, position_frequencies) if absolute_position else None
         self.dec_blocks = nn.ModuleList(
             [stage(s, levels + 1 + i) for i, s in enumerate(sides[::-1])]
         )
