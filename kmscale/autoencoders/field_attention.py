@@ -204,7 +204,7 @@ class FieldSpaceBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, V, N, D) -> (B, V, N, D)``; ``N = 12 * nside**2``."""
-        b, v, n, _ = x.shape
+        b, v = x.shape[:2]
         x = x + self.drop_path(rearrange(self._cells(self.norm1(x)), "(b v) n d -> b v n d", b=b))
         if v > 1:
             h = rearrange(self.norm2(x), "b v n d -> (b n) v d")

@@ -137,9 +137,7 @@ def _register_demo(subparsers) -> None:
         help="small: 2 CPU cores, <= 10 min (default); gpu: larger setting for one GPU; "
         "tiny: smoke test",
     )
-    d.add_argument(
-        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
-    )
+    _device_arg(d)
     d.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
     d.add_argument(
         "--threads",
@@ -185,9 +183,7 @@ def register(subparsers) -> None:
         help="a dataset on the grid you expect the output on (e.g. your truth or static file): "
         "checked against the bundle's target grid before sampling",
     )
-    p.add_argument(
-        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
-    )
+    _device_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace a complete store at --out")
     p.add_argument(
         "--no-range-check",
@@ -197,6 +193,13 @@ def register(subparsers) -> None:
     add_scheduler_argument(p)
     p.set_defaults(func=run_sample)
     _register_demo(subparsers)
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    """``--device``, resolved by :func:`_device`."""
+    p.add_argument(
+        "--device", default=None, help="torch device (default: cuda if available, else cpu)"
+    )
 
 
 def _device(name: str | None) -> str:
